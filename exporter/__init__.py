@@ -1,0 +1,1 @@
+"""nemotron_deploy.exporter: NemotronH config, checkpoint loading and the export-friendly step model."""

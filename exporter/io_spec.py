@@ -1,0 +1,78 @@
+"""The step contract: every input, output and state tensor of one step, named in one place.
+
+One step consumes T new tokens for B sequences. Its inputs are `input_ids`, `attention_mask` (over the
+past and the new tokens, 1 = real token, 0 = left padding) and every state `past.{layer}.{kind}`;
+its outputs are `logits` and every updated state `present.{layer}.{kind}`. The same table drives the
+torch step model's argument order, the ONNX names and dynamic axes, the manifest and the runtime.
+
+Shape symbols: `batch` (B), `new_tokens` (T), `past_len` (tokens already in the K/V cache),
+`total_len` (= past_len + new_tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemotron_deploy.exporter.config import ModelConfig
+
+# state kinds per layer kind, in argument order
+STATE_KINDS = {"mamba": ("conv", "ssm"), "attention": ("key", "value")}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    role: str  # input_ids | attention_mask | logits | conv_state | ssm_state | key | value
+    dtype: str  # "int64", "float32", or "model" for the model's compute dtype
+    shape: tuple[str | int, ...]
+    layer: int | None = None
+
+
+def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len") -> list[TensorSpec]:
+    """Per-layer states, layers in order, `prefix` "past" (inputs) or "present" (outputs).
+
+    conv:  [batch, conv_dim, conv_kernel - 1]  model dtype: the last K-1 inputs of the causal conv
+    ssm:   [batch, H, P, N]                    mamba_ssm_cache_dtype (fp32 by default)
+    key:   [batch, kv_heads, seq, head_dim]    model dtype, no positional encoding applied
+    value: [batch, kv_heads, seq, head_dim]    model dtype
+    """
+    specs = []
+    for i, kind in enumerate(cfg.layer_types):
+        if kind == "mamba":
+            specs.append(TensorSpec(f"{prefix}.{i}.conv", "conv_state", "model", ("batch", cfg.conv_dim, cfg.conv_kernel - 1), i))
+            shape = ("batch", cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size)
+            specs.append(TensorSpec(f"{prefix}.{i}.ssm", "ssm_state", cfg.mamba_ssm_cache_dtype, shape, i))
+        elif kind == "attention":
+            shape = ("batch", cfg.num_key_value_heads, seq_symbol, cfg.head_dim)
+            specs.append(TensorSpec(f"{prefix}.{i}.key", "key", "model", shape, i))
+            specs.append(TensorSpec(f"{prefix}.{i}.value", "value", "model", shape, i))
+    return specs
+
+
+def step_inputs(cfg: ModelConfig) -> list[TensorSpec]:
+    return [
+        TensorSpec("input_ids", "input_ids", "int64", ("batch", "new_tokens")),
+        TensorSpec("attention_mask", "attention_mask", "int64", ("batch", "total_len")),
+        *state_specs(cfg, "past", "past_len"),
+    ]
+
+
+def step_outputs(cfg: ModelConfig, all_logits: bool = False) -> list[TensorSpec]:
+    logits_len = "new_tokens" if all_logits else 1
+    return [
+        TensorSpec("logits", "logits", "float32", ("batch", logits_len, cfg.vocab_size)),
+        *state_specs(cfg, "present", "total_len"),
+    ]
+
+
+def state_bytes_per_sequence(cfg: ModelConfig, dtype_bytes: int) -> int:
+    """Bytes of the fixed-size (Mamba) states of one sequence."""
+    ssm_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.mamba_ssm_cache_dtype]
+    per_layer = cfg.conv_dim * (cfg.conv_kernel - 1) * dtype_bytes
+    per_layer += cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * ssm_bytes
+    return per_layer * len(cfg.layers_of("mamba"))
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype_bytes: int) -> int:
+    """Bytes the attention K/V cache grows by for each token of one sequence."""
+    return 2 * cfg.num_key_value_heads * cfg.head_dim * dtype_bytes * len(cfg.layers_of("attention"))

@@ -1,0 +1,199 @@
+"""Mamba-2 mixer with explicit conv and SSM states.
+
+Legend: B batch, T new tokens, E hidden, C conv channels (= H*P + 2*G*N), K conv kernel,
+H heads, P head dim, G groups (B/C shared by H/G heads), N state size, L chunk length.
+
+The mixer is in_proj -> `mamba2_core` -> gated group RMSNorm -> out_proj. `mamba2_core` is the part a
+TensorRT plugin replaces; it is written as a free function on plain tensors so the plugin's torch
+reference, the export and the tests all use this one definition.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.exporter.modeling.norms import GatedGroupRMSNorm
+
+
+def causal_conv_step(
+    xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv1d + SiLU over T new steps, continuing from `conv_state`.
+
+    xbc: (B, T, C); conv_state: (B, C, K-1), the previous K-1 inputs (zeros for a new sequence);
+    weight: (C, K); bias: (C,) or None. Returns (out (B, T, C), new conv_state (B, C, K-1)).
+    One formula for prefill and decode: a "valid" conv over [state, new] gives exactly T outputs.
+    """
+    window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
+    new_state = window[:, :, xbc.shape[1] :]
+    out = F.conv1d(window.to(weight.dtype), weight.unsqueeze(1), bias, groups=weight.shape[0])
+    return F.silu(out).transpose(1, 2).to(xbc.dtype), new_state
+
+
+def ssd_recurrent(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-token SSM update (T = 1), all fp32.
+
+    x: (B, 1, H, P); dt: (B, 1, H) (already softplus'd, clamped, masked); A: (H,);
+    Bm, Cm: (B, 1, G, N); state: (B, H, P, N). Returns y (B, 1, H, P) and the new state.
+    h' = exp(dt*A) * h + dt * x (outer) B;  y = h' . C
+    """
+    heads_per_group = x.shape[2] // Bm.shape[2]
+    Bh = Bm[:, 0].repeat_interleave(heads_per_group, dim=1)  # (B, H, N)
+    Ch = Cm[:, 0].repeat_interleave(heads_per_group, dim=1)
+    decay = torch.exp(dt[:, 0] * A)[:, :, None, None]  # (B, H, 1, 1)
+    dbx = (dt[:, 0, :, None] * x[:, 0])[..., None] * Bh[:, :, None, :]  # (B, H, P, N)
+    new_state = state * decay + dbx
+    y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
+    return y[:, None], new_state
+
+
+def _segsum_exp(cum: torch.Tensor) -> torch.Tensor:
+    """exp(cum[..., l] - cum[..., s]) for s <= l, else 0. cum: (..., L) -> (..., L, L)."""
+    length = cum.shape[-1]
+    diff = cum[..., :, None] - cum[..., None, :]
+    causal = torch.ones(length, length, dtype=torch.bool, device=cum.device).tril()
+    return torch.exp(diff.masked_fill(~causal, -torch.inf))
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    state: torch.Tensor,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked SSD algorithm (Mamba-2 paper, "ssd_minimal"), any T, starting from `state`. fp32.
+
+    x: (B, T, H, P); dt: (B, T, H); A: (H,); Bm, Cm: (B, T, G, N); state: (B, H, P, N).
+    Returns y (B, T, H, P) and the state after the last token.
+    Inputs are padded to a multiple of L with dt = 0 (no decay, no input), so the padded tail leaves
+    the final state unchanged; the output is always sliced back to T (never conditionally: an export
+    traced at a multiple of L would otherwise drop the slice).
+    """
+    b, t, h, p = x.shape
+    g, n = Bm.shape[2], Bm.shape[3]
+    r = h // g
+    pad = (chunk_size - t % chunk_size) % chunk_size
+    n_chunks = (t + pad) // chunk_size
+
+    def chunks(v: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (B, c, L, ...)
+        v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, pad))
+        return v.reshape(b, n_chunks, chunk_size, *v.shape[2:])
+
+    xdt = chunks(x * dt[..., None]).unflatten(3, (g, r))  # (B, c, L, G, R, P)
+    Bc, Cc = chunks(Bm), chunks(Cm)  # (B, c, L, G, N)
+    cum = torch.cumsum(chunks(dt * A).permute(0, 3, 1, 2), dim=-1)  # (B, H, c, L)
+
+    # 1. within each chunk: attention-like form with a decaying causal mask
+    decay_ls = _segsum_exp(cum).unflatten(1, (g, r))  # (B, G, R, c, L, L)
+    scores = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (B, G, c, L, L)
+    y_diag = torch.einsum("bgcls,bgrcls,bcsgrp->bclgrp", scores, decay_ls, xdt)
+
+    # 2. each chunk's contribution to the state at its end
+    decay_to_end = torch.exp(cum[..., -1:] - cum).unflatten(1, (g, r))  # (B, G, R, c, L)
+    chunk_states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, xdt)
+
+    # 3. carry states across chunks: state entering chunk j = sum_i<=j decay(i..j) * state_i
+    chunk_cum = torch.cumsum(F.pad(cum[..., -1], (1, 0)), dim=-1)  # (B, H, c+1): log-decay up to each chunk end
+    carry = _segsum_exp(chunk_cum).unflatten(1, (g, r))  # (B, G, R, c+1, c+1)
+    states = torch.cat([state.unflatten(1, (g, r))[:, None], chunk_states], dim=1)  # (B, c+1, G, R, P, N)
+    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", carry, states)
+    entering, final = states[:, :-1], states[:, -1]
+
+    # 4. contribution of the entering state to each position of the chunk
+    decay_in = torch.exp(cum).unflatten(1, (g, r))  # (B, G, R, c, L)
+    y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, entering, decay_in)
+
+    y = (y_diag + y_off).reshape(b, -1, h, p)[:, :t]
+    return y, final.reshape(b, h, p, n)
+
+
+def mamba2_core(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    mask: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+    *,
+    n_groups: int,
+    head_dim: int,
+    state_size: int,
+    chunk_size: int,
+    dt_min: float,
+    dt_max: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conv + SiLU, discretisation and the selective scan of one Mamba-2 layer, with explicit states.
+
+    xbc: (B, T, C) model dtype; dt: (B, T, H) raw dt from in_proj; mask: (B, T) 1 = real, 0 = padding;
+    conv_state: (B, C, K-1) model dtype; ssm_state: (B, H, P, N) fp32 (or cache dtype);
+    conv_weight: (C, K); conv_bias: (C,); dt_bias, A_log, D: (H,).
+    Returns y (B, T, H*P) fp32 (scan output + D skip, before the gated norm), new conv_state, new ssm_state.
+
+    Padding: masked positions enter the conv window as zeros and get dt = 0, so they neither add to nor
+    decay the SSM state (left padding is then identical to running the sequence alone).
+    T == 1 takes the recurrent update, T > 1 the chunked scan; the two agree to fp32 rounding.
+    """
+    bsz, t, _ = xbc.shape
+    heads = dt.shape[-1]
+    m = mask.to(xbc.dtype)[..., None]
+    conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias)
+    conv_out = conv_out * m
+    x, Bm, Cm = conv_out.float().split([heads * head_dim, n_groups * state_size, n_groups * state_size], dim=-1)
+    x = x.unflatten(-1, (heads, head_dim))
+    Bm = Bm.unflatten(-1, (n_groups, state_size))
+    Cm = Cm.unflatten(-1, (n_groups, state_size))
+
+    dt = F.softplus(dt.float() + dt_bias.float()).clamp(dt_min, dt_max) * mask.float()[..., None]
+    A = -torch.exp(A_log.float())
+    state = ssm_state.float()
+    if t == 1:
+        y, new_state = ssd_recurrent(x, dt, A, Bm, Cm, state)
+    else:
+        y, new_state = ssd_chunked(x, dt, A, Bm, Cm, state, chunk_size)
+    y = y + x * D.float()[:, None]
+    return y.flatten(-2), new_conv_state, new_state.to(ssm_state.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj -> [z | xBC | dt] -> mamba2_core -> gated group norm with z -> out_proj."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.mamba_num_heads
+        self.in_proj = nn.Linear(cfg.hidden_size, cfg.in_proj_size, bias=cfg.use_bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.conv_kernel, groups=cfg.conv_dim, bias=cfg.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(h))
+        self.A_log = nn.Parameter(torch.zeros(h))
+        self.D = nn.Parameter(torch.ones(h))
+        inter = cfg.mamba_intermediate
+        self.norm = GatedGroupRMSNorm(inter, inter // cfg.n_groups, cfg.layer_norm_epsilon)
+        self.out_proj = nn.Linear(inter, cfg.hidden_size, bias=cfg.use_bias)
+
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden: (B, T, E); mask: (B, T). Returns (B, T, E) and the two new states."""
+        cfg = self.cfg
+        z, xbc, dt = self.in_proj(hidden).split([cfg.mamba_intermediate, cfg.conv_dim, cfg.mamba_num_heads], dim=-1)
+        dt_min, dt_max = cfg.dt_clamp if hidden.shape[1] > 1 else cfg.dt_clamp_decode
+        y, conv_state, ssm_state = mamba2_core(
+            xbc, dt, mask, conv_state, ssm_state,
+            self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D,
+            n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
+            chunk_size=cfg.chunk_size, dt_min=dt_min, dt_max=dt_max,
+        )  # fmt: skip
+        y = self.norm(y, z)
+        return self.out_proj(y.to(hidden.dtype)), conv_state, ssm_state

@@ -1,0 +1,107 @@
+"""Dense relu2 MLP and the routed mixture of experts.
+
+Legend: N tokens (B*T flattened), E hidden, X expert count, k experts per token, I expert width,
+Din expert input width (= moe_latent_size when latent projections exist, else E), G router groups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemotron_deploy.exporter.config import ModelConfig
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return torch.square(F.relu(x))
+
+
+class MLP(nn.Module):
+    """down(relu(up(x))^2): NemotronH's non-gated MLP (the `-` layers and the shared expert)."""
+
+    def __init__(self, hidden: int, inter: int, bias: bool):
+        super().__init__()
+        self.up_proj = nn.Linear(hidden, inter, bias=bias)
+        self.down_proj = nn.Linear(inter, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(relu2(self.up_proj(x)))
+
+
+def route(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    *,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-limited top-k sigmoid routing (DeepSeek-V3 style), all in fp32.
+
+    x: (N, E); router_weight: (X, E); correction_bias: (X,) fp32, used for the choice only.
+    A group's score is the sum of its two best (biased) experts; only the best `topk_group` groups
+    compete. Weights come from the un-biased sigmoid, renormalised if `norm_topk_prob`, times `scaling`.
+    Returns (indices (N, k) int64, weights (N, k) fp32).
+    """
+    scores = torch.sigmoid(F.linear(x.float(), router_weight.float()))  # (N, X)
+    choice = scores + correction_bias.float()
+    groups = choice.unflatten(-1, (n_group, -1))  # (N, G, X/G)
+    group_scores = groups.topk(2, dim=-1).values.sum(-1) if n_group > 1 else groups[..., 0]
+    best_groups = group_scores.topk(topk_group, dim=-1).indices  # (N, topk_group)
+    keep = F.one_hot(best_groups, n_group).sum(1) > 0  # (N, G)
+    choice = groups.masked_fill(~keep[..., None], -torch.inf).flatten(1)
+    indices = choice.topk(top_k, dim=-1).indices
+    weights = scores.gather(1, indices)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return indices, weights * scaling
+
+
+def routed_experts(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[:, k] * down_e(relu2(up_e(h))) with e = indices[:, k].
+
+    h: (N, Din); indices, weights: (N, k); up: (X, I, Din); down: (X, Din, I). Returns (N, Din) fp32.
+    Gathers the selected experts' weights per token: no data-dependent shapes, so it traces, and a
+    decode step reads only the k selected experts. (Large prefills pay N*k weight gathers; the
+    TensorRT plugin replaces this with a grouped GEMM.)
+    """
+    act = relu2(torch.einsum("nd,nkid->nki", h, up[indices]))
+    out = torch.einsum("nki,nkdi->nkd", act, down[indices])
+    return (out.float() * weights[..., None]).sum(1)
+
+
+class MoE(nn.Module):
+    """Routed experts (optionally inside latent projections) plus a shared expert on the input."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        x, inter, din = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.moe_input_size
+        self.router_weight = nn.Parameter(torch.zeros(x, cfg.hidden_size))
+        self.register_buffer("e_score_correction_bias", torch.zeros(x, dtype=torch.float32))
+        self.experts_up = nn.Parameter(torch.zeros(x, inter, din))
+        self.experts_down = nn.Parameter(torch.zeros(x, din, inter))
+        latent = cfg.moe_latent_size is not None
+        self.fc1_latent_proj = nn.Linear(cfg.hidden_size, din, bias=cfg.mlp_bias) if latent else nn.Identity()
+        self.fc2_latent_proj = nn.Linear(din, cfg.hidden_size, bias=cfg.mlp_bias) if latent else nn.Identity()
+        shared = cfg.n_shared_experts > 0
+        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_shared_expert_intermediate_size, cfg.mlp_bias) if shared else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, T, E) -> (B, T, E)."""
+        cfg = self.cfg
+        flat = hidden.flatten(0, 1)  # (N, E)
+        indices, weights = route(
+            flat, self.router_weight, self.e_score_correction_bias, top_k=cfg.num_experts_per_tok,
+            n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+            scaling=cfg.routed_scaling_factor,
+        )  # fmt: skip
+        routed = routed_experts(self.fc1_latent_proj(flat), indices, weights, self.experts_up, self.experts_down)
+        out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(hidden)
+        return out

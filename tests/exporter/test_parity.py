@@ -1,0 +1,112 @@
+"""The step model against transformers 5.23 (pure-torch path) on small random checkpoints."""
+
+import pytest
+import torch
+
+from hf_oracle import hf_greedy, hf_logits
+from nemotron_deploy.exporter.checkpoint import load_model
+from nemotron_deploy.exporter.modeling.mamba import ssd_chunked, ssd_recurrent
+from nemotron_deploy.exporter.torch_decode import greedy_decode, left_pad, prefill
+
+VOCAB = 101
+
+
+def _prompt(length, seed):
+    return torch.randint(3, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _rel_err(ref, got):
+    return ((ref - got).abs().max() / ref.abs().max()).item()
+
+
+def test_full_sequence_logits_match_transformers(hf_checkpoints, config_name):
+    """Prompt of 23 tokens: longer than every chunk_size and a multiple of none."""
+    ref_model, path = hf_checkpoints(config_name)
+    model = load_model(path, "float32", all_logits=True)
+    ids = torch.tensor([_prompt(23, 1), _prompt(23, 2)])
+    ref = hf_logits(ref_model, ids)
+    got, _ = model.step(ids, torch.ones_like(ids), model.initial_state(2))
+    err = _rel_err(ref, got)
+    print(f"{config_name}: max |logit error| / max |logit| = {err:.2e}")
+    assert got.shape == ref.shape and err <= 1e-4
+
+
+def test_greedy_decode_matches_transformers_generate(hf_checkpoints, config_name):
+    ref_model, path = hf_checkpoints(config_name)
+    model = load_model(path, "float32")
+    for seed, length in ((3, 19), (4, 7)):
+        prompt = _prompt(length, seed)
+        expected = hf_greedy(ref_model, prompt, 40)
+        assert greedy_decode(model, [prompt], 40)[0] == expected
+
+
+def test_decode_step_logits_match_transformers(hf_checkpoints):
+    """Each T = 1 step against transformers' own cached step (its recurrent path, dt not clamped)."""
+    ref_model, path = hf_checkpoints("hybrid_moe_groups")
+    model = load_model(path, "float32")
+    ids = torch.tensor([_prompt(17, 5)])
+    with torch.no_grad():
+        out = ref_model(ids, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        _, state, mask = prefill(model, ids, torch.ones_like(ids))
+        errs = []
+        for _ in range(12):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            ref = ref_model(token, past_key_values=cache, use_cache=True, attention_mask=mask).logits
+            got, state = model.step(token, mask, state)
+            errs.append(_rel_err(ref[:, -1], got[:, -1]))
+            token = ref[:, -1:].argmax(-1)
+    print(f"max relative decode-step error {max(errs):.2e}")
+    assert max(errs) <= 1e-4
+
+
+def test_chunked_prefill_equals_one_shot(hf_checkpoints, config_name):
+    _, path = hf_checkpoints(config_name)
+    model = load_model(path, "float32")
+    ids = torch.tensor([_prompt(26, 6), _prompt(26, 7)])
+    mask = torch.ones_like(ids)
+    one_logits, one_state, _ = prefill(model, ids, mask)
+    for pieces in ([9, 2, 11, 4], [3, 23], [13, 13]):
+        logits, state, _ = prefill(model, ids, mask, pieces)
+        assert _rel_err(one_logits, logits) <= 1e-5, pieces
+        for name, tensor in one_state.items():
+            assert torch.allclose(state[name], tensor, rtol=1e-4, atol=1e-5), (pieces, name)
+
+
+def test_left_padded_batch_equals_each_prompt_alone(hf_checkpoints, config_name):
+    _, path = hf_checkpoints(config_name)
+    model = load_model(path, "float32")
+    prompts = [_prompt(n, 10 + n) for n in (21, 2, 9, 14)]
+    batch = greedy_decode(model, prompts, 24)
+    batch_chunked = greedy_decode(model, prompts, 24, piece_lengths=[8, 6, 7])
+    ids, mask = left_pad(prompts)
+    logits, state, _ = prefill(model, ids, mask)
+    for row, prompt in enumerate(prompts):
+        alone = greedy_decode(model, [prompt], 24)[0]
+        assert batch[row] == alone and batch_chunked[row] == alone, row
+        single = torch.tensor([prompt])
+        logits_1, state_1, _ = prefill(model, single, torch.ones_like(single))
+        assert _rel_err(logits_1[0], logits[row]) <= 1e-5
+        for name, tensor in state_1.items():
+            got = state[name][row]
+            if name.endswith((".key", ".value")):  # the padded positions' K/V are masked, not compared
+                got = got[:, -len(prompt) :]
+            assert torch.allclose(got, tensor[0], rtol=1e-4, atol=1e-5), (row, name)
+
+
+@pytest.mark.parametrize("t, chunk", [(1, 4), (7, 4), (16, 4), (13, 32)])
+def test_chunked_scan_equals_token_by_token_recurrence(t, chunk):
+    g = torch.Generator().manual_seed(t)
+    b, h, p, n, groups = 2, 6, 5, 7, 3
+    x = torch.randn(b, t, h, p, generator=g)
+    dt = torch.rand(b, t, h, generator=g) * 0.5
+    A = -torch.rand(h, generator=g) * 3
+    Bm, Cm = torch.randn(b, t, groups, n, generator=g), torch.randn(b, t, groups, n, generator=g)
+    state0 = torch.randn(b, h, p, n, generator=g)
+    y, final = ssd_chunked(x, dt, A, Bm, Cm, state0, chunk)
+    state, ys = state0, []
+    for i in range(t):
+        yi, state = ssd_recurrent(x[:, i : i + 1], dt[:, i : i + 1], A, Bm[:, i : i + 1], Cm[:, i : i + 1], state)
+        ys.append(yi)
+    assert torch.allclose(y, torch.cat(ys, 1), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(final, state, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,62 @@
+"""The step model exports as is: torch.onnx (dynamo) with dynamic batch, new-token and past lengths,
+checked on onnxruntime's CPU provider at shapes other than the example, 0- and 1-sized ones included.
+
+(This proves the model traceable; the export command, manifest and runtime are built on it.)
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from nemotron_deploy.exporter import io_spec
+from nemotron_deploy.exporter.checkpoint import load_model
+
+DYN = torch.export.Dim.DYNAMIC
+
+
+def _inputs(model, batch, past, new):
+    gen = torch.Generator().manual_seed(batch * 100 + past * 10 + new)
+    state = model.initial_state(batch)
+    if past:
+        ids = torch.randint(0, 100, (batch, past), generator=gen)
+        _, state = model.step(ids, torch.ones_like(ids), state)
+    ids = torch.randint(0, 100, (batch, new), generator=gen)
+    mask = torch.ones(batch, past + new, dtype=torch.int64)
+    if past + new > 2 and batch > 1:
+        mask[1, :2] = 0  # a left-padded row
+    return (ids, mask, *(state[s.name] for s in io_spec.state_specs(model.cfg, "past")))
+
+
+def _export(model, example, path, new_tokens_dynamic):
+    cfg = model.cfg
+    states = tuple({0: DYN, 2: DYN} if s.role in ("key", "value") else {0: DYN} for s in io_spec.state_specs(cfg, "past"))
+    ids_dims = {0: DYN, 1: DYN} if new_tokens_dynamic else {0: DYN}
+    torch.onnx.export(
+        model, example, path, dynamo=True, external_data=False,
+        input_names=[s.name for s in io_spec.step_inputs(cfg)],
+        output_names=[s.name for s in io_spec.step_outputs(cfg)],
+        dynamic_shapes=(ids_dims, {0: DYN, 1: DYN}, states),
+    )  # fmt: skip
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _check(session, model, shapes):
+    names = [i.name for i in session.get_inputs()]
+    for shape in shapes:
+        example = _inputs(model, *shape)
+        got = session.run(None, dict(zip(names, (t.numpy() for t in example))))
+        for g, r in zip(got, model(*example)):
+            assert g.shape == tuple(r.shape), shape
+            np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=2e-5, err_msg=str(shape))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_prefill_and_decode_graphs_export_with_dynamic_shapes(hf_checkpoints, tmp_path):
+    _, path = hf_checkpoints("hybrid_moe_groups")  # chunk_size 8
+    model = load_model(path, "float32")
+    prefill = _export(model, _inputs(model, 2, 3, 21), tmp_path / "prefill.onnx", new_tokens_dynamic=True)
+    # (batch, past, new): one chunk, several, a multiple of chunk_size, batch 1, empty past
+    _check(prefill, model, [(1, 0, 2), (3, 5, 13), (2, 0, 16), (1, 4, 5), (4, 9, 30)])
+    decode = _export(model, _inputs(model, 2, 6, 1), tmp_path / "decode.onnx", new_tokens_dynamic=False)
+    _check(decode, model, [(1, 1, 1), (3, 11, 1), (5, 2, 1)])

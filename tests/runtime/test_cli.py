@@ -1,0 +1,67 @@
+"""The `nemotron-deploy` CLI: inspect (against transformers' own counts), demo, one-line errors."""
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from hf_oracle import hf_model, save_checkpoint
+from nemotron_deploy.runtime.cli import main
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_inspect_json_matches_transformers(hf_checkpoints, config_name):
+    ref, path = hf_checkpoints(config_name)
+    result = _run("inspect", path, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    hf_types = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
+    assert info["layer_types"] == [hf_types[k] for k in ref.config.layers_block_type]
+    assert info["num_parameters"] == sum(p.numel() for p in ref.parameters())
+    cfg = ref.config
+    per_expert = 2 * cfg.moe_intermediate_size * (cfg.moe_latent_size or cfg.hidden_size)
+    unused = info["layer_types"].count("moe") * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
+    assert info["active_parameters_per_token"] == info["num_parameters"] - unused
+    # one token of K/V per attention layer, as transformers' cache holds it
+    with torch.no_grad():
+        cache = ref(torch.tensor([[5]]), use_cache=True).past_key_values
+    kv = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers if getattr(layer, "keys", None) is not None)
+    assert info["kv_bytes_per_token"] == kv * 4
+
+
+def test_inspect_human_readable(hf_checkpoints):
+    _, path = hf_checkpoints("hybrid_moe_groups")
+    result = _run("inspect", path)
+    assert result.exit_code == 0, result.output
+    assert "ME*MEM" in result.output and "6 (3 mamba, 1 attention, 2 moe)" in result.output
+
+
+def test_bad_input_is_one_line(tmp_path):
+    result = _run("inspect", tmp_path / "nope")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a directory" in result.output
+    result = _run("inspect", tmp_path)
+    assert result.exit_code == 2 and "config.json: no such file" in result.output
+    save_checkpoint(hf_model("dense_mlp_biases"), tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    cfg["layers_block_type"][1] = "retention"
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    result = _run("inspect", tmp_path / "c")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "field 'layers_block_type' has unknown layer kind 'retention' at layer 1" in result.output
+
+
+def test_demo_writes_a_checkpoint_that_transformers_loads(tmp_path):
+    from transformers import NemotronHForCausalLM
+
+    out = tmp_path / "demo"
+    result = _run("demo", "-o", out, "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output
+    assert "M-ME*ME" in result.output and result.output.count("->") == 2
+    ref = NemotronHForCausalLM.from_pretrained(out).eval()  # the hub layout we wrote is the real one
+    info = json.loads(_run("inspect", out, "--json").output)
+    assert info["num_parameters"] == sum(p.numel() for p in ref.parameters())
+    again = _run("demo", "-o", out)
+    assert again.exit_code == 2 and "already exists" in again.output
