@@ -1,10 +1,11 @@
 """Zero-copy, memory-mapped reading of `.safetensors` files (single file or sharded with an index).
 
-Why not `safetensors.safe_open(...).get_tensor`: it copies every tensor into fresh memory. Here each
-tensor is a view of a private (copy-on-write) memory map, so opening a 60 GB checkpoint costs only its
-headers, and a tensor's pages are read from disk when first touched and can be evicted again.
-The file format is small and fixed (8-byte little-endian header length, JSON header, raw data), so
-reading it by hand also lets every inconsistency be reported with the file and tensor it concerns.
+Each tensor is a view of a private (copy-on-write) memory map, so opening a 60 GB checkpoint costs
+only its headers, and a tensor's pages are read from disk when first touched and can be evicted again
+(recent `safetensors.torch.load_file` maps files too; see benchmarks/results/load_memory.md). We read
+the small, fixed format (8-byte little-endian header length, JSON header, raw data) ourselves so that
+every header entry is checked against the file size up front and each inconsistency is reported as
+one line naming the file and tensor, and so that `inspect` validates a checkpoint from headers alone.
 Only JSON and raw bytes are ever parsed: no pickle.
 """
 
