@@ -61,17 +61,31 @@ def route(
     return indices, weights * scaling
 
 
-def routed_experts(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """sum_k weights[:, k] * down_e(relu2(up_e(h))) with e = indices[:, k].
+def routed_experts_gather(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[:, k] * down_e(relu2(up_e(h))) with e = indices[:, k], by gathering weights per token.
 
     h: (N, Din); indices, weights: (N, k); up: (X, I, Din); down: (X, Din, I). Returns (N, Din) fp32.
-    Gathers the selected experts' weights per token: no data-dependent shapes, so it traces, and a
-    decode step reads only the k selected experts. (Large prefills pay N*k weight gathers; the
-    TensorRT plugin replaces this with a grouped GEMM.)
+    Static shapes, and a decode step reads only the k selected experts: the decode formulation.
+    (It gathers N*k expert matrices, far too many for a long prompt.)
     """
     act = relu2(torch.einsum("nd,nkid->nki", h, up[indices]))
     out = torch.einsum("nki,nkdi->nkd", act, down[indices])
     return (out.float() * weights[..., None]).sum(1)
+
+
+def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The same sum, expert by expert over only the tokens routed to it: the prefill formulation.
+
+    Shapes as `routed_experts_gather`. Exactly N*k token-expert products; the per-expert token count
+    is data-dependent (NonZero in ONNX), the loop over experts is unrolled (static expert count).
+    """
+    out = torch.zeros(h.shape[0], h.shape[1], dtype=torch.float32, device=h.device)
+    for e in range(up.shape[0]):
+        token, slot = torch.where(indices == e)
+        act = relu2(h[token] @ up[e].T)
+        y = (act @ down[e].T).float() * weights[token, slot, None]
+        out = out.index_add(0, token, y)
+    return out
 
 
 class MoE(nn.Module):
@@ -100,7 +114,8 @@ class MoE(nn.Module):
             n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
             scaling=cfg.routed_scaling_factor,
         )  # fmt: skip
-        routed = routed_experts(self.fc1_latent_proj(flat), indices, weights, self.experts_up, self.experts_down)
+        experts = routed_experts_gather if hidden.shape[1] == 1 else routed_experts_loop  # decode | prefill
+        routed = experts(self.fc1_latent_proj(flat), indices, weights, self.experts_up, self.experts_down)
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)
