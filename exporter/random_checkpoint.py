@@ -45,7 +45,8 @@ TINY_CONFIG = {
 
 
 def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: dict | None = None) -> Path:
-    """Write config.json + model.safetensors with random weights to `out_dir` (must not exist yet)."""
+    """Write config.json, model.safetensors (random weights), generation_config.json and a small
+    tokenizer.json to `out_dir` (which must not exist yet)."""
     import torch
     from safetensors.torch import save_file
 
@@ -68,15 +69,36 @@ def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: dict | N
                 tensors.update({hf_key(name, j): value[j].contiguous() for j in range(value.shape[0])})
             else:
                 tensors[hf_key(name)] = value.contiguous()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(raw, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
+        write_demo_tokenizer(tmp / "tokenizer.json", cfg.vocab_size)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+_CORPUS = """NemotronH is a hybrid of Mamba-2 layers, attention layers, dense MLP layers and mixture of
+experts layers. The exporter traces the model step by step: one call consumes new tokens for a batch of
+sequences and returns every recurrent state. The runtime decodes on onnxruntime or on TensorRT."""
+
+
+def write_demo_tokenizer(path: Path, vocab_size: int) -> None:
+    """A small BPE tokenizer trained on a fixed text: ids 0..3 are <pad>, <s>, </s>, <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False)
+    tok.train_from_iterator([_CORPUS], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(path))
 
 
 def _random_like(name: str, p):

@@ -52,25 +52,162 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("-o", "--output", "out_dir", default="nemotron-demo", show_default=True, help="Where to write the demo checkpoint.")
-@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(1, 4096))
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("-o", "--output", "out_dir", required=True, help="New artifact directory to write.")
+@click.option("--target", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@_one_line_errors
+def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str) -> None:
+    """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+
+    path = export_artifact(checkpoint_dir, out_dir, target=target, dtype=dtype)
+    click.echo(f"wrote {path}", err=True)
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise NemotronDeployError(f"--prompt-ids {text!r}: expected comma-separated integers such as 1,2,3") from None
+
+
+def _sampling(greedy, temperature, top_k, top_p, seed):
+    from nemotron_deploy.runtime.sampling import Sampling
+
+    sample = temperature is not None or top_k is not None or top_p is not None
+    if greedy and sample:
+        raise NemotronDeployError("--greedy cannot be combined with --temperature/--top-k/--top-p")
+    if not sample:
+        return Sampling(greedy=True, seed=seed)
+    return Sampling(greedy=False, temperature=1.0 if temperature is None else temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, seed=seed)
+
+
+_BACKEND = click.option("--backend", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True)
+_PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider.")
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@click.option("--prompt", "prompts", multiple=True, help="Text prompt (repeatable: a batch). Needs the artifact's tokenizer.")
+@click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeatable).")
+@click.option("--max-new-tokens", default=64, show_default=True, type=int)
+@click.option("--greedy", is_flag=True, help="Argmax decoding (the default unless a sampling option is given).")
+@click.option("--temperature", type=float)
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--seed", type=int, help="Seed of the sampler.")
+@click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS.")
+@click.option("--prefill-chunk", type=int, help="Prefill the prompt in pieces of this many tokens.")
+@click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
+@_BACKEND
+@_PROVIDER
+@_one_line_errors
+def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, backend, providers):
+    """Generate continuations of one or more prompts with an exported artifact."""
+    from nemotron_deploy.runtime.session import Session
+
+    if not prompts and not prompt_ids:
+        raise NemotronDeployError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+    sampling = _sampling(greedy, temperature, top_k, top_p, seed)
+    session = Session(artifact_dir, backend=backend, providers=list(providers) or None)
+    inputs = [*prompts, *(_parse_ids(p) for p in prompt_ids)]
+    on_token = _streamer(session, len(inputs)) if stream and not as_json else None
+    result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, on_token)
+    texts = [session.decode(ids) for ids in result.new_token_ids] if session.tokenizer else None
+    if as_json:
+        out = {"new_token_ids": result.new_token_ids, "finish_reasons": result.finish_reasons}
+        if texts is not None:
+            out["text"] = texts
+        click.echo(json.dumps(out))
+    elif stream:
+        click.echo()
+    else:
+        for i, ids in enumerate(result.new_token_ids):
+            click.echo(texts[i] if texts is not None else ",".join(map(str, ids)))
+
+
+def _streamer(session, batch: int):
+    """Single prompt: text as it grows. Several: one line per token, `[row] token`."""
+    state: dict[int, list[int]] = {}
+
+    def on_token(row: int, token: int) -> None:
+        ids = state.setdefault(row, [])
+        before = session.decode(ids) if session.tokenizer else None
+        ids.append(token)
+        if batch == 1 and session.tokenizer:
+            click.echo(session.decode(ids)[len(before) :], nl=False)
+        else:
+            piece = session.decode([token]) if session.tokenizer else str(token)
+            click.echo(f"[{row}] {piece}")
+
+    return on_token
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@click.option("--prompt-len", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--new-tokens", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--past", "past_lengths", multiple=True, type=click.IntRange(1), help="Also time decode after this many tokens (repeatable).")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True)
+@_BACKEND
+@_PROVIDER
+@_one_line_errors
+def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, backend, providers):
+    """Prefill and decode throughput, peak memory, and decode against the memory-bandwidth floor."""
+    from nemotron_deploy.runtime.bench import run_bench
+    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.onnx_backend import open_backend
+
+    manifest = read_manifest(artifact_dir)
+    if prompt_len + new_tokens > manifest.model["max_position_embeddings"]:
+        raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model['max_position_embeddings']} tokens")
+    runner = open_backend(manifest, backend, list(providers) or None, threads)
+    result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"prefill  {result['prefill_tokens_per_s']:10.1f} tokens/s   (batch {batch} x {prompt_len})")
+    click.echo(f"decode   {result['decode_tokens_per_s']:10.1f} tokens/s   (batch {batch}, {new_tokens} steps)")
+    for past, rate in result["decode_tokens_per_s_at_past"].items():
+        click.echo(f"decode   {rate:10.1f} tokens/s   after {past} tokens")
+    click.echo(f"bandwidth {result['memory_bandwidth_gb_per_s']:.1f} GB/s -> floor {result['decode_floor_tokens_per_s']:.1f} tokens/s per sequence; "
+               f"decode at {100 * result['decode_fraction_of_floor']:.0f}% of it")
+    click.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB")
+
+
+@main.command()
+@click.option("-o", "--output", "out_dir", default="nemotron-demo", show_default=True, help="Directory for the demo checkpoint and artifact.")
+@click.option("--max-new-tokens", default=24, show_default=True, type=click.IntRange(1, 512))
 @click.option("--seed", default=0, show_default=True, type=int)
 @_one_line_errors
 def demo(out_dir: str, max_new_tokens: int, seed: int) -> None:
-    """Write a tiny random NemotronH checkpoint (every layer kind), inspect it and decode greedily."""
-    from nemotron_deploy.exporter.checkpoint import load_model
-    from nemotron_deploy.exporter.inspect import format_summary, inspect_checkpoint
-    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
-    from nemotron_deploy.exporter.torch_decode import greedy_decode
+    """Make a tiny random NemotronH checkpoint (every layer kind, with a tokenizer), export it to
+    ONNX and generate from it on onnxruntime."""
+    from pathlib import Path
 
-    path = write_random_checkpoint(out_dir, seed=seed)
-    click.echo(f"wrote a random checkpoint to {path}")
-    for label, value in format_summary(inspect_checkpoint(path)):
+    from nemotron_deploy.exporter.inspect import format_summary, inspect_checkpoint
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+    from nemotron_deploy.runtime.session import Session
+
+    root = Path(out_dir)
+    if root.exists():
+        raise NemotronDeployError(f"{root}: already exists; choose a new output directory")
+    checkpoint = write_random_checkpoint(root / "checkpoint", seed=seed)
+    click.echo(f"checkpoint: {checkpoint}")
+    for label, value in format_summary(inspect_checkpoint(checkpoint)):
         click.echo(f"{label:>20}  {value}")
-    model = load_model(path)
-    prompts = [[1, 17, 42, 99, 7], [1, 5]]
-    for prompt, new in zip(prompts, greedy_decode(model, prompts, max_new_tokens)):
-        click.echo(f"prompt {prompt} -> {new}")
+    artifact = export_artifact(checkpoint, root / "onnx")
+    click.echo(f"artifact:   {artifact}")
+    session = Session(artifact)
+    prompts = ["The runtime decodes", "Mamba layers"]
+    result = session.generate(prompts, max_new_tokens, ignore_eos=True)
+    for prompt, ids in zip(prompts, result.new_token_ids):
+        click.echo(f"{prompt!r} -> {session.decode(ids)!r}  {ids}")
 
 
 if __name__ == "__main__":

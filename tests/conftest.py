@@ -24,3 +24,20 @@ def hf_checkpoints(tmp_path_factory):
 @pytest.fixture(params=sorted(CONFIGS))
 def config_name(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, hf_checkpoints):
+    """(name, dtype) -> (transformers model, checkpoint dir, exported onnxruntime artifact dir)."""
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+
+    cache = {}
+
+    def get(name: str, dtype: str = "float32"):
+        if (name, dtype) not in cache:
+            ref, ckpt = hf_checkpoints(name)
+            out = tmp_path_factory.mktemp(f"{name}-{dtype}-artifact") / "onnx"
+            cache[name, dtype] = (ref, ckpt, export_artifact(ckpt, out, dtype=dtype, progress=False))
+        return cache[name, dtype]
+
+    return get

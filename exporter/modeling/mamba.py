@@ -29,7 +29,9 @@ def causal_conv_step(
     """
     window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
     new_state = window[:, :, xbc.shape[1] :]
-    out = F.conv1d(window.to(weight.dtype), weight.unsqueeze(1), bias, groups=weight.shape[0])
+    # fp32 whatever the model dtype: more exact, and ONNX Conv (opset < 22) has no bfloat16
+    bias = None if bias is None else bias.float()
+    out = F.conv1d(window.float(), weight.float().unsqueeze(1), bias, groups=weight.shape[0])
     return F.silu(out).transpose(1, 2).to(xbc.dtype), new_state
 
 

@@ -80,10 +80,13 @@ def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.T
     is data-dependent (NonZero in ONNX), the loop over experts is unrolled (static expert count).
     """
     out = torch.zeros(h.shape[0], h.shape[1], dtype=torch.float32, device=h.device)
+    # The expert index is derived from an input (an empty sum) so that ONNX constant folding cannot
+    # turn up[e] into a per-expert copy of the weights: both graphs then share the stacked tensors.
+    zero = indices[:0].sum()
     for e in range(up.shape[0]):
         token, slot = torch.where(indices == e)
-        act = relu2(h[token] @ up[e].T)
-        y = (act @ down[e].T).float() * weights[token, slot, None]
+        act = relu2(F.linear(h[token], up[zero + e]))
+        y = F.linear(act, down[zero + e]).float() * weights[token, slot, None]
         out = out.index_add(0, token, y)
     return out
 

@@ -1,0 +1,102 @@
+"""The decode loop, shared by every backend: left-padded (optionally chunked) prefill, then one token
+per step until EOS or the token budget. A backend only has to provide `initial_state` and `step`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.sampling import Sampler, Sampling
+
+
+@dataclass
+class Generation:
+    """new_token_ids[i]: tokens generated for prompt i (EOS included when it ended the sequence)."""
+
+    new_token_ids: list[list[int]]
+    finish_reasons: list[str]  # "eos" | "length"
+    prefill_logits: np.ndarray | None = field(default=None, repr=False)  # (B, V) after the prompt
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> input_ids (B, T) and attention_mask (B, T) int64, prompts right-aligned."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, max_length: int) -> None:
+    if not prompts:
+        raise NemotronDeployError("no prompt given")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise NemotronDeployError(f"prompt {i} is empty")
+        bad = [t for t in prompt if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise NemotronDeployError(f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
+        if len(prompt) > max_length:
+            raise NemotronDeployError(f"prompt {i} has {len(prompt)} tokens, the model's maximum is {max_length} (max_position_embeddings)")
+
+
+def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None = None):
+    """Run the prompt through the prefill graph, in one step or in pieces of `chunk_size` tokens.
+    Returns last-position logits (B, V) and the state."""
+    state = backend.initial_state(ids.shape[0])
+    step = chunk_size or ids.shape[1]
+    logits = None
+    for start in range(0, ids.shape[1], step):
+        end = min(start + step, ids.shape[1])
+        logits, state = backend.step("prefill", ids[:, start:end], mask[:, :end], state)
+    return logits, state
+
+
+def generate(
+    backend,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    max_length: int,
+    prefill_chunk_size: int | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> Generation:
+    """Generate for a batch of prompts of any lengths. `on_token(row, token)` streams each new token.
+
+    A sequence stops at one of `eos_token_ids` or when it reaches `max_length` tokens in all; the
+    batch stops when every sequence has stopped or after `max_new_tokens` steps.
+    """
+    ids, mask = left_pad(prompts, pad_token_id)
+    logits, state = prefill(backend, ids, mask, prefill_chunk_size)
+    prefill_logits = logits
+    sampler = Sampler(sampling)
+    eos = set(eos_token_ids)
+    out: list[list[int]] = [[] for _ in prompts]
+    reasons = ["length"] * len(prompts)
+    done = np.zeros(len(prompts), dtype=bool)
+    for step in range(max_new_tokens):
+        tokens = sampler(logits)
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            out[row].append(token)
+            if on_token:
+                on_token(row, token)
+            if token in eos:
+                done[row], reasons[row] = True, "eos"
+            elif len(prompts[row]) + len(out[row]) >= max_length:
+                done[row] = True
+        if done.all() or step == max_new_tokens - 1:
+            break
+        tokens = np.where(done, pad_token_id, tokens)  # finished rows keep stepping; their output is ignored
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+        logits, state = backend.step("decode", tokens[:, None], mask, state)
+    return Generation(out, reasons, prefill_logits)

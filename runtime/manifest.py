@@ -1,0 +1,88 @@
+"""The artifact manifest: what an exported directory holds, read by every runtime.
+
+An artifact directory holds `manifest.json` (written last: an export that did not finish has none),
+one `.onnx` per step graph (`prefill`: T >= 1 new tokens, `decode`: T = 1), `weights.data` (the
+weights of both graphs, stored once), and the checkpoint's tokenizer and generation config if any.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nemotron_deploy.runtime.errors import NemotronDeployError
+
+FORMAT = "nemotron-deploy-artifact"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+class ArtifactError(NemotronDeployError):
+    """An artifact directory is missing files, corrupted, or of another format version."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path  # the artifact directory
+    raw: dict[str, Any]
+
+    @property
+    def target(self) -> str:
+        return self.raw["target"]
+
+    @property
+    def dtype(self) -> str:
+        return self.raw["dtype"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.raw["model"]
+
+    @property
+    def states(self) -> list[dict[str, Any]]:
+        """Per-state records: name (past.*), present (present.*), role, layer, dtype, shape."""
+        return self.raw["states"]
+
+    def graph(self, name: str) -> dict[str, Any]:
+        return self.raw["graphs"][name]
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.graph(name)["file"]
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        return self.raw.get("generation", {})
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        name = (self.raw.get("tokenizer") or {}).get("file")
+        return self.path / name if name else None
+
+
+def read_manifest(artifact_dir: str | Path) -> Manifest:
+    """Read and check `manifest.json` and the files it lists (presence and sizes)."""
+    path = Path(artifact_dir)
+    file = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: not a directory (expected an artifact directory written by 'nemotron-deploy export')")
+    if not file.is_file():
+        raise ArtifactError(f"{file}: missing (not an artifact directory, or its export did not finish)")
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ArtifactError(f"{file}: field 'format' is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{file}: format_version {raw.get('format_version')!r}, this nemotron-deploy reads version {FORMAT_VERSION}; re-export the checkpoint"
+        )
+    for entry in raw.get("files", []):
+        f = path / entry["name"]
+        if not f.is_file():
+            raise ArtifactError(f"{f}: missing (listed in {MANIFEST_FILE})")
+        if f.stat().st_size != entry["bytes"]:
+            raise ArtifactError(f"{f}: {f.stat().st_size} bytes, {MANIFEST_FILE} records {entry['bytes']} (truncated or replaced)")
+    return Manifest(path, raw)

@@ -1,0 +1,99 @@
+"""Runs an artifact's step graphs on onnxruntime (CPU by default; CUDA where onnxruntime-gpu is installed).
+
+Both graphs get their weights from one read-only memory map of `weights.data`, handed to
+onnxruntime as shared initializers: the weights are on disk once and in memory once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest
+
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+_ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64}
+
+
+class OnnxRuntimeBackend:
+    """step(graph, input_ids, attention_mask, state) on onnxruntime; states are numpy arrays."""
+
+    name = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.manifest = manifest
+        available = ort.get_available_providers()
+        providers = providers or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ArtifactError(f"onnxruntime provider {missing[0]} is not available here (available: {', '.join(available)})")
+        self._weights = self._map_weights()
+        self._initializer_values = []  # onnxruntime borrows these buffers: keep them alive
+        self.sessions = {}
+        for graph in ("prefill", "decode"):
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            values = self._initializers(graph, ort)
+            self._initializer_values.append(values)
+            for name, value in values.items():
+                options.add_initializer(name, value)
+            path = manifest.graph_path(graph)
+            try:
+                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as e:  # onnxruntime raises its own exception types for a corrupt model
+                raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+        self.state_names = [s["name"] for s in manifest.states]
+        self.output_names = ["logits"] + [s["present"] for s in manifest.states]
+
+    def _map_weights(self) -> np.memmap | None:
+        path = self.manifest.path / "weights.data"
+        return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
+
+    def _initializers(self, graph: str, ort) -> dict:
+        """OrtValues over the memory map for every external initializer of `graph` (no copies)."""
+        import onnx
+
+        path = self.manifest.graph_path(graph)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        values = {}
+        for tensor in model.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(info.get("offset", 0)), int(info["length"])
+            if self._weights is None or offset + length > self._weights.size:
+                raise ArtifactError(f"{self.manifest.path / 'weights.data'}: too short for tensor '{tensor.name}' of {path.name}")
+            raw = self._weights[offset : offset + length]
+            dtype = _ONNX_TO_NUMPY[tensor.data_type]
+            array = raw.view(dtype).reshape(tuple(tensor.dims))
+            if tensor.data_type == onnx.TensorProto.BFLOAT16:
+                values[tensor.name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, tensor.data_type)
+            else:
+                values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)
+        return values
+
+    def initial_state(self, batch: int) -> dict[str, np.ndarray]:
+        """Zero states for `batch` new sequences (K/V with past length 0)."""
+        state = {}
+        for s in self.manifest.states:
+            shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
+            state[s["name"]] = np.zeros(shape, dtype=_NUMPY[s["dtype"]])
+        return state
+
+    def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+        """input_ids (B, T) int64, attention_mask (B, past+T) int64 -> logits (B, V) fp32 and the next state."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, **state}
+        logits, *presents = self.sessions[graph].run(self.output_names, feeds)
+        return logits[:, -1], dict(zip(self.state_names, presents))
+
+
+def open_backend(manifest: Manifest, backend: str = "onnxruntime", providers: list[str] | None = None, threads: int | None = None):
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(manifest, providers, threads)
+    raise ArtifactError(f"backend {backend!r}: expected 'onnxruntime'")
+

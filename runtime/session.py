@@ -1,0 +1,57 @@
+"""A session over an artifact directory: reads the manifest, opens the backend and the tokenizer,
+owns nothing but configuration (states live inside each `generate` call)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.onnx_backend import open_backend
+from nemotron_deploy.runtime.sampling import Sampling
+from nemotron_deploy.runtime.tokenizer import Tokenizer
+
+
+class Session:
+    def __init__(self, artifact_dir: str | Path, backend: str = "onnxruntime", providers: list[str] | None = None, threads: int | None = None):
+        self.manifest = read_manifest(artifact_dir)
+        self.backend = open_backend(self.manifest, backend, providers, threads)
+        tok = self.manifest.tokenizer_file
+        self.tokenizer = Tokenizer(tok) if tok else None
+        model = self.manifest.model
+        self.vocab_size = model["vocab_size"]
+        self.max_length = model["max_position_embeddings"]
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise NemotronDeployError(f"{self.manifest.path}: text prompts need a tokenizer, and this artifact has no tokenizer.json (use token ids)")
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        return self.tokenizer.decode(list(ids)) if self.tokenizer else None
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        max_new_tokens: int = 64,
+        sampling: Sampling = Sampling(),
+        ignore_eos: bool = False,
+        prefill_chunk_size: int | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> decode.Generation:
+        """Prompts are text (tokenized) or token-id lists, mixed freely; one left-padded batch."""
+        ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        decode.check_prompts(ids, self.vocab_size, self.max_length)
+        if max_new_tokens < 1:
+            raise NemotronDeployError(f"--max-new-tokens {max_new_tokens}: expected >= 1")
+        if prefill_chunk_size is not None and prefill_chunk_size < 1:
+            raise NemotronDeployError(f"prefill chunk size {prefill_chunk_size}: expected >= 1")
+        gen = self.manifest.generation
+        return decode.generate(
+            self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
+            eos_token_ids=() if ignore_eos else gen.get("eos_token_ids", ()),
+            pad_token_id=gen.get("pad_token_id") or 0, max_length=self.max_length,
+            prefill_chunk_size=prefill_chunk_size, on_token=on_token,
+        )  # fmt: skip

@@ -1,0 +1,59 @@
+"""The export command's artifact: manifest, graph checks, weights stored once, atomic writes."""
+
+import json
+
+import onnx
+import pytest
+
+from nemotron_deploy.exporter import io_spec, onnx_export
+from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.manifest import FORMAT_VERSION, read_manifest
+
+
+def test_artifact_layout_and_manifest(artifacts):
+    ref, ckpt, artifact = artifacts("latent_moe_tied_odd")
+    manifest = read_manifest(artifact)
+    cfg = ModelConfig.from_file(ckpt)
+    assert manifest.raw["format_version"] == FORMAT_VERSION and manifest.target == "onnxruntime"
+    assert manifest.model["layer_types"] == list(cfg.layer_types)
+    assert [s["name"] for s in manifest.states] == [s.name for s in io_spec.state_specs(cfg, "past")]
+    assert manifest.generation["eos_token_ids"] == list(cfg.eos_token_id)
+    for graph, new_tokens in (("prefill", "new_tokens"), ("decode", 1)):
+        model = onnx.load(str(manifest.graph_path(graph)), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [s.name for s in io_spec.step_inputs(cfg)]
+        assert [o.name for o in model.graph.output] == [s.name for s in io_spec.step_outputs(cfg)]
+        assert manifest.graph(graph)["inputs"][0]["shape"] == ["batch", new_tokens]
+        onnx.checker.check_model(str(manifest.graph_path(graph)), full_check=True)
+    # weights stored once for both graphs (and not inline in the .onnx files)
+    weight_bytes = 4 * sum(p.numel() for p in ref.parameters())
+    data = (artifact / "weights.data").stat().st_size
+    assert 0.9 * weight_bytes < data < 1.1 * weight_bytes
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(artifact / f"{graph}.onnx"), load_external_data=False)
+        inline = [t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
+        assert not inline, f"{graph}: weights stored inside the graph: {inline}"
+    assert (artifact / "generation_config.json").is_file()
+
+
+def test_interrupted_export_leaves_nothing(hf_checkpoints, tmp_path, monkeypatch):
+    _, ckpt = hf_checkpoints("dense_mlp_biases")
+
+    def boom(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "_check", boom)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.export_artifact(ckpt, tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_never_overwritten(hf_checkpoints, tmp_path):
+    _, ckpt = hf_checkpoints("dense_mlp_biases")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("user data")
+    with pytest.raises(NemotronDeployError, match="already exists"):
+        onnx_export.export_artifact(ckpt, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
+    with pytest.raises(NemotronDeployError, match="--target 'tensorrt'"):
+        onnx_export.export_artifact(ckpt, tmp_path / "new", target="tensorrt", progress=False)
