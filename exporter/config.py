@@ -10,13 +10,12 @@ all of them and validates the result, naming the field and the expected values o
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_deploy.runtime.errors import ConfigError
+from nemotron_deploy.runtime.errors import ConfigError, read_json_object
 
 LAYER_KINDS = ("mamba", "attention", "mlp", "moe")
 
@@ -171,12 +170,7 @@ class ModelConfig:
             path = path / "config.json"
         if not path.is_file():
             raise ConfigError(f"{path}: no such file (a NemotronH checkpoint directory needs config.json)")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object at top level, got {type(raw).__name__}")
+        raw = read_json_object(path, ConfigError)
         try:
             return cls.from_hf(raw)
         except ConfigError as e:

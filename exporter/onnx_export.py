@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import load_model, open_checkpoint
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -241,10 +241,7 @@ def _generation_defaults(ckpt_dir: Path, cfg) -> dict:
     gen = {"eos_token_ids": list(cfg.eos_token_id), "bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id}
     path = ckpt_dir / "generation_config.json"
     if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise NemotronDeployError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json_object(path)
         eos = raw.get("eos_token_id")
         if eos is not None:
             gen["eos_token_ids"] = eos if isinstance(eos, list) else [eos]

@@ -15,3 +15,18 @@ class ConfigError(NemotronDeployError, ValueError):
 
 class CheckpointError(NemotronDeployError, ValueError):
     """The weights on disk are missing, truncated, or do not match the config."""
+
+
+def read_json_object(path, error: type[NemotronDeployError] = NemotronDeployError) -> dict:
+    """Parse a JSON file that must hold an object; any problem is an `error` naming the file."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a JSON object at top level, got {type(raw).__name__}")
+    return raw

@@ -7,12 +7,11 @@ weights of both graphs, stored once), and the checkpoint's tokenizer and generat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 
 FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
@@ -69,12 +68,9 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: not a directory (expected an artifact directory written by 'nemotron-deploy export')")
     if not file.is_file():
         raise ArtifactError(f"{file}: missing (not an artifact directory, or its export did not finish)")
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ArtifactError(f"{file}: field 'format' is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}")
+    raw = read_json_object(file, ArtifactError)
+    if raw.get("format") != FORMAT:
+        raise ArtifactError(f"{file}: field 'format' is {raw.get('format')!r}, expected {FORMAT!r}")
     if raw.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{file}: format_version {raw.get('format_version')!r}, this nemotron-deploy reads version {FORMAT_VERSION}; re-export the checkpoint"

@@ -68,8 +68,13 @@ def routed_experts_gather(h: torch.Tensor, indices: torch.Tensor, weights: torch
     Static shapes, and a decode step reads only the k selected experts: the decode formulation.
     (It gathers N*k expert matrices, far too many for a long prompt.)
     """
-    act = relu2(torch.einsum("nd,nkid->nki", h, up[indices]))
-    out = torch.einsum("nki,nkdi->nkd", act, down[indices])
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    # Row gathers (ONNX Gather) and batched mat-vec products: no layout change of the gathered weights.
+    up_sel = up.index_select(0, flat).view(n, k, up.shape[1], up.shape[2])  # (N, k, I, Din)
+    act = relu2(torch.matmul(up_sel, h[:, None, :, None]))  # (N, k, I, 1)
+    down_sel = down.index_select(0, flat).view(n, k, down.shape[1], down.shape[2])  # (N, k, Din, I)
+    out = torch.matmul(down_sel, act)[..., 0]  # (N, k, Din)
     return (out.float() * weights[..., None]).sum(1)
 
 
