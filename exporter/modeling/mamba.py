@@ -89,31 +89,31 @@ def ssd_chunked(
         v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, pad))
         return v.reshape(b, n_chunks, chunk_size, *v.shape[2:])
 
-    xdt = chunks(x * dt[..., None]).unflatten(3, (g, r))  # (B, c, L, G, R, P)
-    Bc, Cc = chunks(Bm), chunks(Cm)  # (B, c, L, G, N)
-    cum = torch.cumsum(chunks(dt * A).permute(0, 3, 1, 2), dim=-1)  # (B, H, c, L)
+    # Layout (B, G, R, c, L, ...): heads split into groups x heads-per-group, so B/C broadcast over R.
+    # Plain matmuls and broadcasts (no multi-operand einsum), which every runtime executes well.
+    xdt = chunks(x * dt[..., None]).unflatten(3, (g, r)).permute(0, 3, 4, 1, 2, 5)  # (B, G, R, c, L, P)
+    Bc = chunks(Bm).permute(0, 3, 1, 2, 4)[:, :, None]  # (B, G, 1, c, L, N)
+    Cc = chunks(Cm).permute(0, 3, 1, 2, 4)[:, :, None]
+    cum = torch.cumsum(chunks(dt * A).permute(0, 3, 1, 2), dim=-1).unflatten(1, (g, r))  # (B, G, R, c, L)
 
     # 1. within each chunk: attention-like form with a decaying causal mask
-    decay_ls = _segsum_exp(cum).unflatten(1, (g, r))  # (B, G, R, c, L, L)
-    scores = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (B, G, c, L, L)
-    y_diag = torch.einsum("bgcls,bgrcls,bcsgrp->bclgrp", scores, decay_ls, xdt)
+    scores = torch.matmul(Cc, Bc.transpose(-1, -2))  # (B, G, 1, c, L, L)
+    y_diag = torch.matmul(scores * _segsum_exp(cum), xdt)  # (B, G, R, c, L, P)
 
     # 2. each chunk's contribution to the state at its end
-    decay_to_end = torch.exp(cum[..., -1:] - cum).unflatten(1, (g, r))  # (B, G, R, c, L)
-    chunk_states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, xdt)
+    decay_to_end = torch.exp(cum[..., -1:] - cum)[..., None]  # (B, G, R, c, L, 1)
+    chunk_states = torch.matmul(xdt.transpose(-1, -2), Bc * decay_to_end)  # (B, G, R, c, P, N)
 
     # 3. carry states across chunks: state entering chunk j = sum_i<=j decay(i..j) * state_i
-    chunk_cum = torch.cumsum(F.pad(cum[..., -1], (1, 0)), dim=-1)  # (B, H, c+1): log-decay up to each chunk end
-    carry = _segsum_exp(chunk_cum).unflatten(1, (g, r))  # (B, G, R, c+1, c+1)
-    states = torch.cat([state.unflatten(1, (g, r))[:, None], chunk_states], dim=1)  # (B, c+1, G, R, P, N)
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", carry, states)
-    entering, final = states[:, :-1], states[:, -1]
+    chunk_cum = torch.cumsum(F.pad(cum[..., -1], (1, 0)), dim=-1)  # (B, G, R, c+1): log-decay up to each chunk end
+    states = torch.cat([state.unflatten(1, (g, r))[:, :, :, None], chunk_states], dim=3)  # (B, G, R, c+1, P, N)
+    states = torch.matmul(_segsum_exp(chunk_cum), states.flatten(-2)).unflatten(-1, (p, n))
+    entering, final = states[:, :, :, :-1], states[:, :, :, -1]
 
     # 4. contribution of the entering state to each position of the chunk
-    decay_in = torch.exp(cum).unflatten(1, (g, r))  # (B, G, R, c, L)
-    y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, entering, decay_in)
+    y_off = torch.matmul(Cc, entering.transpose(-1, -2)) * torch.exp(cum)[..., None]  # (B, G, R, c, L, P)
 
-    y = (y_diag + y_off).reshape(b, -1, h, p)[:, :t]
+    y = (y_diag + y_off).permute(0, 3, 4, 1, 2, 5).reshape(b, -1, h, p)[:, :t]
     return y, final.reshape(b, h, p, n)
 
 
