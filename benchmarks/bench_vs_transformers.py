@@ -111,7 +111,7 @@ def main() -> None:
         f"{params / 1e6:.0f} M parameters, 64 experts top-6, float32. Batch 1, prompt {args.prompt_len}, {args.new_tokens} decode steps.",
         f"Export took {export_s:.0f} s (most of it tracing the prefill graph's unrolled per-expert loops); "
         f"peak RSS during export {export_peak_mb:.0f} MiB for {weights_mb:.0f} MiB of weights "
-        "(the memory-mapped checkpoint, one ONNX copy of the weights while it is written, torch and the exporter).",
+        "(process peak right after the export; not broken down further).",
         "",
         "| measure | nemotron-deploy (onnxruntime CPU) | transformers 5.23 eager | ratio |",
         "| --- | --- | --- | --- |",
