@@ -213,7 +213,7 @@ def _graph_record(model, graph: str) -> dict:
     cfg = model.cfg
     resolve = {"model": str(model.dtype).removeprefix("torch.")}
 
-    def specs(items, t_symbol):
+    def specs(items):
         return [
             {"name": s.name, "role": s.role, "dtype": resolve.get(s.dtype, s.dtype), "layer": s.layer,
              "shape": [1 if (d == "new_tokens" and graph == "decode") else d for d in s.shape]}
@@ -223,8 +223,8 @@ def _graph_record(model, graph: str) -> dict:
     return {
         "file": f"{graph}.onnx",
         "new_tokens": 1 if graph == "decode" else "dynamic",
-        "inputs": specs(io_spec.step_inputs(cfg), "new_tokens"),
-        "outputs": specs(io_spec.step_outputs(cfg), "new_tokens"),
+        "inputs": specs(io_spec.step_inputs(cfg)),
+        "outputs": specs(io_spec.step_outputs(cfg)),
     }
 
 

@@ -11,19 +11,15 @@ from collections.abc import Sequence
 import torch
 
 from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
+from nemotron_deploy.runtime import decode as runtime_decode
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths -> input_ids (B, T) and attention_mask (B, T), padding on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(prompts), width), dtype=torch.int64)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.int64)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
+    ids, mask = runtime_decode.left_pad(prompts, pad_id)  # the runtime's own padding, as torch tensors
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 @torch.no_grad()
