@@ -30,8 +30,7 @@ class MLP(nn.Module):
 
 
 def route(
-    x: torch.Tensor,
-    router_weight: torch.Tensor,
+    logits: torch.Tensor,
     correction_bias: torch.Tensor,
     *,
     top_k: int,
@@ -42,12 +41,12 @@ def route(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-limited top-k sigmoid routing (DeepSeek-V3 style), all in fp32.
 
-    x: (N, E); router_weight: (X, E); correction_bias: (X,) fp32, used for the choice only.
+    logits: (N, X) fp32 router logits; correction_bias: (X,) fp32, used for the choice only.
     A group's score is the sum of its two best (biased) experts; only the best `topk_group` groups
     compete. Weights come from the un-biased sigmoid, renormalised if `norm_topk_prob`, times `scaling`.
     Returns (indices (N, k) int64, weights (N, k) fp32).
     """
-    scores = torch.sigmoid(F.linear(x.float(), router_weight.float()))  # (N, X)
+    scores = torch.sigmoid(logits.float())  # (N, X)
     choice = scores + correction_bias.float()
     groups = choice.unflatten(-1, (n_group, -1))  # (N, G, X/G)
     group_scores = groups.topk(2, dim=-1).values.sum(-1) if n_group > 1 else groups[..., 0]
@@ -96,6 +95,35 @@ def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.T
     return out
 
 
+def moe_dispatch(
+    h: torch.Tensor,
+    logits: torch.Tensor,
+    correction_bias: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    *,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    scaling: float,
+    decode: bool = False,
+) -> torch.Tensor:
+    """Routing + routed experts + weighted combine: the op the MoeDispatch plugin replaces.
+
+    h: (N, Din) model dtype; logits: (N, X) fp32; correction_bias: (X,) fp32; up: (X, I, Din) and
+    down: (X, Din, I) model dtype. Returns (N, Din) fp32. `decode` only picks the formulation that
+    exports best for few tokens (gathers) or many (per-expert loop); both compute the same sum.
+    The shared expert and the latent projections stay outside (plain matmuls).
+    """
+    indices, weights = route(
+        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob, scaling=scaling,
+    )  # fmt: skip
+    experts = routed_experts_gather if decode else routed_experts_loop
+    return experts(h, indices, weights, up, down)
+
+
 class MoE(nn.Module):
     """Routed experts (optionally inside latent projections) plus a shared expert on the input."""
 
@@ -117,13 +145,12 @@ class MoE(nn.Module):
         """hidden: (B, T, E) -> (B, T, E)."""
         cfg = self.cfg
         flat = hidden.flatten(0, 1)  # (N, E)
-        indices, weights = route(
-            flat, self.router_weight, self.e_score_correction_bias, top_k=cfg.num_experts_per_tok,
-            n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
-            scaling=cfg.routed_scaling_factor,
+        logits = F.linear(flat.float(), self.router_weight.float())  # fp32 router, as the reference
+        routed = moe_dispatch(
+            self.fc1_latent_proj(flat), logits, self.e_score_correction_bias, self.experts_up, self.experts_down,
+            top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
+            norm_topk_prob=cfg.norm_topk_prob, scaling=cfg.routed_scaling_factor, decode=hidden.shape[1] == 1,
         )  # fmt: skip
-        experts = routed_experts_gather if hidden.shape[1] == 1 else routed_experts_loop  # decode | prefill
-        routed = experts(self.fc1_latent_proj(flat), indices, weights, self.experts_up, self.experts_down)
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)

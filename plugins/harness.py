@@ -1,0 +1,148 @@
+"""Drive a plugin of the library as TensorRT does, from Python (ctypes over harness/harness.cpp).
+
+With the CUDA library, tensors are CUDA tensors (device buffers); with the CPU-emulation library, CPU
+tensors. Outputs and workspace are allocated on the inputs' device from the shapes and size the
+plugin reports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nemotron_deploy.exporter.plugin_ops import PluginOp
+
+MAX_DIMS = 8
+# nvinfer1::DataType values
+TRT_DTYPE = {torch.float32: 0, torch.float16: 1, torch.int32: 3, torch.bool: 4, torch.bfloat16: 7, torch.int64: 8}
+TORCH_DTYPE = {v: k for k, v in TRT_DTYPE.items()}
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def _int_array(values):
+    return (ctypes.c_int * max(len(values), 1))(*values)
+
+
+def _dims_array(shapes):
+    flat = []
+    for shape in shapes:
+        flat += list(shape) + [0] * (MAX_DIMS - len(shape))
+    return (ctypes.c_int64 * max(len(flat), 1))(*flat)
+
+
+def attribute_spec(op: PluginOp, attributes: dict) -> str:
+    """"name=i:3;x=f:0.5": node attributes as the ONNX parser turns them into PluginFields."""
+    kinds = {a.name: a.kind for a in op.attributes}
+    parts = []
+    for name, value in attributes.items():
+        kind = kinds.get(name, "float" if isinstance(value, float) else "int")
+        parts.append(f"{name}={'i' if kind == 'int' else 'f'}:{int(value) if kind == 'int' else repr(float(value))}")
+    return ";".join(parts)
+
+
+class PluginHarness:
+    def __init__(self, harness_library: str | Path, plugin_library: str | Path):
+        lib = ctypes.CDLL(str(harness_library))
+        lib.ndh_open.restype = ctypes.c_void_p
+        lib.ndh_open.argtypes = [ctypes.c_char_p]
+        lib.ndh_log.restype = ctypes.c_char_p
+        lib.ndh_create.restype = ctypes.c_void_p
+        lib.ndh_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+        lib.ndh_destroy.argtypes = [ctypes.c_void_p]
+        lib.ndh_creators.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        lib.ndh_supports.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.ndh_build.argtypes = [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p]
+        lib.ndh_enqueue.argtypes = [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p] * 4
+        self._lib = lib
+        self._handle = lib.ndh_open(str(plugin_library).encode())
+        if not self._handle:
+            raise HarnessError(self.take_log())
+
+    def take_log(self) -> str:
+        text = self._lib.ndh_log().decode()
+        self._lib.ndh_clear_log()
+        return text
+
+    def creators(self) -> list[dict]:
+        buf = ctypes.create_string_buffer(1 << 16)
+        self._lib.ndh_creators(self._handle, buf, len(buf))
+        out = []
+        for line in buf.value.decode().splitlines():
+            name, version, namespace, fields = line.split("|")
+            out.append(dict(name=name, version=version, namespace=namespace,
+                            fields=[tuple(f.split(":")) for f in fields.split(",") if f]))  # fmt: skip
+        return out
+
+    def create(self, op: PluginOp, attributes: dict) -> "Plugin":
+        """createPlugin with these node attributes; HarnessError carries what the plugin logged."""
+        self.take_log()
+        handle = self._lib.ndh_create(self._handle, op.name.encode(), attribute_spec(op, attributes).encode())
+        if not handle:
+            raise HarnessError(self.take_log())
+        return Plugin(self, handle, op)
+
+
+@dataclass
+class Built:
+    types: list[torch.dtype]
+    shapes: list[tuple[int, ...]]
+    workspace: int
+
+
+class Plugin:
+    def __init__(self, harness: PluginHarness, handle: int, op: PluginOp):
+        self._h = harness
+        self._handle = handle
+        self.op = op
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self._h._lib.ndh_destroy(self._handle)
+
+    def supports(self, pos: int, dtypes: list[torch.dtype]) -> bool:
+        """supportsFormatCombination(pos) with linear tensors of these dtypes (inputs then outputs)."""
+        types = _int_array([TRT_DTYPE[d] for d in dtypes])
+        return bool(self._h._lib.ndh_supports(self._handle, pos, len(self.op.inputs), len(self.op.outputs), types))
+
+    def build(self, inputs: list[torch.Tensor]) -> Built:
+        n_in, n_out = len(inputs), len(self.op.outputs)
+        out_types, out_ranks = _int_array([0] * n_out), _int_array([0] * n_out)
+        out_dims = _dims_array([()] * n_out)
+        workspace = ctypes.c_size_t(0)
+        self._h.take_log()
+        status = self._h._lib.ndh_build(
+            self._handle, n_in, _int_array([TRT_DTYPE[t.dtype] for t in inputs]), _int_array([t.dim() for t in inputs]),
+            _dims_array([t.shape for t in inputs]), n_out, out_types, out_ranks, out_dims, ctypes.byref(workspace),
+        )  # fmt: skip
+        if status != 0:
+            raise HarnessError(f"build step {status} failed: {self._h.take_log()}")
+        shapes = [tuple(out_dims[i * MAX_DIMS + j] for j in range(out_ranks[i])) for i in range(n_out)]
+        return Built([TORCH_DTYPE[out_types[i]] for i in range(n_out)], shapes, workspace.value)
+
+    def run(self, inputs: list[torch.Tensor], stream: int = 0) -> list[torch.Tensor]:
+        """build, then enqueue on the inputs' device; returns the outputs (synchronised)."""
+        inputs = [t.contiguous() for t in inputs]
+        built = self.build(inputs)
+        device = inputs[0].device
+        outputs = [torch.empty(s, dtype=t, device=device) for t, s in zip(built.types, built.shapes)]
+        workspace = torch.empty(max(built.workspace, 1), dtype=torch.uint8, device=device)
+        ptrs_in = (ctypes.c_void_p * len(inputs))(*[t.data_ptr() for t in inputs])
+        ptrs_out = (ctypes.c_void_p * len(outputs))(*[t.data_ptr() for t in outputs])
+        status = self._h._lib.ndh_enqueue(
+            self._handle, len(inputs), _int_array([TRT_DTYPE[t.dtype] for t in inputs]),
+            _int_array([t.dim() for t in inputs]), _dims_array([t.shape for t in inputs]), len(outputs),
+            _int_array([TRT_DTYPE[t.dtype] for t in outputs]), _int_array([t.dim() for t in outputs]),
+            _dims_array([t.shape for t in outputs]), ptrs_in, ptrs_out, ctypes.c_void_p(workspace.data_ptr()),
+            ctypes.c_void_p(stream),
+        )  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if status != 0:
+            raise HarnessError(f"enqueue returned {status}: {self._h.take_log()}")
+        return outputs
