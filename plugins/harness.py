@@ -25,6 +25,12 @@ class HarnessError(RuntimeError):
     pass
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|, on the CPU in float32."""
+    got, want = got.detach().float().cpu(), want.detach().float().cpu()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
 def _int_array(values):
     return (ctypes.c_int * max(len(values), 1))(*values)
 
@@ -79,10 +85,12 @@ class PluginHarness:
                             fields=[tuple(f.split(":")) for f in fields.split(",") if f]))  # fmt: skip
         return out
 
-    def create(self, op: PluginOp, attributes: dict) -> "Plugin":
-        """createPlugin with these node attributes; HarnessError carries what the plugin logged."""
+    def create(self, op: PluginOp, attributes: dict, spec: str | None = None) -> "Plugin":
+        """createPlugin with these node attributes (or a raw `spec`, to send wrongly typed fields);
+        HarnessError carries what the plugin logged."""
         self.take_log()
-        handle = self._lib.ndh_create(self._handle, op.name.encode(), attribute_spec(op, attributes).encode())
+        spec = attribute_spec(op, attributes) if spec is None else spec
+        handle = self._lib.ndh_create(self._handle, op.name.encode(), spec.encode())
         if not handle:
             raise HarnessError(self.take_log())
         return Plugin(self, handle, op)
