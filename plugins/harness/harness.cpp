@@ -381,11 +381,9 @@ int ndh_build(void* p, int nbIn, int const* inTypes, int const* inRanks, int64_t
     return 0;
 }
 
-//! The run-time phase: recreate the plugin from its serialized fields as a deserialized engine does,
-//! then enqueue. Returns enqueue's status (or -100 when recreation fails).
-int ndh_enqueue(void* p, int nbIn, int const* inTypes, int const* inRanks, int64_t const* inDims, int nbOut,
-    int const* outTypes, int const* outRanks, int64_t const* outDims, void const* const* inputs,
-    void* const* outputs, void* workspace, void* stream)
+//! The run-time phase, as a deserialized engine does it: recreate the plugin from its serialized fields
+//! (createPlugin, kRUNTIME) and attach it to a context. Returns the run-time plugin, or null.
+void* ndh_runtime(void* p)
 {
     auto* plugin = static_cast<Plugin*>(p);
     auto* runtime = static_cast<IPluginV3OneRuntime*>(
@@ -395,16 +393,25 @@ int ndh_enqueue(void* p, int nbIn, int const* inTypes, int const* inRanks, int64
         plugin->creator->createPlugin(plugin->creator->getPluginName(), fields, TensorRTPhase::kRUNTIME));
     if (recreated == nullptr)
     {
-        return -100;
+        return nullptr;
     }
     auto* recreatedRuntime = static_cast<IPluginV3OneRuntime*>(
         recreated->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    std::unique_ptr<IPluginV3> attached(recreatedRuntime->attachToContext(nullptr));
-    if (attached == nullptr)
-    {
-        return -100;
-    }
-    auto* run = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    return recreatedRuntime->attachToContext(nullptr);
+}
+
+void ndh_runtime_destroy(void* runtime)
+{
+    delete static_cast<IPluginV3*>(runtime);
+}
+
+//! onShapeChange + enqueue on the caller's buffers; returns their status (-101: onShapeChange failed).
+int ndh_enqueue(void* runtimePlugin, int nbIn, int const* inTypes, int const* inRanks, int64_t const* inDims,
+    int nbOut, int const* outTypes, int const* outRanks, int64_t const* outDims, void const* const* inputs,
+    void* const* outputs, void* workspace, void* stream)
+{
+    auto* run = static_cast<IPluginV3OneRuntime*>(
+        static_cast<IPluginV3*>(runtimePlugin)->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     std::vector<PluginTensorDesc> in = descriptors(nbIn, inTypes, inRanks, inDims);
     std::vector<PluginTensorDesc> out = descriptors(nbOut, outTypes, outRanks, outDims);
     if (run->onShapeChange(in.data(), nbIn, out.data(), nbOut) != 0)
