@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 WEIGHTS_FILE = "weights.data"
-TARGETS = ("onnxruntime",)
+# onnxruntime: standard ops, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch as plugin nodes
+# (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer there).
+TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 # tokenizer / generation files copied from the checkpoint when present
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 _ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
@@ -66,10 +68,12 @@ def export_artifact(checkpoint_dir: str | Path, out_dir: str | Path, target: str
         graphs = {}
         for graph in ("prefill", "decode"):
             steps.set_postfix_str(f"tracing {graph} graph")
-            proto = _export_graph(model, graph)
+            proto = _export_graph(model, graph, target)
             weights.externalize(proto)
             _save_onnx(proto, tmp / f"{graph}.onnx")
             graphs[graph] = _graph_record(model, graph)
+            if target == "tensorrt":
+                graphs[graph]["plugins"] = plugin_records(tmp / f"{graph}.onnx")
             del proto
             steps.update()
         weights.close()
@@ -116,9 +120,11 @@ def _example_inputs(model, graph: str):
     return (ids, mask, *(state[s.name] for s in io_spec.state_specs(cfg, "past")))
 
 
-def _export_graph(model, graph: str):
+def _export_graph(model, graph: str, target: str = "onnxruntime"):
     """torch.onnx (dynamo) export of one step graph -> ModelProto with weights inline."""
     import torch
+
+    from nemotron_deploy.exporter.plugin_nodes import export_target
 
     cfg = model.cfg
     dyn = torch.export.Dim.DYNAMIC
@@ -126,7 +132,7 @@ def _export_graph(model, graph: str):
     ids_dims = {0: dyn} if graph == "decode" else {0: dyn, 1: dyn}
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision not installed"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), export_target(target):
             warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
             program = torch.onnx.export(
                 model, _example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
@@ -138,11 +144,51 @@ def _export_graph(model, graph: str):
         raise RuntimeError(f"torch.onnx.export of the {graph} graph failed: {e}") from e
     _fold_weight_transposes(program.model)
     proto = program.model_proto
+    if target == "tensorrt":
+        proto = _finish_plugin_graph(proto)
     proto.graph.name = f"nemotron_h_{graph}"
     for node in proto.graph.node:  # per-node Python stack traces: large and of no use to a runtime
         del node.metadata_props[:]
         node.doc_string = ""
     return proto
+
+
+def _finish_plugin_graph(proto):
+    """onnx-graphsurgeon pass over a tensorrt-target graph: every plugin node carries exactly its contract's
+    attributes plus `plugin_version` / `plugin_namespace`; local functions are dropped, so that TensorRT
+    (10.7 - 10.14 would prefer a same-name function, 10.15+ a namespaced plugin) always takes the plugin."""
+    import onnx_graphsurgeon as gs
+
+    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
+
+    graph = gs.import_onnx(proto)
+    for node in graph.nodes:
+        op = PLUGIN_OPS.get(node.op)
+        if op is None or node.domain != op.namespace:
+            continue
+        want = {a.name for a in op.attributes} | {"plugin_version", "plugin_namespace"}
+        if set(node.attrs) != want or len(node.inputs) != len(op.inputs) or len(node.outputs) != len(op.outputs):
+            raise RuntimeError(f"{node.name}: {node.op} node does not follow its contract (attributes {sorted(node.attrs)})")
+        node.attrs["plugin_version"], node.attrs["plugin_namespace"] = op.version, op.namespace
+    graph.cleanup().toposort()
+    finished = gs.export_onnx(graph, do_type_check=False)
+    del finished.functions[:]
+    finished.graph.name = proto.graph.name
+    return finished
+
+
+def plugin_records(path: Path) -> list[dict]:
+    """The manifest's `plugins` entry: each plugin a graph uses, with its node count."""
+    import collections
+
+    import onnx
+
+    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = collections.Counter(n.op_type for n in model.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
+    return [{"name": name, "version": PLUGIN_OPS[name].version, "namespace": PLUGIN_OPS[name].namespace, "nodes": n}
+            for name, n in sorted(counts.items())]  # fmt: skip
 
 
 def _fold_weight_transposes(model) -> None:
@@ -228,6 +274,14 @@ def _graph_record(model, graph: str) -> dict:
     }
 
 
+def _merge_plugins(graphs: dict) -> list[dict]:
+    merged = {}
+    for record in graphs.values():
+        for p in record.get("plugins", []):
+            merged.setdefault(p["name"], {k: p[k] for k in ("name", "version", "namespace")})
+    return list(merged.values())
+
+
 def _copy_side_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for name in SIDE_FILES:
@@ -280,6 +334,8 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, side_files: li
             "config": cfg.to_dict(),
         },
         "graphs": graphs,
+        # plugin libraries an engine of this artifact needs (tensorrt target); `build` checks them
+        "plugins": _merge_plugins(graphs),
         "states": states,
         "generation": _generation_defaults(ckpt.path, cfg),
         "tokenizer": {"file": "tokenizer.json"} if "tokenizer.json" in side_files else None,

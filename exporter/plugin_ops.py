@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.exporter.modeling.mamba import mamba2_core
-from nemotron_deploy.exporter.modeling.mlp import moe_dispatch
+from nemotron_deploy.exporter import plugin_nodes
+from nemotron_deploy.exporter.modeling.mamba import mamba2_core, mamba2_core_attributes  # noqa: F401 (re-exported)
+from nemotron_deploy.exporter.modeling.mlp import moe_dispatch, moe_dispatch_attributes  # noqa: F401
 
-PLUGIN_NAMESPACE = "nemotron_deploy"
+PLUGIN_NAMESPACE = plugin_nodes.PLUGIN_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class PluginOp:
 
 
 MAMBA2_CORE = PluginOp(
-    name="Mamba2Core",
-    version="1",
+    name=plugin_nodes.MAMBA2_CORE,
+    version=plugin_nodes.PLUGIN_VERSION,
     inputs=(
         Port("xbc", "T", "[B, T, C]"),  # C = H*P + 2*G*S, the conv input from in_proj
         Port("dt", "T", "[B, T, H]"),  # raw dt from in_proj
@@ -78,8 +78,8 @@ MAMBA2_CORE = PluginOp(
 )
 
 MOE_DISPATCH = PluginOp(
-    name="MoeDispatch",
-    version="1",
+    name=plugin_nodes.MOE_DISPATCH,
+    version=plugin_nodes.PLUGIN_VERSION,
     inputs=(
         Port("h", "T", "[N, D]"),
         Port("router_logits", "float32", "[N, X]"),
@@ -99,22 +99,6 @@ MOE_DISPATCH = PluginOp(
 )
 
 PLUGIN_OPS = {op.name: op for op in (MAMBA2_CORE, MOE_DISPATCH)}
-
-
-def mamba2_core_attributes(cfg: ModelConfig, decode: bool) -> dict:
-    """Node attributes of a Mamba2Core node; decode graphs use the recurrent path's dt clamp."""
-    dt_min, dt_max = cfg.dt_clamp_decode if decode else cfg.dt_clamp
-    return dict(
-        n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
-        chunk_size=cfg.chunk_size, dt_min=float(dt_min), dt_max=float(dt_max),
-    )  # fmt: skip
-
-
-def moe_dispatch_attributes(cfg: ModelConfig) -> dict:
-    return dict(
-        top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
-        norm_topk_prob=int(cfg.norm_topk_prob), routed_scaling_factor=float(cfg.routed_scaling_factor),
-    )  # fmt: skip
 
 
 def run_reference(op: PluginOp, inputs: list, attributes: dict) -> tuple:

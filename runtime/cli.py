@@ -54,7 +54,8 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
 @main.command()
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", "out_dir", required=True, help="New artifact directory to write.")
-@click.option("--target", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime", show_default=True,
+              help="onnxruntime: standard ops. tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @_one_line_errors
 def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str) -> None:
@@ -83,7 +84,8 @@ def _sampling(greedy, temperature, top_k, top_p, seed):
     return Sampling(greedy=False, temperature=1.0 if temperature is None else temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, seed=seed)
 
 
-_BACKEND = click.option("--backend", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True)
+_BACKEND = click.option("--backend", type=click.Choice(["onnxruntime", "reference"]), default="onnxruntime", show_default=True,
+                        help="reference: a tensorrt-target artifact on the CPU, plugin nodes run by their torch references (slow; for checks).")
 _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider.")
 
 

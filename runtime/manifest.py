@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 
 FORMAT = "nemotron-deploy-artifact"
@@ -55,6 +57,11 @@ class Manifest:
         return self.raw.get("generation", {})
 
     @property
+    def plugins(self) -> list[dict[str, Any]]:
+        """Plugins the graphs use (tensorrt target): name, version, namespace."""
+        return self.raw.get("plugins", [])
+
+    @property
     def tokenizer_file(self) -> Path | None:
         name = (self.raw.get("tokenizer") or {}).get("file")
         return self.path / name if name else None
@@ -82,3 +89,20 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         if f.stat().st_size != entry["bytes"]:
             raise ArtifactError(f"{f}: {f.stat().st_size} bytes, {MANIFEST_FILE} records {entry['bytes']} (truncated or replaced)")
     return Manifest(path, raw)
+
+
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def state_dtype(name: str):
+    """numpy dtype of a state dtype name (bfloat16 states are carried as raw uint16 by numpy backends)."""
+    return _NUMPY.get(name, np.uint16 if name == "bfloat16" else None)
+
+
+def zero_state(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
+    """Zero states for `batch` new sequences (K/V with past length 0), as numpy arrays."""
+    state = {}
+    for s in manifest.states:
+        shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
+        state[s["name"]] = np.zeros(shape, dtype=state_dtype(s["dtype"]))
+    return state

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest
-
-_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, zero_state
 _ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64}
 
 
@@ -22,6 +20,12 @@ class OnnxRuntimeBackend:
     def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None):
         import onnxruntime as ort
 
+        if manifest.plugins:
+            names = ", ".join(p["name"] for p in manifest.plugins)
+            raise ArtifactError(
+                f"{manifest.path}: a '{manifest.target}' artifact with plugin nodes ({names}) cannot run on onnxruntime; "
+                "use --backend tensorrt (after `nemotron-deploy build`) or --backend reference, or export --target onnxruntime"
+            )
         self.manifest = manifest
         available = ort.get_available_providers()
         providers = providers or ["CPUExecutionProvider"]
@@ -79,11 +83,7 @@ class OnnxRuntimeBackend:
 
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:
         """Zero states for `batch` new sequences (K/V with past length 0)."""
-        state = {}
-        for s in self.manifest.states:
-            shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
-            state[s["name"]] = np.zeros(shape, dtype=_NUMPY[s["dtype"]])
-        return state
+        return zero_state(self.manifest, batch)
 
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """input_ids (B, T) int64, attention_mask (B, past+T) int64 -> logits (B, V) fp32 and the next state."""
@@ -92,8 +92,17 @@ class OnnxRuntimeBackend:
         return logits[:, -1], dict(zip(self.state_names, presents))
 
 
+BACKENDS = ("onnxruntime", "reference")
+
+
 def open_backend(manifest: Manifest, backend: str = "onnxruntime", providers: list[str] | None = None, threads: int | None = None):
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(manifest, providers, threads)
-    raise ArtifactError(f"backend {backend!r}: expected 'onnxruntime'")
+    if backend == "reference":
+        try:
+            from nemotron_deploy.exporter.plugin_reference import PluginReferenceBackend
+        except ImportError as e:
+            raise ArtifactError(f"backend 'reference' needs torch and onnx (pip install 'nemotron-deploy[export]'): {e}") from None
+        return PluginReferenceBackend(manifest)
+    raise ArtifactError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemotron_deploy.exporter import plugin_nodes
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.exporter.modeling.norms import GatedGroupRMSNorm
 
@@ -168,6 +169,16 @@ def mamba2_core(
     return y.flatten(-2), new_conv_state, new_state.to(ssm_state.dtype)
 
 
+def mamba2_core_attributes(cfg: ModelConfig, decode: bool) -> dict:
+    """The hyper-parameters of `mamba2_core` (= the Mamba2Core node's attributes) for one graph.
+    Decode (T = 1) uses the recurrent path's dt clamp, T > 1 the chunked path's (docs/step-contract.md)."""
+    dt_min, dt_max = cfg.dt_clamp_decode if decode else cfg.dt_clamp
+    return dict(
+        n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
+        chunk_size=cfg.chunk_size, dt_min=float(dt_min), dt_max=float(dt_max),
+    )  # fmt: skip
+
+
 class Mamba2Mixer(nn.Module):
     """in_proj -> [z | xBC | dt] -> mamba2_core -> gated group norm with z -> out_proj."""
 
@@ -190,12 +201,26 @@ class Mamba2Mixer(nn.Module):
         """hidden: (B, T, E); mask: (B, T). Returns (B, T, E) and the two new states."""
         cfg = self.cfg
         z, xbc, dt = self.in_proj(hidden).split([cfg.mamba_intermediate, cfg.conv_dim, cfg.mamba_num_heads], dim=-1)
-        dt_min, dt_max = cfg.dt_clamp if hidden.shape[1] > 1 else cfg.dt_clamp_decode
-        y, conv_state, ssm_state = mamba2_core(
-            xbc, dt, mask, conv_state, ssm_state,
-            self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D,
-            n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
-            chunk_size=cfg.chunk_size, dt_min=dt_min, dt_max=dt_max,
-        )  # fmt: skip
+        weights = (self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D)
+        attrs = mamba2_core_attributes(cfg, decode=hidden.shape[1] == 1)
+        if plugin_nodes.emitting():
+            y, conv_state, ssm_state = self._plugin_node(xbc, dt, mask, conv_state, ssm_state, weights, attrs)
+        else:
+            y, conv_state, ssm_state = mamba2_core(xbc, dt, mask, conv_state, ssm_state, *weights, **attrs)
         y = self.norm(y, z)
         return self.out_proj(y.to(hidden.dtype)), conv_state, ssm_state
+
+    def _plugin_node(self, xbc, dt, mask, conv_state, ssm_state, weights, attrs):
+        """The Mamba2Core plugin node: ports and dtypes as exporter/plugin_ops.py states them."""
+        conv_weight, conv_bias, dt_bias, a_log, d = weights
+        if conv_bias is None:
+            conv_bias = torch.zeros(conv_weight.shape[0], dtype=conv_weight.dtype)
+        b, t = xbc.shape[:2]
+        y, conv, ssm = plugin_nodes.plugin_node(
+            plugin_nodes.MAMBA2_CORE,
+            [xbc, dt, mask.float(), conv_state, ssm_state.float(), conv_weight, conv_bias, dt_bias, a_log, d],
+            attrs,
+            [(torch.float32, (b, t, self.cfg.mamba_intermediate)), (conv_state.dtype, conv_state.shape),
+             (torch.float32, ssm_state.shape)],
+        )  # fmt: skip
+        return y, conv, ssm.to(ssm_state.dtype)

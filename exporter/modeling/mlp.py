@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemotron_deploy.exporter import plugin_nodes
 from nemotron_deploy.exporter.config import ModelConfig
 
 
@@ -95,6 +96,19 @@ def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.T
     return out
 
 
+def routed_experts_dense(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """The same sum with every expert computed on every token and all but the top-k weighted by zero.
+
+    Shapes as `routed_experts_gather`. X/k times the FLOPs, but static shapes and no gathers: the
+    prefill formulation for TensorRT for RTX (no NonZero there). Weights are used as stored (the
+    activations are transposed instead), so the artifact holds no transposed copy of the experts.
+    """
+    w = torch.zeros(h.shape[0], up.shape[0], dtype=torch.float32, device=h.device).scatter(1, indices, weights)  # (N, X)
+    act = relu2(torch.matmul(up, h.t()))  # (X, I, N)
+    y = torch.matmul(down, act)  # (X, Din, N)
+    return (y.float() * w.t()[:, None, :]).sum(0).t()
+
+
 def moe_dispatch(
     h: torch.Tensor,
     logits: torch.Tensor,
@@ -120,8 +134,19 @@ def moe_dispatch(
         logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
         norm_topk_prob=norm_topk_prob, scaling=scaling,
     )  # fmt: skip
-    experts = routed_experts_gather if decode else routed_experts_loop
+    if decode:
+        experts = routed_experts_gather
+    else:
+        experts = routed_experts_dense if plugin_nodes.dense_moe_prefill() else routed_experts_loop
     return experts(h, indices, weights, up, down)
+
+
+def moe_dispatch_attributes(cfg: ModelConfig) -> dict:
+    """The MoeDispatch node's attributes (the routing hyper-parameters of `moe_dispatch`)."""
+    return dict(
+        top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
+        norm_topk_prob=int(cfg.norm_topk_prob), routed_scaling_factor=float(cfg.routed_scaling_factor),
+    )  # fmt: skip
 
 
 class MoE(nn.Module):
@@ -146,11 +171,19 @@ class MoE(nn.Module):
         cfg = self.cfg
         flat = hidden.flatten(0, 1)  # (N, E)
         logits = F.linear(flat.float(), self.router_weight.float())  # fp32 router, as the reference
-        routed = moe_dispatch(
-            self.fc1_latent_proj(flat), logits, self.e_score_correction_bias, self.experts_up, self.experts_down,
-            top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
-            norm_topk_prob=cfg.norm_topk_prob, scaling=cfg.routed_scaling_factor, decode=hidden.shape[1] == 1,
-        )  # fmt: skip
+        inputs = (self.fc1_latent_proj(flat), logits, self.e_score_correction_bias, self.experts_up, self.experts_down)
+        attrs = moe_dispatch_attributes(cfg)
+        if plugin_nodes.emitting():
+            (routed,) = plugin_nodes.plugin_node(
+                plugin_nodes.MOE_DISPATCH, [*inputs[:2], inputs[2].float(), *inputs[3:]], attrs,
+                [(torch.float32, inputs[0].shape)],
+            )  # fmt: skip
+        else:
+            routed = moe_dispatch(
+                *inputs, top_k=attrs["top_k"], n_group=attrs["n_group"], topk_group=attrs["topk_group"],
+                norm_topk_prob=bool(attrs["norm_topk_prob"]), scaling=attrs["routed_scaling_factor"],
+                decode=hidden.shape[1] == 1,
+            )  # fmt: skip
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)

@@ -1,0 +1,272 @@
+"""Artifact -> TensorRT engines: parse each step graph (with the plugin library loaded), set its
+optimization profile, build, and write `<graph>.<engine>.plan` next to the ONNX, recorded in the manifest.
+
+Two builders share this code, as they share the nvinfer1 API:
+  tensorrt      TensorRT 10 (`import tensorrt`), plugins supported: builds tensorrt-target artifacts.
+  tensorrt-rtx  TensorRT for RTX (`import tensorrt_rtx`), no plugin layer, strongly typed networks:
+                builds tensorrt-rtx-target artifacts, also ahead of time for a named compute capability
+                on a machine without a GPU (that is how CI proves our standard ops build).
+No torch here: a build box needs only the builder's wheel and onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest, read_manifest
+
+
+@dataclass(frozen=True)
+class Engine:
+    module: str
+    install: str
+    targets: tuple[str, ...]  # artifact targets it builds
+
+
+ENGINES = {
+    "tensorrt": Engine("tensorrt", "pip install tensorrt-cu13 (or tensorrt-cu12; from NVIDIA's index https://pypi.nvidia.com)",
+                       ("tensorrt", "tensorrt-rtx")),
+    "tensorrt-rtx": Engine("tensorrt_rtx", "pip install tensorrt-rtx-cu13", ("tensorrt-rtx",)),
+}  # fmt: skip
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+TIMING_CACHE = "timing.cache"
+
+
+class BuildError(NemotronDeployError):
+    pass
+
+
+def import_engine(engine: str):
+    """The builder module, or a one-line error that names the package to install."""
+    import importlib
+
+    spec = ENGINES[engine]
+    try:
+        return importlib.import_module(spec.module)
+    except ImportError:
+        raise BuildError(f"--engine {engine} needs the Python package '{spec.module}', which is not installed: {spec.install}") from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int
+    max_seq_len: int  # past + new tokens
+    max_new_tokens: int  # tokens per prefill call (the runtime splits longer prompts)
+
+
+def profile_shapes(manifest: Manifest, graph: str, limits: Limits) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """(min, opt, max) shape of every input of `graph`, from the manifest's symbolic shapes.
+
+    TensorRT checks total_len = past_len + new_tokens at the min, opt and max points, so the three
+    ranges are chosen together: a prefill call may bring up to `max_new_tokens` tokens on a past of up
+    to max_seq_len - max_new_tokens; a decode call one token on a past of up to max_seq_len - 1.
+    """
+    new_max = 1 if graph == "decode" else limits.max_new_tokens
+    new = (1, min(new_max, 128), new_max)
+    past_max = limits.max_seq_len - new_max
+    past = (0, min(limits.max_seq_len // 2, past_max), past_max)
+    ranges = {
+        "batch": (1, max(1, limits.max_batch // 2), limits.max_batch),
+        "new_tokens": new,
+        "past_len": past,
+        "total_len": tuple(p + n for p, n in zip(past, new)),
+    }
+    shapes = {}
+    for spec in manifest.graph(graph)["inputs"]:
+        dims = [ranges[d] if isinstance(d, str) else (d, d, d) for d in spec["shape"]]
+        shapes[spec["name"]] = tuple(tuple(r[i] for r in dims) for i in range(3))
+    return shapes
+
+
+def build_engines(
+    artifact_dir: str | Path,
+    engine: str = "tensorrt",
+    *,
+    plugins: str | Path | None = None,
+    precision: str | None = None,
+    limits: Limits | None = None,
+    compute_capability: str | None = None,
+    progress=print,
+) -> list[Path]:
+    """Build the prefill and decode engines of an artifact; returns the .plan paths."""
+    if engine not in ENGINES:
+        raise BuildError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    manifest = read_manifest(artifact_dir)
+    if manifest.target not in ENGINES[engine].targets:
+        raise BuildError(
+            f"{manifest.path}: exported for target '{manifest.target}', which --engine {engine} cannot build "
+            f"(it builds {' / '.join(ENGINES[engine].targets)}); re-export with --target {ENGINES[engine].targets[0]}"
+        )
+    dtype = _precision(manifest, engine, precision)
+    cfg = manifest.model
+    limits = limits or Limits(8, min(4096, cfg["max_position_embeddings"]), min(2048, cfg["max_position_embeddings"]))
+    _check_limits(limits, cfg["max_position_embeddings"])
+    trt = import_engine(engine)
+    logger = _Logger(trt)
+    builder = trt.Builder(logger)
+    library = _load_plugins(trt, builder, manifest, plugins) if manifest.plugins else None
+    cache_path = manifest.path / f"{engine}.{TIMING_CACHE}"
+    plans, records = [], {}
+    for graph in ("prefill", "decode"):
+        progress(f"{graph}: parsing {manifest.graph(graph)['file']}")
+        started = time.monotonic()
+        network = _parse(trt, builder, logger, manifest, graph)
+        config = _config(trt, builder, engine, dtype, manifest.dtype, compute_capability, cache_path)
+        profile = builder.create_optimization_profile()
+        shapes = profile_shapes(manifest, graph, limits)
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        progress(f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise BuildError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
+        _save_timing_cache(config, cache_path)
+        plan = manifest.path / f"{graph}.{engine}.plan"
+        _write_atomic(plan, bytes(serialized))
+        plans.append(plan)
+        records[graph] = {"file": plan.name, "bytes": plan.stat().st_size,
+                          "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}  # fmt: skip
+        progress(f"{graph}: wrote {plan.name} ({plan.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
+    _record(manifest, engine, trt, dtype, limits, compute_capability, library, records)
+    return plans
+
+
+PRECISIONS_BY_DTYPE = {v: k for k, v in PRECISIONS.items()}
+
+
+def _precision(manifest: Manifest, engine: str, precision: str | None) -> str:
+    if precision is None:
+        return manifest.dtype
+    if precision not in PRECISIONS:
+        raise BuildError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    # TensorRT for RTX builds strongly typed networks only: precision is the exported graph's
+    if dtype != manifest.dtype and (engine == "tensorrt-rtx" or manifest.dtype != "float32"):
+        raise BuildError(
+            f"--precision {precision} for an artifact exported as {manifest.dtype}: "
+            + ("TensorRT for RTX takes the precision of the graph; re-export with --dtype " + dtype
+               if engine == "tensorrt-rtx" else "lower precision is only built from a float32 export")
+        )  # fmt: skip
+    return dtype
+
+
+def _check_limits(limits: Limits, max_positions: int) -> None:
+    for name, value in (("--max-batch", limits.max_batch), ("--max-seq-len", limits.max_seq_len)):
+        if value < 1:
+            raise BuildError(f"{name} {value}: expected >= 1")
+    if limits.max_seq_len > max_positions:
+        raise BuildError(f"--max-seq-len {limits.max_seq_len}: the model's max_position_embeddings is {max_positions}")
+    if not 1 <= limits.max_new_tokens <= limits.max_seq_len:
+        raise BuildError(f"prefill tokens per call {limits.max_new_tokens}: expected 1..{limits.max_seq_len}")
+
+
+class _Logger:
+    """Forwards TensorRT's messages (warnings and errors) and remembers the last error for our message."""
+
+    def __new__(cls, trt):
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if severity <= trt.ILogger.Severity.ERROR:
+                    self.errors.append(msg)
+
+            def last_error(self) -> str | None:
+                return self.errors[-1] if self.errors else None
+
+        return Logger()
+
+
+def _load_plugins(trt, builder, manifest: Manifest, plugins: str | Path | None) -> dict:
+    """Load the plugin library and check it has every plugin the manifest records, at its version."""
+    needed = ", ".join(f"{p['name']} v{p['version']}" for p in manifest.plugins)
+    path = plugins or os.environ.get("NEMOTRON_DEPLOY_PLUGINS")
+    if not path:
+        raise BuildError(f"{manifest.path}: its graphs use plugins ({needed}); pass --plugins PATH "
+                         "(`nemotron-deploy plugins build` prints it) or set NEMOTRON_DEPLOY_PLUGINS")  # fmt: skip
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"--plugins {path}: no such file (the library `nemotron-deploy plugins build` prints)")
+    registry = builder.get_plugin_registry()
+    if registry.load_library(str(path)) is None:
+        raise BuildError(f"--plugins {path}: TensorRT could not load it (not a plugin library, or built for another platform)")
+    check_plugin_versions(manifest, path, lambda name, version, namespace: registry.get_creator(name, version, namespace))
+    return {"library": str(path.resolve()), "plugins": manifest.plugins}
+
+
+def check_plugin_versions(manifest: Manifest, library: Path, find_creator) -> None:
+    """Every plugin the manifest records must exist in the loaded library at that version and namespace."""
+    for p in manifest.plugins:
+        if find_creator(p["name"], p["version"], p["namespace"]) is None:
+            raise BuildError(
+                f"{library}: has no plugin {p['name']} version {p['version']} in namespace '{p['namespace']}', "
+                f"which {manifest.path / MANIFEST_FILE} records; rebuild the library from this nemotron-deploy "
+                "(`nemotron-deploy plugins build`) or re-export the artifact"
+            )
+
+
+def _parse(trt, builder, logger, manifest: Manifest, graph: str):
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and trt.__name__ == "tensorrt_rtx" else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    path = manifest.graph_path(graph)
+    if not parser.parse_from_file(str(path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        first = errors[0] if errors else None
+        where = f" (node {first.node_name()}, {first.node_operator()})" if first is not None and first.node_name() else ""
+        raise BuildError(f"{path}: TensorRT's ONNX parser refused it{where}: {first.desc() if first else logger.last_error()}")
+    return network
+
+
+def _config(trt, builder, engine: str, dtype: str, graph_dtype: str, compute_capability: str | None, cache_path: Path):
+    config = builder.create_builder_config()
+    if engine == "tensorrt" and dtype != graph_dtype:  # weakly typed float32 graph, lower precision allowed
+        config.set_flag(trt.BuilderFlag.FP16 if dtype == "float16" else trt.BuilderFlag.BF16)
+    if compute_capability:
+        if not hasattr(config, "set_compute_capability"):
+            raise BuildError(f"--compute-capability: {engine} builds for the GPU it runs on only")
+        name = "SM" + compute_capability.replace(".", "").removeprefix("sm_").removeprefix("SM")
+        if not hasattr(trt.ComputeCapability, name):
+            choices = [c for c in dir(trt.ComputeCapability) if c.startswith("SM")]
+            raise BuildError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, name), 0)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    return config
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is not None:
+        _write_atomic(path, bytes(cache.serialize()))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, compute_capability, library, records) -> None:
+    """Add the engines to the manifest (and its file list), rewriting it atomically."""
+    raw = json.loads((manifest.path / MANIFEST_FILE).read_text())
+    raw.setdefault("engines", {})[engine] = {
+        "version": trt.__version__, "precision": dtype, "compute_capability": compute_capability or "native",
+        "max_batch": limits.max_batch, "max_seq_len": limits.max_seq_len, "max_new_tokens": limits.max_new_tokens,
+        "plugins": library, "graphs": records,
+    }  # fmt: skip
+    files = [f for f in raw.get("files", []) if f["name"] not in {r["file"] for r in records.values()}]
+    raw["files"] = files + [{"name": r["file"], "bytes": r["bytes"]} for r in records.values()]
+    _write_atomic(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
+
+
+__all__ = ["ENGINES", "BuildError", "Limits", "build_engines", "check_plugin_versions", "import_engine", "profile_shapes", "ArtifactError"]
