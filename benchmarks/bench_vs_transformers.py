@@ -26,7 +26,7 @@ from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime.bench import run_bench
 from nemotron_deploy.runtime.manifest import read_manifest
-from nemotron_deploy.runtime.onnx_backend import open_backend
+from nemotron_deploy.runtime.backends import open_backend
 
 CONFIG = dict(
     TINY_CONFIG,

@@ -17,39 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest, read_manifest
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
+from nemotron_deploy.runtime.tensorrt_common import (
+    ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Engine:
-    module: str
-    install: str
-    targets: tuple[str, ...]  # artifact targets it builds
-
-
-ENGINES = {
-    "tensorrt": Engine("tensorrt", "pip install tensorrt-cu13 (or tensorrt-cu12; from NVIDIA's index https://pypi.nvidia.com)",
-                       ("tensorrt", "tensorrt-rtx")),
-    "tensorrt-rtx": Engine("tensorrt_rtx", "pip install tensorrt-rtx-cu13", ("tensorrt-rtx",)),
-}  # fmt: skip
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TIMING_CACHE = "timing.cache"
-
-
-class BuildError(NemotronDeployError):
-    pass
-
-
-def import_engine(engine: str):
-    """The builder module, or a one-line error that names the package to install."""
-    import importlib
-
-    spec = ENGINES[engine]
-    try:
-        return importlib.import_module(spec.module)
-    except ImportError:
-        raise BuildError(f"--engine {engine} needs the Python package '{spec.module}', which is not installed: {spec.install}") from None
+BuildError = TensorRTError
 
 
 @dataclass(frozen=True)
@@ -106,10 +82,14 @@ def build_engines(
     cfg = manifest.model
     limits = limits or Limits(8, min(4096, cfg["max_position_embeddings"]), min(2048, cfg["max_position_embeddings"]))
     _check_limits(limits, cfg["max_position_embeddings"])
+    library_path = plugin_library_path(manifest, plugins) if manifest.plugins else None
     trt = import_engine(engine)
-    logger = _Logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
-    library = _load_plugins(trt, builder, manifest, plugins) if manifest.plugins else None
+    library = None
+    if library_path is not None:
+        load_plugins(trt, builder.get_plugin_registry(), manifest, library_path)
+        library = {"library": str(library_path.resolve()), "plugins": manifest.plugins}
     cache_path = manifest.path / f"{engine}.{TIMING_CACHE}"
     plans, records = [], {}
     for graph in ("prefill", "decode"):
@@ -166,53 +146,6 @@ def _check_limits(limits: Limits, max_positions: int) -> None:
         raise BuildError(f"prefill tokens per call {limits.max_new_tokens}: expected 1..{limits.max_seq_len}")
 
 
-class _Logger:
-    """Forwards TensorRT's messages (warnings and errors) and remembers the last error for our message."""
-
-    def __new__(cls, trt):
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity, msg):
-                if severity <= trt.ILogger.Severity.ERROR:
-                    self.errors.append(msg)
-
-            def last_error(self) -> str | None:
-                return self.errors[-1] if self.errors else None
-
-        return Logger()
-
-
-def _load_plugins(trt, builder, manifest: Manifest, plugins: str | Path | None) -> dict:
-    """Load the plugin library and check it has every plugin the manifest records, at its version."""
-    needed = ", ".join(f"{p['name']} v{p['version']}" for p in manifest.plugins)
-    path = plugins or os.environ.get("NEMOTRON_DEPLOY_PLUGINS")
-    if not path:
-        raise BuildError(f"{manifest.path}: its graphs use plugins ({needed}); pass --plugins PATH "
-                         "(`nemotron-deploy plugins build` prints it) or set NEMOTRON_DEPLOY_PLUGINS")  # fmt: skip
-    path = Path(path)
-    if not path.is_file():
-        raise BuildError(f"--plugins {path}: no such file (the library `nemotron-deploy plugins build` prints)")
-    registry = builder.get_plugin_registry()
-    if registry.load_library(str(path)) is None:
-        raise BuildError(f"--plugins {path}: TensorRT could not load it (not a plugin library, or built for another platform)")
-    check_plugin_versions(manifest, path, lambda name, version, namespace: registry.get_creator(name, version, namespace))
-    return {"library": str(path.resolve()), "plugins": manifest.plugins}
-
-
-def check_plugin_versions(manifest: Manifest, library: Path, find_creator) -> None:
-    """Every plugin the manifest records must exist in the loaded library at that version and namespace."""
-    for p in manifest.plugins:
-        if find_creator(p["name"], p["version"], p["namespace"]) is None:
-            raise BuildError(
-                f"{library}: has no plugin {p['name']} version {p['version']} in namespace '{p['namespace']}', "
-                f"which {manifest.path / MANIFEST_FILE} records; rebuild the library from this nemotron-deploy "
-                "(`nemotron-deploy plugins build`) or re-export the artifact"
-            )
-
-
 def _parse(trt, builder, logger, manifest: Manifest, graph: str):
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and trt.__name__ == "tensorrt_rtx" else 0
     network = builder.create_network(flags)
@@ -261,7 +194,7 @@ def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, co
     raw = json.loads((manifest.path / MANIFEST_FILE).read_text())
     raw.setdefault("engines", {})[engine] = {
         "version": trt.__version__, "precision": dtype, "compute_capability": compute_capability or "native",
-        "max_batch": limits.max_batch, "max_seq_len": limits.max_seq_len, "max_new_tokens": limits.max_new_tokens,
+        "built_on": _gpu_capability(), "max_batch": limits.max_batch, "max_seq_len": limits.max_seq_len, "max_new_tokens": limits.max_new_tokens,
         "plugins": library, "graphs": records,
     }  # fmt: skip
     files = [f for f in raw.get("files", []) if f["name"] not in {r["file"] for r in records.values()}]
@@ -269,4 +202,11 @@ def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, co
     _write_atomic(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
 
 
-__all__ = ["ENGINES", "BuildError", "Limits", "build_engines", "check_plugin_versions", "import_engine", "profile_shapes", "ArtifactError"]
+def _gpu_capability() -> str | None:
+    """Compute capability of this machine's GPU (what a native build targets), if torch can tell."""
+    try:
+        import torch
+
+        return "".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else None
+    except ImportError:
+        return None

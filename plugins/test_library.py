@@ -72,3 +72,18 @@ def test_cli_plugins_build_bad_header_dir_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["plugins", "build", "-o", str(tmp_path), "--tensorrt-include", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == f"error: TensorRT include directory {tmp_path} has no NvInferRuntime.h"
+
+
+def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build, tmp_path):
+    """The check `build` and the TensorRT backend run after loading the library, here over the creators the
+    library exposes through getCreators (TensorRT's registry is not available on this machine)."""
+    from nemotron_deploy.runtime.manifest import Manifest
+    from nemotron_deploy.runtime.tensorrt_common import TensorRTError, check_plugin_versions
+
+    creators = {(c["name"], c["version"], c["namespace"]) for c in PluginHarness(emulated_build.harness, emulated_build.library).creators()}
+    find = lambda name, version, namespace: (name, version, namespace) if (name, version, namespace) in creators else None  # noqa: E731
+    current = [{"name": op.name, "version": op.version, "namespace": op.namespace} for op in PLUGIN_OPS.values()]
+    check_plugin_versions(Manifest(tmp_path, {"plugins": current}), emulated_build.library, find)
+    newer = [dict(current[0], version="2"), current[1]]
+    with pytest.raises(TensorRTError, match="has no plugin Mamba2Core version 2 in namespace 'nemotron_deploy'"):
+        check_plugin_versions(Manifest(tmp_path, {"plugins": newer}), emulated_build.library, find)

@@ -84,8 +84,42 @@ def _sampling(greedy, temperature, top_k, top_p, seed):
     return Sampling(greedy=False, temperature=1.0 if temperature is None else temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, seed=seed)
 
 
-_BACKEND = click.option("--backend", type=click.Choice(["onnxruntime", "reference"]), default="onnxruntime", show_default=True,
-                        help="reference: a tensorrt-target artifact on the CPU, plugin nodes run by their torch references (slow; for checks).")
+@main.command()
+@click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
+@click.option("--plugins", "plugins_lib", type=click.Path(dir_okay=False), default=None, help="Plugin library for tensorrt-target artifacts (default: $NEMOTRON_DEPLOY_PLUGINS).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Default: the export's dtype.")
+@click.option("--max-batch", default=8, show_default=True, type=int, help="Largest batch the engines accept.")
+@click.option("--max-seq-len", default=None, type=int, help="Largest past + new tokens (default: min(4096, max_position_embeddings)).")
+@click.option("--max-prefill-tokens", default=None, type=int, help="Largest number of new tokens per prefill call (default: min(2048, max-seq-len)); longer prompts are prefilled in pieces.")
+@click.option("--compute-capability", default=None, help="tensorrt-rtx: build ahead of time for this GPU (e.g. 86), also without a GPU.")
+@_one_line_errors
+def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, max_prefill_tokens, compute_capability) -> None:
+    """Build TensorRT engines (.plan) for the prefill and decode graphs of an exported artifact."""
+    from nemotron_deploy.exporter.engine_build import Limits, build_engines
+    from nemotron_deploy.runtime.manifest import read_manifest
+
+    positions = read_manifest(artifact_dir).model["max_position_embeddings"]
+    seq = max_seq_len or min(4096, positions)
+    limits = Limits(max_batch, seq, max_prefill_tokens or min(2048, seq))
+    plans = build_engines(artifact_dir, engine, plugins=plugins_lib, precision=precision, limits=limits,
+                          compute_capability=compute_capability, progress=lambda m: click.echo(m, err=True))  # fmt: skip
+    for plan in plans:
+        click.echo(str(plan))
+
+
+def _backend_options(fn):
+    """--backend and the options of the tensorrt backend."""
+    fn = click.option("--plugins", "plugins_lib", type=click.Path(dir_okay=False), default=None,
+                      help="tensorrt: plugin library (default: $NEMOTRON_DEPLOY_PLUGINS, else the one recorded by `build`).")(fn)
+    fn = click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None,
+                      help="tensorrt: which built engines to run (default: the first the manifest records).")(fn)
+    return click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "reference"]), default="onnxruntime", show_default=True,
+                        help="tensorrt: the .plan engines of `nemotron-deploy build`, on a GPU. reference: a tensorrt-target "
+                             "artifact on the CPU, plugin nodes run by their torch references (slow; for checks).")(fn)  # fmt: skip
+
+
+_BACKEND = _backend_options
 _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider.")
 
 
@@ -106,14 +140,14 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, backend, providers):
+def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, backend, engine, plugins_lib, providers):
     """Generate continuations of one or more prompts with an exported artifact."""
     from nemotron_deploy.runtime.session import Session
 
     if not prompts and not prompt_ids:
         raise NemotronDeployError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
     sampling = _sampling(greedy, temperature, top_k, top_p, seed)
-    session = Session(artifact_dir, backend=backend, providers=list(providers) or None)
+    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib)
     inputs = [*prompts, *(_parse_ids(p) for p in prompt_ids)]
     on_token = _streamer(session, len(inputs)) if stream and not as_json else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, on_token)
@@ -158,16 +192,16 @@ def _streamer(session, batch: int):
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, backend, providers):
+def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, backend, engine, plugins_lib, providers):
     """Prefill and decode throughput, peak memory, and decode against the memory-bandwidth floor."""
+    from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.bench import run_bench
     from nemotron_deploy.runtime.manifest import read_manifest
-    from nemotron_deploy.runtime.onnx_backend import open_backend
 
     manifest = read_manifest(artifact_dir)
     if prompt_len + new_tokens > manifest.model["max_position_embeddings"]:
         raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model['max_position_embeddings']} tokens")
-    runner = open_backend(manifest, backend, list(providers) or None, threads)
+    runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib)
     result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths)
     if as_json:
         click.echo(json.dumps(result))

@@ -90,19 +90,3 @@ class OnnxRuntimeBackend:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, **state}
         logits, *presents = self.sessions[graph].run(self.output_names, feeds)
         return logits[:, -1], dict(zip(self.state_names, presents))
-
-
-BACKENDS = ("onnxruntime", "reference")
-
-
-def open_backend(manifest: Manifest, backend: str = "onnxruntime", providers: list[str] | None = None, threads: int | None = None):
-    if backend == "onnxruntime":
-        return OnnxRuntimeBackend(manifest, providers, threads)
-    if backend == "reference":
-        try:
-            from nemotron_deploy.exporter.plugin_reference import PluginReferenceBackend
-        except ImportError as e:
-            raise ArtifactError(f"backend 'reference' needs torch and onnx (pip install 'nemotron-deploy[export]'): {e}") from None
-        return PluginReferenceBackend(manifest)
-    raise ArtifactError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-

@@ -9,15 +9,23 @@ from pathlib import Path
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import read_manifest
-from nemotron_deploy.runtime.onnx_backend import open_backend
+from nemotron_deploy.runtime.backends import open_backend
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.tokenizer import Tokenizer
 
 
 class Session:
-    def __init__(self, artifact_dir: str | Path, backend: str = "onnxruntime", providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        artifact_dir: str | Path,
+        backend: str = "onnxruntime",
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        engine: str | None = None,
+        plugins: str | Path | None = None,
+    ):
         self.manifest = read_manifest(artifact_dir)
-        self.backend = open_backend(self.manifest, backend, providers, threads)
+        self.backend = open_backend(self.manifest, backend, providers, threads, engine=engine, plugins=plugins)
         tok = self.manifest.tokenizer_file
         self.tokenizer = Tokenizer(tok) if tok else None
         model = self.manifest.model

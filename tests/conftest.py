@@ -28,16 +28,16 @@ def config_name(request):
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, hf_checkpoints):
-    """(name, dtype) -> (transformers model, checkpoint dir, exported onnxruntime artifact dir)."""
+    """(name, dtype, target) -> (transformers model, checkpoint dir, exported artifact dir), each exported once."""
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
     cache = {}
 
-    def get(name: str, dtype: str = "float32"):
-        if (name, dtype) not in cache:
+    def get(name: str, dtype: str = "float32", target: str = "onnxruntime"):
+        if (name, dtype, target) not in cache:
             ref, ckpt = hf_checkpoints(name)
-            out = tmp_path_factory.mktemp(f"{name}-{dtype}-artifact") / "onnx"
-            cache[name, dtype] = (ref, ckpt, export_artifact(ckpt, out, dtype=dtype, progress=False))
-        return cache[name, dtype]
+            out = tmp_path_factory.mktemp(f"{name}-{dtype}-{target}-artifact") / "onnx"
+            cache[name, dtype, target] = (ref, ckpt, export_artifact(ckpt, out, target=target, dtype=dtype, progress=False))
+        return cache[name, dtype, target]
 
     return get

@@ -1,0 +1,199 @@
+"""Runs an artifact's TensorRT engines (`nemotron-deploy build`) on the GPU, behind the same decode loop.
+
+States stay on the device from step to step (each step's present.* buffers become the next step's
+past.* inputs; nothing but the token ids, the mask and the last logits crosses to or from the host).
+Outputs are bound to buffers from torch's CUDA caching allocator, which hands the same memory back
+step after step. Where every state has a fixed shape (no attention layers: the K/V cache grows), the
+decode step of each batch size is captured once in a CUDA graph and replayed.
+
+Needs torch with CUDA (device memory, streams, graphs) and the engine's TensorRT package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest
+from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
+
+_TORCH_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "int64": "int64"}
+
+
+def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, dict]:
+    """The engine kind to run and its build record; a clear error when the artifact has none."""
+    built = manifest.raw.get("engines", {})
+    if engine is not None and engine not in ENGINES:
+        raise TensorRTError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    kinds = [engine] if engine else [k for k in ENGINES if k in built]
+    if not kinds or kinds[0] not in built:
+        what = f"no {engine} engines" if engine else "no TensorRT engines"
+        raise ArtifactError(f"{manifest.path}: {what}; build them first: nemotron-deploy build {manifest.path} --engine {engine or 'tensorrt'}")
+    return kinds[0], built[kinds[0]]
+
+
+def check_trt_version(record: dict, trt_version: str, plan: Path) -> None:
+    """A .plan runs only on the TensorRT version it was built with: say so before TensorRT fails."""
+    if record["version"] != trt_version:
+        raise ArtifactError(f"{plan}: built with TensorRT {record['version']}, this is {trt_version}; rebuild with `nemotron-deploy build`")
+
+
+def check_gpu(record: dict, device_capability: str, device_name: str, plan: Path) -> None:
+    """... and only on the GPU architecture it was built for."""
+    target = record.get("compute_capability")
+    target = record.get("built_on") if target in (None, "native") else target
+    if target and target != device_capability:
+        raise ArtifactError(
+            f"{plan}: built for compute capability {target}, this GPU ({device_name}) is {device_capability}; "
+            "rebuild on (or for) this GPU with `nemotron-deploy build`"
+        )
+
+
+class TensorRTBackend:
+    """step(graph, input_ids, attention_mask, state) on TensorRT engines; states are torch CUDA tensors."""
+
+    name = "tensorrt"
+
+    def __init__(self, manifest: Manifest, engine: str | None = None, plugins: str | Path | None = None, device: int = 0):
+        import torch
+
+        # What can be checked without a GPU first: engines built, TensorRT version, plugin library.
+        self.torch = torch
+        self.manifest = manifest
+        self.kind, self.record = pick_engine(manifest, engine)
+        trt = import_engine(self.kind)
+        plans = [manifest.path / self.record["graphs"][g]["file"] for g in ("prefill", "decode")]
+        check_trt_version(self.record, trt.__version__, plans[0])
+        library = None
+        if manifest.plugins:
+            library = plugin_library_path(manifest, plugins, (self.record.get("plugins") or {}).get("library"))
+        if not torch.cuda.is_available():
+            raise TensorRTError("--backend tensorrt needs a CUDA GPU and torch with CUDA; none is available here")
+        self.device = torch.device("cuda", device)
+        capability = "".join(map(str, torch.cuda.get_device_capability(self.device)))
+        check_gpu(self.record, capability, torch.cuda.get_device_name(self.device), plans[0])
+        self.logger = make_logger(trt)
+        runtime = trt.Runtime(self.logger)
+        if library is not None:
+            load_plugins(trt, runtime.get_plugin_registry(), manifest, library)
+        self.engines, self.contexts = {}, {}
+        for graph, plan in zip(("prefill", "decode"), plans):
+            engine_obj = runtime.deserialize_cuda_engine(plan.read_bytes())
+            if engine_obj is None:
+                raise ArtifactError(f"{plan}: TensorRT could not deserialize it ({self.logger.last_error() or 'no message'})")
+            self.engines[graph] = engine_obj
+            self.contexts[graph] = engine_obj.create_execution_context()
+        self.stream = torch.cuda.Stream(self.device)
+        self.state_names = [s["name"] for s in manifest.states]
+        self.present_names = [s["present"] for s in manifest.states]
+        self.max_batch = self.record["max_batch"]
+        self.max_new_tokens = self.record["max_new_tokens"]
+        self.max_seq_len = self.record["max_seq_len"]
+        # CUDA graphs need fixed shapes: only when no state grows (no attention layers)
+        self.graphable = all(s["role"] not in ("key", "value") for s in manifest.states)
+        self._graphs: dict[int, tuple] = {}
+
+    # -- states -------------------------------------------------------------------------------------
+    def _dtype(self, name: str):
+        return getattr(self.torch, _TORCH_DTYPE[name])
+
+    def initial_state(self, batch: int) -> dict:
+        """Zero states on the device for `batch` new sequences (K/V with past length 0)."""
+        if batch > self.max_batch:
+            raise TensorRTError(f"batch {batch}: the engines were built for at most {self.max_batch} (nemotron-deploy build --max-batch)")
+        state = {}
+        for s in self.manifest.states:
+            shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
+            state[s["name"]] = self.torch.zeros(shape, dtype=self._dtype(s["dtype"]), device=self.device)
+        return state
+
+    # -- one step -------------------------------------------------------------------------------------
+    def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
+        """input_ids (B, T), attention_mask (B, past+T) int64 on the host -> logits (B, V) on the host
+        and the next state (on the device). Prefill pieces longer than the engine's profile are split."""
+        total, new = attention_mask.shape[1], input_ids.shape[1]
+        if total > self.max_seq_len:
+            raise TensorRTError(f"{total} tokens: the engines were built for at most {self.max_seq_len} (nemotron-deploy build --max-seq-len)")
+        if graph == "prefill" and new > self.max_new_tokens:
+            logits = None
+            past = total - new
+            for start in range(0, new, self.max_new_tokens):
+                end = min(start + self.max_new_tokens, new)
+                logits, state = self.step(graph, input_ids[:, start:end], attention_mask[:, : past + end], state)
+            return logits, state
+        if graph == "decode" and self.graphable:
+            return self._replay_decode(input_ids, attention_mask, state)
+        with self.torch.cuda.stream(self.stream):
+            ids = self.torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device, non_blocking=True)
+            mask = self.torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device, non_blocking=True)
+            logits, presents = self._enqueue(graph, ids, mask, state)
+            host = logits[:, -1].float().cpu()  # the only device-to-host copy of a step
+        return host.numpy(), dict(zip(self.state_names, presents))
+
+    def _enqueue(self, graph: str, ids, mask, state: dict):
+        """Bind inputs and freshly allocated outputs, run the engine on self.stream."""
+        torch = self.torch
+        context, engine = self.contexts[graph], self.engines[graph]
+        feeds = {"input_ids": ids, "attention_mask": mask, **state}
+        for name, tensor in feeds.items():
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, self._address(tensor))
+        outputs = {}
+        for name in ["logits", *self.present_names]:
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = _trt_to_torch(engine.get_tensor_dtype(name), torch)
+            outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            context.set_tensor_address(name, self._address(outputs[name]))
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise TensorRTError(f"{graph} engine: enqueue failed ({self.logger.last_error() or 'no message'})")
+        return outputs["logits"], [outputs[n] for n in self.present_names]
+
+    def _address(self, tensor) -> int:
+        # TensorRT wants a valid address even for an empty tensor (a K/V cache with past length 0)
+        return tensor.data_ptr() if tensor.numel() else self._empty_buffer().data_ptr()
+
+    def _empty_buffer(self):
+        if not hasattr(self, "_empty"):
+            self._empty = self.torch.empty(256, dtype=self.torch.uint8, device=self.device)
+        return self._empty
+
+    def _replay_decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict):
+        """Decode step through a CUDA graph captured per batch size over static buffers: the states
+        are copied into the graph's input buffers only when they come from elsewhere (the prefill)."""
+        torch = self.torch
+        batch = input_ids.shape[0]
+        if batch not in self._graphs:
+            self._graphs[batch] = self._capture(batch)
+        cuda_graph, ids, mask, inputs, logits, presents = self._graphs[batch]
+        with torch.cuda.stream(self.stream):
+            ids.copy_(torch.from_numpy(np.ascontiguousarray(input_ids)), non_blocking=True)
+            # without attention layers only the new token's mask column is read: a static width of 1
+            mask.copy_(torch.from_numpy(np.ascontiguousarray(attention_mask[:, -1:])), non_blocking=True)
+            for name, buffer in zip(self.state_names, inputs):
+                if state[name].data_ptr() != buffer.data_ptr():
+                    buffer.copy_(state[name])
+            cuda_graph.replay()
+            for buffer, present in zip(inputs, presents):  # next step's inputs: the states just produced
+                buffer.copy_(present)
+            host = logits[:, -1].float().cpu()
+        return host.numpy(), dict(zip(self.state_names, inputs))
+
+    def _capture(self, batch: int):
+        torch = self.torch
+        ids = torch.zeros(batch, 1, dtype=torch.int64, device=self.device)
+        mask = torch.ones(batch, 1, dtype=torch.int64, device=self.device)
+        inputs = list(self.initial_state(batch).values())
+        with torch.cuda.stream(self.stream):
+            self._enqueue("decode", ids, mask, dict(zip(self.state_names, inputs)))  # warm-up outside capture
+            self.stream.synchronize()
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cuda_graph, stream=self.stream):
+                logits, presents = self._enqueue("decode", ids, mask, dict(zip(self.state_names, inputs)))
+        return cuda_graph, ids, mask, inputs, logits, presents
+
+
+def _trt_to_torch(dtype, torch):
+    name = str(dtype).rsplit(".", 1)[-1].upper()
+    return {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64, "INT32": torch.int32,
+            "BOOL": torch.bool}[name]  # fmt: skip
