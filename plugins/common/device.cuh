@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "activation_type.h"
+
 #ifdef NDP_EMULATE
 #include "emulator.h"
 #else
@@ -83,6 +85,19 @@ __device__ __forceinline__ float warpSum(float v)
         v += __shfl_xor_sync(0xffffffffu, v, offset);
     }
     return v;
+}
+
+//! Calls f(T{}) with the C++ type of `type` (float, __half, __nv_bfloat16): one switch for every launcher.
+template <typename F>
+cudaError_t withActivationType(ActivationType type, F&& f)
+{
+    switch (type)
+    {
+    case ActivationType::kFLOAT: return f(float{});
+    case ActivationType::kHALF: return f(__half{});
+    case ActivationType::kBF16: return f(__nv_bfloat16{});
+    }
+    return cudaErrorInvalidValue;
 }
 
 inline int64_t ceilDiv(int64_t a, int64_t b)

@@ -38,6 +38,13 @@ bool isActivationType(DataType type) noexcept
     return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
 }
 
+ActivationType activationType(DataType type) noexcept
+{
+    return type == DataType::kHALF ? ActivationType::kHALF
+        : type == DataType::kBF16  ? ActivationType::kBF16
+                                   : ActivationType::kFLOAT;
+}
+
 char const* typeName(DataType type) noexcept
 {
     switch (type)

@@ -4,6 +4,8 @@
 
 #include <NvInferRuntime.h>
 
+#include "activation_type.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -18,6 +20,8 @@ void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 void logError(std::string const& message) noexcept;
 
 bool isActivationType(nvinfer1::DataType type) noexcept;
+//! The kernels' type for a tensor that supportsFormatCombination accepted (fp32, fp16 or bf16).
+ActivationType activationType(nvinfer1::DataType type) noexcept;
 char const* typeName(nvinfer1::DataType type) noexcept;
 int64_t volume(nvinfer1::Dims const& dims) noexcept;
 
@@ -138,6 +142,21 @@ protected:
 private:
     char const* mName;
 };
+
+//! clone() of a plugin whose whole state is its attributes (never throws through TensorRT).
+template <typename Plugin, typename Attributes>
+nvinfer1::IPluginV3* newPlugin(Attributes const& attributes) noexcept
+{
+    try
+    {
+        return new Plugin(attributes);
+    }
+    catch (...)
+    {
+        logError("out of memory creating a plugin");
+        return nullptr;
+    }
+}
 
 //! The creator plumbing: name, version, namespace and the attribute list TensorRT's parser reads.
 class CreatorBase : public nvinfer1::IPluginCreatorV3One

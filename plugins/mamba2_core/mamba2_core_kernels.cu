@@ -471,15 +471,9 @@ size_t mamba2WorkspaceBytes(Mamba2Sizes const& sizes)
 }
 
 cudaError_t mamba2Enqueue(
-    Mamba2DType type, Mamba2Sizes const& sizes, Mamba2Buffers const& buffers, void* workspace, cudaStream_t stream)
+    ActivationType type, Mamba2Sizes const& sizes, Mamba2Buffers const& buffers, void* workspace, cudaStream_t stream)
 {
-    switch (type)
-    {
-    case Mamba2DType::kFLOAT: return enqueueTyped<float>(sizes, buffers, workspace, stream);
-    case Mamba2DType::kHALF: return enqueueTyped<__half>(sizes, buffers, workspace, stream);
-    case Mamba2DType::kBF16: return enqueueTyped<__nv_bfloat16>(sizes, buffers, workspace, stream);
-    }
-    return cudaErrorInvalidValue;
+    return withActivationType(type, [&](auto zero) { return enqueueTyped<decltype(zero)>(sizes, buffers, workspace, stream); });
 }
 
 } // namespace ndp

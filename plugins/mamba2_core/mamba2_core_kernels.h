@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
+#include "../common/activation_type.h"
+
 #ifdef __CUDACC__
 #define NDP_HOST_DEVICE __host__ __device__
 #else
@@ -58,18 +60,11 @@ struct Mamba2Buffers
     float* newSsmState;     // [B, H, P, S]
 };
 
-enum class Mamba2DType
-{
-    kFLOAT,
-    kHALF,
-    kBF16
-};
-
 //! Workspace bytes for `sizes` (batch and seqlen at their maxima).
 size_t mamba2WorkspaceBytes(Mamba2Sizes const& sizes);
 
 //! Enqueues the whole op on `stream`: conv, then the recurrent update (T == 1) or the chunked scan.
 cudaError_t mamba2Enqueue(
-    Mamba2DType type, Mamba2Sizes const& sizes, Mamba2Buffers const& buffers, void* workspace, cudaStream_t stream);
+    ActivationType type, Mamba2Sizes const& sizes, Mamba2Buffers const& buffers, void* workspace, cudaStream_t stream);
 
 } // namespace ndp

@@ -31,11 +31,6 @@ enum Port
     kD
 };
 
-Mamba2DType kernelType(DataType t)
-{
-    return t == DataType::kHALF ? Mamba2DType::kHALF : t == DataType::kBF16 ? Mamba2DType::kBF16 : Mamba2DType::kFLOAT;
-}
-
 } // namespace
 
 Mamba2CorePlugin::Mamba2CorePlugin(Attributes const& attributes)
@@ -46,14 +41,7 @@ Mamba2CorePlugin::Mamba2CorePlugin(Attributes const& attributes)
 
 IPluginV3* Mamba2CorePlugin::clone() noexcept
 {
-    try
-    {
-        return new Mamba2CorePlugin(mAttributes);
-    }
-    catch (...)
-    {
-        return nullptr;
-    }
+    return newPlugin<Mamba2CorePlugin>(mAttributes);
 }
 
 int32_t Mamba2CorePlugin::getOutputDataTypes(
@@ -183,7 +171,7 @@ int32_t Mamba2CorePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     io.y = static_cast<float*>(outputs[0]);
     io.newConvState = outputs[1];
     io.newSsmState = static_cast<float*>(outputs[2]);
-    cudaError_t const status = mamba2Enqueue(kernelType(inputDesc[kXBC].type), s, io, workspace, stream);
+    cudaError_t const status = mamba2Enqueue(activationType(inputDesc[kXBC].type), s, io, workspace, stream);
     if (status != cudaSuccess)
     {
         logError(std::string(kName) + ": kernel launch failed: " + cudaErrorText(status));
@@ -225,7 +213,7 @@ IPluginV3* Mamba2CoreCreator::createPlugin(char const*, PluginFieldCollection co
         a.dtMin = r.getFloat("dt_min");
         a.dtMax = r.getFloat("dt_max");
         r.require(a.dtMin >= 0.f && a.dtMin <= a.dtMax, "attributes must satisfy 0 <= dt_min <= dt_max");
-        return r.ok() ? new Mamba2CorePlugin(a) : nullptr;
+        return r.ok() ? newPlugin<Mamba2CorePlugin>(a) : nullptr;
     }
     catch (...)
     {

@@ -369,15 +369,9 @@ size_t moeWorkspaceBytes(MoeSizes const& sizes)
 }
 
 cudaError_t moeEnqueue(
-    MoeDType type, MoeSizes const& sizes, MoeBuffers const& buffers, void* workspace, cudaStream_t stream)
+    ActivationType type, MoeSizes const& sizes, MoeBuffers const& buffers, void* workspace, cudaStream_t stream)
 {
-    switch (type)
-    {
-    case MoeDType::kFLOAT: return enqueueTyped<float>(sizes, buffers, workspace, stream);
-    case MoeDType::kHALF: return enqueueTyped<__half>(sizes, buffers, workspace, stream);
-    case MoeDType::kBF16: return enqueueTyped<__nv_bfloat16>(sizes, buffers, workspace, stream);
-    }
-    return cudaErrorInvalidValue;
+    return withActivationType(type, [&](auto zero) { return enqueueTyped<decltype(zero)>(sizes, buffers, workspace, stream); });
 }
 
 } // namespace ndp

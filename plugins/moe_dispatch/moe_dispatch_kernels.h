@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
+#include "../common/activation_type.h"
+
 namespace ndp
 {
 
@@ -36,16 +38,9 @@ struct MoeBuffers
     float* out;                 // [N, D]
 };
 
-enum class MoeDType
-{
-    kFLOAT,
-    kHALF,
-    kBF16
-};
-
 size_t moeWorkspaceBytes(MoeSizes const& sizes);
 
-cudaError_t moeEnqueue(MoeDType type, MoeSizes const& sizes, MoeBuffers const& buffers, void* workspace,
+cudaError_t moeEnqueue(ActivationType type, MoeSizes const& sizes, MoeBuffers const& buffers, void* workspace,
     cudaStream_t stream);
 
 } // namespace ndp

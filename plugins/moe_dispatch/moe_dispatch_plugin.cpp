@@ -23,11 +23,6 @@ enum Port
     kDOWN
 };
 
-MoeDType kernelType(DataType t)
-{
-    return t == DataType::kHALF ? MoeDType::kHALF : t == DataType::kBF16 ? MoeDType::kBF16 : MoeDType::kFLOAT;
-}
-
 } // namespace
 
 MoeDispatchPlugin::MoeDispatchPlugin(Attributes const& attributes)
@@ -38,14 +33,7 @@ MoeDispatchPlugin::MoeDispatchPlugin(Attributes const& attributes)
 
 IPluginV3* MoeDispatchPlugin::clone() noexcept
 {
-    try
-    {
-        return new MoeDispatchPlugin(mAttributes);
-    }
-    catch (...)
-    {
-        return nullptr;
-    }
+    return newPlugin<MoeDispatchPlugin>(mAttributes);
 }
 
 int32_t MoeDispatchPlugin::getOutputDataTypes(
@@ -142,7 +130,7 @@ int32_t MoeDispatchPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
     io.down = inputs[kDOWN];
     io.out = static_cast<float*>(outputs[0]);
     MoeSizes const s = sizes(inputDesc[kH].dims, inputDesc[kUP].dims);
-    cudaError_t const status = moeEnqueue(kernelType(inputDesc[kH].type), s, io, workspace, stream);
+    cudaError_t const status = moeEnqueue(activationType(inputDesc[kH].type), s, io, workspace, stream);
     if (status != cudaSuccess)
     {
         logError(std::string(kName) + ": kernel launch failed: " + cudaErrorText(status));
@@ -182,7 +170,7 @@ IPluginV3* MoeDispatchCreator::createPlugin(char const*, PluginFieldCollection c
         a.normTopkProb = r.getInt("norm_topk_prob", 0, 1);
         a.scaling = r.getFloat("routed_scaling_factor");
         r.require(a.topkGroup <= a.nGroup, "attribute 'topk_group' must not exceed 'n_group'");
-        return r.ok() ? new MoeDispatchPlugin(a) : nullptr;
+        return r.ok() ? newPlugin<MoeDispatchPlugin>(a) : nullptr;
     }
     catch (...)
     {

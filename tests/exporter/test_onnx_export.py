@@ -55,5 +55,5 @@ def test_existing_output_is_never_overwritten(hf_checkpoints, tmp_path):
     with pytest.raises(NemotronDeployError, match="already exists"):
         onnx_export.export_artifact(ckpt, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
-    with pytest.raises(NemotronDeployError, match="--target 'tensorrt'"):
-        onnx_export.export_artifact(ckpt, tmp_path / "new", target="tensorrt", progress=False)
+    with pytest.raises(NemotronDeployError, match="--target 'openvino'"):
+        onnx_export.export_artifact(ckpt, tmp_path / "new", target="openvino", progress=False)
