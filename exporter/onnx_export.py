@@ -161,6 +161,7 @@ def _finish_plugin_graph(proto):
 
     from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # not its notes on bfloat16 or colours
     graph = gs.import_onnx(proto)
     for node in graph.nodes:
         op = PLUGIN_OPS.get(node.op)

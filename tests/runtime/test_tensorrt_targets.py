@@ -49,6 +49,23 @@ def test_plugin_graph_reference_execution_equals_onnxruntime_tokens(artifacts, c
     assert chunked.new_token_ids == [ids[:8] for ids in want.new_token_ids]
 
 
+def test_half_precision_plugin_graphs(artifacts):
+    """float16: reference execution == the onnxruntime float16 export; bfloat16 (no onnxruntime kernels, no
+    numpy type): exports with bfloat16 plugin ports, float32 states and mask where the contract says."""
+    prompts = _prompts()
+    _, _, ort16 = artifacts("hybrid_moe_groups", "float16")
+    _, _, trt16 = artifacts("hybrid_moe_groups", "float16", target="tensorrt")
+    want = Session(ort16).generate(prompts, max_new_tokens=12, ignore_eos=True)
+    assert Session(trt16, backend="reference").generate(prompts, max_new_tokens=12, ignore_eos=True).new_token_ids == want.new_token_ids
+    _, _, trt_bf16 = artifacts("hybrid_moe_groups", "bfloat16", target="tensorrt")
+    model = onnx.load(str(read_manifest(trt_bf16).graph_path("decode")), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]}
+    node = next(n for n in model.graph.node if n.op_type == "Mamba2Core")
+    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    assert [types.get(name) for name in node.input[3:5]] == [bf16, f32]  # conv state in T, SSM state float32
+    assert [types.get(name) for name in node.output] == [f32, bf16, f32]
+
+
 def test_plugin_nodes_follow_the_contract(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     manifest = read_manifest(artifact)
