@@ -52,6 +52,19 @@ def attribute_spec(op: PluginOp, attributes: dict) -> str:
     return ";".join(parts)
 
 
+def assert_matches_reference(harness: "PluginHarness", op: PluginOp, inputs: list[torch.Tensor], attributes: dict, tolerance: float) -> None:
+    """Run `op` through the plugin (on the inputs' device) and its torch reference (on the CPU); every
+    output must have the reference's shape and dtype and a relative error within `tolerance`."""
+    from nemotron_deploy.exporter.plugin_ops import run_reference
+
+    outputs = harness.create(op, attributes).run(inputs)
+    expected = run_reference(op, [x.cpu() for x in inputs], attributes)
+    for port, got, want in zip(op.outputs, outputs, expected):
+        assert got.shape == want.shape and got.dtype == want.dtype, f"{op.name}.{port.name}: {got.shape} {got.dtype}"
+        err = relative_error(got, want)
+        assert err <= tolerance, f"{op.name}.{port.name}: relative error {err:.2e} > {tolerance:.0e}"
+
+
 class PluginHarness:
     def __init__(self, harness_library: str | Path, plugin_library: str | Path):
         lib = ctypes.CDLL(str(harness_library))

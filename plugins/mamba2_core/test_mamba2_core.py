@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, run_reference
-from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, attribute_spec, relative_error
+from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE
+from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, assert_matches_reference, attribute_spec
 
 # B batch, T new tokens, H heads, P head dim, G groups, S state, K conv kernel, L chunk; pads[b] = left pads of row b
 CASES = {
@@ -60,14 +60,7 @@ def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int 
 
 def check_case(backend, case: dict, dtype: torch.dtype) -> None:
     harness, device = backend
-    attrs = attributes(case)
-    inputs = make_inputs(case, dtype, device)
-    outputs = harness.create(MAMBA2_CORE, attrs).run(inputs)
-    expected = run_reference(MAMBA2_CORE, [x.cpu() for x in inputs], attrs)
-    for port, got, want in zip(MAMBA2_CORE.outputs, outputs, expected):
-        assert got.shape == want.shape and got.dtype == want.dtype, port.name
-        err = relative_error(got, want)
-        assert err <= TOLERANCE[dtype], f"{port.name}: relative error {err:.2e} > {TOLERANCE[dtype]:.0e}"
+    assert_matches_reference(harness, MAMBA2_CORE, make_inputs(case, dtype, device), attributes(case), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemotron_deploy.exporter.plugin_ops import MOE_DISPATCH, run_reference
-from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, relative_error
+from nemotron_deploy.exporter.plugin_ops import MOE_DISPATCH
+from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, assert_matches_reference
 
 # N tokens, X experts, I expert width, D input width, k top_k, G n_group, TG topk_group, skew: bias towards few experts
 CASES = {
@@ -50,13 +50,7 @@ def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int 
 
 def check_case(backend, case: dict, dtype: torch.dtype) -> None:
     harness, device = backend
-    attrs = attributes(case)
-    inputs = make_inputs(case, dtype, device)
-    (got,) = harness.create(MOE_DISPATCH, attrs).run(inputs)
-    (want,) = run_reference(MOE_DISPATCH, [t.cpu() for t in inputs], attrs)
-    assert got.shape == want.shape and got.dtype == want.dtype
-    err = relative_error(got, want)
-    assert err <= TOLERANCE[dtype], f"relative error {err:.2e} > {TOLERANCE[dtype]:.0e}"
+    assert_matches_reference(harness, MOE_DISPATCH, make_inputs(case, dtype, device), attributes(case), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
