@@ -6,7 +6,7 @@ Two builders share this code, as they share the nvinfer1 API:
   tensorrt-rtx  TensorRT for RTX (`import tensorrt_rtx`), no plugin layer, strongly typed networks:
                 builds tensorrt-rtx-target artifacts, also ahead of time for a named compute capability
                 on a machine without a GPU (that is how CI proves our standard ops build).
-No torch here: a build box needs only the builder's wheel and onnx.
+A build box needs only the builder's wheel (torch, if present, only tells which GPU a native build targets).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from nemotron_deploy.runtime.tensorrt_common import (
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TIMING_CACHE = "timing.cache"
-BuildError = TensorRTError
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,10 @@ def build_engines(
 ) -> list[Path]:
     """Build the prefill and decode engines of an artifact; returns the .plan paths."""
     if engine not in ENGINES:
-        raise BuildError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        raise TensorRTError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     manifest = read_manifest(artifact_dir)
     if manifest.target not in ENGINES[engine].targets:
-        raise BuildError(
+        raise TensorRTError(
             f"{manifest.path}: exported for target '{manifest.target}', which --engine {engine} cannot build "
             f"(it builds {' / '.join(ENGINES[engine].targets)}); re-export with --target {ENGINES[engine].targets[0]}"
         )
@@ -91,11 +90,13 @@ def build_engines(
         load_plugins(trt, builder.get_plugin_registry(), manifest, library_path)
         library = {"library": str(library_path.resolve()), "plugins": manifest.plugins}
     cache_path = manifest.path / f"{engine}.{TIMING_CACHE}"
-    plans, records = [], {}
+    # Both plans are written under temporary names and renamed only once both are built: a failed
+    # rebuild leaves the engines the manifest records untouched.
+    staged, records = [], {}
     for graph in ("prefill", "decode"):
         progress(f"{graph}: parsing {manifest.graph(graph)['file']}")
         started = time.monotonic()
-        network = _parse(trt, builder, logger, manifest, graph)
+        network = _parse(trt, builder, logger, manifest, graph, strongly_typed=engine == "tensorrt-rtx")
         config = _config(trt, builder, engine, dtype, manifest.dtype, compute_capability, cache_path)
         profile = builder.create_optimization_profile()
         shapes = profile_shapes(manifest, graph, limits)
@@ -105,16 +106,19 @@ def build_engines(
         progress(f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})")
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise BuildError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
+            raise TensorRTError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
         _save_timing_cache(config, cache_path)
         plan = manifest.path / f"{graph}.{engine}.plan"
-        _write_atomic(plan, bytes(serialized))
-        plans.append(plan)
-        records[graph] = {"file": plan.name, "bytes": plan.stat().st_size,
+        partial = plan.with_name(f".{plan.name}.partial")
+        partial.write_bytes(bytes(serialized))
+        staged.append((partial, plan))
+        records[graph] = {"file": plan.name, "bytes": partial.stat().st_size,
                           "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}  # fmt: skip
-        progress(f"{graph}: wrote {plan.name} ({plan.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
+        progress(f"{graph}: built {plan.name} ({partial.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
+    for partial, plan in staged:
+        os.replace(partial, plan)
     _record(manifest, engine, trt, dtype, limits, compute_capability, library, records)
-    return plans
+    return [plan for _, plan in staged]
 
 
 PRECISIONS_BY_DTYPE = {v: k for k, v in PRECISIONS.items()}
@@ -124,11 +128,11 @@ def _precision(manifest: Manifest, engine: str, precision: str | None) -> str:
     if precision is None:
         return manifest.dtype
     if precision not in PRECISIONS:
-        raise BuildError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise TensorRTError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     # TensorRT for RTX builds strongly typed networks only: precision is the exported graph's
     if dtype != manifest.dtype and (engine == "tensorrt-rtx" or manifest.dtype != "float32"):
-        raise BuildError(
+        raise TensorRTError(
             f"--precision {precision} for an artifact exported as {manifest.dtype}: "
             + ("TensorRT for RTX takes the precision of the graph; re-export with --dtype " + dtype
                if engine == "tensorrt-rtx" else "lower precision is only built from a float32 export")
@@ -139,15 +143,15 @@ def _precision(manifest: Manifest, engine: str, precision: str | None) -> str:
 def _check_limits(limits: Limits, max_positions: int) -> None:
     for name, value in (("--max-batch", limits.max_batch), ("--max-seq-len", limits.max_seq_len)):
         if value < 1:
-            raise BuildError(f"{name} {value}: expected >= 1")
+            raise TensorRTError(f"{name} {value}: expected >= 1")
     if limits.max_seq_len > max_positions:
-        raise BuildError(f"--max-seq-len {limits.max_seq_len}: the model's max_position_embeddings is {max_positions}")
+        raise TensorRTError(f"--max-seq-len {limits.max_seq_len}: the model's max_position_embeddings is {max_positions}")
     if not 1 <= limits.max_new_tokens <= limits.max_seq_len:
-        raise BuildError(f"prefill tokens per call {limits.max_new_tokens}: expected 1..{limits.max_seq_len}")
+        raise TensorRTError(f"prefill tokens per call {limits.max_new_tokens}: expected 1..{limits.max_seq_len}")
 
 
-def _parse(trt, builder, logger, manifest: Manifest, graph: str):
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and trt.__name__ == "tensorrt_rtx" else 0
+def _parse(trt, builder, logger, manifest: Manifest, graph: str, strongly_typed: bool):
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     path = manifest.graph_path(graph)
@@ -155,7 +159,7 @@ def _parse(trt, builder, logger, manifest: Manifest, graph: str):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         first = errors[0] if errors else None
         where = f" (node {first.node_name()}, {first.node_operator()})" if first is not None and first.node_name() else ""
-        raise BuildError(f"{path}: TensorRT's ONNX parser refused it{where}: {first.desc() if first else logger.last_error()}")
+        raise TensorRTError(f"{path}: TensorRT's ONNX parser refused it{where}: {first.desc() if first else logger.last_error()}")
     return network
 
 
@@ -165,11 +169,11 @@ def _config(trt, builder, engine: str, dtype: str, graph_dtype: str, compute_cap
         config.set_flag(trt.BuilderFlag.FP16 if dtype == "float16" else trt.BuilderFlag.BF16)
     if compute_capability:
         if not hasattr(config, "set_compute_capability"):
-            raise BuildError(f"--compute-capability: {engine} builds for the GPU it runs on only")
+            raise TensorRTError(f"--compute-capability: {engine} builds for the GPU it runs on only")
         name = "SM" + compute_capability.replace(".", "").removeprefix("sm_").removeprefix("SM")
         if not hasattr(trt.ComputeCapability, name):
             choices = [c for c in dir(trt.ComputeCapability) if c.startswith("SM")]
-            raise BuildError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
+            raise TensorRTError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
         config.num_compute_capabilities = 1
         config.set_compute_capability(getattr(trt.ComputeCapability, name), 0)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")

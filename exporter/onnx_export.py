@@ -73,7 +73,7 @@ def export_artifact(checkpoint_dir: str | Path, out_dir: str | Path, target: str
             _save_onnx(proto, tmp / f"{graph}.onnx")
             graphs[graph] = _graph_record(model, graph)
             if target == "tensorrt":
-                graphs[graph]["plugins"] = plugin_records(tmp / f"{graph}.onnx")
+                graphs[graph]["plugins"] = _plugin_records(proto)
             del proto
             steps.update()
         weights.close()
@@ -178,16 +178,13 @@ def _finish_plugin_graph(proto):
     return finished
 
 
-def plugin_records(path: Path) -> list[dict]:
-    """The manifest's `plugins` entry: each plugin a graph uses, with its node count."""
+def _plugin_records(proto) -> list[dict]:
+    """A graph's entry in the manifest's `plugins`: each plugin it uses, with its node count."""
     import collections
-
-    import onnx
 
     from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 
-    model = onnx.load(str(path), load_external_data=False)
-    counts = collections.Counter(n.op_type for n in model.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
+    counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
     return [{"name": name, "version": PLUGIN_OPS[name].version, "namespace": PLUGIN_OPS[name].namespace, "nodes": n}
             for name, n in sorted(counts.items())]  # fmt: skip
 

@@ -102,9 +102,7 @@ PLUGIN_OPS = {op.name: op for op in (MAMBA2_CORE, MOE_DISPATCH)}
 
 
 def run_reference(op: PluginOp, inputs: list, attributes: dict) -> tuple:
-    """Evaluate `op` on torch tensors exactly as a plugin node would (inputs in port order, node attributes)."""
-    if op is MAMBA2_CORE:
-        return op.reference(*inputs, **attributes)
-    kwargs = {k: v for k, v in attributes.items() if k not in ("norm_topk_prob", "routed_scaling_factor")}
-    kwargs.update(norm_topk_prob=bool(attributes["norm_topk_prob"]), scaling=attributes["routed_scaling_factor"])
-    return (op.reference(*inputs, **kwargs),)
+    """Evaluate `op` on torch tensors exactly as a plugin node would (inputs in port order, node attributes);
+    returns the outputs as a tuple, in port order."""
+    outputs = op.reference(*inputs, **attributes)
+    return outputs if isinstance(outputs, tuple) else (outputs,)

@@ -8,6 +8,7 @@ CUDA headers. Both come with `libnemotron_deploy_plugin_harness.so`, the tests' 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,10 @@ def build_plugins(
     verbose: bool = False,
 ) -> PluginBuild:
     """Configure and build into `out_dir`/build, then place the libraries in `out_dir` atomically."""
+    bad = [a for a in cuda_architectures.split(";") if not re.fullmatch(r"\d{2,3}[af]?(-real|-virtual)?|native|all|all-major", a)]
+    if bad or not cuda_architectures:
+        raise PluginBuildError(f"--cuda-arch {cuda_architectures!r}: expected CUDA architectures like '90' or '80;86;89;90' "
+                               "(CMake's CUDA_ARCHITECTURES: digits, optional a/f suffix, -real/-virtual, or native)")  # fmt: skip
     cmake = _require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
     if not emulated:
         _require_tool("nvcc", "install the CUDA toolkit (nvcc >= 12.0), or build the CPU emulation")

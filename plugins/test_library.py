@@ -87,3 +87,12 @@ def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build
     newer = [dict(current[0], version="2"), current[1]]
     with pytest.raises(TensorRTError, match="has no plugin Mamba2Core version 2 in namespace 'nemotron_deploy'"):
         check_plugin_versions(Manifest(tmp_path, {"plugins": newer}), emulated_build.library, find)
+
+
+def test_cli_plugins_build_bad_architecture_is_one_line(tmp_path):
+    from nemotron_deploy.runtime.cli import main
+
+    result = CliRunner().invoke(main, ["plugins", "build", "-o", str(tmp_path), "--cuda-arch", "80;abc"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: --cuda-arch '80;abc': expected CUDA architectures like '90'")
+    assert not (tmp_path / "build").exists()

@@ -99,10 +99,14 @@ def state_dtype(name: str):
     return _NUMPY.get(name, np.uint16 if name == "bfloat16" else None)
 
 
+def initial_state_shapes(manifest: Manifest, batch: int) -> dict[str, tuple[list[int], str]]:
+    """name -> (shape, dtype name) of every state of `batch` new sequences (K/V with past length 0)."""
+    return {
+        s["name"]: ([batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]], s["dtype"])
+        for s in manifest.states
+    }
+
+
 def zero_state(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
-    """Zero states for `batch` new sequences (K/V with past length 0), as numpy arrays."""
-    state = {}
-    for s in manifest.states:
-        shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
-        state[s["name"]] = np.zeros(shape, dtype=state_dtype(s["dtype"]))
-    return state
+    """Zero states for `batch` new sequences, as numpy arrays."""
+    return {name: np.zeros(shape, dtype=state_dtype(dtype)) for name, (shape, dtype) in initial_state_shapes(manifest, batch).items()}

@@ -4,7 +4,7 @@ States stay on the device from step to step (each step's present.* buffers becom
 past.* inputs; nothing but the token ids, the mask and the last logits crosses to or from the host).
 Outputs are bound to buffers from torch's CUDA caching allocator, which hands the same memory back
 step after step. Where every state has a fixed shape (no attention layers: the K/V cache grows), the
-decode step of each batch size is captured once in a CUDA graph and replayed.
+decode step of each batch size is captured in two CUDA graphs over ping-pong state buffers and replayed.
 
 Needs torch with CUDA (device memory, streams, graphs) and the engine's TensorRT package.
 """
@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, initial_state_shapes
 from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
-
-_TORCH_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "int64": "int64"}
 
 
 def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, dict]:
@@ -95,18 +93,15 @@ class TensorRTBackend:
         self._graphs: dict[int, tuple] = {}
 
     # -- states -------------------------------------------------------------------------------------
-    def _dtype(self, name: str):
-        return getattr(self.torch, _TORCH_DTYPE[name])
-
     def initial_state(self, batch: int) -> dict:
         """Zero states on the device for `batch` new sequences (K/V with past length 0)."""
         if batch > self.max_batch:
             raise TensorRTError(f"batch {batch}: the engines were built for at most {self.max_batch} (nemotron-deploy build --max-batch)")
-        state = {}
-        for s in self.manifest.states:
-            shape = [batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]]
-            state[s["name"]] = self.torch.zeros(shape, dtype=self._dtype(s["dtype"]), device=self.device)
-        return state
+        torch = self.torch
+        return {
+            name: torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device)
+            for name, (shape, dtype) in initial_state_shapes(self.manifest, batch).items()
+        }
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
@@ -131,19 +126,20 @@ class TensorRTBackend:
             host = logits[:, -1].float().cpu()  # the only device-to-host copy of a step
         return host.numpy(), dict(zip(self.state_names, presents))
 
-    def _enqueue(self, graph: str, ids, mask, state: dict):
-        """Bind inputs and freshly allocated outputs, run the engine on self.stream."""
+    def _enqueue(self, graph: str, ids, mask, state: dict, presents: list | None = None):
+        """Bind inputs, and `presents` (else freshly allocated buffers) as the state outputs; run the
+        engine on self.stream. Returns (logits, presents)."""
         torch = self.torch
         context, engine = self.contexts[graph], self.engines[graph]
         feeds = {"input_ids": ids, "attention_mask": mask, **state}
         for name, tensor in feeds.items():
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, self._address(tensor))
-        outputs = {}
+        outputs = dict(zip(self.present_names, presents)) if presents is not None else {}
         for name in ["logits", *self.present_names]:
-            shape = tuple(context.get_tensor_shape(name))
-            dtype = _trt_to_torch(engine.get_tensor_dtype(name), torch)
-            outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            if name not in outputs:
+                shape = tuple(context.get_tensor_shape(name))
+                outputs[name] = torch.empty(shape, dtype=_trt_to_torch(engine.get_tensor_dtype(name), torch), device=self.device)
             context.set_tensor_address(name, self._address(outputs[name]))
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise TensorRTError(f"{graph} engine: enqueue failed ({self.logger.last_error() or 'no message'})")
@@ -159,38 +155,44 @@ class TensorRTBackend:
         return self._empty
 
     def _replay_decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict):
-        """Decode step through a CUDA graph captured per batch size over static buffers: the states
-        are copied into the graph's input buffers only when they come from elsewhere (the prefill)."""
+        """Decode step through CUDA graphs captured per batch size over two static state buffers: graph 0
+        reads buffer 0 and writes buffer 1, graph 1 the reverse, so steps alternate without copying states.
+        A state from elsewhere (the prefill) is copied into buffer 0 once."""
         torch = self.torch
         batch = input_ids.shape[0]
         if batch not in self._graphs:
             self._graphs[batch] = self._capture(batch)
-        cuda_graph, ids, mask, inputs, logits, presents = self._graphs[batch]
+        graphs, ids, mask, buffers, logits = self._graphs[batch]
+        first = self.state_names[0]
+        side = 1 if state[first].data_ptr() == buffers[1][0].data_ptr() else 0
         with torch.cuda.stream(self.stream):
             ids.copy_(torch.from_numpy(np.ascontiguousarray(input_ids)), non_blocking=True)
             # without attention layers only the new token's mask column is read: a static width of 1
             mask.copy_(torch.from_numpy(np.ascontiguousarray(attention_mask[:, -1:])), non_blocking=True)
-            for name, buffer in zip(self.state_names, inputs):
-                if state[name].data_ptr() != buffer.data_ptr():
+            if state[first].data_ptr() != buffers[side][0].data_ptr():
+                for name, buffer in zip(self.state_names, buffers[0]):
                     buffer.copy_(state[name])
-            cuda_graph.replay()
-            for buffer, present in zip(inputs, presents):  # next step's inputs: the states just produced
-                buffer.copy_(present)
-            host = logits[:, -1].float().cpu()
-        return host.numpy(), dict(zip(self.state_names, inputs))
+            graphs[side].replay()
+            host = logits[side][:, -1].float().cpu()
+        return host.numpy(), dict(zip(self.state_names, buffers[1 - side]))
 
     def _capture(self, batch: int):
         torch = self.torch
         ids = torch.zeros(batch, 1, dtype=torch.int64, device=self.device)
         mask = torch.ones(batch, 1, dtype=torch.int64, device=self.device)
-        inputs = list(self.initial_state(batch).values())
+        buffers = [list(self.initial_state(batch).values()) for _ in range(2)]
+        graphs, logits = [], []
         with torch.cuda.stream(self.stream):
-            self._enqueue("decode", ids, mask, dict(zip(self.state_names, inputs)))  # warm-up outside capture
-            self.stream.synchronize()
-            cuda_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(cuda_graph, stream=self.stream):
-                logits, presents = self._enqueue("decode", ids, mask, dict(zip(self.state_names, inputs)))
-        return cuda_graph, ids, mask, inputs, logits, presents
+            for side in (0, 1):
+                inputs = dict(zip(self.state_names, buffers[side]))
+                self._enqueue("decode", ids, mask, inputs, buffers[1 - side])  # warm-up outside capture
+                self.stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self.stream):
+                    out, _ = self._enqueue("decode", ids, mask, inputs, buffers[1 - side])
+                graphs.append(graph)
+                logits.append(out)
+        return graphs, ids, mask, buffers, logits
 
 
 def _trt_to_torch(dtype, torch):

@@ -119,20 +119,21 @@ def moe_dispatch(
     top_k: int,
     n_group: int,
     topk_group: int,
-    norm_topk_prob: bool,
-    scaling: float,
+    norm_topk_prob: int,
+    routed_scaling_factor: float,
     decode: bool = False,
 ) -> torch.Tensor:
     """Routing + routed experts + weighted combine: the op the MoeDispatch plugin replaces.
 
     h: (N, Din) model dtype; logits: (N, X) fp32; correction_bias: (X,) fp32; up: (X, I, Din) and
-    down: (X, Din, I) model dtype. Returns (N, Din) fp32. `decode` only picks the formulation that
-    exports best for few tokens (gathers) or many (per-expert loop); both compute the same sum.
+    down: (X, Din, I) model dtype. Returns (N, Din) fp32. The keywords are the plugin node's attributes
+    (`moe_dispatch_attributes`). `decode` only picks the formulation that exports best for few tokens
+    (gathers) or many (per-expert loop; every expert densely for TensorRT for RTX): the same sum.
     The shared expert and the latent projections stay outside (plain matmuls).
     """
     indices, weights = route(
         logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        norm_topk_prob=norm_topk_prob, scaling=scaling,
+        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
     )  # fmt: skip
     if decode:
         experts = routed_experts_gather
@@ -179,11 +180,7 @@ class MoE(nn.Module):
                 [(torch.float32, inputs[0].shape)],
             )  # fmt: skip
         else:
-            routed = moe_dispatch(
-                *inputs, top_k=attrs["top_k"], n_group=attrs["n_group"], topk_group=attrs["topk_group"],
-                norm_topk_prob=bool(attrs["norm_topk_prob"]), scaling=attrs["routed_scaling_factor"],
-                decode=hidden.shape[1] == 1,
-            )  # fmt: skip
+            routed = moe_dispatch(*inputs, **attrs, decode=hidden.shape[1] == 1)
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)
