@@ -148,6 +148,33 @@ def _pattern(cfg: ModelConfig) -> list[str]:
     return [{"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[k] for k in cfg.layer_types]
 
 
+def parameter_dtype(name: str, dtype: str) -> str:
+    """The dtype a parameter takes in a model computing in `dtype`: the router's correction bias stays fp32."""
+    return "float32" if name.endswith("e_score_correction_bias") else dtype
+
+
+def compute_dtype(ckpt: Checkpoint, dtype: str | None) -> str:
+    dtype = dtype or ckpt.stored_dtype
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise CheckpointError(f"dtype {dtype!r}: expected float32, float16 or bfloat16")
+    return dtype
+
+
+def meta_model(ckpt: Checkpoint, dtype: str | None = None, all_logits: bool = False):
+    """The step model of `ckpt` with every parameter on the `meta` device (shapes and dtypes, no data):
+    what the exporter traces. Eval mode, dtypes as `load_model` would give them."""
+    import torch
+
+    from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
+
+    dtype = compute_dtype(ckpt, dtype)
+    with torch.device("meta"):
+        model = NemotronHStepModel(ckpt.config, all_logits=all_logits)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        tensor.data = tensor.data.to(getattr(torch, parameter_dtype(name, dtype)))
+    return model.eval().requires_grad_(False)
+
+
 def load_model(path: str | Path, dtype: str | None = None, all_logits: bool = False):
     """Build a `NemotronHStepModel` in eval mode from a checkpoint directory.
 
@@ -160,10 +187,7 @@ def load_model(path: str | Path, dtype: str | None = None, all_logits: bool = Fa
     from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
 
     ckpt = open_checkpoint(path)
-    dtype = dtype or ckpt.stored_dtype
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise CheckpointError(f"dtype {dtype!r}: expected float32, float16 or bfloat16")
-    target = getattr(torch, dtype)
+    dtype = compute_dtype(ckpt, dtype)
     files = MappedFiles()
     state = {}
     for name, parts in ckpt.sources.items():
@@ -171,8 +195,7 @@ def load_model(path: str | Path, dtype: str | None = None, all_logits: bool = Fa
             tensor = files.tensor(parts[None])
         else:
             tensor = torch.stack([files.tensor(parts[j]) for j in range(len(parts))])
-        keep_fp32 = name.endswith("e_score_correction_bias")
-        state[name] = tensor.to(torch.float32 if keep_fp32 else target)
+        state[name] = tensor.to(getattr(torch, parameter_dtype(name, dtype)))
     with torch.device("meta"):
         model = NemotronHStepModel(ckpt.config, all_logits=all_logits)
     model.load_state_dict(state, strict=True, assign=True)

@@ -1,51 +1,59 @@
 """Checkpoint -> artifact directory: prefill and decode step graphs as ONNX, weights stored once, manifest.
 
-    checkpoint ──load_model──> NemotronHStepModel ──torch.onnx.export(dynamo)──> prefill.onnx ─┐
-                                                  └─────────────────────────────> decode.onnx ─┼─> weights.data (shared)
-                                                                                               └─> manifest.json (last)
+    checkpoint ──open_checkpoint──> meta model ──trace_graph──> prefill graph ─┐  (shapes only, no weights)
+        │ (headers only)                      └───────────────> decode graph  ─┤
+        │                                                                       ├─ graph_passes (layouts, names, dims)
+        └── memory map ──WeightsFile: one block at a time──> weights.data <─────┘  (shared, each tensor once)
+                                                              prefill.onnx, decode.onnx, manifest.json (last)
 
-Everything is written into a hidden temporary directory next to the output and renamed into place
-only when complete, so an interrupted export leaves nothing that looks like an artifact.
+The weights are never held: the graphs are traced on the `meta` device and every initializer is
+streamed from the checkpoint's memory map into `weights.data` (dtype converted, layout applied) when
+the graph is saved, so peak memory is a few tensor blocks whatever the model's size
+(benchmarks/results/export.md). Everything is written into a hidden temporary directory next to the
+output and renamed into place only when complete, so an interrupted export leaves nothing that looks
+like an artifact.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
+import math
 import os
 import shutil
 import tempfile
-import warnings
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
-from nemotron_deploy.exporter.checkpoint import load_model, open_checkpoint
+from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
+from nemotron_deploy.exporter.tracing import GRAPHS, OPSET, BackgroundTrace, finished_graph
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
 
-log = logging.getLogger(__name__)
-
-OPSET = 18
 WEIGHTS_FILE = "weights.data"
-# onnxruntime: standard ops, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch as plugin nodes
-# (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer there).
+# onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
+# as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer).
 TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 # tokenizer / generation files copied from the checkpoint when present
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
-_ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
 _INLINE_MAX = 1024  # tensors up to this many bytes stay inside the .onnx
 
 
-def export_artifact(checkpoint_dir: str | Path, out_dir: str | Path, target: str = "onnxruntime", dtype: str = "float32", progress: bool = True) -> Path:
+def export_artifact(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    target: str = "onnxruntime",
+    dtype: str = "float32",
+    progress: bool = True,
+    timings: dict | None = None,
+) -> Path:
     """Export `checkpoint_dir` to a new artifact directory `out_dir`; returns its path.
 
     dtype: the graphs' compute dtype (weights, activations, conv and K/V states); the SSM state keeps
     the config's mamba_ssm_cache_dtype (fp32) and logits are fp32.
+    timings: if given, filled with seconds per phase and per layer (see `_Progress.timings`).
     """
-    from tqdm.auto import tqdm
-
     if target not in TARGETS:
         raise NemotronDeployError(f"--target {target!r}: expected one of {TARGETS}")
     if target == "onnxruntime" and dtype == "bfloat16":
@@ -57,41 +65,50 @@ def export_artifact(checkpoint_dir: str | Path, out_dir: str | Path, target: str
     if out.exists():
         raise NemotronDeployError(f"{out}: already exists; choose a new output directory (nothing was overwritten)")
     ckpt = open_checkpoint(checkpoint_dir)
-    steps = tqdm(total=5, desc="export", unit="step", disable=not progress)
-    steps.set_postfix_str("loading weights")
-    model = load_model(checkpoint_dir, dtype)
-    steps.update()
+    model_dtype = compute_dtype(ckpt, dtype)
+    model = meta_model(ckpt, model_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    bars = _Progress(model, enabled=progress)
+    background = None
     try:
-        weights = _SharedWeights(tmp / WEIGHTS_FILE)
+        from nemotron_deploy.exporter.weight_stream import WeightsFile
+
+        if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target)
+        weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
         graphs = {}
-        for graph in ("prefill", "decode"):
-            steps.set_postfix_str(f"tracing {graph} graph")
-            proto = _export_graph(model, graph, target)
-            weights.externalize(proto)
+        for graph in GRAPHS:
+            if background is not None and graph == background.graph:
+                bars.step(f"{graph}: waiting for its trace in a second process")
+                ir_model, specs, seconds = background.result()
+                bars.timings[f"{graph}.trace"] = seconds
+            else:
+                ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph))
+            proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
             _save_onnx(proto, tmp / f"{graph}.onnx")
             graphs[graph] = _graph_record(model, graph)
             if target == "tensorrt":
                 graphs[graph]["plugins"] = _plugin_records(proto)
-            del proto
-            steps.update()
+            del proto, ir_model
         weights.close()
-        steps.set_postfix_str("checking graphs")
+        bars.step("checking graphs")
         for graph in graphs:
             _check(tmp / f"{graph}.onnx")
-        steps.update()
         side = _copy_side_files(ckpt.path, tmp)
         manifest = _manifest(ckpt, model, dtype, target, graphs, side, tmp)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
         os.replace(tmp, out)
-        steps.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        steps.close()
+        if background is not None:
+            background.cancel()
+        bars.close()
+        if timings is not None:
+            timings.update(bars.timings)
     return out
 
 
@@ -101,56 +118,105 @@ def _umask() -> int:
     return mask
 
 
-def _example_inputs(model, graph: str):
-    """Tracing inputs: batch 2, past 3, and for prefill 2 chunks + 3 tokens (several chunks, not a
-    multiple of chunk_size), so no dimension is specialised to 0, 1 or a chunk multiple."""
-    import torch
-
-    cfg = model.cfg
-    batch, past = 2, 3
-    new = 1 if graph == "decode" else 2 * cfg.chunk_size + 3
-    state = model.initial_state(batch)
-    for spec in io_spec.state_specs(cfg, "past"):
-        if spec.role in ("key", "value"):
-            shape = list(state[spec.name].shape)
-            shape[2] = past
-            state[spec.name] = torch.zeros(shape, dtype=state[spec.name].dtype)
-    ids = torch.zeros(batch, new, dtype=torch.int64)
-    mask = torch.ones(batch, past + new, dtype=torch.int64)
-    return (ids, mask, *(state[s.name] for s in io_spec.state_specs(cfg, "past")))
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _export_graph(model, graph: str, target: str = "onnxruntime"):
-    """torch.onnx (dynamo) export of one step graph -> ModelProto with weights inline."""
-    import torch
+def _nbytes(value) -> int:
+    return value.dtype.itemsize * math.prod(value.shape.numpy())
 
-    from nemotron_deploy.exporter.plugin_nodes import export_target
 
-    cfg = model.cfg
-    dyn = torch.export.Dim.DYNAMIC
-    states = tuple({0: dyn, 2: dyn} if s.role in ("key", "value") else {0: dyn} for s in io_spec.state_specs(cfg, "past"))
-    ids_dims = {0: dyn} if graph == "decode" else {0: dyn, 1: dyn}
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision not installed"
-    try:
-        with warnings.catch_warnings(), export_target(target):
-            warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
-            program = torch.onnx.export(
-                model, _example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
-                input_names=[s.name for s in io_spec.step_inputs(cfg)],
-                output_names=[s.name for s in io_spec.step_outputs(cfg)],
-                dynamic_shapes=(ids_dims, {0: dyn, 1: dyn}, states),
-            )  # fmt: skip
-    except Exception as e:  # an exporter failure is a bug of ours, but say which graph
-        raise RuntimeError(f"torch.onnx.export of the {graph} graph failed: {e}") from e
-    _fold_weight_transposes(program.model)
-    proto = program.model_proto
+def _bind_weights(ir_model, specs: dict, graph: str, target: str, weights, bars):
+    """Every weight streamed into `weights` (or inlined if tiny) -> ModelProto whose initializers
+    point into weights.data."""
+    import onnx_ir as ir
+
+    sizes = {name: _nbytes(ir_model.graph.initializers[name]) for name in specs}
+    bars.writing(graph, total=sum(n for name, n in sizes.items() if not weights.has(specs[name])))
+    for name, spec in specs.items():
+        value, nbytes = ir_model.graph.initializers[name], sizes[name]
+        seen = weights.has(spec)
+        if nbytes <= _INLINE_MAX:
+            from torch.onnx._internal.exporter._core import TorchTensor
+
+            value.const_value = TorchTensor(weights.materialize(spec), name=name)
+        else:
+            offset, length = weights.add(spec)
+            value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, value.dtype, shape=value.shape, name=name, base_dir=weights.path.parent)
+        bars.wrote(name, nbytes if not seen else 0)
+    proto = ir.serde.serialize_model(ir_model)
     if target == "tensorrt":
         proto = _finish_plugin_graph(proto)
-    proto.graph.name = f"nemotron_h_{graph}"
-    for node in proto.graph.node:  # per-node Python stack traces: large and of no use to a runtime
-        del node.metadata_props[:]
-        node.doc_string = ""
     return proto
+
+
+class _Progress:
+    """tqdm bars: tracing (layer i of N) and weights (MB written, layer i of N) per graph; also keeps
+    `timings`: {"<graph>.<phase>": seconds} for the phases trace / passes / weights, and per layer
+    {"<graph>.trace_layers": [s, ...], "<graph>.weights_layers": [s, ...]} (tracing's Python pass and
+    weight streaming attributed to the layer they belong to)."""
+
+    def __init__(self, model, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.tqdm, self.enabled, self.layers = tqdm, enabled, len(model.layers)
+        self.bar = None
+        self.timings: dict = {}
+        self._phase: tuple[str, float] | None = None
+        self._mark = 0.0
+
+    def _start(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self._phase is not None:
+            name, began = self._phase
+            self.timings[name] = self.timings.get(name, 0.0) + now - began
+        self._phase, self._mark = (phase, now) if phase else None, now
+
+    def _new(self, **kw):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.tqdm(disable=not self.enabled, dynamic_ncols=True, **kw)
+
+    def tracing(self, graph: str):
+        self._start(f"{graph}.trace")
+        self._new(total=self.layers, desc=f"trace {graph}", unit="layer")
+        per_layer = self.timings.setdefault(f"{graph}.trace_layers", [0.0] * self.layers)
+
+        def on_layer(i: int) -> None:
+            now = time.perf_counter()
+            if i:
+                per_layer[i - 1] += now - self._mark
+            self._mark = now
+            self.bar.n = i + 1
+            self.bar.set_postfix_str(f"layer {i + 1} of {self.layers}", refresh=True)
+
+        return on_layer
+
+    def step(self, what: str) -> None:
+        self._start(what.replace(": ", "."))
+        if self.bar is not None:
+            self.bar.set_postfix_str(what, refresh=True)
+
+    def writing(self, graph: str, total: int) -> None:
+        self._start(f"{graph}.weights")
+        self._graph = graph
+        self.timings.setdefault(f"{graph}.weights_layers", [0.0] * self.layers)
+        self._new(total=total, desc=f"weights {graph}", unit="B", unit_scale=True, unit_divisor=1024)
+
+    def wrote(self, name: str, nbytes: int) -> None:
+        now = time.perf_counter()
+        layer = int(name.split(".")[1]) if name.startswith("layers.") else None
+        if layer is not None:
+            self.timings[f"{self._graph}.weights_layers"][layer] += now - self._mark
+        self._mark = now
+        self.bar.update(nbytes)
+        self.bar.set_postfix_str(f"layer {layer + 1} of {self.layers}" if layer is not None else name.split(".")[0], refresh=False)
+
+    def close(self) -> None:
+        self._start("")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _finish_plugin_graph(proto):
@@ -187,57 +253,6 @@ def _plugin_records(proto) -> list[dict]:
     counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
     return [{"name": name, "version": PLUGIN_OPS[name].version, "namespace": PLUGIN_OPS[name].namespace, "nodes": n}
             for name, n in sorted(counts.items())]  # fmt: skip
-
-
-def _fold_weight_transposes(model) -> None:
-    """Store Linear weights pre-transposed, so runtimes read them as MatMul wants them.
-
-    We skip onnxscript's general optimizer (its rewrite rules take tens of minutes on the unrolled
-    MoE loops of a real model) and fold only Transposes of initializers, whatever their size: left
-    to onnxruntime, each session would fold its own copy of every weight at load time.
-    """
-    from onnxscript.optimizer import fold_constants
-
-    # True forces folding past the size limits; None leaves other nodes to the default (small) rules
-    fold_constants(model, should_fold=lambda node: True if node.op_type == "Transpose" else None)
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
-
-    RemoveUnusedNodesPass()(model)
-
-
-class _SharedWeights:
-    """Appends initializers to one data file, each distinct content once, and points the graph at it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = open(path, "wb")
-        self.offsets: dict[bytes, tuple[int, int]] = {}
-
-    def externalize(self, proto) -> None:
-        from onnx import TensorProto, numpy_helper
-
-        for tensor in proto.graph.initializer:
-            data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
-            if len(data) <= _INLINE_MAX:
-                continue
-            key = hashlib.sha256(data).digest()
-            if key not in self.offsets:
-                pad = -self.file.tell() % _ALIGN
-                self.file.write(b"\0" * pad)
-                self.offsets[key] = (self.file.tell(), len(data))
-                self.file.write(data)
-            offset, length = self.offsets[key]
-            tensor.ClearField("raw_data")
-            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                tensor.ClearField(field)
-            del tensor.external_data[:]
-            for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = k, v
-            tensor.data_location = TensorProto.EXTERNAL
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def _save_onnx(proto, path: Path) -> None:

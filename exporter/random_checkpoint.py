@@ -7,6 +7,7 @@ expert), into a temporary directory that is renamed into place only when complet
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -44,43 +45,94 @@ TINY_CONFIG = {
 }
 
 
-def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: dict | None = None) -> Path:
-    """Write config.json, model.safetensors (random weights), generation_config.json and a small
-    tokenizer.json to `out_dir` (which must not exist yet)."""
-    import torch
-    from safetensors.torch import save_file
+def write_random_checkpoint(
+    out_dir: str | Path, seed: int = 0, config: dict | None = None, dtype: str = "float32", shard_bytes: int | None = None
+) -> Path:
+    """Write config.json, random weights, generation_config.json and a small tokenizer.json to
+    `out_dir` (which must not exist yet).
 
-    from nemotron_deploy.exporter.checkpoint import hf_key
+    dtype: the stored dtype (float32, float16, bfloat16). shard_bytes: None writes one
+    `model.safetensors`; otherwise shards of about that size with a `model.safetensors.index.json`,
+    as the hub's checkpoints are. Tensors are made and written a shard at a time, so a checkpoint
+    larger than memory can be written.
+    """
+    import torch
+
     from nemotron_deploy.exporter.config import ModelConfig
     from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
 
     out = Path(out_dir)
     if out.exists():
         raise NemotronDeployError(f"{out}: already exists; choose a new output directory")
-    raw = dict(config or TINY_CONFIG)
+    raw = dict(config or TINY_CONFIG, torch_dtype=dtype)
     cfg = ModelConfig.from_hf(raw)
-    torch.manual_seed(seed)
-    model = NemotronHStepModel(cfg)
-    tensors = {}
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            value = _random_like(name, p)
-            if ".experts_" in name:
-                tensors.update({hf_key(name, j): value[j].contiguous() for j in range(value.shape[0])})
-            else:
-                tensors[hf_key(name)] = value.contiguous()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {name: p for name, p in NemotronHStepModel(cfg).state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        _write_shards(tmp, _random_tensors(shapes, gen, getattr(torch, dtype)), shard_bytes)
         (tmp / "config.json").write_text(json.dumps(raw, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
         write_demo_tokenizer(tmp / "tokenizer.json", cfg.vocab_size)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _random_tensors(shapes: dict, gen, dtype):
+    """(hub key, tensor) pairs, one expert at a time for the stacked expert parameters."""
+    from nemotron_deploy.exporter.checkpoint import hf_key
+
+    for name, meta in shapes.items():
+        keep = meta.dtype if name.endswith("e_score_correction_bias") else dtype
+        if ".experts_" in name:
+            for j in range(meta.shape[0]):
+                yield hf_key(name, j), _random_like(name, meta.shape[1:], gen).to(keep)
+        else:
+            yield hf_key(name), _random_like(name, meta.shape, gen).to(keep)
+
+
+def _write_shards(folder: Path, tensors, shard_bytes: int | None) -> None:
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for key, tensor in tensors:
+        current[key] = tensor.contiguous()
+        size += tensor.numel() * tensor.element_size()
+        if shard_bytes is not None and size >= shard_bytes:
+            shards.append(_save_shard(folder, len(shards), current))
+            current, size = {}, 0
+    if shard_bytes is None:
+        save_file(current, folder / "model.safetensors", metadata={"format": "pt"})
+        return
+    if current:
+        shards.append(_save_shard(folder, len(shards), current))
+    # the hub's names: model-00001-of-00004.safetensors
+    weight_map = {}
+    for i, (tmp_name, keys) in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        (folder / tmp_name).rename(folder / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+
+
+def _save_shard(folder: Path, index: int, tensors: dict) -> tuple[str, list[str]]:
+    from safetensors.torch import save_file
+
+    name = f"shard-{index}.safetensors"
+    save_file(tensors, folder / name, metadata={"format": "pt"})
+    return name, list(tensors)
 
 
 _CORPUS = """NemotronH is a hybrid of Mamba-2 layers, attention layers, dense MLP layers and mixture of
@@ -101,17 +153,15 @@ def write_demo_tokenizer(path: Path, vocab_size: int) -> None:
     tok.save(str(path))
 
 
-def _random_like(name: str, p):
+def _random_like(name: str, shape, gen):
     import torch
 
-    if name.endswith(("norm.weight", "norm_f.weight")):
-        return torch.ones_like(p)
+    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
+        return torch.ones(shape)
     if name.endswith("A_log"):
-        return torch.log(torch.arange(1, p.numel() + 1, dtype=p.dtype))
+        return torch.log(torch.arange(1, math.prod(shape) + 1, dtype=torch.float32)).reshape(shape)
     if name.endswith("dt_bias"):
-        return torch.full_like(p, -4.0)
-    if name.endswith(".D"):
-        return torch.ones_like(p)
+        return torch.full(shape, -4.0)
     if name.endswith("bias"):
-        return torch.zeros_like(p)
-    return torch.randn_like(p) * 0.1
+        return torch.zeros(shape)
+    return torch.randn(shape, generator=gen) * 0.1

@@ -61,18 +61,22 @@ def route(
     return indices, weights * scaling
 
 
-def routed_experts_gather(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def routed_experts_gather(
+    h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor, up_row_step: int = 1
+) -> torch.Tensor:
     """sum_k weights[:, k] * down_e(relu2(up_e(h))) with e = indices[:, k], by gathering weights per token.
 
-    h: (N, Din); indices, weights: (N, k); up: (X, I, Din); down: (X, Din, I). Returns (N, Din) fp32.
+    h: (N, Din); indices, weights: (N, k); up: (X, I * up_row_step, Din), of which every
+    `up_row_step`-th row is used (the onnxruntime MoE node's layout repeats each row twice);
+    down: (X, Din, I). Returns (N, Din) fp32.
     Static shapes, and a decode step reads only the k selected experts: the decode formulation.
     (It gathers N*k expert matrices, far too many for a long prompt.)
     """
     n, k = indices.shape
     flat = indices.reshape(-1)
     # Row gathers (ONNX Gather) and batched mat-vec products: no layout change of the gathered weights.
-    up_sel = up.index_select(0, flat).view(n, k, up.shape[1], up.shape[2])  # (N, k, I, Din)
-    act = relu2(torch.matmul(up_sel, h[:, None, :, None]))  # (N, k, I, 1)
+    up_sel = up.index_select(0, flat).view(n, k, up.shape[1], up.shape[2])  # (N, k, I * step, Din)
+    act = relu2(torch.matmul(up_sel, h[:, None, :, None])[:, :, ::up_row_step])  # (N, k, I, 1)
     down_sel = down.index_select(0, flat).view(n, k, down.shape[1], down.shape[2])  # (N, k, Din, I)
     out = torch.matmul(down_sel, act)[..., 0]  # (N, k, Din)
     return (out.float() * weights[..., None]).sum(1)
@@ -142,6 +146,41 @@ def moe_dispatch(
     return experts(h, indices, weights, up, down)
 
 
+def moe_dispatch_onnxruntime(
+    h: torch.Tensor,
+    logits: torch.Tensor,
+    correction_bias: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    *,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: int,
+    routed_scaling_factor: float,
+    decode: bool = False,
+) -> torch.Tensor:
+    """`moe_dispatch` as the onnxruntime target exports it: the same routing (traced ops), then the
+    routed experts as one `com.microsoft.MoE` node, so the graph does not grow with the expert count.
+
+    Shapes as `moe_dispatch`; the experts' `up` is stored with each row twice (the node's layout).
+    The node returns sum_k w/sum(w) * expert: multiplied back by sum(w). float16 decode gathers the k
+    experts instead: onnxruntime's float16 MoE kernel converts every expert per call (~10x slower
+    than float32 at one token), which a prompt amortises but a decode step does not.
+    """
+    indices, weights = route(
+        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
+        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
+    )  # fmt: skip
+    fc1 = plugin_nodes.stored_repeat_rows(up, 2)  # (X, 2I, Din)
+    if decode and h.dtype == torch.float16:
+        return routed_experts_gather(h, indices, weights, fc1, down, up_row_step=2)
+    probs = torch.full(logits.shape, -torch.inf, dtype=h.dtype, device=h.device)
+    probs = probs.scatter(1, indices, weights.log().to(h.dtype))
+    routed = plugin_nodes.onnxruntime_moe(h, probs, fc1, down, top_k)
+    return routed.float() * weights.sum(-1, keepdim=True)
+
+
 def moe_dispatch_attributes(cfg: ModelConfig) -> dict:
     """The MoeDispatch node's attributes (the routing hyper-parameters of `moe_dispatch`)."""
     return dict(
@@ -179,6 +218,8 @@ class MoE(nn.Module):
                 plugin_nodes.MOE_DISPATCH, [*inputs[:2], inputs[2].float(), *inputs[3:]], attrs,
                 [(torch.float32, inputs[0].shape)],
             )  # fmt: skip
+        elif plugin_nodes.fused_moe():
+            routed = moe_dispatch_onnxruntime(*inputs, **attrs, decode=hidden.shape[1] == 1)
         else:
             routed = moe_dispatch(*inputs, **attrs, decode=hidden.shape[1] == 1)
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)

@@ -5,12 +5,11 @@ checked on onnxruntime's CPU provider at shapes other than the example, 0- and 1
 """
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-from nemotron_deploy.exporter import io_spec, onnx_export
+from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import load_model
 
 
@@ -27,10 +26,8 @@ def _inputs(model, batch, past, new):
     return (ids, mask, *(state[s.name] for s in io_spec.state_specs(model.cfg, "past")))
 
 
-def _export(model, graph, path):
-    """The exporter's own tracing (dynamic shapes as declared there), saved with weights inline."""
-    onnx.save(onnx_export._export_graph(model, graph), str(path))
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _session(artifact, graph):
+    return ort.InferenceSession(str(artifact / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
 
 
 def _check(session, model, shapes):
@@ -44,11 +41,9 @@ def _check(session, model, shapes):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_prefill_and_decode_graphs_export_with_dynamic_shapes(hf_checkpoints, tmp_path):
-    _, path = hf_checkpoints("hybrid_moe_groups")  # chunk_size 8
+def test_prefill_and_decode_graphs_export_with_dynamic_shapes(artifacts):
+    _, path, artifact = artifacts("hybrid_moe_groups")  # chunk_size 8
     model = load_model(path, "float32")
-    prefill = _export(model, "prefill", tmp_path / "prefill.onnx")
     # (batch, past, new): one chunk, several, a multiple of chunk_size, batch 1, empty past
-    _check(prefill, model, [(1, 0, 2), (3, 5, 13), (2, 0, 16), (1, 4, 5), (4, 9, 30)])
-    decode = _export(model, "decode", tmp_path / "decode.onnx")
-    _check(decode, model, [(1, 1, 1), (3, 11, 1), (5, 2, 1)])
+    _check(_session(artifact, "prefill"), model, [(1, 0, 2), (3, 5, 13), (2, 0, 16), (1, 4, 5), (4, 9, 30)])
+    _check(_session(artifact, "decode"), model, [(1, 1, 1), (3, 11, 1), (5, 2, 1)])

@@ -1,0 +1,140 @@
+"""Measure one export in a fresh child process: seconds per phase and layer, peak memory, graph sizes.
+
+Memory is sampled from /proc/self/status every few milliseconds in the child: `RssAnon` (anonymous
+memory: copies, what can run a machine out of memory) and `VmRSS` (that plus file pages, e.g. the
+memory-mapped checkpoint, which the kernel can evict). Peaks are reported over the child's baseline
+after its imports, so they measure the export, not the interpreter. Linux only.
+
+    python -m nemotron_deploy.exporter.export_profile CHECKPOINT OUT [--target T] [--dtype D]
+    python -m nemotron_deploy.exporter.export_profile --session ARTIFACT   (onnxruntime session creation)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def profile_export(checkpoint: str | Path, out: str | Path, target: str = "onnxruntime", dtype: str = "float32", env: dict | None = None) -> dict:
+    """Run the export in a child process and return its measurements (see `_export_child`).
+    env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first)."""
+    return _run_child([str(checkpoint), str(out), "--target", target, "--dtype", dtype], env)
+
+
+def profile_session(artifact: str | Path, env: dict | None = None) -> dict:
+    """Open an artifact on onnxruntime in a child process: seconds and peak memory of creating both
+    graphs' sessions (see `_session_child`)."""
+    return _run_child(["--session", str(artifact)], env)
+
+
+def _run_child(args: list[str], env: dict | None) -> dict:
+    cmd = [sys.executable, "-c", f"import runpy, sys; sys.argv[1:] = {args!r}; runpy.run_path({__file__!r}, run_name='__main__')"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"child process {args} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _status_kb(fields=("RssAnon", "VmRSS")) -> dict[str, int]:
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in fields:
+                values[key] = int(line.split()[1])
+    return values
+
+
+class _Sampler:
+    """Peak RssAnon / VmRSS over a background thread's samples."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import threading
+
+        self.interval, self.peak = interval_s, _status_kb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for key, value in _status_kb().items():
+                self.peak[key] = max(self.peak[key], value)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for key, value in _status_kb().items():
+            self.peak[key] = max(self.peak[key], value)
+
+
+def _export_child(argv: list[str]) -> dict:
+    import argparse
+    import inspect
+    import time
+
+    import onnx
+    import onnxscript  # noqa: F401  (imported before the baseline: their cost is not the export's)
+    import torch.onnx  # noqa: F401
+
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("--target", default="onnxruntime")
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args(argv)
+    timings: dict = {}
+    extra = {"timings": timings} if "timings" in inspect.signature(export_artifact).parameters else {}  # older exporters
+    base = _status_kb()
+    start = time.perf_counter()
+    with _Sampler() as sampler:
+        artifact = export_artifact(args.checkpoint, args.out, target=args.target, dtype=args.dtype, progress=False, **extra)
+    seconds = time.perf_counter() - start
+    nodes = {}
+    for graph in ("prefill", "decode"):
+        proto = onnx.load(str(artifact / f"{graph}.onnx"), load_external_data=False)
+        nodes[graph] = len(proto.graph.node)
+    return {
+        "seconds": seconds,
+        "timings": timings,
+        "peak_anon_mb": (sampler.peak["RssAnon"] - base["RssAnon"]) / 1024,
+        "peak_rss_mb": (sampler.peak["VmRSS"] - base["VmRSS"]) / 1024,
+        "baseline_anon_mb": base["RssAnon"] / 1024,
+        "nodes": nodes,
+        "weights_mb": (artifact / "weights.data").stat().st_size / 2**20,
+    }
+
+
+def _session_child(artifact: str) -> dict:
+    """Open the artifact the way the runtime does (`OnnxRuntimeBackend`: both graphs, their weights
+    handed to onnxruntime over one read-only memory map of weights.data)."""
+    import time
+
+    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.onnx_backend import OnnxRuntimeBackend
+
+    manifest = read_manifest(artifact)
+    base = _status_kb()
+    start = time.perf_counter()
+    with _Sampler() as sampler:
+        backend = OnnxRuntimeBackend(manifest)
+    del backend
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_anon_mb": (sampler.peak["RssAnon"] - base["RssAnon"]) / 1024,
+        "peak_rss_mb": (sampler.peak["VmRSS"] - base["VmRSS"]) / 1024,
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--session":
+        print(json.dumps(_session_child(sys.argv[2])))
+    else:
+        print(json.dumps(_export_child(sys.argv[1:])))
