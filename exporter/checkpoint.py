@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.exporter.parameters import parameter_shapes
 from nemotron_deploy.exporter.safetensors_mmap import MappedFiles, TensorInfo, list_tensors
 from nemotron_deploy.runtime.errors import CheckpointError
 
@@ -83,20 +84,14 @@ class Checkpoint:
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Read config.json and the safetensors headers and check every tensor against the config.
 
-    Costs only the headers (no tensor data is read). Raises ConfigError / CheckpointError.
+    Costs only the headers (no tensor data is read), and needs no torch. Raises ConfigError / CheckpointError.
     """
-    import torch
-
-    from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face checkpoint directory)")
     cfg = ModelConfig.from_file(path)
     tensors = list_tensors(path)
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in NemotronHStepModel(cfg).state_dict().items()}
-    sources = _match(tensors, expected, cfg, path)
+    sources = _match(tensors, parameter_shapes(cfg), cfg, path)
     return Checkpoint(path, cfg, sources, sorted({t.file for t in tensors.values()}))
 
 

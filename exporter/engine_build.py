@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime.integrity import file_records
 from nemotron_deploy.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from nemotron_deploy.runtime.tensorrt_common import (
     ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
@@ -58,9 +59,33 @@ def profile_shapes(manifest: Manifest, graph: str, limits: Limits) -> dict[str, 
     return shapes
 
 
+def default_engine(manifest: Manifest) -> str:
+    """The engine that builds an artifact of this target; an onnxruntime-target artifact has none."""
+    if manifest.target in ENGINES:
+        return manifest.target
+    raise TensorRTError(
+        f"{manifest.path}: exported for target '{manifest.target}' (onnxruntime's MoE node), which TensorRT cannot build; "
+        "re-export with --target tensorrt (plugins) or --target tensorrt-rtx"
+    )
+
+
+def gpu_count() -> int:
+    """CUDA devices visible here, through the driver library (no torch needed); 0 without a driver."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def build_engines(
     artifact_dir: str | Path,
-    engine: str = "tensorrt",
+    engine: str | None = None,
     *,
     plugins: str | Path | None = None,
     precision: str | None = None,
@@ -68,10 +93,16 @@ def build_engines(
     compute_capability: str | None = None,
     progress=print,
 ) -> list[Path]:
-    """Build the prefill and decode engines of an artifact; returns the .plan paths."""
+    """Build the prefill and decode engines of an artifact; returns the .plan paths.
+
+    engine: default, the artifact's target. compute_capability: build ahead of time for that GPU
+    (TensorRT for RTX); without it the build is for this machine's GPU, and a machine without one
+    is refused up front rather than recorded as `native`.
+    """
+    manifest = read_manifest(artifact_dir)
+    engine = engine or default_engine(manifest)
     if engine not in ENGINES:
         raise TensorRTError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    manifest = read_manifest(artifact_dir)
     if manifest.target not in ENGINES[engine].targets:
         raise TensorRTError(
             f"{manifest.path}: exported for target '{manifest.target}', which --engine {engine} cannot build "
@@ -83,6 +114,7 @@ def build_engines(
     _check_limits(limits, cfg["max_position_embeddings"])
     library_path = plugin_library_path(manifest, plugins) if manifest.plugins else None
     trt = import_engine(engine)
+    _check_target_gpu(trt, engine, compute_capability)
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     library = None
@@ -163,19 +195,31 @@ def _parse(trt, builder, logger, manifest: Manifest, graph: str, strongly_typed:
     return network
 
 
+def _capability_name(compute_capability: str) -> str:
+    return "SM" + compute_capability.replace(".", "").removeprefix("sm_").removeprefix("SM")
+
+
+def _check_target_gpu(trt, engine: str, compute_capability: str | None) -> None:
+    """Before parsing anything: a named compute capability must be one the builder knows; without one,
+    there must be a GPU to build for."""
+    if compute_capability:
+        if not hasattr(trt, "ComputeCapability"):
+            raise TensorRTError(f"--compute-capability: {engine} builds for the GPU it runs on only")
+        if not hasattr(trt.ComputeCapability, _capability_name(compute_capability)):
+            choices = sorted((c for c in dir(trt.ComputeCapability) if c.startswith("SM") and c[2:].isdigit()), key=lambda c: int(c[2:]))
+            raise TensorRTError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
+    elif gpu_count() == 0:
+        hint = "give --compute-capability (e.g. 86) to build ahead of time for that GPU" if engine == "tensorrt-rtx" else "TensorRT builds on the GPU it targets"
+        raise TensorRTError(f"no CUDA GPU here: {hint}")
+
+
 def _config(trt, builder, engine: str, dtype: str, graph_dtype: str, compute_capability: str | None, cache_path: Path):
     config = builder.create_builder_config()
     if engine == "tensorrt" and dtype != graph_dtype:  # weakly typed float32 graph, lower precision allowed
         config.set_flag(trt.BuilderFlag.FP16 if dtype == "float16" else trt.BuilderFlag.BF16)
     if compute_capability:
-        if not hasattr(config, "set_compute_capability"):
-            raise TensorRTError(f"--compute-capability: {engine} builds for the GPU it runs on only")
-        name = "SM" + compute_capability.replace(".", "").removeprefix("sm_").removeprefix("SM")
-        if not hasattr(trt.ComputeCapability, name):
-            choices = [c for c in dir(trt.ComputeCapability) if c.startswith("SM")]
-            raise TensorRTError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
         config.num_compute_capabilities = 1
-        config.set_compute_capability(getattr(trt.ComputeCapability, name), 0)
+        config.set_compute_capability(getattr(trt.ComputeCapability, _capability_name(compute_capability)), 0)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=True)
     return config
@@ -202,7 +246,7 @@ def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, co
         "plugins": library, "graphs": records,
     }  # fmt: skip
     files = [f for f in raw.get("files", []) if f["name"] not in {r["file"] for r in records.values()}]
-    raw["files"] = files + [{"name": r["file"], "bytes": r["bytes"]} for r in records.values()]
+    raw["files"] = files + file_records(manifest.path, [r["file"] for r in records.values()])
     _write_atomic(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
 
 

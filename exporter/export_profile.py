@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 
+class ChildFailed(RuntimeError):
+    """The measured child process failed (or was killed)."""
+
+
 def profile_export(checkpoint: str | Path, out: str | Path, target: str = "onnxruntime", dtype: str = "float32", env: dict | None = None) -> dict:
     """Run the export in a child process and return its measurements (see `_export_child`).
     env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first)."""
@@ -33,7 +37,8 @@ def _run_child(args: list[str], env: dict | None) -> dict:
     cmd = [sys.executable, "-c", f"import runpy, sys; sys.argv[1:] = {args!r}; runpy.run_path({__file__!r}, run_name='__main__')"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"child process {args} failed:\n{done.stderr[-4000:]}")
+        how = "was killed (SIGKILL: out of memory?)" if done.returncode == -9 else f"exited with {done.returncode}"
+        raise ChildFailed(f"child process {args} {how}:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

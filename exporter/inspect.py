@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import open_checkpoint
+from nemotron_deploy.exporter.parameters import num_parameters
 
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -19,15 +20,9 @@ def inspect_checkpoint(path: str | Path) -> dict:
     experts a token does not use. State and KV sizes are in the checkpoint's dtype (SSM state in
     mamba_ssm_cache_dtype).
     """
-    import torch
-
-    from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
-
     ckpt = open_checkpoint(path)
     cfg = ckpt.config
-    with torch.device("meta"):
-        model = NemotronHStepModel(cfg)
-    total = sum(p.numel() for p in model.parameters())
+    total = num_parameters(cfg)
     per_expert = cfg.moe_intermediate_size * cfg.moe_input_size * 2
     unused = len(cfg.layers_of("moe")) * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
     dtype = ckpt.stored_dtype

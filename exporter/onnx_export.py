@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,9 @@ from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
 from nemotron_deploy.exporter.tracing import GRAPHS, OPSET, BackgroundTrace, finished_graph
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
+from nemotron_deploy.runtime.integrity import file_records
 from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
+from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
 
 WEIGHTS_FILE = "weights.data"
 # onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
@@ -66,16 +67,19 @@ def export_artifact(
         raise NemotronDeployError(f"{out}: already exists; choose a new output directory (nothing was overwritten)")
     ckpt = open_checkpoint(checkpoint_dir)
     model_dtype = compute_dtype(ckpt, dtype)
-    model = meta_model(ckpt, model_dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = staging_dir(out)
+    try:
+        model = meta_model(ckpt, model_dtype)
+    except BaseException:
+        discard(tmp)
+        raise
     bars = _Progress(model, enabled=progress)
     background = None
     try:
         from nemotron_deploy.exporter.weight_stream import WeightsFile
 
         if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
-            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target)
+            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp)
         weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
         graphs = {}
         for graph in GRAPHS:
@@ -96,12 +100,14 @@ def export_artifact(
         for graph in graphs:
             _check(tmp / f"{graph}.onnx")
         side = _copy_side_files(ckpt.path, tmp)
-        manifest = _manifest(ckpt, model, dtype, target, graphs, side, tmp)
+        required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
+        on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
+        files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
+        manifest = _manifest(ckpt, model, dtype, target, graphs, files)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     finally:
         if background is not None:
@@ -110,12 +116,6 @@ def export_artifact(
         if timings is not None:
             timings.update(bars.timings)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _cores() -> int:
@@ -211,6 +211,12 @@ class _Progress:
         self._mark = now
         self.bar.update(nbytes)
         self.bar.set_postfix_str(f"layer {layer + 1} of {self.layers}" if layer is not None else name.split(".")[0], refresh=False)
+
+    def bytes_bar(self, desc: str, total: int):
+        """A bar over `total` bytes; returns its update function."""
+        self._start(desc)
+        self._new(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+        return self.bar.update
 
     def close(self) -> None:
         self._start("")
@@ -318,7 +324,9 @@ def _generation_defaults(ckpt_dir: Path, cfg) -> dict:
     return gen
 
 
-def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, side_files: list[str], tmp: Path) -> dict:
+def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict) -> dict:
+    """files: {"files": required file records, "side_files": the checkpoint's tokenizer / generation
+    files that were copied} (name, bytes, sha256)."""
     import onnx
     import torch
 
@@ -330,7 +338,7 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, side_files: li
     for past, present in zip(io_spec.state_specs(cfg, "past"), io_spec.state_specs(cfg, "present", "total_len")):
         states.append({"name": past.name, "present": present.name, "role": past.role, "layer": past.layer,
                        "dtype": model_dtype if past.dtype == "model" else past.dtype, "shape": list(past.shape)})  # fmt: skip
-    files = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
+    side_names = [f["name"] for f in files["side_files"]]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -351,9 +359,9 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, side_files: li
         "plugins": _merge_plugins(graphs),
         "states": states,
         "generation": _generation_defaults(ckpt.path, cfg),
-        "tokenizer": {"file": "tokenizer.json"} if "tokenizer.json" in side_files else None,
-        "side_files": side_files,
-        "files": [{"name": f, "bytes": (tmp / f).stat().st_size} for f in files],
+        "tokenizer": {"file": "tokenizer.json"} if "tokenizer.json" in side_names else None,
+        "side_files": files["side_files"],  # optional: a runtime works without them (token ids only)
+        "files": files["files"],  # required, checked by size at load and by SHA-256 with `verify`
         "exporter": {
             "source": str(ckpt.path),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

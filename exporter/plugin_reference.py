@@ -14,7 +14,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, MOE_DISPATCH, PluginOp, run_reference
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, zero_state
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.onnx_backend import graph_inputs
 
 
 def _torch(x) -> torch.Tensor:
@@ -54,6 +55,7 @@ class PluginReferenceBackend:
                 model = onnx.load(str(path))
             except Exception as e:
                 raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+            check_graph_inputs(manifest, graph, graph_inputs(model))
             self.evaluators[graph] = ReferenceEvaluator(model, new_ops=PLUGIN_OP_CLASSES)
         self.state_names = [s["name"] for s in manifest.states]
         self.output_names = ["logits"] + [s["present"] for s in manifest.states]

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
 
 TINY_CONFIG = {
     "architectures": ["NemotronHForCausalLM"],
@@ -61,33 +58,21 @@ def write_random_checkpoint(
     from nemotron_deploy.exporter.config import ModelConfig
     from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
 
-    out = Path(out_dir)
-    if out.exists():
-        raise NemotronDeployError(f"{out}: already exists; choose a new output directory")
     raw = dict(config or TINY_CONFIG, torch_dtype=dtype)
     cfg = ModelConfig.from_hf(raw)
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {name: p for name, p in NemotronHStepModel(cfg).state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out_dir)
     try:
         _write_shards(tmp, _random_tensors(shapes, gen, getattr(torch, dtype)), shard_bytes)
         (tmp / "config.json").write_text(json.dumps(raw, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
         write_demo_tokenizer(tmp / "tokenizer.json", cfg.vocab_size)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-        os.replace(tmp, out)
+        return publish(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _random_tensors(shapes: dict, gen, dtype):

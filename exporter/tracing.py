@@ -8,8 +8,10 @@ every MoE layer is one node (or a fixed handful of ops) whatever its number of e
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
+from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
 
@@ -101,59 +103,65 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None):
 
 
 class BackgroundTrace:
-    """`finished_graph` in a second process (spawned: a fresh interpreter, no fork of torch's threads),
-    so that two graphs trace at once on a machine with two or more cores. The result comes back as a
-    serialized ModelProto whose weights are external-data placeholders, plus the weight specs."""
+    """`finished_graph` in a second Python process (a plain subprocess, so it works whatever started
+    this one: a script, `python -`, a notebook), so that two graphs trace at once on a machine with two
+    or more cores. The worker writes the ModelProto (weights as external-data placeholders) and the
+    weight specs (JSON) to `workdir`, which the caller owns and deletes."""
 
-    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str):
-        import multiprocessing
+    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str, workdir: Path):
+        import subprocess
+        import sys
 
-        ctx = multiprocessing.get_context("spawn")
-        self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_trace_worker, args=(send, str(checkpoint_dir), dtype, graph, target), daemon=True)
-        self._proc.start()
-        send.close()
         self.graph = graph
+        self._out = Path(workdir) / f".{graph}.trace"
+        cmd = [sys.executable, "-m", "nemotron_deploy.exporter.tracing", str(checkpoint_dir), dtype, graph, target, str(self._out)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def result(self):
         """(onnx_ir Model, specs, seconds); raises RuntimeError if the worker failed."""
         import onnx
         import onnx_ir as ir
 
-        try:
-            status, payload = self._recv.recv()
-        except EOFError:
-            raise RuntimeError(f"tracing the {self.graph} graph in a second process failed (it exited with {self._proc.exitcode})") from None
-        finally:
-            self._proc.join()
-        if status != "ok":
-            raise RuntimeError(f"tracing the {self.graph} graph in a second process failed:\n{payload}")
-        proto_bytes, specs, seconds = payload
-        return ir.serde.deserialize_model(onnx.ModelProto.FromString(proto_bytes)), specs, seconds
+        from nemotron_deploy.exporter.weight_stream import WeightSpec
+
+        _, err = self._proc.communicate()
+        if self._proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+            raise RuntimeError(f"tracing the {self.graph} graph in a second process failed (exit {self._proc.returncode}): {tail[0]}")
+        proto = onnx.load_model(str(self._out.with_suffix(".onnx")), load_external_data=False)
+        meta = json.loads(self._out.with_suffix(".json").read_text())
+        specs = {name: WeightSpec(s["param"], s["dtype"], tuple((k, tuple(a) if isinstance(a, list) else a) for k, a in s["layouts"])) for name, s in meta["specs"].items()}
+        for suffix in (".onnx", ".json"):
+            self._out.with_suffix(suffix).unlink()
+        return ir.serde.deserialize_model(proto), specs, meta["seconds"]
 
     def cancel(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
 
-def _trace_worker(send, checkpoint_dir: str, dtype: str, graph: str, target: str) -> None:
+def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str) -> None:
     import time
-    import traceback
 
-    try:
-        import onnx_ir as ir
+    import onnx
+    import onnx_ir as ir
 
-        from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
+    from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
 
-        start = time.perf_counter()
-        ckpt = open_checkpoint(checkpoint_dir)
-        ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target)
-        for name in specs:  # placeholders that serialize without data
-            value = ir_model.graph.initializers[name]
-            value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)
-        send.send(("ok", (ir.serde.serialize_model(ir_model).SerializeToString(), specs, time.perf_counter() - start)))
-    except BaseException:
-        send.send(("error", traceback.format_exc()))
-    finally:
-        send.close()
+    start = time.perf_counter()
+    ckpt = open_checkpoint(checkpoint_dir)
+    ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target)
+    for name in specs:  # placeholders that serialize without data
+        value = ir_model.graph.initializers[name]
+        value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)
+    out_path = Path(out)
+    onnx.save_model(ir.serde.serialize_model(ir_model), str(out_path.with_suffix(".onnx")))
+    meta = {"seconds": time.perf_counter() - start, "specs": {n: {"param": s.param, "dtype": s.dtype, "layouts": s.layouts} for n, s in specs.items()}}
+    out_path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _trace_worker(*sys.argv[1:])

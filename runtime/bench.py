@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from nemotron_deploy.runtime.decode import left_pad, prefill
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError
 
 
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -28,11 +29,14 @@ def decode_bytes_per_token(manifest) -> int:
     cfg = manifest.model["config"]
     dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[manifest.dtype]
     params = manifest.model["num_parameters"]
-    moe_layers = cfg["layer_types"].count("moe")
-    din = cfg["moe_latent_size"] or cfg["hidden_size"]
-    skipped = moe_layers * (cfg["n_routed_experts"] - cfg["num_experts_per_tok"]) * 2 * cfg["moe_intermediate_size"] * din
-    embedding_rows = cfg["vocab_size"] * cfg["hidden_size"]  # a lookup reads one row, not the table
-    return (params - skipped - embedding_rows) * dtype_bytes
+    try:
+        moe_layers = cfg["layer_types"].count("moe")
+        din = cfg["moe_latent_size"] or cfg["hidden_size"]
+        skipped = moe_layers * (cfg["n_routed_experts"] - cfg["num_experts_per_tok"]) * 2 * cfg["moe_intermediate_size"] * din
+        embedding_rows = cfg["vocab_size"] * cfg["hidden_size"]  # a lookup reads one row, not the table
+        return int((params - skipped - embedding_rows) * dtype_bytes)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: field 'model.config' is damaged ({type(e).__name__}: {e})") from None
 
 
 def _decode_rate(backend, ids, mask, steps: int) -> float:
@@ -69,6 +73,7 @@ def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, p
     for past in past_lengths:
         pids, pmask = left_pad(rng.integers(3, vocab, (batch, past)).tolist(), 0)
         result["decode_tokens_per_s_at_past"][str(past)] = _decode_rate(backend, pids, pmask, new_tokens)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth test's own buffers
     bandwidth = measure_bandwidth()
     per_token = decode_bytes_per_token(manifest)
     floor = bandwidth / per_token  # single-sequence tokens/s if decode only streamed the weights once
@@ -77,6 +82,6 @@ def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, p
         decode_bytes_per_token=per_token,
         decode_floor_tokens_per_s=floor,
         decode_fraction_of_floor=result["decode_tokens_per_s"] / batch / floor,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb,
     )
     return result

@@ -1,19 +1,45 @@
 """`nemotron-deploy` command line. It only parses arguments and calls library functions; heavy
-imports (torch) happen inside the commands that need them."""
+imports (torch, onnxruntime) happen inside the commands that need them, after a check that names the
+extra to install when a package is missing."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import sys
+import warnings
 
 import click
 
 from nemotron_deploy.runtime.errors import NemotronDeployError
 
+# the packages each optional extra of pyproject.toml brings, as the commands import them
+EXTRAS = {
+    "export": ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "tqdm", "safetensors", "tokenizers"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+}
+_EXTRA_OF_MODULE = {m: extra for extra in ("export", "onnxruntime") for m in EXTRAS[extra]}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(command: str, *extras: str) -> None:
+    """One line naming the extra to install when a package `command` needs is missing."""
+    for extra in extras:
+        missing = [m for m in EXTRAS[extra] if not _installed(m)]
+        if missing:
+            raise NemotronDeployError(f"'nemotron-deploy {command}' needs the '{extra}' extra ({missing[0]} is not installed): pip install 'nemotron-deploy[{extra}]'")
+
 
 def _one_line_errors(fn):
-    """Bad input becomes `error: <message>` on stderr and exit status 2, never a traceback."""
+    """Bad input becomes `error: <message>` on stderr and exit status 2, never a traceback; a missing
+    optional package names its extra; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,11 +48,42 @@ def _one_line_errors(fn):
         except NemotronDeployError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as e:
+            root = (e.name or "").split(".")[0]
+            if root not in _EXTRA_OF_MODULE:
+                raise
+            extra = _EXTRA_OF_MODULE[root]
+            click.echo(f"error: this command needs the '{extra}' extra ({root} is not installed): pip install 'nemotron-deploy[{extra}]'", err=True)
+            sys.exit(2)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class _Main(click.Group):
+    """One error style for everything: click's usage errors too (`error: ...`, exit 2); Ctrl-C is
+    `interrupted`, exit 130 (the shell's convention), wherever it lands."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        warnings.showwarning = _show_warning
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("\nerror: interrupted", err=True)
+            sys.exit(130)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nemotron-deploy")
 def main() -> None:
     """Export NemotronH checkpoints to ONNX / TensorRT and run them."""
@@ -55,11 +112,12 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", "out_dir", required=True, help="New artifact directory to write.")
 @click.option("--target", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime", show_default=True,
-              help="onnxruntime: standard ops. tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.")
+              help="onnxruntime: standard ops + onnxruntime's MoE node (docs/export.md). tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @_one_line_errors
 def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str) -> None:
     """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
+    require("export", "export")
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
     path = export_artifact(checkpoint_dir, out_dir, target=target, dtype=dtype)
@@ -67,8 +125,11 @@ def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str) -> None:
 
 
 def _parse_ids(text: str) -> list[int]:
+    items = text.replace(" ", "").split(",")
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        if "" in items:
+            raise ValueError
+        return [int(t) for t in items]
     except ValueError:
         raise NemotronDeployError(f"--prompt-ids {text!r}: expected comma-separated integers such as 1,2,3") from None
 
@@ -86,7 +147,7 @@ def _sampling(greedy, temperature, top_k, top_p, seed):
 
 @main.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
+@click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None, help="Default: the artifact's target (tensorrt or tensorrt-rtx).")
 @click.option("--plugins", "plugins_lib", type=click.Path(dir_okay=False), default=None, help="Plugin library for tensorrt-target artifacts (default: $NEMOTRON_DEPLOY_PLUGINS).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Default: the export's dtype.")
 @click.option("--max-batch", default=8, show_default=True, type=int, help="Largest batch the engines accept.")
@@ -96,10 +157,12 @@ def _sampling(greedy, temperature, top_k, top_p, seed):
 @_one_line_errors
 def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, max_prefill_tokens, compute_capability) -> None:
     """Build TensorRT engines (.plan) for the prefill and decode graphs of an exported artifact."""
-    from nemotron_deploy.exporter.engine_build import Limits, build_engines
+    from nemotron_deploy.exporter.engine_build import Limits, build_engines, default_engine
     from nemotron_deploy.runtime.manifest import read_manifest
 
-    positions = read_manifest(artifact_dir).model["max_position_embeddings"]
+    manifest = read_manifest(artifact_dir)
+    engine = engine or default_engine(manifest)
+    positions = manifest.model["max_position_embeddings"]
     seq = max_seq_len or min(4096, positions)
     limits = Limits(max_batch, seq, max_prefill_tokens or min(2048, seq))
     plans = build_engines(artifact_dir, engine, plugins=plugins_lib, precision=precision, limits=limits,
@@ -129,54 +192,75 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeatable).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=int)
 @click.option("--greedy", is_flag=True, help="Argmax decoding (the default unless a sampling option is given).")
-@click.option("--temperature", type=float)
-@click.option("--top-k", type=int)
-@click.option("--top-p", type=float)
-@click.option("--seed", type=int, help="Seed of the sampler.")
+@click.option("--temperature", type=float, help="Sampling temperature (> 0); implies sampling.")
+@click.option("--top-k", type=int, help="Sample from the k most likely tokens only (0: no limit); implies sampling.")
+@click.option("--top-p", type=float, help="Sample from the most likely tokens whose mass reaches p (0 < p <= 1); implies sampling.")
+@click.option("--seed", type=int, help="Seed of the sampler (repeatable sampling).")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS.")
 @click.option("--prefill-chunk", type=int, help="Prefill the prompt in pieces of this many tokens.")
-@click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
-@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
+@click.option("--stream", is_flag=True, help="Print text as it is generated (one prompt); with --json, one JSON line per token.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (with --stream: a JSON line per token, then that object).")
+@click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the manifest first.")
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, backend, engine, plugins_lib, providers):
-    """Generate continuations of one or more prompts with an exported artifact."""
-    from nemotron_deploy.runtime.session import Session
+def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine, plugins_lib, providers):
+    """Generate continuations of one or more prompts with an exported artifact.
 
+    One prompt prints its text; several print one line each, `[i] "text"` (JSON-quoted, so a newline
+    in a continuation cannot break the layout); without a tokenizer, token ids.
+    """
     if not prompts and not prompt_ids:
         raise NemotronDeployError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
-    sampling = _sampling(greedy, temperature, top_k, top_p, seed)
-    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib)
     inputs = [*prompts, *(_parse_ids(p) for p in prompt_ids)]
-    on_token = _streamer(session, len(inputs)) if stream and not as_json else None
+    if stream and len(inputs) > 1 and not as_json:
+        raise NemotronDeployError("--stream prints one prompt as it grows; for several prompts use --stream --json (a JSON line per token) or drop --stream")
+    sampling = _sampling(greedy, temperature, top_k, top_p, seed)
+    require("generate", *_backend_extras(backend))
+    from nemotron_deploy.runtime.session import Session
+
+    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify)
+    on_token = _streamer(session, as_json) if stream else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, on_token)
-    texts = [session.decode(ids) for ids in result.new_token_ids] if session.tokenizer else None
+    _note_model_limit(session, inputs, result, max_new_tokens)
     if as_json:
         out = {"new_token_ids": result.new_token_ids, "finish_reasons": result.finish_reasons}
-        if texts is not None:
-            out["text"] = texts
+        if result.text is not None:
+            out["text"] = result.text
         click.echo(json.dumps(out))
     elif stream:
         click.echo()
+    elif len(inputs) == 1:
+        click.echo(result.text[0] if result.text is not None else ",".join(map(str, result.new_token_ids[0])))
     else:
         for i, ids in enumerate(result.new_token_ids):
-            click.echo(texts[i] if texts is not None else ",".join(map(str, ids)))
+            click.echo(f"[{i}] " + (json.dumps(result.text[i], ensure_ascii=False) if result.text is not None else ",".join(map(str, ids))))
 
 
-def _streamer(session, batch: int):
-    """Single prompt: text as it grows. Several: one line per token, `[row] token`."""
+def _backend_extras(backend: str) -> tuple[str, ...]:
+    return {"onnxruntime": ("onnxruntime",), "reference": ("export",)}.get(backend, ())
+
+
+def _note_model_limit(session, inputs, result, max_new_tokens: int) -> None:
+    """Say so when a sequence stopped at the model's length limit before --max-new-tokens."""
+    for i, ids in enumerate(result.new_token_ids):
+        if result.finish_reasons[i] == "length" and len(ids) < max_new_tokens:
+            click.echo(f"note: prompt {i} stopped after {len(ids)} new tokens at the model's maximum of {session.max_length} tokens (max_position_embeddings)", err=True)
+
+
+def _streamer(session, as_json: bool):
+    """Text: the one prompt's text as it grows. JSON: one line per token, {"prompt", "token", "text"}."""
     state: dict[int, list[int]] = {}
 
     def on_token(row: int, token: int) -> None:
         ids = state.setdefault(row, [])
         before = session.decode(ids) if session.tokenizer else None
         ids.append(token)
-        if batch == 1 and session.tokenizer:
-            click.echo(session.decode(ids)[len(before) :], nl=False)
+        piece = session.decode(ids)[len(before) :] if session.tokenizer else None
+        if as_json:
+            click.echo(json.dumps({"prompt": row, "token": token, **({"text": piece} if piece is not None else {})}, ensure_ascii=False))
         else:
-            piece = session.decode([token]) if session.tokenizer else str(token)
-            click.echo(f"[{row}] {piece}")
+            click.echo(piece if piece is not None else f"{token},", nl=False)
 
     return on_token
 
@@ -188,17 +272,21 @@ def _streamer(session, batch: int):
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--past", "past_lengths", multiple=True, type=click.IntRange(1), help="Also time decode after this many tokens (repeatable).")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the manifest first.")
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, backend, engine, plugins_lib, providers):
+def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, verify, backend, engine, plugins_lib, providers):
     """Prefill and decode throughput, peak memory, and decode against the memory-bandwidth floor."""
+    require("bench", *_backend_extras(backend))
     from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.bench import run_bench
     from nemotron_deploy.runtime.manifest import read_manifest
 
     manifest = read_manifest(artifact_dir)
+    if verify:
+        _verify(manifest)
     if prompt_len + new_tokens > manifest.model["max_position_embeddings"]:
         raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model['max_position_embeddings']} tokens")
     runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib)
@@ -212,7 +300,10 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
         click.echo(f"decode   {rate:10.1f} tokens/s   after {past} tokens")
     click.echo(f"bandwidth {result['memory_bandwidth_gb_per_s']:.1f} GB/s -> floor {result['decode_floor_tokens_per_s']:.1f} tokens/s per sequence; "
                f"decode at {100 * result['decode_fraction_of_floor']:.0f}% of it")
-    click.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB")
+    click.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB (the model and its sessions, before the bandwidth test)")
+
+
+DEMO_MARKER = ".nemotron-demo.json"  # what makes a directory the demo's own (reusable, replaceable)
 
 
 @main.command()
@@ -222,28 +313,93 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
 @_one_line_errors
 def demo(out_dir: str, max_new_tokens: int, seed: int) -> None:
     """Make a tiny random NemotronH checkpoint (every layer kind, with a tokenizer), export it to
-    ONNX and generate from it on onnxruntime."""
+    ONNX and generate from it on onnxruntime.
+
+    Run again, it reuses its own earlier output (same seed) or replaces it whole (another seed); a
+    directory it did not make is never touched. The output appears only when complete (Ctrl-C safe).
+    """
+    require("demo", "export", "onnxruntime")
     from pathlib import Path
 
     from nemotron_deploy.exporter.inspect import format_summary, inspect_checkpoint
-    from nemotron_deploy.exporter.onnx_export import export_artifact
-    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
     from nemotron_deploy.runtime.session import Session
 
     root = Path(out_dir)
-    if root.exists():
-        raise NemotronDeployError(f"{root}: already exists; choose a new output directory")
-    checkpoint = write_random_checkpoint(root / "checkpoint", seed=seed)
+    if _reusable_demo(root, seed):
+        click.echo(f"reusing {root} (made by an earlier demo with seed {seed})")
+    else:
+        _make_demo(root, seed)
+    checkpoint, artifact = root / "checkpoint", root / "onnx"
     click.echo(f"checkpoint: {checkpoint}")
     for label, value in format_summary(inspect_checkpoint(checkpoint)):
         click.echo(f"{label:>20}  {value}")
-    artifact = export_artifact(checkpoint, root / "onnx")
     click.echo(f"artifact:   {artifact}")
     session = Session(artifact)
     prompts = ["The runtime decodes", "Mamba layers"]
     result = session.generate(prompts, max_new_tokens, ignore_eos=True)
-    for prompt, ids in zip(prompts, result.new_token_ids):
-        click.echo(f"{prompt!r} -> {session.decode(ids)!r}  {ids}")
+    for prompt, text, ids in zip(prompts, result.text, result.new_token_ids):
+        click.echo(f"{prompt!r} -> {text!r}  {ids}")
+
+
+def _reusable_demo(root, seed: int) -> bool:
+    """True if `root` is a complete demo output of this seed; raises if it exists and is not the demo's."""
+    if not root.exists():
+        return False
+    marker = root / DEMO_MARKER
+    if not marker.is_file():
+        raise NemotronDeployError(f"{root}: already exists and was not made by 'nemotron-deploy demo'; choose another -o (nothing was touched)")
+    try:
+        made = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        made = {}
+    return made.get("seed") == seed and (root / "onnx" / "manifest.json").is_file()
+
+
+def _make_demo(root, seed: int) -> None:
+    """Checkpoint + artifact into a staging directory, then renamed to `root` (replacing an earlier demo)."""
+    import shutil
+
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+    from nemotron_deploy.runtime.output_dir import discard, make_staging, publish
+
+    previous = root.with_name(f".{root.name}.previous")
+    staging = make_staging(root)
+    try:
+        checkpoint = write_random_checkpoint(staging / "checkpoint", seed=seed)
+        click.echo(f"wrote a random checkpoint (seed {seed}); exporting it", err=True)
+        export_artifact(checkpoint, staging / "onnx")
+        (staging / DEMO_MARKER).write_text(json.dumps({"seed": seed}))
+        if root.exists():  # our own earlier demo: swap, then delete it
+            shutil.rmtree(previous, ignore_errors=True)
+            root.rename(previous)
+        publish(staging, root)
+    except BaseException:
+        discard(staging)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@_one_line_errors
+def verify(artifact_dir: str) -> None:
+    """Check every file of an artifact against the SHA-256 its manifest records (engines included)."""
+    from nemotron_deploy.runtime.manifest import read_manifest
+
+    checked = _verify(read_manifest(artifact_dir))
+    click.echo(f"ok: {checked} files match {artifact_dir}/manifest.json")
+
+
+def _verify(manifest) -> int:
+    from nemotron_deploy.runtime.integrity import bytes_to_verify, verify_artifact
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the core install has no tqdm: verify without a bar
+        return verify_artifact(manifest)
+    with tqdm(total=bytes_to_verify(manifest), desc="sha256", unit="B", unit_scale=True, unit_divisor=1024, disable=None) as bar:
+        return verify_artifact(manifest, bar.update)
 
 
 @main.group()

@@ -17,8 +17,9 @@ class Generation:
     """new_token_ids[i]: tokens generated for prompt i (EOS included when it ended the sequence)."""
 
     new_token_ids: list[list[int]]
-    finish_reasons: list[str]  # "eos" | "length"
+    finish_reasons: list[str]  # "eos" | "length" (max_new_tokens, or the model's max_position_embeddings)
     prefill_logits: np.ndarray | None = field(default=None, repr=False)  # (B, V) after the prompt
+    text: list[str] | None = None  # the new tokens decoded, when the artifact has a tokenizer
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, zero_state
+from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
+
 _ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64}
+
+
+_ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64"}
+
+
+def graph_inputs(model) -> dict[str, tuple[str, list]]:
+    """A ModelProto's inputs: name -> (dtype name, dims with symbolic ones as their names)."""
+    inputs = {}
+    for value in model.graph.input:
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        inputs[value.name] = (_ONNX_DTYPE_NAMES.get(t.elem_type, str(t.elem_type)), dims)
+    return inputs
 
 
 class OnnxRuntimeBackend:
@@ -64,6 +78,7 @@ class OnnxRuntimeBackend:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as e:
             raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        check_graph_inputs(self.manifest, graph, graph_inputs(model))
         values = {}
         for tensor in model.graph.initializer:
             if tensor.data_location != onnx.TensorProto.EXTERNAL:

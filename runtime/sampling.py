@@ -11,22 +11,30 @@ from nemotron_deploy.runtime.errors import NemotronDeployError
 
 @dataclass(frozen=True)
 class Sampling:
-    """greedy=True ignores the rest. top_k=0 and top_p=1.0 disable those filters."""
+    """How the next token is chosen.
 
-    greedy: bool = True
+    greedy: None (default) means argmax unless a sampling parameter is given (temperature != 1,
+    top_k != 0 or top_p != 1), as on the command line; True forces argmax (the rest is ignored);
+    False samples, at temperature 1 with no filter if nothing else is set. top_k=0 and top_p=1.0
+    disable those filters. seed makes sampling repeatable.
+    """
+
+    greedy: bool | None = None
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.greedy is None:
+            object.__setattr__(self, "greedy", self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0)
         if not self.greedy:
             if not self.temperature > 0:
-                raise NemotronDeployError(f"--temperature {self.temperature}: expected a number > 0 (use --greedy for argmax)")
+                raise NemotronDeployError(f"temperature {self.temperature}: expected a number > 0 (greedy decoding is argmax)")
             if self.top_k < 0:
-                raise NemotronDeployError(f"--top-k {self.top_k}: expected >= 0 (0 disables it)")
+                raise NemotronDeployError(f"top_k {self.top_k}: expected >= 0 (0 disables it)")
             if not 0 < self.top_p <= 1:
-                raise NemotronDeployError(f"--top-p {self.top_p}: expected a number in (0, 1]")
+                raise NemotronDeployError(f"top_p {self.top_p}: expected a number in (0, 1]")
 
 
 class Sampler:

@@ -3,6 +3,7 @@ owns nothing but configuration (states live inside each `generate` call)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,10 +24,19 @@ class Session:
         threads: int | None = None,
         engine: str | None = None,
         plugins: str | Path | None = None,
+        verify: bool = False,
     ):
+        """verify: check every file's SHA-256 against the manifest first (reads the whole artifact)."""
         self.manifest = read_manifest(artifact_dir)
+        if verify:
+            from nemotron_deploy.runtime.integrity import verify_artifact
+
+            verify_artifact(self.manifest)
         self.backend = open_backend(self.manifest, backend, providers, threads, engine=engine, plugins=plugins)
         tok = self.manifest.tokenizer_file
+        if tok is not None and not tok.is_file():
+            warnings.warn(f"{tok}: missing; token-id prompts work, text prompts and decoded text do not", stacklevel=2)
+            tok = None
         self.tokenizer = Tokenizer(tok) if tok else None
         model = self.manifest.model
         self.vocab_size = model["vocab_size"]
@@ -53,13 +63,16 @@ class Session:
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         decode.check_prompts(ids, self.vocab_size, self.max_length)
         if max_new_tokens < 1:
-            raise NemotronDeployError(f"--max-new-tokens {max_new_tokens}: expected >= 1")
+            raise NemotronDeployError(f"max_new_tokens {max_new_tokens}: expected >= 1")
         if prefill_chunk_size is not None and prefill_chunk_size < 1:
             raise NemotronDeployError(f"prefill chunk size {prefill_chunk_size}: expected >= 1")
         gen = self.manifest.generation
-        return decode.generate(
+        result = decode.generate(
             self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
             eos_token_ids=() if ignore_eos else gen.get("eos_token_ids", ()),
             pad_token_id=gen.get("pad_token_id") or 0, max_length=self.max_length,
             prefill_chunk_size=prefill_chunk_size, on_token=on_token,
         )  # fmt: skip
+        if self.tokenizer is not None:
+            result.text = [self.decode(ids) for ids in result.new_token_ids]
+        return result

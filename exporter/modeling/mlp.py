@@ -61,6 +61,16 @@ def route(
     return indices, weights * scaling
 
 
+def route_by_attributes(
+    logits: torch.Tensor, correction_bias: torch.Tensor, *, top_k: int, n_group: int, topk_group: int, norm_topk_prob: int, routed_scaling_factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`route` with the MoeDispatch node's attribute names (`moe_dispatch_attributes`)."""
+    return route(
+        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
+        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
+    )  # fmt: skip
+
+
 def routed_experts_gather(
     h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor, up_row_step: int = 1
 ) -> torch.Tensor:
@@ -135,9 +145,9 @@ def moe_dispatch(
     (gathers) or many (per-expert loop; every expert densely for TensorRT for RTX): the same sum.
     The shared expert and the latent projections stay outside (plain matmuls).
     """
-    indices, weights = route(
+    indices, weights = route_by_attributes(
         logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
+        norm_topk_prob=norm_topk_prob, routed_scaling_factor=routed_scaling_factor,
     )  # fmt: skip
     if decode:
         experts = routed_experts_gather
@@ -147,18 +157,7 @@ def moe_dispatch(
 
 
 def moe_dispatch_onnxruntime(
-    h: torch.Tensor,
-    logits: torch.Tensor,
-    correction_bias: torch.Tensor,
-    up: torch.Tensor,
-    down: torch.Tensor,
-    *,
-    top_k: int,
-    n_group: int,
-    topk_group: int,
-    norm_topk_prob: int,
-    routed_scaling_factor: float,
-    decode: bool = False,
+    h: torch.Tensor, logits: torch.Tensor, correction_bias: torch.Tensor, up: torch.Tensor, down: torch.Tensor, *, decode: bool = False, **attributes
 ) -> torch.Tensor:
     """`moe_dispatch` as the onnxruntime target exports it: the same routing (traced ops), then the
     routed experts as one `com.microsoft.MoE` node, so the graph does not grow with the expert count.
@@ -167,11 +166,10 @@ def moe_dispatch_onnxruntime(
     The node returns sum_k w/sum(w) * expert: multiplied back by sum(w). float16 decode gathers the k
     experts instead: onnxruntime's float16 MoE kernel converts every expert per call (~10x slower
     than float32 at one token), which a prompt amortises but a decode step does not.
+    attributes: the MoeDispatch node's (`moe_dispatch_attributes`).
     """
-    indices, weights = route(
-        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
-    )  # fmt: skip
+    top_k = attributes["top_k"]
+    indices, weights = route_by_attributes(logits, correction_bias, **attributes)
     fc1 = plugin_nodes.stored_repeat_rows(up, 2)  # (X, 2I, Din)
     if decode and h.dtype == torch.float16:
         return routed_experts_gather(h, indices, weights, fc1, down, up_row_step=2)

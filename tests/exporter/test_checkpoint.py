@@ -145,3 +145,21 @@ def test_no_weights_and_missing_shard(good_checkpoint, tmp_path):
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
     with pytest.raises(CheckpointError, match=r"lists shard model-00001-of-00002.safetensors which does not exist"):
         open_checkpoint(path)
+
+
+def test_parameter_table_is_the_models(config_name):
+    """The torch-free table that inspect and checkpoint validation use lists exactly the model's tensors."""
+    from hf_oracle import CONFIGS, hf_config
+
+    from nemotron_deploy.exporter.config import ModelConfig
+    from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
+    from nemotron_deploy.exporter.parameters import num_parameters, parameter_shapes
+    from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG
+
+    assert config_name in CONFIGS
+    for raw in (hf_config(config_name).to_dict(), TINY_CONFIG):
+        cfg = ModelConfig.from_hf(raw)
+        with torch.device("meta"):
+            model = NemotronHStepModel(cfg)
+        assert parameter_shapes(cfg) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert num_parameters(cfg) == sum(p.numel() for p in model.parameters())

@@ -1,0 +1,58 @@
+"""Per-file SHA-256 of an artifact: recorded by `export` / `build`, checked by `verify` (and `--verify`).
+
+Opening an artifact checks only file sizes (instant); a same-size corruption, e.g. bytes overwritten
+while copying an artifact between machines, is found by hashing every file against the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest
+
+_CHUNK = 16 * 2**20
+
+
+def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB chunks; `on_bytes(n)` after each (progress)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None) -> list[dict]:
+    """[{"name", "bytes", "sha256"}] of files in `folder`: the manifest's `files` / `side_files` entries."""
+    return [{"name": n, "bytes": (folder / n).stat().st_size, "sha256": file_sha256(folder / n, on_bytes)} for n in names]
+
+
+def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None = None) -> int:
+    """Hash every file the manifest records (required files, and side files that are present) and
+    compare. Returns the number of files checked; raises ArtifactError naming the first that differs."""
+    checked = 0
+    required = [(e, True) for e in manifest.raw["files"]]
+    optional = [(e, False) for e in manifest.raw.get("side_files", []) if isinstance(e, dict)]
+    for entry, needed in required + optional:
+        path = manifest.path / entry["name"]
+        if not path.is_file():
+            if needed:
+                raise ArtifactError(f"{path}: missing (listed in {MANIFEST_FILE})")
+            continue
+        if "sha256" not in entry:
+            raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: no SHA-256 recorded for {entry['name']} (exported by an older nemotron-deploy; re-export to verify)")
+        if path.stat().st_size != entry["bytes"]:
+            raise ArtifactError(f"{path}: {path.stat().st_size} bytes, {MANIFEST_FILE} records {entry['bytes']} (truncated or replaced)")
+        if file_sha256(path, on_bytes) != entry["sha256"]:
+            raise ArtifactError(f"{path}: SHA-256 differs from the one {MANIFEST_FILE} records: the file is corrupted or was replaced")
+        checked += 1
+    return checked
+
+
+def bytes_to_verify(manifest: Manifest) -> int:
+    entries = [*manifest.raw["files"], *(e for e in manifest.raw.get("side_files", []) if isinstance(e, dict))]
+    return sum(e["bytes"] for e in entries if (manifest.path / e["name"]).is_file())
