@@ -20,12 +20,12 @@ import json
 import math
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
+from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.tracing import GRAPHS, OPSET, BackgroundTrace, finished_graph
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
@@ -53,7 +53,7 @@ def export_artifact(
 
     dtype: the graphs' compute dtype (weights, activations, conv and K/V states); the SSM state keeps
     the config's mamba_ssm_cache_dtype (fp32) and logits are fp32.
-    timings: if given, filled with seconds per phase and per layer (see `_Progress.timings`).
+    timings: if given, filled with seconds per phase and per layer (see `ExportProgress`).
     """
     if target not in TARGETS:
         raise NemotronDeployError(f"--target {target!r}: expected one of {TARGETS}")
@@ -63,21 +63,15 @@ def export_artifact(
             "(and opset-18 Einsum/Conv have no bfloat16 type); use float16 or float32 for onnxruntime"
         )
     out = Path(out_dir)
-    if out.exists():
-        raise NemotronDeployError(f"{out}: already exists; choose a new output directory (nothing was overwritten)")
-    ckpt = open_checkpoint(checkpoint_dir)
+    ckpt = open_checkpoint(checkpoint_dir)  # config + headers only: cheap, and bad input fails first
     model_dtype = compute_dtype(ckpt, dtype)
-    tmp = staging_dir(out)
-    try:
-        model = meta_model(ckpt, model_dtype)
-    except BaseException:
-        discard(tmp)
-        raise
-    bars = _Progress(model, enabled=progress)
-    background = None
+    tmp = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
+    bars = background = None
     try:
         from nemotron_deploy.exporter.weight_stream import WeightsFile
 
+        model = meta_model(ckpt, model_dtype)
+        bars = ExportProgress(model, enabled=progress)
         if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
             background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp)
         weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
@@ -112,9 +106,10 @@ def export_artifact(
     finally:
         if background is not None:
             background.cancel()
-        bars.close()
-        if timings is not None:
-            timings.update(bars.timings)
+        if bars is not None:
+            bars.close()
+            if timings is not None:
+                timings.update(bars.timings)
     return out
 
 
@@ -148,81 +143,6 @@ def _bind_weights(ir_model, specs: dict, graph: str, target: str, weights, bars)
     if target == "tensorrt":
         proto = _finish_plugin_graph(proto)
     return proto
-
-
-class _Progress:
-    """tqdm bars: tracing (layer i of N) and weights (MB written, layer i of N) per graph; also keeps
-    `timings`: {"<graph>.<phase>": seconds} for the phases trace / passes / weights, and per layer
-    {"<graph>.trace_layers": [s, ...], "<graph>.weights_layers": [s, ...]} (tracing's Python pass and
-    weight streaming attributed to the layer they belong to)."""
-
-    def __init__(self, model, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.tqdm, self.enabled, self.layers = tqdm, enabled, len(model.layers)
-        self.bar = None
-        self.timings: dict = {}
-        self._phase: tuple[str, float] | None = None
-        self._mark = 0.0
-
-    def _start(self, phase: str) -> None:
-        now = time.perf_counter()
-        if self._phase is not None:
-            name, began = self._phase
-            self.timings[name] = self.timings.get(name, 0.0) + now - began
-        self._phase, self._mark = (phase, now) if phase else None, now
-
-    def _new(self, **kw):
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = self.tqdm(disable=not self.enabled, dynamic_ncols=True, **kw)
-
-    def tracing(self, graph: str):
-        self._start(f"{graph}.trace")
-        self._new(total=self.layers, desc=f"trace {graph}", unit="layer")
-        per_layer = self.timings.setdefault(f"{graph}.trace_layers", [0.0] * self.layers)
-
-        def on_layer(i: int) -> None:
-            now = time.perf_counter()
-            if i:
-                per_layer[i - 1] += now - self._mark
-            self._mark = now
-            self.bar.n = i + 1
-            self.bar.set_postfix_str(f"layer {i + 1} of {self.layers}", refresh=True)
-
-        return on_layer
-
-    def step(self, what: str) -> None:
-        self._start(what.replace(": ", "."))
-        if self.bar is not None:
-            self.bar.set_postfix_str(what, refresh=True)
-
-    def writing(self, graph: str, total: int) -> None:
-        self._start(f"{graph}.weights")
-        self._graph = graph
-        self.timings.setdefault(f"{graph}.weights_layers", [0.0] * self.layers)
-        self._new(total=total, desc=f"weights {graph}", unit="B", unit_scale=True, unit_divisor=1024)
-
-    def wrote(self, name: str, nbytes: int) -> None:
-        now = time.perf_counter()
-        layer = int(name.split(".")[1]) if name.startswith("layers.") else None
-        if layer is not None:
-            self.timings[f"{self._graph}.weights_layers"][layer] += now - self._mark
-        self._mark = now
-        self.bar.update(nbytes)
-        self.bar.set_postfix_str(f"layer {layer + 1} of {self.layers}" if layer is not None else name.split(".")[0], refresh=False)
-
-    def bytes_bar(self, desc: str, total: int):
-        """A bar over `total` bytes; returns its update function."""
-        self._start(desc)
-        self._new(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
-        return self.bar.update
-
-    def close(self) -> None:
-        self._start("")
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _finish_plugin_graph(proto):
