@@ -42,6 +42,8 @@ def _run_child(args: list[str], env: dict | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# Self-contained on purpose (no import from the rest of the package): the benchmark runs this file
+# against other revisions of nemotron_deploy (a baseline put first on PYTHONPATH).
 def _status_kb(fields=("RssAnon", "VmRSS")) -> dict[str, int]:
     values = {}
     with open("/proc/self/status") as f:

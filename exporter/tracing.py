@@ -70,8 +70,6 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
         stack.enter_context(export_target(target))
-        # custom nodes (torch.onnx.ops.symbolic) make their outputs on the default device: the model's
-        stack.enter_context(torch.device(model.embeddings.weight.device))
         try:
             program = torch.onnx.export(
                 model, example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
@@ -130,7 +128,7 @@ class BackgroundTrace:
             raise RuntimeError(f"tracing the {self.graph} graph in a second process failed (exit {self._proc.returncode}): {tail[0]}")
         proto = onnx.load_model(str(self._out.with_suffix(".onnx")), load_external_data=False)
         meta = json.loads(self._out.with_suffix(".json").read_text())
-        specs = {name: WeightSpec(s["param"], s["dtype"], tuple((k, tuple(a) if isinstance(a, list) else a) for k, a in s["layouts"])) for name, s in meta["specs"].items()}
+        specs = {name: WeightSpec.from_json(raw) for name, raw in meta["specs"].items()}
         for suffix in (".onnx", ".json"):
             self._out.with_suffix(suffix).unlink()
         return ir.serde.deserialize_model(proto), specs, meta["seconds"]
@@ -157,7 +155,7 @@ def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out:
         value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)
     out_path = Path(out)
     onnx.save_model(ir.serde.serialize_model(ir_model), str(out_path.with_suffix(".onnx")))
-    meta = {"seconds": time.perf_counter() - start, "specs": {n: {"param": s.param, "dtype": s.dtype, "layouts": s.layouts} for n, s in specs.items()}}
+    meta = {"seconds": time.perf_counter() - start, "specs": {name: spec.to_json() for name, spec in specs.items()}}
     out_path.with_suffix(".json").write_text(json.dumps(meta))
 
 

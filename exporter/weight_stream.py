@@ -41,6 +41,13 @@ class WeightSpec:
     def with_dtype(self, dtype: str) -> "WeightSpec":
         return WeightSpec(self.param, dtype, self.layouts)  # a cast commutes with every layout here
 
+    def to_json(self) -> dict:
+        return {"param": self.param, "dtype": self.dtype, "layouts": [list(layout) for layout in self.layouts]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "WeightSpec":
+        return cls(raw["param"], raw["dtype"], tuple((kind, tuple(arg) if isinstance(arg, list) else arg) for kind, arg in raw["layouts"]))
+
 
 def layout_shape(shape: tuple[int, ...], layouts: tuple[tuple, ...]) -> tuple[int, ...]:
     for kind, arg in layouts:
@@ -61,8 +68,6 @@ class WeightSource:
         self.files = files
         self.infos = [parts[None]] if None in parts else [parts[j] for j in range(len(parts))]
         self.stacked = None not in parts
-        first = self.infos[0].shape
-        self.shape = (len(self.infos), *first) if self.stacked else first
 
     def blocks(self, dtype, layouts: tuple[tuple, ...]) -> Iterator:
         """The parameter after `layouts`, converted to `dtype`, as contiguous blocks along axis 0."""
@@ -125,12 +130,10 @@ class WeightsFile:
     def add(self, spec: WeightSpec) -> tuple[int, int]:
         if spec in self.by_spec:
             return self.by_spec[spec]
-        import torch
-
         start = self.file.seek(0, os.SEEK_END)
         start += self.file.write(b"\0" * (-start % ALIGN))
         digest = hashlib.sha256()
-        for block in WeightSource(self.ckpt, self.files, spec.param).blocks(getattr(torch, spec.dtype), spec.layouts):
+        for block in self._blocks(spec):
             data = _bytes(block)
             digest.update(data)
             self.file.write(data)
@@ -149,8 +152,13 @@ class WeightsFile:
         """The whole tensor in memory (for the few small initializers kept inside the .onnx)."""
         import torch
 
-        blocks = list(WeightSource(self.ckpt, self.files, spec.param).blocks(getattr(torch, spec.dtype), spec.layouts))
+        blocks = list(self._blocks(spec))
         return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+    def _blocks(self, spec: WeightSpec) -> Iterator:
+        import torch
+
+        return WeightSource(self.ckpt, self.files, spec.param).blocks(getattr(torch, spec.dtype), spec.layouts)
 
     def close(self) -> None:
         self.file.close()

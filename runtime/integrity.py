@@ -35,9 +35,7 @@ def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None =
     """Hash every file the manifest records (required files, and side files that are present) and
     compare. Returns the number of files checked; raises ArtifactError naming the first that differs."""
     checked = 0
-    required = [(e, True) for e in manifest.raw["files"]]
-    optional = [(e, False) for e in manifest.raw.get("side_files", []) if isinstance(e, dict)]
-    for entry, needed in required + optional:
+    for entry, needed in _entries(manifest):
         path = manifest.path / entry["name"]
         if not path.is_file():
             if needed:
@@ -54,5 +52,10 @@ def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None =
 
 
 def bytes_to_verify(manifest: Manifest) -> int:
-    entries = [*manifest.raw["files"], *(e for e in manifest.raw.get("side_files", []) if isinstance(e, dict))]
-    return sum(e["bytes"] for e in entries if (manifest.path / e["name"]).is_file())
+    return sum(e["bytes"] for e, _ in _entries(manifest) if (manifest.path / e["name"]).is_file())
+
+
+def _entries(manifest: Manifest) -> list[tuple[dict, bool]]:
+    """(file record, required?): the manifest's `files`, then its optional `side_files`."""
+    side = [e for e in manifest.raw.get("side_files", []) if isinstance(e, dict)]
+    return [(e, True) for e in manifest.raw["files"]] + [(e, False) for e in side]

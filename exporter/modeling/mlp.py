@@ -164,8 +164,8 @@ def moe_dispatch_onnxruntime(
 
     Shapes as `moe_dispatch`; the experts' `up` is stored with each row twice (the node's layout).
     The node returns sum_k w/sum(w) * expert: multiplied back by sum(w). float16 decode gathers the k
-    experts instead: onnxruntime's float16 MoE kernel converts every expert per call (~10x slower
-    than float32 at one token), which a prompt amortises but a decode step does not.
+    experts instead: onnxruntime's float16 MoE node was ~10x slower than float32 at one token in a
+    probe (docs/export.md), a cost a prompt amortises but a decode step does not.
     attributes: the MoeDispatch node's (`moe_dispatch_attributes`).
     """
     top_k = attributes["top_k"]
