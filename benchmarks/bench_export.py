@@ -25,9 +25,7 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from nemotron_deploy.exporter.export_profile import ChildFailed, profile_export,
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
+from baseline import baseline_env  # noqa: E402
 from bench_vs_transformers import CONFIG as BENCH_537M, cpu_name as _cpu  # noqa: E402
 
 NANO30B = dict(
@@ -93,19 +92,6 @@ def _write_report(results: dict, args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
-
-
-def baseline_env(work: Path, rev: str) -> dict:
-    """An environment whose PYTHONPATH puts `rev`'s nemotron_deploy first (extracted with git archive)."""
-    src = work / f"baseline-{rev}"
-    src.mkdir()
-    archive = subprocess.run(["git", "archive", rev, "exporter", "runtime", "plugins"], capture_output=True, check=True).stdout
-    tar_path = work / "baseline.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(src / "nemotron_deploy", filter="data")
-    tar_path.unlink()
-    return dict(os.environ, PYTHONPATH=str(src))
 
 
 def bench_537m(work: Path, rev: str) -> dict:

@@ -1,10 +1,15 @@
-"""Side by side, one run: our onnxruntime CPU artifact vs transformers eager, on the same checkpoint.
+"""Side by side, one run: our onnxruntime CPU artifacts (before this tree, float32, int8, int4) vs
+transformers eager, on one checkpoint, with 1 and 2 threads, and decode against the bandwidth floor.
 
 Makes a random NemotronH checkpoint of a few hundred million parameters with Nemotron-3-Nano-30B-A3B's
-ratio of layer kinds (mamba : moe : attention ~ 4 : 4 : 1, 64 experts, top-6), exports it (float32),
-then measures prefill tokens/s, decode tokens/s (after the prompt, and after 128 and 2048 tokens of
-context), the machine's copy bandwidth and the decode floor it implies, for both.
-Usage: python benchmarks/bench_vs_transformers.py [--out benchmarks/results/bench_onnxruntime_cpu.md]
+ratio of layer kinds (mamba : moe : attention ~ 4 : 4 : 1, 64 experts, top-6), exports it with a
+baseline revision (float32) and with this tree (float32, float16, --quantize int8, --quantize int4), then runs
+`nemotron-deploy bench` on each in a fresh child process (prefill at the prompt length; decode after
+the prompt and after each --past length; batch 4 and 8 decode), and transformers 5.23 eager in this
+process. Writes a Markdown table with the raw JSON and a PNG plot of decode tokens/s against past length.
+Needs the `bench` extra (matplotlib) besides `export`, `onnxruntime` and `test` (transformers).
+
+Usage: python benchmarks/bench_vs_transformers.py [--baseline-rev REV] [--out benchmarks/results/bench_onnxruntime_cpu.md]
 """
 
 from __future__ import annotations
@@ -13,20 +18,18 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
-from nemotron_deploy.runtime.bench import run_bench
-from nemotron_deploy.runtime.manifest import read_manifest
-from nemotron_deploy.runtime.backends import open_backend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baseline import baseline_env  # noqa: E402
 
 CONFIG = dict(
     TINY_CONFIG,
@@ -36,23 +39,43 @@ CONFIG = dict(
     n_routed_experts=64, num_experts_per_tok=6, moe_intermediate_size=512,
     moe_shared_expert_intermediate_size=1024, n_group=1, topk_group=1, max_position_embeddings=4096,
 )  # fmt: skip
+PAST = (128, 1024, 4000)
+THREADS = (1, 2)
+BATCHES = (4, 8)
 
 
-@torch.no_grad()
-def transformers_eager(checkpoint: Path, prompt_len: int, new_tokens: int, past_lengths) -> dict:
+def cli(*args, env=None) -> str:
+    """`nemotron-deploy ARGS` in a fresh child process (its own memory peak; `env` may select a baseline)."""
+    done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"nemotron-deploy {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def bench(artifact: Path, threads: int, batch: int, prompt_len: int, new_tokens: int, past=(), env=None) -> dict:
+    past_args = [a for p in past for a in ("--past", p)]
+    out = cli("bench", artifact, "--prompt-len", prompt_len, "--new-tokens", new_tokens, "--batch", batch, "--threads", threads, *past_args, "--json", env=env)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def transformers_eager(checkpoint: Path, threads: int, prompt_len: int, new_tokens: int, past_lengths) -> dict:
+    import torch
     from transformers import NemotronHForCausalLM
 
+    torch.set_num_threads(threads)
     model = NemotronHForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     model.config._experts_implementation = "eager"
     model.config._attn_implementation = "eager"
     rng = np.random.default_rng(0)
 
+    @torch.no_grad()
     def prefill(length):
         ids = torch.from_numpy(rng.integers(3, CONFIG["vocab_size"], (1, length)))
         start = time.perf_counter()
         out = model(ids, use_cache=True)
         return time.perf_counter() - start, out, ids
 
+    @torch.no_grad()
     def decode_rate(length):
         _, out, ids = prefill(length)
         cache, token, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), torch.ones_like(ids)
@@ -66,6 +89,7 @@ def transformers_eager(checkpoint: Path, prompt_len: int, new_tokens: int, past_
     prefill(8)  # warm-up
     prefill_s = min(prefill(prompt_len)[0] for _ in range(2))
     return {
+        "threads": threads,
         "prefill_tokens_per_s": prompt_len / prefill_s,
         "decode_tokens_per_s": decode_rate(prompt_len),
         "decode_tokens_per_s_at_past": {str(p): decode_rate(p) for p in past_lengths},
@@ -80,54 +104,122 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results/bench_onnxruntime_cpu.md")
-    ap.add_argument("--prompt-len", type=int, default=512)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    args = ap.parse_args()
-    past = (128, 2048)
-    with tempfile.TemporaryDirectory(dir=".") as tmp:
-        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", config=CONFIG)
+def run(args, work: Path) -> dict:
+    ckpt = write_random_checkpoint(work / "ckpt", config=CONFIG)
+    artifacts = {f"before ({args.baseline_rev}) float32": (work / "before", baseline_env(work, args.baseline_rev), [])}
+    artifacts |= {name: (work / name, None, extra) for name, extra in (("float32", []), ("float16", ["--dtype", "float16"]), ("int8", ["--quantize", "int8"]), ("int4", ["--quantize", "int4"]))}
+    results = {"configs": {}, "transformers": {}}
+    for name, (path, env, extra) in artifacts.items():
         start = time.perf_counter()
-        artifact = export_artifact(ckpt, Path(tmp) / "onnx", progress=False)
-        export_s = time.perf_counter() - start
-        export_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        weights_mb = (artifact / "weights.data").stat().st_size / 2**20
-        manifest = read_manifest(artifact)
-        ours = run_bench(open_backend(manifest), manifest, args.prompt_len, args.new_tokens, 1, past)
-        theirs = transformers_eager(ckpt, args.prompt_len, args.new_tokens, past)
-    params = manifest.model["num_parameters"]
-    rows = [("prefill tokens/s", "prefill_tokens_per_s"), ("decode tokens/s (after the prompt)", "decode_tokens_per_s")]
-    table = [f"| {label} | {ours[key]:.1f} | {theirs[key]:.1f} | {ours[key] / theirs[key]:.2f}x |" for label, key in rows]
-    for p in past:
-        o, t = ours["decode_tokens_per_s_at_past"][str(p)], theirs["decode_tokens_per_s_at_past"][str(p)]
-        table.append(f"| decode tokens/s after {p} tokens | {o:.1f} | {t:.1f} | {o / t:.2f}x |")
+        cli("export", ckpt, "-o", path, *extra, env=env)
+        entry = results["configs"][name] = {"export_s": time.perf_counter() - start, "weights_mb": (path / "weights.data").stat().st_size / 2**20}
+        for threads in THREADS:
+            print(f"{name}: {threads} thread(s)", file=sys.stderr)
+            entry[f"threads_{threads}"] = bench(path, threads, 1, args.prompt_len, args.new_tokens, PAST, env)
+        for batch in BATCHES:
+            entry[f"batch_{batch}"] = bench(path, max(THREADS), batch, 128, args.new_tokens // 2, (), env)
+    for threads in THREADS:
+        print(f"transformers: {threads} thread(s)", file=sys.stderr)
+        results["transformers"][f"threads_{threads}"] = transformers_eager(ckpt, threads, args.prompt_len, args.new_tokens, PAST)
+    results["num_parameters"] = json.loads((work / "float32" / "manifest.json").read_text())["model"]["num_parameters"]
+    return results
+
+
+def render(results: dict, args, plot_name: str) -> str:
+    eager = results["transformers"]
     lines = [
         f"# onnxruntime CPU vs transformers eager ({datetime.date.today()})",
         "",
-        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, no GPU. Same process, same checkpoint, run one after the other.",
+        f"Machine: {cpu_name()}, no GPU. `python benchmarks/bench_vs_transformers.py`: one run, same checkpoint, every",
+        "configuration of ours in a fresh child process (`nemotron-deploy bench --json`), one after the other.",
         f"Model: random NemotronH, pattern {CONFIG['hybrid_override_pattern']} (Nano-30B-like ratio of layer kinds), "
-        f"{params / 1e6:.0f} M parameters, 64 experts top-6, float32. Batch 1, prompt {args.prompt_len}, {args.new_tokens} decode steps.",
-        f"Export took {export_s:.0f} s (most of it tracing the prefill graph's unrolled per-expert loops); "
-        f"peak RSS during export {export_peak_mb:.0f} MiB for {weights_mb:.0f} MiB of weights "
-        "(process peak right after the export; not broken down further).",
+        f"{results['num_parameters'] / 1e6:.0f} M parameters, 64 experts top-6. Batch 1, prompt {args.prompt_len}, "
+        f"{args.new_tokens} decode steps. The floor: the weight bytes a decode step must read (the model's own, at the",
+        "stored precision: routed experts k of 64, no embedding table) over the measured copy bandwidth.",
         "",
-        "| measure | nemotron-deploy (onnxruntime CPU) | transformers 5.23 eager | ratio |",
-        "| --- | --- | --- | --- |",
-        *table,
+        f"![decode tokens/s against past length]({plot_name})",
         "",
-        f"Memory copy bandwidth {ours['memory_bandwidth_gb_per_s']:.1f} GB/s; a decode step reads {ours['decode_bytes_per_token'] / 1e6:.0f} MB "
-        f"of weights, so the bandwidth floor is {ours['decode_floor_tokens_per_s']:.1f} tokens/s; our decode runs at "
-        f"{100 * ours['decode_fraction_of_floor']:.0f} % of it. Peak RSS of the process {ours['peak_rss_mb']:.0f} MiB.",
-        "",
-        "```json",
-        json.dumps({"nemotron_deploy": ours, "transformers": theirs}, indent=1),
-        "```",
+        "| configuration | threads | prefill tok/s | vs eager | decode tok/s | vs eager | " + " | ".join(f"decode after {p}" for p in PAST)
+        + " | MB read / token | floor tok/s | of floor | peak RSS MiB |",
+        "| --- " * (12 + len(PAST)) + "|",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for name, entry in results["configs"].items():
+        for threads in THREADS:
+            r, e = entry[f"threads_{threads}"], eager[f"threads_{threads}"]
+            at = " | ".join(f"{r['decode_tokens_per_s_at_past'][str(p)]:.1f}" for p in PAST)
+            lines.append(
+                f"| {name} | {threads} | {r['prefill_tokens_per_s']:.0f} | {r['prefill_tokens_per_s'] / e['prefill_tokens_per_s']:.2f}x | "
+                f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / e['decode_tokens_per_s']:.2f}x | {at} | "
+                f"{r['decode_bytes_per_token'] / 1e6:.0f} | {r['decode_floor_tokens_per_s']:.1f} | {100 * r['decode_fraction_of_floor']:.0f} % | {r['peak_rss_mb']:.0f} |"
+            )
+    for threads in THREADS:
+        e = eager[f"threads_{threads}"]
+        at = " | ".join(f"{e['decode_tokens_per_s_at_past'][str(p)]:.1f}" for p in PAST)
+        lines.append(f"| transformers 5.23 eager float32 | {threads} | {e['prefill_tokens_per_s']:.0f} | 1.00x | {e['decode_tokens_per_s']:.1f} | 1.00x | {at} | | | | |")
+    fp32 = results["configs"]["float32"][f"threads_{max(THREADS)}"]["decode_tokens_per_s"]
+    lines += ["", f"Decode speed-up over this tree's float32 at {max(THREADS)} threads: "
+              + ", ".join(f"{name} {entry[f'threads_{max(THREADS)}']['decode_tokens_per_s'] / fp32:.2f}x" for name, entry in results["configs"].items()) + "."]  # fmt: skip
+    lines += ["", f"Batched decode ({max(THREADS)} threads, prompt 128, {args.new_tokens // 2} steps), tokens/s summed over the batch:", "",
+              "| configuration | batch 1 | " + " | ".join(f"batch {b}" for b in BATCHES) + " |", "| --- " * (2 + len(BATCHES)) + "|"]  # fmt: skip
+    for name, entry in results["configs"].items():
+        single = entry[f"threads_{max(THREADS)}"]["decode_tokens_per_s"]
+        lines.append(f"| {name} | {single:.1f} | " + " | ".join(f"{entry[f'batch_{b}']['decode_tokens_per_s']:.1f}" for b in BATCHES) + " |")
+    lines += ["", "Exports: " + "; ".join(f"{name} {e['export_s']:.0f} s, weights.data {e['weights_mb']:.0f} MiB" for name, e in results["configs"].items()) + "."]
+    lines += ["", "```json", json.dumps(results, indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    threads = max(THREADS)
+    series = {name: entry[f"threads_{threads}"] for name, entry in results["configs"].items()}
+    series["transformers eager"] = results["transformers"][f"threads_{threads}"]
+    for i, (name, r) in enumerate(series.items()):
+        xs = list(PAST)
+        ys = [r["decode_tokens_per_s_at_past"][str(p)] for p in PAST]
+        (line,) = left.plot(xs, ys, marker="o", label=name, color=f"C{i}")
+        if "decode_floor_tokens_per_s" in r:
+            left.axhline(r["decode_floor_tokens_per_s"], color=line.get_color(), linestyle="--", linewidth=0.8)
+    left.set(xscale="log", xlabel="past length (tokens)", ylabel="decode tokens/s (batch 1)", title=f"decode, {threads} threads (dashed: each one's floor)")
+    left.legend(fontsize=8)
+    names = list(results["configs"])
+    width = 0.8 / len(THREADS)
+    for j, t in enumerate(THREADS):
+        fractions = [100 * results["configs"][n][f"threads_{t}"]["decode_fraction_of_floor"] for n in names]
+        right.bar(np.arange(len(names)) + j * width, fractions, width, label=f"{t} thread{'s' if t > 1 else ''}")
+    right.axhline(100, color="black", linewidth=0.8)
+    right.set_xticks(np.arange(len(names)) + width * (len(THREADS) - 1) / 2, names, fontsize=8)
+    right.set(ylabel="% of the bandwidth floor", title="decode after the prompt against its floor")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results/bench_onnxruntime_cpu.md")
+    ap.add_argument("--baseline-rev", default="e0164e0", help="the revision 'before' is exported and run with")
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--render", help="re-render the report from this results JSON instead of measuring")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+    else:
+        with tempfile.TemporaryDirectory(dir=".") as tmp:
+            results = run(args, Path(tmp))
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    png = out.with_name(out.stem + "_decode.png")
+    plot(results, png)
+    out.write_text(render(results, args, png.name))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

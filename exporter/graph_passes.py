@@ -65,7 +65,7 @@ def fold_weight_layouts(model: ir.Model, specs: dict[str, WeightSpec]) -> None:
         out = node.outputs[0]
         shape = ir.Shape(layout_shape(tuple(source.shape.numpy()), folded.layouts[len(spec.layouts) :]))
         dtype = next(k for k, v in _DTYPES.items() if v == folded.dtype)
-        value = ir.Value(name=name, shape=shape, type=ir.TensorType(dtype), const_value=_placeholder(name, dtype, shape))
+        value = placeholder_value(name, dtype, shape)
         ir.convenience.replace_all_uses_with(out, value)
         if out in graph.outputs:
             raise RuntimeError(f"{node.name}: a folded weight is a graph output")
@@ -77,11 +77,14 @@ def fold_weight_layouts(model: ir.Model, specs: dict[str, WeightSpec]) -> None:
         specs[name] = folded
 
 
-def _placeholder(name: str, dtype: ir.DataType, shape: ir.Shape) -> ir.LazyTensor:
+def placeholder_value(name: str, dtype: ir.DataType, shape: ir.Shape) -> ir.Value:
+    """An initializer value whose data is bound later from the checkpoint (see onnx_export)."""
+
     def unbound():
         raise RuntimeError(f"weight {name!r} was not bound to the checkpoint before use")
 
-    return ir.LazyTensor(unbound, dtype=dtype, shape=shape, name=name)
+    tensor = ir.LazyTensor(unbound, dtype=dtype, shape=shape, name=name)
+    return ir.Value(name=name, shape=shape, type=ir.TensorType(dtype), const_value=tensor)
 
 
 def fold_small_constants(model: ir.Model, weights: set[str]) -> None:

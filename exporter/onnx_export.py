@@ -26,7 +26,7 @@ from pathlib import Path
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
 from nemotron_deploy.exporter.export_progress import ExportProgress
-from nemotron_deploy.exporter.tracing import GRAPHS, OPSET, BackgroundTrace, finished_graph
+from nemotron_deploy.exporter.tracing import GRAPHS, BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
 from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
@@ -48,15 +48,20 @@ def export_artifact(
     dtype: str = "float32",
     progress: bool = True,
     timings: dict | None = None,
+    quantize: str | None = None,
+    block_size: int | None = None,
 ) -> Path:
     """Export `checkpoint_dir` to a new artifact directory `out_dir`; returns its path.
 
     dtype: the graphs' compute dtype (weights, activations, conv and K/V states); the SSM state keeps
     the config's mamba_ssm_cache_dtype (fp32) and logits are fp32.
     timings: if given, filled with seconds per phase and per layer (see `ExportProgress`).
+    quantize: "int8" | "int4" for block-wise integer weights (exporter/quantize.py), block_size its
+    block length (default 32); onnxruntime target, float32 only.
     """
     if target not in TARGETS:
         raise NemotronDeployError(f"--target {target!r}: expected one of {TARGETS}")
+    scheme = _quant_scheme(quantize, block_size, target, dtype)
     if target == "onnxruntime" and dtype == "bfloat16":
         raise NemotronDeployError(
             "--dtype bfloat16 with --target onnxruntime: onnxruntime's CPU provider has no bfloat16 kernels "
@@ -65,6 +70,8 @@ def export_artifact(
     out = Path(out_dir)
     ckpt = open_checkpoint(checkpoint_dir)  # config + headers only: cheap, and bad input fails first
     model_dtype = compute_dtype(ckpt, dtype)
+    if scheme is not None:
+        _check_quantizable(ckpt, model_dtype, scheme)
     tmp = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
     bars = background = None
     try:
@@ -73,7 +80,7 @@ def export_artifact(
         model = meta_model(ckpt, model_dtype)
         bars = ExportProgress(model, enabled=progress)
         if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
-            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp)
+            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
         weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
         graphs = {}
         for graph in GRAPHS:
@@ -82,7 +89,7 @@ def export_artifact(
                 ir_model, specs, seconds = background.result()
                 bars.timings[f"{graph}.trace"] = seconds
             else:
-                ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph))
+                ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
             proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
             _save_onnx(proto, tmp / f"{graph}.onnx")
             graphs[graph] = _graph_record(model, graph)
@@ -97,7 +104,7 @@ def export_artifact(
         required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
         on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
         files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
-        manifest = _manifest(ckpt, model, dtype, target, graphs, files)
+        manifest = _manifest(ckpt, model, dtype, target, graphs, files, scheme)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         publish(tmp, out)
     except BaseException:
@@ -111,6 +118,37 @@ def export_artifact(
             if timings is not None:
                 timings.update(bars.timings)
     return out
+
+
+def _quant_scheme(quantize: str | None, block_size: int | None, target: str, dtype: str):
+    """`--quantize` / `--block-size` -> QuantScheme or None, or a one-line error."""
+    from nemotron_deploy.exporter.quantize import QuantScheme
+
+    if quantize is None:
+        if block_size is not None:
+            raise NemotronDeployError(f"--block-size {block_size} without --quantize: it sets the quantization block; add --quantize int8|int4")
+        return None
+    if target != "onnxruntime":
+        raise NemotronDeployError(
+            f"--quantize {quantize} with --target {target}: integer weights are onnxruntime kernels (MatMulNBits, QMoE); "
+            "export --target onnxruntime to quantize"
+        )
+    if dtype != "float32":
+        raise NemotronDeployError(f"--quantize {quantize} with --dtype {dtype}: quantized artifacts compute in float32; use --dtype float32")
+    try:
+        return QuantScheme.parse(quantize, block_size)
+    except ValueError as e:
+        raise NemotronDeployError(str(e)) from None
+
+
+def _check_quantizable(ckpt, model_dtype: str, scheme) -> None:
+    """Every quantized layer's width divisible by the block (before any heavy work)."""
+    from nemotron_deploy.exporter.quantize import QuantizeError, check_widths
+
+    try:
+        check_widths(meta_model(ckpt, model_dtype), scheme)
+    except QuantizeError as e:
+        raise NemotronDeployError(f"{ckpt.path}: {e}") from None
 
 
 def _cores() -> int:
@@ -244,13 +282,14 @@ def _generation_defaults(ckpt_dir: Path, cfg) -> dict:
     return gen
 
 
-def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict) -> dict:
+def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict, scheme) -> dict:
     """files: {"files": required file records, "side_files": the checkpoint's tokenizer / generation
     files that were copied} (name, bytes, sha256)."""
     import onnx
     import torch
 
     from nemotron_deploy import exporter
+    from nemotron_deploy.exporter.quantize import decode_weight_bytes
 
     cfg = ckpt.config
     model_dtype = str(model.dtype).removeprefix("torch.")
@@ -264,7 +303,7 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict) -
         "format_version": FORMAT_VERSION,
         "target": target,
         "dtype": dtype,
-        "opset": OPSET,
+        "opset": opset(target),
         "model": {
             "layer_types": list(cfg.layer_types),
             "vocab_size": cfg.vocab_size,
@@ -272,8 +311,11 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict) -
             "max_position_embeddings": cfg.max_position_embeddings,
             "chunk_size": cfg.chunk_size,
             "num_parameters": sum(p.numel() for p in model.parameters()),
+            # weight bytes a decode step reads per sequence (the bandwidth floor's numerator)
+            "decode_weight_bytes": decode_weight_bytes(model, scheme),
             "config": cfg.to_dict(),
         },
+        "quantization": None if scheme is None else scheme.to_json(),
         "graphs": graphs,
         # plugin libraries an engine of this artifact needs (tensorrt target); `build` checks them
         "plugins": _merge_plugins(graphs),

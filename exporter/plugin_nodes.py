@@ -6,7 +6,10 @@ one custom ONNX node each instead of tracing their torch reference. The node's o
 name; `plugin_version` / `plugin_namespace` are the attributes TensorRT's ONNX parser uses to find the
 plugin; the hyper-parameters are node attributes (INT / FLOAT, as the creators list them).
 Inside `export_target("onnxruntime")`, each MoE layer's routed experts become one `com.microsoft.MoE`
-node (docs/export.md). Everywhere else (eager runs) the references run.
+node, each RMS norm one `RMSNormalization`, each Mamba conv one `com.microsoft.CausalConvWithState`
+(docs/export.md): fewer,
+fused nodes, which is what a CPU decode step spends its time on besides reading weights.
+Everywhere else (eager runs) the references run.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def emitting() -> bool:
     return _target.get() == "tensorrt" and torch.onnx.is_in_onnx_export()
 
 
-def fused_moe() -> bool:
-    """True while tracing an `onnxruntime` graph: routed experts as one com.microsoft.MoE node per layer."""
+def onnxruntime_contrib() -> bool:
+    """True while tracing an `onnxruntime` graph: onnxruntime's fused ops where it has them (one
+    com.microsoft.MoE node per MoE layer, RMSNormalization, CausalConvWithState)."""
     return _target.get() == "onnxruntime" and torch.onnx.is_in_onnx_export()
 
 
@@ -108,3 +112,30 @@ def onnxruntime_moe(hidden: torch.Tensor, router_probs: torch.Tensor, fc1: torch
         "com.microsoft::MoE", [hidden, router_probs, fc1, None, fc2], attrs, dtype=hidden.dtype, shape=hidden.shape, version=1
     )
     return out.to(hidden.device)  # see _on_device
+
+
+def onnxruntime_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """ONNX `RMSNormalization` (opset 23; one onnxruntime kernel) over the last dim: weight * x / rms(x).
+
+    x: (..., E) float32; weight: (E,) float32. Returns (..., E) float32. One node for the seven that
+    `x * rsqrt(mean(x^2) + eps) * weight` traces to (onnxruntime's own fusion misses the rsqrt form).
+    """
+    attrs = dict(axis=-1, epsilon=float(eps), stash_type=1)
+    out = torch.onnx.ops.symbolic("::RMSNormalization", [x, weight], attrs, dtype=x.dtype, shape=x.shape, version=23)
+    return out.to(x.device)  # see _on_device
+
+
+def onnxruntime_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """onnxruntime's `com.microsoft.CausalConvWithState` with SiLU: `causal_conv_step` in one node.
+
+    x: (B, C, T) float32; weight: (C, K) float32; bias: (C,) float32 or None; state: (B, C, K-1) float32.
+    Returns (silu(conv) (B, C, T), new state (B, C, K-1)), both float32.
+    """
+    if bias is None:
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    inputs = [x, weight.unsqueeze(1), bias, state]
+    out, new_state = torch.onnx.ops.symbolic_multi_out(
+        "com.microsoft::CausalConvWithState", inputs, {"activation": "silu"},
+        dtypes=[x.dtype, state.dtype], shapes=[list(x.shape), list(state.shape)], version=1,
+    )  # fmt: skip
+    return out.to(x.device), new_state.to(x.device)  # see _on_device

@@ -16,6 +16,12 @@ from pathlib import Path
 from nemotron_deploy.exporter import io_spec
 
 OPSET = 18
+ONNXRUNTIME_OPSET = 23  # RMSNormalization (opset 23) is one fused kernel in onnxruntime
+
+
+def opset(target: str) -> int:
+    """The default-domain opset of a target's graphs. TensorRT's parsers take 18; onnxruntime 23."""
+    return ONNXRUNTIME_OPSET if target == "onnxruntime" else OPSET
 GRAPHS = ("prefill", "decode")
 
 
@@ -72,7 +78,7 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
         stack.enter_context(export_target(target))
         try:
             program = torch.onnx.export(
-                model, example_inputs(model, graph), dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
+                model, example_inputs(model, graph), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
                 input_names=[s.name for s in io_spec.step_inputs(cfg)],
                 output_names=[s.name for s in io_spec.step_outputs(cfg)],
                 dynamic_shapes=dynamic_shapes(cfg, graph),
@@ -83,17 +89,20 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
     return program.model
 
 
-def finished_graph(ckpt, model, graph: str, target: str, on_layer=None):
+def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize=None):
     """Trace one graph and run the graph passes: (onnx_ir Model, {initializer: WeightSpec}).
 
     The weights are not bound yet (see onnx_export); every weight initializer holds a placeholder.
+    quantize: a `QuantScheme` for `export --quantize` (onnxruntime target), or None.
     """
-    from nemotron_deploy.exporter import graph_passes
+    from nemotron_deploy.exporter import graph_passes, quantize as quantization
 
     ir_model = trace_graph(model, graph, target, on_layer=on_layer)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     specs = graph_passes.weight_specs(ir_model, params)
     graph_passes.fold_weight_layouts(ir_model, specs)
+    if quantize is not None:
+        quantization.quantize_graph(ir_model, specs, quantize, set(quantization.quantized_parameters(model)))
     graph_passes.fold_small_constants(ir_model, set(specs))
     graph_passes.name_by_module(ir_model)
     graph_passes.name_dims(ir_model, model.cfg, graph)
@@ -106,13 +115,14 @@ class BackgroundTrace:
     or more cores. The worker writes the ModelProto (weights as external-data placeholders) and the
     weight specs (JSON) to `workdir`, which the caller owns and deletes."""
 
-    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str, workdir: Path):
+    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str, workdir: Path, quantize=None):
         import subprocess
         import sys
 
         self.graph = graph
         self._out = Path(workdir) / f".{graph}.trace"
-        cmd = [sys.executable, "-m", "nemotron_deploy.exporter.tracing", str(checkpoint_dir), dtype, graph, target, str(self._out)]
+        scheme = "none" if quantize is None else f"{quantize.name}:{quantize.block_size}"
+        cmd = [sys.executable, "-m", "nemotron_deploy.exporter.tracing", str(checkpoint_dir), dtype, graph, target, str(self._out), scheme]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def result(self):
@@ -139,17 +149,19 @@ class BackgroundTrace:
             self._proc.wait()
 
 
-def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str) -> None:
+def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str, scheme: str) -> None:
     import time
 
     import onnx
     import onnx_ir as ir
 
     from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
+    from nemotron_deploy.exporter.quantize import QuantScheme
 
     start = time.perf_counter()
     ckpt = open_checkpoint(checkpoint_dir)
-    ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target)
+    quantize = None if scheme == "none" else QuantScheme.parse(*scheme.split(":")[:1], int(scheme.split(":")[1]))
+    ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target, quantize=quantize)
     for name in specs:  # placeholders that serialize without data
         value = ir_model.graph.initializers[name]
         value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)

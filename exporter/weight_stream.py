@@ -10,6 +10,9 @@ the file pages of the mapped checkpoint are reclaimable page cache, not process 
 Layouts (applied in order, each on a block of rows):
     ("transpose", perm)   a permutation of the axes (torch.permute semantics)
     ("repeat_rows", r)    every row of axis 1 repeated r times, interleaved (torch.repeat_interleave)
+    ("quantize", (bits, block, part))
+                          block-wise integers along the last axis (exporter/quantize.py); `part` is
+                          "weights" (packed uint8) or "scales" (float32): one stored tensor each
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def layout_shape(shape: tuple[int, ...], layouts: tuple[tuple, ...]) -> tuple[in
             shape = tuple(shape[i] for i in arg)
         elif kind == "repeat_rows":
             shape = (shape[0], shape[1] * arg, *shape[2:])
+        elif kind == "quantize":
+            bits, block, part = arg
+            shape = (*shape[:-1], shape[-1] // block, *((block * bits // 8,) if part == "weights" else ()))
         else:
             raise ValueError(f"unknown weight layout {kind!r}")
     return shape
@@ -104,6 +110,11 @@ def _apply(block, layouts: tuple[tuple, ...]):
             block = block.permute(arg)
         elif kind == "repeat_rows":
             block = block.repeat_interleave(arg, dim=1)
+        elif kind == "quantize":
+            from nemotron_deploy.exporter.quantize import quantize_rows
+
+            bits, size, part = arg
+            block = quantize_rows(block, bits, size)[0 if part == "weights" else 1]
     return block
 
 

@@ -25,7 +25,10 @@ def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def decode_bytes_per_token(manifest) -> int:
-    """Weight bytes one decode step reads for one sequence: every weight but the experts a token skips."""
+    """Weight bytes one decode step reads for one sequence: every weight but the experts a token skips.
+    The exporter records it (at the stored precision, quantized or not); older artifacts: from the config."""
+    if manifest.model.get("decode_weight_bytes"):
+        return int(manifest.model["decode_weight_bytes"])
     cfg = manifest.model["config"]
     dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[manifest.dtype]
     params = manifest.model["num_parameters"]

@@ -114,13 +114,16 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
 @click.option("--target", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime", show_default=True,
               help="onnxruntime: standard ops + onnxruntime's MoE node (docs/export.md). tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="Block-wise integer weights for every large matrix and the experts (onnxruntime target, float32; docs/quantization.md).")
+@click.option("--block-size", type=int, default=None, help="Weights per quantization scale, a power of two >= 16 that divides every layer width.  [default: 32]")
 @_one_line_errors
-def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str) -> None:
+def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize: str | None, block_size: int | None) -> None:
     """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
     require("export", "export")
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
-    path = export_artifact(checkpoint_dir, out_dir, target=target, dtype=dtype)
+    path = export_artifact(checkpoint_dir, out_dir, target=target, dtype=dtype, quantize=quantize, block_size=block_size)
     click.echo(f"wrote {path}", err=True)
 
 
@@ -298,6 +301,8 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     click.echo(f"decode   {result['decode_tokens_per_s']:10.1f} tokens/s   (batch {batch}, {new_tokens} steps)")
     for past, rate in result["decode_tokens_per_s_at_past"].items():
         click.echo(f"decode   {rate:10.1f} tokens/s   after {past} tokens")
+    precision = f"int{manifest.quantization['bits']} weights" if manifest.quantization else f"{manifest.dtype} weights"
+    click.echo(f"weights  {result['decode_bytes_per_token'] / 1e6:10.1f} MB read per token ({precision})")
     click.echo(f"bandwidth {result['memory_bandwidth_gb_per_s']:.1f} GB/s -> floor {result['decode_floor_tokens_per_s']:.1f} tokens/s per sequence; "
                f"decode at {100 * result['decode_fraction_of_floor']:.0f}% of it")
     click.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB (the model and its sessions, before the bandwidth test)")

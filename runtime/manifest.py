@@ -63,6 +63,11 @@ class Manifest:
         return self.raw.get("plugins", [])
 
     @property
+    def quantization(self) -> dict[str, Any] | None:
+        """`export --quantize` scheme (bits, block_size, ...) or None for float weights."""
+        return self.raw.get("quantization")
+
+    @property
     def tokenizer_file(self) -> Path | None:
         name = (self.raw.get("tokenizer") or {}).get("file")
         return self.path / name if name else None
@@ -151,6 +156,13 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
     if not kinds or not all(k in ("mamba", "attention", "mlp", "moe") for k in kinds):
         fail("model.layer_types", "a non-empty list of mamba / attention / mlp / moe", kinds)
     get(model, "config", "model.config", dict, "an object")
+    if model.get("decode_weight_bytes") is not None:
+        positive(model, "decode_weight_bytes", "model.decode_weight_bytes")
+    quant = get(raw, "quantization", "quantization", dict, "an object or null", optional=True)
+    if quant is not None:
+        if get(quant, "bits", "quantization.bits", int, "4 or 8") not in (4, 8):
+            fail("quantization.bits", "4 or 8", quant["bits"])
+        positive(quant, "block_size", "quantization.block_size")
     graphs = get(raw, "graphs", "graphs", dict, "an object with 'prefill' and 'decode'")
     for name in ("prefill", "decode"):
         graph = get(graphs, name, f"graphs.{name}", dict, "an object")

@@ -10,7 +10,7 @@ import numpy as np
 
 from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
 
-_ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64}
+_ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64, 2: np.uint8}
 
 
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64"}

@@ -28,10 +28,13 @@ def causal_conv_step(
     weight: (C, K); bias: (C,) or None. Returns (out (B, T, C), new conv_state (B, C, K-1)).
     One formula for prefill and decode: a "valid" conv over [state, new] gives exactly T outputs.
     """
-    window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
-    new_state = window[:, :, xbc.shape[1] :]
     # fp32 whatever the model dtype: more exact, and ONNX Conv (opset < 22) has no bfloat16
     bias = None if bias is None else bias.float()
+    if plugin_nodes.onnxruntime_contrib():
+        out, new_state = plugin_nodes.onnxruntime_causal_conv(xbc.transpose(1, 2).float(), weight.float(), bias, conv_state.float())
+        return out.transpose(1, 2).to(xbc.dtype), new_state.to(conv_state.dtype)
+    window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
+    new_state = window[:, :, xbc.shape[1] :]
     out = F.conv1d(window.float(), weight.float().unsqueeze(1), bias, groups=weight.shape[0])
     return F.silu(out).transpose(1, 2).to(xbc.dtype), new_state
 
@@ -44,15 +47,16 @@ def ssd_recurrent(
     x: (B, 1, H, P); dt: (B, 1, H) (already softplus'd, clamped, masked); A: (H,);
     Bm, Cm: (B, 1, G, N); state: (B, H, P, N). Returns y (B, 1, H, P) and the new state.
     h' = exp(dt*A) * h + dt * x (outer) B;  y = h' . C
+    Heads are viewed as (G, R) so B and C broadcast over a group's R heads (no repeated copies).
     """
-    heads_per_group = x.shape[2] // Bm.shape[2]
-    Bh = Bm[:, 0].repeat_interleave(heads_per_group, dim=1)  # (B, H, N)
-    Ch = Cm[:, 0].repeat_interleave(heads_per_group, dim=1)
-    decay = torch.exp(dt[:, 0] * A)[:, :, None, None]  # (B, H, 1, 1)
-    dbx = (dt[:, 0, :, None] * x[:, 0])[..., None] * Bh[:, :, None, :]  # (B, H, P, N)
-    new_state = state * decay + dbx
-    y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
-    return y[:, None], new_state
+    b, _, h, p = x.shape
+    g, n = Bm.shape[2], Bm.shape[3]
+    r = h // g
+    decay = torch.exp(dt[:, 0] * A).view(b, g, r, 1, 1)
+    xdt = (dt[:, 0, :, None] * x[:, 0]).view(b, g, r, p, 1)
+    new_state = state.view(b, g, r, p, n) * decay + xdt * Bm[:, 0, :, None, None, :]  # (B, G, R, P, N)
+    y = torch.matmul(new_state, Cm[:, 0, :, None, :, None])  # (B, G, R, P, 1): batched mat-vecs
+    return y.view(b, 1, h, p), new_state.view(b, h, p, n)
 
 
 def _segsum_exp(cum: torch.Tensor) -> torch.Tensor:

@@ -49,16 +49,23 @@ def route(
     """
     scores = torch.sigmoid(logits.float())  # (N, X)
     choice = scores + correction_bias.float()
-    groups = choice.unflatten(-1, (n_group, -1))  # (N, G, X/G)
-    group_scores = groups.topk(2, dim=-1).values.sum(-1) if n_group > 1 else groups[..., 0]
-    best_groups = group_scores.topk(topk_group, dim=-1).indices  # (N, topk_group)
-    keep = F.one_hot(best_groups, n_group).sum(1) > 0  # (N, G)
-    choice = groups.masked_fill(~keep[..., None], -torch.inf).flatten(1)
+    if topk_group < n_group:
+        choice = _best_groups_only(choice, n_group, topk_group)
     indices = choice.topk(top_k, dim=-1).indices
     weights = scores.gather(1, indices)
     if norm_topk_prob:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
     return indices, weights * scaling
+
+
+def _best_groups_only(choice: torch.Tensor, n_group: int, topk_group: int) -> torch.Tensor:
+    """choice (N, X) with the experts outside the best `topk_group` of `n_group` groups set to -inf.
+    (With every group kept this is the identity: the caller skips it, seven nodes per layer fewer.)"""
+    groups = choice.unflatten(-1, (n_group, -1))  # (N, G, X/G)
+    group_scores = groups.topk(2, dim=-1).values.sum(-1) if n_group > 1 else groups[..., 0]
+    best_groups = group_scores.topk(topk_group, dim=-1).indices  # (N, topk_group)
+    keep = F.one_hot(best_groups, n_group).sum(1) > 0  # (N, G)
+    return groups.masked_fill(~keep[..., None], -torch.inf).flatten(1)
 
 
 def route_by_attributes(
@@ -216,7 +223,7 @@ class MoE(nn.Module):
                 plugin_nodes.MOE_DISPATCH, [*inputs[:2], inputs[2].float(), *inputs[3:]], attrs,
                 [(torch.float32, inputs[0].shape)],
             )  # fmt: skip
-        elif plugin_nodes.fused_moe():
+        elif plugin_nodes.onnxruntime_contrib():
             routed = moe_dispatch_onnxruntime(*inputs, **attrs, decode=hidden.shape[1] == 1)
         else:
             routed = moe_dispatch(*inputs, **attrs, decode=hidden.shape[1] == 1)

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from nemotron_deploy.exporter import plugin_nodes
+
 
 class RMSNorm(nn.Module):
     """y = weight * x / rms(x), over the last dim. x: (..., E) any float dtype; y: same dtype."""
@@ -14,6 +16,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
+        if plugin_nodes.onnxruntime_contrib():
+            return plugin_nodes.onnxruntime_rms_norm(x32, self.weight.float(), self.eps).to(x.dtype)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         # The weight multiply stays in fp32 and only the result is cast back (as the reference does).
         return (self.weight.float() * x32).to(x.dtype)
@@ -35,5 +39,9 @@ class GatedGroupRMSNorm(nn.Module):
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         h = y.float() * nn.functional.silu(z.float())
         groups = h.unflatten(-1, (-1, self.group_size))
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        if plugin_nodes.onnxruntime_contrib():  # the norm fused, with unit scale: the weight spans groups
+            unit = torch.ones(self.group_size, dtype=torch.float32, device=h.device)
+            groups = plugin_nodes.onnxruntime_rms_norm(groups, unit, self.eps)
+        else:
+            groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * groups.flatten(-2).to(y.dtype)

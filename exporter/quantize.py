@@ -1,0 +1,235 @@
+"""Weight-only block-wise quantization for the onnxruntime target: `export --quantize int8|int4`.
+
+Every large matrix product reads its weight as `bits`-bit integers with one float32 scale per block of
+`block_size` consecutive input features (round to nearest, symmetric: the block's value of largest
+magnitude maps to -2^(bits-1), the zero point is the format's default 2^(bits-1), so no zero-point
+tensors are stored). onnxruntime dequantizes on the fly:
+
+    MatMul(x, W^T)             -> com.microsoft.MatMulNBits(x, W_q, scales)      (Linear layers, lm_head)
+    com.microsoft.MoE(...)     -> com.microsoft.QMoE(...)                        (the routed experts)
+
+with `accuracy_level=4`: activations are quantized to int8 per block inside the kernel, which is what
+makes the int8 and int4 kernels fast on a CPU (int8 at level 0 was 29x slower than float32 here).
+Norms, the router, the SSM parameters, the conv, the embedding and all states stay in full precision.
+Weights keep their checkpoint layout (out_features, in_features): rows are independent, so they are
+quantized block by block while streaming, like every other weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BITS = {"int8": 8, "int4": 4}
+ACCURACY_LEVEL = 4  # int8 activations inside the kernel; level 0 (exact) is far slower on CPUs
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """bits per weight and the block length along the input features."""
+
+    bits: int
+    block_size: int
+
+    @classmethod
+    def parse(cls, name: str, block_size: int | None):
+        """`--quantize NAME [--block-size N]` -> scheme; raises ValueError with a one-line reason."""
+        if name not in BITS:
+            raise ValueError(f"--quantize {name!r}: expected one of {', '.join(BITS)}")
+        block = 32 if block_size is None else block_size
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"--block-size {block}: expected a power of two >= 16 (onnxruntime's MatMulNBits and QMoE)")
+        return cls(BITS[name], block)
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}"
+
+    def bytes_per_weight(self) -> float:
+        """Stored bytes per weight: the packed integers plus one float32 scale per block."""
+        return self.bits / 8 + 4 / self.block_size
+
+    def to_json(self) -> dict:
+        return {"method": "block-wise weight-only RTN, symmetric", "bits": self.bits, "block_size": self.block_size,
+                "scale_dtype": "float32", "accuracy_level": ACCURACY_LEVEL}  # fmt: skip
+
+
+def quantize_rows(w, bits: int, block_size: int):
+    """Symmetric block-wise quantization along the last axis.
+
+    w: (..., K) float tensor, K a multiple of block_size. Returns (packed (..., K/block, block*bits/8)
+    uint8, scales (..., K/block) float32) such that w ~ (q - 2^(bits-1)) * scale, with q unsigned and,
+    for 4 bits, element 2i in the low nibble of byte i (onnxruntime's MatMulNBits / QMoE layout).
+    """
+    import torch
+
+    blocks = w.float().unflatten(-1, (-1, block_size))  # (..., nb, block)
+    half = 2 ** (bits - 1)
+    extreme = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))  # signed value of largest magnitude
+    scales = extreme / -half  # the extreme maps to -half exactly; the other sign reaches half - 1
+    inverse = torch.where(scales == 0, torch.zeros_like(scales), 1 / scales)
+    q = (torch.round(blocks * inverse).clamp(-half, half - 1) + half).to(torch.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return q.contiguous(), scales[..., 0].contiguous()
+
+
+def dequantize_rows(packed, scales, bits: int):
+    """The inverse of `quantize_rows` (float32 (..., K)): the reference the tests compare kernels with."""
+    import torch
+
+    if bits == 4:
+        packed = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2)
+    return ((packed.float() - 2 ** (bits - 1)) * scales[..., None]).flatten(-2)
+
+
+class QuantizeError(ValueError):
+    """A checkpoint whose layer widths the scheme cannot quantize (message names the layer)."""
+
+
+def check_widths(model, scheme: QuantScheme) -> None:
+    """Every weight `quantize_graph` will quantize has an input width that `scheme.block_size` divides.
+
+    model: the (meta) step model, before tracing. Raises QuantizeError naming the first layer that does not.
+    """
+    for name, shape in quantized_parameters(model).items():
+        if shape[-1] % scheme.block_size:
+            raise QuantizeError(
+                f"--block-size {scheme.block_size} does not divide the input width of {name} "
+                f"(shape {'x'.join(map(str, shape))}: {shape[-1]} input features); pick a block size that divides it"
+            )
+
+
+def quantized_parameters(model) -> dict[str, tuple[int, ...]]:
+    """The parameters that `--quantize` stores as integers -> their shapes: every Linear weight but the
+    router's, and the routed experts' stacked up / down tensors."""
+    from torch import nn
+
+    out = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, nn.Linear):
+            out[f"{prefix}weight"] = tuple(module.weight.shape)
+        for attr in ("experts_up", "experts_down"):
+            if isinstance(getattr(module, attr, None), nn.Parameter):
+                out[f"{prefix}{attr}"] = tuple(getattr(module, attr).shape)
+    return out
+
+
+def decode_weight_bytes(model, scheme: QuantScheme | None) -> int:
+    """Weight bytes one decode step must read for one sequence at the artifact's precision: every
+    parameter once, the routed experts only k of X, the embedding not at all (a lookup reads one row).
+    The model's own bytes: a formulation that reads more (the relu2 layout stores `up` twice) does not
+    count, so the floor it implies is the one to measure against."""
+    quantized = set(quantized_parameters(model)) if scheme is not None else set()
+    cfg = model.cfg
+    total = 0.0
+    for name, param in model.named_parameters():
+        if name.startswith("embeddings."):
+            continue
+        per_weight = scheme.bytes_per_weight() if name in quantized else param.element_size()
+        share = cfg.num_experts_per_tok / cfg.n_routed_experts if name.rsplit(".", 1)[-1] in ("experts_up", "experts_down") else 1
+        total += param.numel() * share * per_weight
+    return int(total)
+
+
+def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str]) -> None:
+    """Rewrite an onnx_ir graph (after `fold_weight_layouts`): each MatMul / Gemm whose weight is a Linear
+    weight in `quantizable` becomes MatMulNBits, each com.microsoft.MoE node a QMoE; `specs` updated in
+    place (the float weights they replace are dropped when nothing else uses them). Raises RuntimeError
+    if a weight in `quantizable` is left in float (a traced form this pass does not know)."""
+    graph = model.graph
+    for node in list(graph):
+        if node.domain != "" and node.op_type != "MoE":
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            weight, bias = _linear_weight(node, specs, quantizable)
+            if weight is None:
+                continue
+            n, k = _logical_shape(node, weight)
+            q, s = _quantized_inputs(graph, specs, specs[weight.name], (n, k), scheme, flat=False)
+            attrs = dict(K=k, N=n, bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
+            inputs = [node.inputs[0], q, s] + ([None, None, bias] if bias is not None else [])
+            _replace(graph, node, "MatMulNBits", inputs, attrs, specs)
+        elif node.op_type == "MoE" and node.domain == "com.microsoft":
+            hidden, probs, fc1, _, fc2 = node.inputs
+            q1, s1 = _quantized_inputs(graph, specs, specs[fc1.name], tuple(fc1.shape.numpy()), scheme, flat=True)
+            q2, s2 = _quantized_inputs(graph, specs, specs[fc2.name], tuple(fc2.shape.numpy()), scheme, flat=True)
+            attrs = {name: attr.value for name, attr in node.attributes.items()}
+            attrs.update(expert_weight_bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
+            _replace(graph, node, "QMoE", [hidden, probs, q1, s1, None, q2, s2], attrs, specs)
+    left = sorted({spec.param for spec in specs.values() if spec.param in quantizable and not any(l[0] == "quantize" for l in spec.layouts)})
+    if left:
+        raise RuntimeError(f"--quantize: {', '.join(left)} stayed in float (traced in a form the quantization pass does not rewrite)")
+
+
+def _linear_weight(node, specs: dict, quantizable: set[str]):
+    """(weight value, bias value or None) if `node` is a Linear layer's product with a quantizable
+    weight: MatMul(x, W^T) with W^T a folded transpose, or Gemm(x, W, b, transB=1); else (None, None)."""
+    weight = node.inputs[1]
+    spec = specs.get(weight.name) if weight is not None and weight.is_initializer() else None
+    if spec is None or spec.param not in quantizable:
+        return None, None
+    if node.op_type == "MatMul":
+        return (weight, None) if spec.layouts == (("transpose", (1, 0)),) else (None, None)
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    plain = attrs.get("transB") == 1 and not attrs.get("transA") and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+    if not plain or spec.layouts:
+        return None, None
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    return weight, bias
+
+
+def _logical_shape(node, weight) -> tuple[int, int]:
+    """(N out features, K in features) of a Linear weight as `node` reads it."""
+    a, b = weight.shape.numpy()
+    return (b, a) if node.op_type == "MatMul" else (a, b)
+
+
+def _drop_unused_weights(graph, specs: dict, values) -> None:
+    for value in values:
+        if value.name in specs and not value.uses():
+            graph.initializers.pop(value.name)
+            del specs[value.name]
+
+
+def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: QuantScheme, flat: bool):
+    """Initializers (packed integers, scales) for the float weight `spec` of logical `shape` (..., N, K)
+    in (out, in) layout; `flat` packs each row as one axis (QMoE) rather than (blocks, bytes) (MatMulNBits)."""
+    import onnx_ir as ir
+
+    from nemotron_deploy.exporter.graph_passes import placeholder_value
+    from nemotron_deploy.exporter.weight_stream import WeightSpec
+
+    *lead, k = shape
+    blocks = k // scheme.block_size
+    base = tuple(layout for layout in spec.layouts if layout[0] != "transpose")  # rows stay (out, in)
+    values = []
+    for part, dtype, dims in (
+        ("weights", ir.DataType.UINT8, (*lead, k * scheme.bits // 8) if flat else (*lead, blocks, scheme.block_size * scheme.bits // 8)),
+        ("scales", ir.DataType.FLOAT, (*lead, blocks)),
+    ):
+        qspec = WeightSpec(spec.param, "uint8" if part == "weights" else "float32", (*base, ("quantize", (scheme.bits, scheme.block_size, part))))
+        name = f"{spec.param}.{scheme.name}_{part}" + ("" if not base else "." + "_".join(layout[0] for layout in base))
+        if name not in graph.initializers:
+            graph.register_initializer(placeholder_value(name, dtype, ir.Shape(dims)))
+            specs[name] = qspec
+        values.append(graph.initializers[name])
+    return values
+
+
+def _replace(graph, node, op_type: str, inputs: list, attrs: dict, specs: dict) -> None:
+    """`node` -> a com.microsoft `op_type` node with the same name and output (name, shape, type)."""
+    import onnx_ir as ir
+
+    old_inputs = [v for v in node.inputs if v is not None]
+    old, name = node.outputs[0], node.outputs[0].name
+    new = ir.node(op_type, inputs, attributes=attrs, domain="com.microsoft", name=node.name, num_outputs=1)
+    new.metadata_props.update(node.metadata_props)  # the module scope, for name_by_module
+    out = new.outputs[0]
+    out.shape, out.type = old.shape, old.type
+    # replace_graph_outputs: the lm_head product is `logits` itself in a float32 graph
+    ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
+    graph.insert_after(node, new)
+    graph.remove(node, safe=True)
+    old.name, out.name = None, name
+    _drop_unused_weights(graph, specs, old_inputs)
