@@ -38,6 +38,7 @@ WEIGHTS_FILE = "weights.data"
 TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 # tokenizer / generation files copied from the checkpoint when present
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
+ONNXRUNTIME_MIN = "1.32"
 _INLINE_MAX = 1024  # tensors up to this many bytes stay inside the .onnx
 
 
@@ -316,6 +317,9 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict, s
             "config": cfg.to_dict(),
         },
         "quantization": None if scheme is None else scheme.to_json(),
+        # the oldest runtime that has every op the graphs use (RMSNormalization at opset 23,
+        # CausalConvWithState, MoE / QMoE with their current inputs): what CI tests
+        "requires": {"onnxruntime": ONNXRUNTIME_MIN} if target == "onnxruntime" else {},
         "graphs": graphs,
         # plugin libraries an engine of this artifact needs (tensorrt target); `build` checks them
         "plugins": _merge_plugins(graphs),

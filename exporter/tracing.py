@@ -160,7 +160,7 @@ def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out:
 
     start = time.perf_counter()
     ckpt = open_checkpoint(checkpoint_dir)
-    quantize = None if scheme == "none" else QuantScheme.parse(*scheme.split(":")[:1], int(scheme.split(":")[1]))
+    quantize = None if scheme == "none" else QuantScheme.parse(scheme.split(":")[0], int(scheme.split(":")[1]))
     ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target, quantize=quantize)
     for name in specs:  # placeholders that serialize without data
         value = ir_model.graph.initializers[name]

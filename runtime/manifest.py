@@ -158,6 +158,8 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
     get(model, "config", "model.config", dict, "an object")
     if model.get("decode_weight_bytes") is not None:
         positive(model, "decode_weight_bytes", "model.decode_weight_bytes")
+    requires = get(raw, "requires", "requires", dict, "an object", optional=True) or {}
+    get(requires, "onnxruntime", "requires.onnxruntime", str, "a version such as '1.32'", optional=True)
     quant = get(raw, "quantization", "quantization", dict, "an object or null", optional=True)
     if quant is not None:
         if get(quant, "bits", "quantization.bits", int, "4 or 8") not in (4, 8):

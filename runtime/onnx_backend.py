@@ -6,6 +6,8 @@ onnxruntime as shared initializers: the weights are on disk once and in memory o
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
@@ -26,6 +28,20 @@ def graph_inputs(model) -> dict[str, tuple[str, list]]:
     return inputs
 
 
+def _check_version(manifest: Manifest, installed: str) -> None:
+    """The artifact's `requires.onnxruntime` (oldest version with every op its graphs use) against ours."""
+    needed = (manifest.raw.get("requires") or {}).get("onnxruntime")
+
+    def parts(version: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+
+    if needed and parts(installed) < parts(needed):
+        raise ArtifactError(
+            f"{manifest.path}: this artifact needs onnxruntime >= {needed} (its graphs use ops older versions lack); "
+            f"onnxruntime {installed} is installed: pip install -U 'onnxruntime>={needed}'"
+        )
+
+
 class OnnxRuntimeBackend:
     """step(graph, input_ids, attention_mask, state) on onnxruntime; states are numpy arrays."""
 
@@ -40,12 +56,19 @@ class OnnxRuntimeBackend:
                 f"{manifest.path}: a '{manifest.target}' artifact with plugin nodes ({names}) cannot run on onnxruntime; "
                 "use --backend tensorrt (after `nemotron-deploy build`) or --backend reference, or export --target onnxruntime"
             )
+        _check_version(manifest, ort.__version__)
         self.manifest = manifest
         available = ort.get_available_providers()
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
         if missing:
             raise ArtifactError(f"onnxruntime provider {missing[0]} is not available here (available: {', '.join(available)})")
+        if manifest.dtype == "float16" and providers == ["CPUExecutionProvider"]:
+            warnings.warn(
+                f"{manifest.path}: a float16 artifact on onnxruntime's CPU provider decodes slower than float32 and holds "
+                "float32 copies of its weights (docs/export.md); for a CPU export float32 or --quantize int8|int4",
+                stacklevel=3,
+            )
         self._weights = self._map_weights()
         self._initializer_values = []  # onnxruntime borrows these buffers: keep them alive
         self.sessions = {}

@@ -106,6 +106,12 @@ def test_export_cli_errors(hf_checkpoints, tmp_path, dtype):
     _, ckpt = hf_checkpoints("dense_mlp_biases")
     _error(_run("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
     _error(_run("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
+    _error(_run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"), "export --target onnxruntime to quantize")
+    _error(_run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int8", "--dtype", "float16"), "use --dtype float32")
+    result = _run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4")
+    _error(result, "does not divide the input width of layers.0.mixer.in_proj.weight")
+    assert ": 40 input features)" in result.output
+    assert not (tmp_path / "q").exists()
 
 
 def test_runtime_needs_no_torch(artifacts):
