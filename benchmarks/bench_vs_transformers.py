@@ -148,7 +148,7 @@ def render(results: dict, args, plot_name: str) -> str:
         "",
         "| configuration | threads | prefill tok/s | vs eager | decode tok/s | vs eager | " + " | ".join(f"decode after {p}" for p in PAST)
         + " | MB read / token | floor tok/s | of floor | peak RSS MiB |",
-        "| --- " * (12 + len(PAST)) + "|",
+        "| --- " * (10 + len(PAST)) + "|",
     ]
     for name, entry in results["configs"].items():
         for threads in THREADS:
@@ -193,6 +193,8 @@ def plot(results: dict, path: Path) -> None:
         if "decode_floor_tokens_per_s" in r:
             left.axhline(r["decode_floor_tokens_per_s"], color=line.get_color(), linestyle="--", linewidth=0.8)
     left.set(xscale="log", xlabel="past length (tokens)", ylabel="decode tokens/s (batch 1)", title=f"decode, {threads} threads (dashed: each one's floor)")
+    left.set_xticks(list(PAST), [str(p) for p in PAST])
+    left.minorticks_off()
     left.legend(fontsize=8)
     names = list(results["configs"])
     width = 0.8 / len(THREADS)
