@@ -49,6 +49,7 @@ def test_plugin_graph_reference_execution_equals_onnxruntime_tokens(artifacts, c
     assert chunked.new_token_ids == [ids[:8] for ids in want.new_token_ids]
 
 
+@pytest.mark.filterwarnings("ignore:.*float16 artifact on onnxruntime's CPU provider:UserWarning")  # correctness, not speed, here
 def test_half_precision_plugin_graphs(artifacts):
     """float16: reference execution == the onnxruntime float16 export; bfloat16 (no onnxruntime kernels, no
     numpy type): exports with bfloat16 plugin ports, float32 states and mask where the contract says."""
