@@ -7,9 +7,8 @@ name; `plugin_version` / `plugin_namespace` are the attributes TensorRT's ONNX p
 plugin; the hyper-parameters are node attributes (INT / FLOAT, as the creators list them).
 Inside `export_target("onnxruntime")`, each MoE layer's routed experts become one `com.microsoft.MoE`
 node, each RMS norm one `RMSNormalization`, each Mamba conv one `com.microsoft.CausalConvWithState`
-(docs/export.md): fewer,
-fused nodes, which is what a CPU decode step spends its time on besides reading weights.
-Everywhere else (eager runs) the references run.
+(docs/export.md): fewer, fused nodes, which is what a CPU decode step spends its time on besides
+reading weights. Everywhere else (eager runs) the references run.
 """
 
 from __future__ import annotations

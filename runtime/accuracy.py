@@ -26,36 +26,26 @@ class Agreement:
         return asdict(self)
 
 
-def _forced_logits(backend, prompt: list[int], continuation: list[int]) -> np.ndarray:
-    """Logits (len(continuation), V) before each continuation token, reading the continuation."""
+def run(backend, prompt: list[int], steps: int, forced: list[int] | None = None) -> tuple[list[int], np.ndarray]:
+    """`steps` tokens after `prompt` and the logits (steps, V) float64 that preceded each: the backend's
+    own greedy choices, or with `forced` the given tokens (teacher forcing). No EOS stop."""
     ids, mask = left_pad([prompt], 0)
     logits, state = prefill(backend, ids, mask)
-    out = [logits[0]]
-    for token in continuation[:-1]:
-        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        logits, state = backend.step("decode", np.array([[token]], dtype=np.int64), mask, state)
-        out.append(logits[0])
-    return np.stack(out).astype(np.float64)
-
-
-def greedy_tokens(backend, prompt: list[int], steps: int) -> list[int]:
-    """`steps` greedy tokens after `prompt` (no EOS stop: a fixed length to compare)."""
-    ids, mask = left_pad([prompt], 0)
-    logits, state = prefill(backend, ids, mask)
-    tokens = []
-    for _ in range(steps):
-        tokens.append(int(logits[0].argmax()))
-        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        logits, state = backend.step("decode", np.array([[tokens[-1]]], dtype=np.int64), mask, state)
-    return tokens
+    tokens, seen = [], []
+    for i in range(steps):
+        seen.append(logits[0].astype(np.float64))
+        tokens.append(int(logits[0].argmax()) if forced is None else forced[i])
+        if i + 1 < steps:
+            mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+            logits, state = backend.step("decode", np.array([[tokens[-1]]], dtype=np.int64), mask, state)
+    return tokens, np.stack(seen)
 
 
 def compare(reference, candidate, prompt: list[int], steps: int = 64) -> Agreement:
     """`candidate`'s logits against `reference`'s over `steps` positions after `prompt` (both backends)."""
-    tokens = greedy_tokens(reference, prompt, steps)
-    ref = _forced_logits(reference, prompt, tokens)
-    got = _forced_logits(candidate, prompt, tokens)
-    mine = greedy_tokens(candidate, prompt, steps)
+    tokens, ref = run(reference, prompt, steps)
+    _, got = run(candidate, prompt, steps, forced=tokens)
+    mine, _ = run(candidate, prompt, steps)
     prefix = next((i for i, (a, b) in enumerate(zip(tokens, mine)) if a != b), steps)
     diff = got - ref
     return Agreement(
