@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 import warnings
+from collections import defaultdict
 
 import click
 
@@ -18,8 +19,9 @@ from nemotron_deploy.runtime.errors import NemotronDeployError
 EXTRAS = {
     "export": ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "tqdm", "safetensors", "tokenizers"),
     "onnxruntime": ("onnxruntime", "onnx"),
+    "triton": ("pytriton", "tritonclient", "onnxruntime", "tokenizers"),
 }
-_EXTRA_OF_MODULE = {m: extra for extra in ("export", "onnxruntime") for m in EXTRAS[extra]}
+_EXTRA_OF_MODULE = {m: extra for extra in ("export", "onnxruntime", "triton") for m in EXTRAS[extra]}
 
 
 def _installed(module: str) -> bool:
@@ -223,7 +225,7 @@ def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperat
     from nemotron_deploy.runtime.session import Session
 
     session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify)
-    on_token = _streamer(session, as_json) if stream else None
+    on_token = _Streamer(session, as_json) if stream else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, on_token)
     _note_model_limit(session, inputs, result, max_new_tokens)
     if as_json:
@@ -232,7 +234,7 @@ def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperat
             out["text"] = result.text
         click.echo(json.dumps(out))
     elif stream:
-        click.echo()
+        on_token.finish()
     elif len(inputs) == 1:
         click.echo(result.text[0] if result.text is not None else ",".join(map(str, result.new_token_ids[0])))
     else:
@@ -251,21 +253,26 @@ def _note_model_limit(session, inputs, result, max_new_tokens: int) -> None:
             click.echo(f"note: prompt {i} stopped after {len(ids)} new tokens at the model's maximum of {session.max_length} tokens (max_position_embeddings)", err=True)
 
 
-def _streamer(session, as_json: bool):
+class _Streamer:
     """Text: the one prompt's text as it grows. JSON: one line per token, {"prompt", "token", "text"}."""
-    state: dict[int, list[int]] = {}
 
-    def on_token(row: int, token: int) -> None:
-        ids = state.setdefault(row, [])
-        before = session.decode(ids) if session.tokenizer else None
-        ids.append(token)
-        piece = session.decode(ids)[len(before) :] if session.tokenizer else None
-        if as_json:
+    def __init__(self, session, as_json: bool):
+        from nemotron_deploy.runtime.tokenizer import TextStream
+
+        self.as_json = as_json
+        self.streams = defaultdict(lambda: TextStream(session.tokenizer)) if session.tokenizer else None
+
+    def __call__(self, row: int, token: int) -> None:
+        piece = self.streams[row].push(token) if self.streams is not None else None
+        if self.as_json:
             click.echo(json.dumps({"prompt": row, "token": token, **({"text": piece} if piece is not None else {})}, ensure_ascii=False))
         else:
             click.echo(piece if piece is not None else f"{token},", nl=False)
 
-    return on_token
+    def finish(self) -> None:
+        """The text held back at the end (an incomplete character), then the end of the line."""
+        if not self.as_json:
+            click.echo(self.streams[0].flush() if self.streams is not None else "")
 
 
 @main.command()
@@ -405,6 +412,82 @@ def _verify(manifest) -> int:
         return verify_artifact(manifest)
     with tqdm(total=bytes_to_verify(manifest), desc="sha256", unit="B", unit_scale=True, unit_divisor=1024, disable=None) as bar:
         return verify_artifact(manifest, bar.update)
+
+
+def _repository_options(fn):
+    """Options shared by `triton` and `serve`: how the generate model runs inside the server."""
+    for option in reversed([
+        click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
+                     help="Model instances, each a process with its own running batch."),
+        click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True,
+                     help="generate: sequences decoded together per instance (more wait). step: steps Triton may batch together."),
+        click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+                     help="Runtime backend of the generate model.  [default: tensorrt when the artifact has engines, else onnxruntime]"),
+        click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads per instance (default: all cores)."),
+    ]):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@click.option("-o", "--output", "out_dir", required=True, help="New model repository directory to write.")
+@click.option("--kind", type=click.Choice(["generate", "step"]), default="generate", show_default=True,
+              help="generate: our runtime in Triton's Python backend, streaming, continuous batching, TensorRT-LLM's request names. "
+                   "step: the step graph for Triton's onnxruntime / tensorrt backend with implicit state (docs/triton.md).")
+@_repository_options
+@_one_line_errors
+def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads) -> None:
+    """Write a Triton Inference Server model repository for an artifact."""
+    require("triton", "triton")
+    from nemotron_deploy.runtime.triton.repository import write_repository
+
+    repo = write_repository(artifact_dir, out_dir, kind=kind, instances=instances, max_batch=max_batch, backend=backend, threads=threads)
+    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+    click.echo(f"wrote {repo}: {', '.join(models)}")
+    if kind == "generate":
+        click.echo(f"serve it: nemotron-deploy serve {artifact_dir}   (or tritonserver --model-repository={repo}, docs/triton.md)")
+    else:
+        click.echo("serve it with a tritonserver that has the onnxruntime / tensorrt backend (docs/triton.md); not run here")
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@_repository_options
+@_one_line_errors
+def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads) -> None:
+    """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's) until Ctrl-C.
+
+    Builds a `generate` repository in a temporary directory; Triton's log goes to stderr.
+    """
+    require("serve", "triton")
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from nemotron_deploy.runtime.triton.repository import write_repository
+    from nemotron_deploy.runtime.triton.server import TritonServer
+
+    def stop_on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
+    with tempfile.TemporaryDirectory(prefix="nemotron-triton-") as tmp:
+        repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend, threads=threads)
+        server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_file="-")
+        try:
+            with server:
+                e = server.endpoints
+                click.echo(f"serving {artifact_dir}: gRPC {e.grpc_url}, HTTP http://{e.http_url}, metrics {e.metrics_url}; "
+                           "models tensorrt_llm (ids)" + (" and ensemble (text)" if (repo / "ensemble").is_dir() else "") + "; Ctrl-C stops", err=True)  # fmt: skip
+                code = server.process.wait()
+                raise NemotronDeployError(f"tritonserver exited with status {code}")
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
 
 
 @main.group()

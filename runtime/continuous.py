@@ -1,0 +1,252 @@
+"""Continuous batching: sequences join and leave one running batch between decode steps.
+
+Each active sequence is one row of the batch's states. Its attention-mask row marks which K/V columns
+are its own: a sequence that joins a batch whose K/V is wider is left-padded (masked keys), one that
+is wider pads the others. NemotronH attention has no positional encoding, so where a sequence's keys
+sit does not change its logits, and Mamba states are per row: every sequence gets the tokens it would
+get alone (tests/runtime/test_continuous.py). One decode step serves every active sequence, so N
+concurrent sequences cost about max(lengths) steps, not sum(lengths).
+
+The batcher is driven by one thread (`run`); `submit` and `cancel` may be called from any thread.
+States are whatever the backend uses (numpy arrays, torch CUDA tensors); masks are numpy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.sampling import Sampler, Sampling
+
+KV_ROLES = ("key", "value")
+KV_PAST_AXIS = 2  # K/V states are (batch, kv_heads, past_len, head_dim)
+
+
+def _no_token(token: int, finish_reason: str | None) -> None:
+    pass
+
+
+def _no_error(message: str) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Request:
+    """One sequence to generate. `on_token(token, finish_reason)` is called for every new token, with
+    the finish reason ("eos" | "length") on the last one and None before; `on_error(message)` instead
+    when the backend fails; `cancelled()` is asked before every step (a client that went away). All
+    three run on the batcher's thread: keep them short."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    sampling: Sampling = Sampling()
+    stop_token_ids: frozenset[int] = frozenset()
+    on_token: Callable[[int, str | None], None] = _no_token
+    on_error: Callable[[str], None] = _no_error
+    cancelled: Callable[[], bool] = _never
+
+
+@dataclass
+class _Active:
+    request: Request
+    sampler: Sampler
+    generated: int = 0
+    last_token: int = 0
+
+
+@dataclass
+class Counters:
+    """What the batcher has done since it started (served as metrics by the Triton model)."""
+
+    decode_steps: int = 0  # decode graph calls, each for every active sequence
+    prefill_calls: int = 0  # prefill batches (sequences admitted together)
+    sequences: int = 0  # sequences finished (eos, length or cancelled)
+    tokens: int = 0  # tokens generated
+
+
+class ContinuousBatcher:
+    """Runs up to `max_batch` sequences at once on `backend` (see runtime/backends.py).
+
+    max_length: the model's maximum sequence length (prompt + generated); pad_token_id fills padded
+    positions; prefill_chunk_size splits long prompts as `generate --prefill-chunk-size` does.
+    """
+
+    def __init__(self, backend, states: Sequence[dict], *, max_batch: int, max_length: int, pad_token_id: int = 0,
+                 prefill_chunk_size: int | None = None):  # fmt: skip
+        self.backend = backend
+        self.max_batch = max_batch
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+        self.prefill_chunk_size = prefill_chunk_size
+        self.counters = Counters()
+        self._kv_names = {s["name"] for s in states if s["role"] in KV_ROLES}
+        self._waiting: deque[Request] = deque()
+        self._wake = threading.Condition()
+        self._active: list[_Active] = []
+        self._state: dict | None = None
+        self._mask: np.ndarray | None = None  # (active, width) int64
+
+    # -- any thread ---------------------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Make `run` look again (after a cancel, or to stop it)."""
+        with self._wake:
+            self._wake.notify()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    # -- the batcher's thread -----------------------------------------------------------------------
+    def run(self, stop: threading.Event, after_step: Callable[[bool], None] | None = None) -> None:
+        """Step until `stop` is set (then call `wake`). `after_step(idle)` runs after every step, and
+        with idle=True before the thread waits for work."""
+        while not stop.is_set():
+            with self._wake:
+                idle = not self._waiting and not self._active
+            if idle:
+                if after_step:
+                    after_step(True)
+                with self._wake:
+                    if not self._waiting and not stop.is_set():
+                        self._wake.wait()
+                continue
+            self.step()
+            if after_step:
+                after_step(False)
+
+    def step(self) -> None:
+        """Drop cancelled sequences, admit waiting ones (prefill, first token), then one decode step."""
+        alive = [i for i, a in enumerate(self._active) if not a.request.cancelled()]
+        self.counters.sequences += len(self._active) - len(alive)
+        self._keep(alive)
+        self._admit()
+        if self._active:
+            self._decode()
+
+    def _take_waiting(self) -> list[Request]:
+        with self._wake:
+            taken = []
+            while self._waiting and len(self._active) + len(taken) < self.max_batch:
+                request = self._waiting.popleft()
+                if request.cancelled():
+                    self.counters.sequences += 1
+                else:
+                    taken.append(request)
+            return taken
+
+    def _admit(self) -> None:
+        requests = self._take_waiting()
+        if not requests:
+            return
+        ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
+        try:
+            logits, state = decode.prefill(self.backend, ids, mask, self.prefill_chunk_size)
+        except Exception as e:  # a failing backend ends these requests, not the server
+            for request in requests:
+                request.on_error(f"prefill failed: {e}")
+            self.counters.sequences += len(requests)
+            return
+        self.counters.prefill_calls += 1
+        joining = [_Active(r, Sampler(r.sampling)) for r in requests]
+        staying = [row for row, seq in enumerate(joining) if not self._emit(seq, logits[row : row + 1])]
+        if staying:
+            self._join([joining[row] for row in staying], _take_rows(state, staying), mask[staying])
+
+    def _decode(self) -> None:
+        tokens = np.array([[a.last_token] for a in self._active], dtype=np.int64)
+        mask = np.concatenate([self._mask, np.ones((len(self._active), 1), dtype=np.int64)], axis=1)
+        try:
+            logits, self._state = self.backend.step("decode", tokens, mask, self._state)
+        except Exception as e:
+            for seq in self._active:
+                seq.request.on_error(f"decode step failed: {e}")
+            self.counters.sequences += len(self._active)
+            self._keep([])
+            return
+        self._mask = mask
+        self.counters.decode_steps += 1
+        staying = [row for row, seq in enumerate(self._active) if not self._emit(seq, logits[row : row + 1])]
+        self._keep(staying)
+
+    def _emit(self, seq: _Active, logits: np.ndarray) -> bool:
+        """Choose and send one token for `seq` from its logits (1, V); True when the sequence is done."""
+        token = int(seq.sampler(logits)[0])
+        seq.generated += 1
+        seq.last_token = token
+        self.counters.tokens += 1
+        request = seq.request
+        reason = None
+        if token in request.stop_token_ids:
+            reason = "eos"
+        elif seq.generated >= request.max_new_tokens or len(request.prompt) + seq.generated >= self.max_length:
+            reason = "length"
+        request.on_token(token, reason)
+        if reason is not None:
+            self.counters.sequences += 1
+        return reason is not None
+
+    # -- the batch's rows ---------------------------------------------------------------------------
+    def _join(self, joining: list[_Active], state: dict, mask: np.ndarray) -> None:
+        """Append rows to the running batch, left-padding K/V and masks to a common width."""
+        if not self._active:
+            self._active, self._state, self._mask = joining, state, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        old, new = self._widen(self._state, self._mask, width), self._widen(state, mask, width)
+        self._state = {name: _concat([old[0][name], new[0][name]], 0) for name in state}
+        self._mask = np.concatenate([old[1], new[1]], axis=0)
+        self._active = self._active + joining
+
+    def _widen(self, state: dict, mask: np.ndarray, width: int) -> tuple[dict, np.ndarray]:
+        pad = width - mask.shape[1]
+        if pad == 0:
+            return state, mask
+        state = {name: _pad_left(x, pad) if name in self._kv_names else x for name, x in state.items()}
+        return state, np.concatenate([np.zeros((mask.shape[0], pad), dtype=mask.dtype), mask], axis=1)
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only `rows` of the batch; drop K/V columns that no remaining row uses."""
+        if len(rows) == len(self._active):
+            return
+        self._active = [self._active[r] for r in rows]
+        if not rows:
+            self._state = self._mask = None
+            return
+        mask = self._mask[rows]
+        first = int(mask.any(axis=0).argmax())  # leading columns that are padding in every row
+        self._mask = mask[:, first:]
+        self._state = {name: (x[rows][:, :, first:] if name in self._kv_names else x[rows]) for name, x in self._state.items()}
+
+
+def _take_rows(state: dict, rows: list[int]) -> dict:
+    return {name: x[rows] for name, x in state.items()}
+
+
+def _concat(parts: list, axis: int):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=axis)
+    import torch
+
+    return torch.cat(parts, dim=axis)
+
+
+def _pad_left(x, pad: int):
+    """Zeros before the past axis of a K/V state (numpy array or torch tensor)."""
+    shape = list(x.shape)
+    shape[KV_PAST_AXIS] = pad
+    zeros = np.zeros(shape, dtype=x.dtype) if isinstance(x, np.ndarray) else x.new_zeros(shape)
+    return _concat([zeros, x], KV_PAST_AXIS)

@@ -1,0 +1,174 @@
+"""The `generate` model for Triton's Python backend (decoupled): our runtime inside the server.
+
+`execute` only parses requests and hands them to a ContinuousBatcher; one thread of this instance
+runs the batcher, which streams every token back through the request's response sender (ids, and the
+new text when the artifact has a tokenizer, detokenized with the sequence's context). A bad request
+gets an error response naming the field, and nothing else stops. A request whose client went away
+(stream closed, request cancelled) leaves the batch at the next step.
+
+Model parameters (config.pbtxt, written by `nemotron-deploy triton`): artifact_dir, backend,
+max_active_sequences, threads, prefill_chunk_size, exclude_input_in_output.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
+
+from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
+from nemotron_deploy.runtime.session import Session
+from nemotron_deploy.runtime.tokenizer import TextStream, Tokenizer
+from nemotron_deploy.runtime.triton.interface import GenerateRequest, RequestError, parse_generate_request
+
+CANCEL_POLL_S = 0.05  # how often an active request asks the server whether its client is gone
+METRICS_PERIOD_S = 0.1
+
+
+class _Stream:
+    """One request's way back: sends its tokens (each one, or all at the end) and notices cancellation."""
+
+    def __init__(self, triton_request, parsed: GenerateRequest, exclude_input: bool, tokenizer: Tokenizer | None):
+        self.sender = triton_request.get_response_sender()
+        self.parsed = parsed
+        self.tokens: list[int] = [] if exclude_input else list(parsed.prompt)
+        self.tokenizer = tokenizer
+        self.text = TextStream(tokenizer) if tokenizer is not None and parsed.streaming else None
+        self.gone = False
+        self._next_poll = 0.0
+        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids,
+                               on_token=self.on_token, on_error=self.on_error, cancelled=self.cancelled)  # fmt: skip
+
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not self.gone and now >= self._next_poll:
+            self._next_poll = now + CANCEL_POLL_S
+            self.gone = self.sender.is_cancelled()
+        return self.gone
+
+    def on_token(self, token: int, finish_reason: str | None) -> None:
+        if self.parsed.streaming:
+            self._send([token], finish_reason)
+            return
+        self.tokens.append(token)
+        if finish_reason is not None:
+            self._send(self.tokens, finish_reason)
+
+    def on_error(self, message: str) -> None:
+        self._send_final(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+
+    def _text(self, tokens: list[int], finish_reason: str | None) -> str:
+        if self.text is None:
+            return self.tokenizer.decode(tokens)
+        return self.text.push(tokens[0]) + (self.text.flush() if finish_reason is not None else "")
+
+    def _send(self, tokens: list[int], finish_reason: str | None) -> None:
+        outputs = [
+            pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32)),
+            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+            pb_utils.Tensor("finish_reason", np.array([[finish_reason or ""]], dtype=np.object_)),
+        ]
+        if self.tokenizer is not None:
+            outputs.append(pb_utils.Tensor("text_output", np.array([[self._text(tokens, finish_reason)]], dtype=np.object_)))
+        response = pb_utils.InferenceResponse(outputs)
+        if finish_reason is None:
+            try:
+                self.sender.send(response)
+            except Exception:  # the client is gone: the batcher drops the sequence at its next step
+                self.gone = True
+        else:
+            self._send_final(response)
+
+    def _send_final(self, response) -> None:
+        try:
+            self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:
+            self.gone = True
+
+
+class _Metrics:
+    """The batcher's counters as Triton metrics (`/metrics`, when the server has metrics on)."""
+
+    NAMES = {
+        "decode_steps": "Decode steps run, each for every active sequence",
+        "prefill_calls": "Prefill batches run (sequences admitted together)",
+        "sequences": "Sequences finished (eos, length, cancelled or failed)",
+        "tokens": "Tokens generated",
+    }
+
+    def __init__(self, labels: dict[str, str]):
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.families = {n: pb_utils.MetricFamily(f"nemotron_{n}_total", doc, counter) for n, doc in self.NAMES.items()}
+        self.metrics = {n: f.Metric(labels=labels) for n, f in self.families.items()}
+        self.active_family = pb_utils.MetricFamily("nemotron_active_sequences", "Sequences in the running batch", gauge)
+        self.active = self.active_family.Metric(labels=labels)
+        self.sent = dict.fromkeys(self.NAMES, 0)
+        self.next_flush = 0.0
+
+    def update(self, batcher: ContinuousBatcher, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_flush:
+            return
+        self.next_flush = now + METRICS_PERIOD_S
+        for name, metric in self.metrics.items():
+            value = getattr(batcher.counters, name)
+            if value != self.sent[name]:
+                metric.increment(value - self.sent[name])
+                self.sent[name] = value
+        self.active.set(batcher.active)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.logger = pb_utils.Logger
+        self.session = Session(params["artifact_dir"], backend=params.get("backend", "onnxruntime"),
+                               threads=int(params["threads"]) if params.get("threads") else None)  # fmt: skip
+        model = self.session.manifest.model
+        gen = self.session.manifest.generation
+        self.limits = dict(vocab_size=model["vocab_size"], max_length=self.session.max_length,
+                           eos_token_ids=tuple(gen.get("eos_token_ids", ())))  # fmt: skip
+        self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        chunk = params.get("prefill_chunk_size")
+        self.batcher = ContinuousBatcher(
+            self.session.backend, self.session.manifest.states, max_batch=int(params.get("max_active_sequences", "8")),
+            max_length=self.session.max_length, pad_token_id=gen.get("pad_token_id") or 0,
+            prefill_chunk_size=int(chunk) if chunk else None,
+        )  # fmt: skip
+        self.metrics = _Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="nemotron-batcher", daemon=True)
+        self.thread.start()
+        self.logger.log_info(f"nemotron-deploy: {params['artifact_dir']} on {self.session.backend.name}, up to {self.batcher.max_batch} sequences per step")
+
+    def _serve(self) -> None:
+        self.batcher.run(self.stop, after_step=lambda idle: self.metrics.update(self.batcher, force=idle))
+
+    def execute(self, requests):
+        for triton_request in requests:
+            self._start(triton_request)
+        return None  # decoupled: every response goes through the request's sender
+
+    def _start(self, triton_request) -> None:
+        def get(name: str):
+            tensor = pb_utils.get_input_tensor_by_name(triton_request, name)
+            return None if tensor is None else tensor.as_numpy()
+
+        try:
+            parsed = parse_generate_request(get, **self.limits)
+        except RequestError as e:
+            sender = triton_request.get_response_sender()
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        self.batcher.submit(_Stream(triton_request, parsed, self.exclude_input, self.session.tokenizer).request)
+
+    def finalize(self) -> None:
+        self.stop.set()
+        self.batcher.wake()
+        self.thread.join(timeout=10)
+        c = self.batcher.counters
+        self.logger.log_info(f"nemotron-deploy: {c.sequences} sequences, {c.tokens} tokens, {c.decode_steps} decode steps, {c.prefill_calls} prefill batches")

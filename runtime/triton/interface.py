@@ -1,0 +1,131 @@
+"""The `generate` model's request interface: the names, dtypes and dims that TensorRT-LLM's
+`tensorrt_llm` and `ensemble` models use on Triton, so a client written for those works unchanged.
+One table here serves both the config.pbtxt writer and the request parser.
+
+Dims exclude the batch dimension (the models have max_batch_size > 0, as TensorRT-LLM's do, so clients
+send a leading batch of 1). Fields TensorRT-LLM has and we do not use (beam_width, penalties, LoRA, ...)
+are not listed: Triton rejects a request that sends one, naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from nemotron_deploy.runtime.sampling import Sampling
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    dtype: str  # Triton's data type name without TYPE_
+    dims: tuple[int, ...]
+    optional: bool = True
+    doc: str = ""
+
+
+GENERATE_INPUTS = (
+    Field("input_ids", "INT32", (-1,), False, "prompt token ids"),
+    Field("input_lengths", "INT32", (1,), doc="prompt length (TensorRT-LLM clients send it; must match input_ids)"),
+    Field("request_output_len", "INT32", (1,), False, "maximum new tokens"),
+    Field("end_id", "INT32", (1,), doc="stop token (default: the model's EOS ids; -1: none)"),
+    Field("pad_id", "INT32", (1,), doc="accepted for compatibility; padding is internal"),
+    Field("runtime_top_k", "INT32", (1,), doc="0: no top-k filter"),
+    Field("runtime_top_p", "FP32", (1,), doc="in (0, 1]; 1: no top-p filter"),
+    Field("temperature", "FP32", (1,), doc="> 0"),
+    Field("random_seed", "UINT64", (1,), doc="seed of this request's sampler"),
+    Field("streaming", "BOOL", (1,), doc="one response per new token (default false: one response)"),
+    Field("ignore_eos", "BOOL", (1,), doc="generate request_output_len tokens whatever they are"),
+)
+GENERATE_OUTPUTS = (
+    Field("output_ids", "INT32", (-1, -1), doc="(beams=1, tokens): the new token(s) of this response"),
+    Field("sequence_length", "INT32", (-1,), doc="(beams=1,): number of tokens in output_ids"),
+    Field("finish_reason", "BYTES", (1,), doc="'eos' | 'length' on the final response, '' before"),
+)
+# TensorRT-LLM's ensemble names for text in / text out, and how they map onto the generate model
+TEXT_INPUTS = (
+    Field("text_input", "BYTES", (1,), False, "prompt text"),
+    Field("max_tokens", "INT32", (1,), False, "maximum new tokens"),
+    Field("end_id", "INT32", (1,)),
+    Field("top_k", "INT32", (1,)),
+    Field("top_p", "FP32", (1,)),
+    Field("temperature", "FP32", (1,)),
+    Field("random_seed", "UINT64", (1,)),
+    Field("stream", "BOOL", (1,)),
+    Field("ignore_eos", "BOOL", (1,)),
+)
+TEXT_TO_GENERATE = {"end_id": "end_id", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
+                    "random_seed": "random_seed", "stream": "streaming", "ignore_eos": "ignore_eos"}  # fmt: skip
+TEXT_OUTPUTS = (Field("text_output", "BYTES", (-1,), doc="the new text of this response"),)
+
+NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "UINT64": np.uint64, "FP32": np.float32, "BOOL": np.bool_, "BYTES": np.object_}
+
+
+class RequestError(ValueError):
+    """A bad request; the message names the field. The server answers it with an error response."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    stop_token_ids: frozenset[int]
+    streaming: bool
+
+
+def _scalar(get: Callable[[str], np.ndarray | None], name: str, kind: type, default):
+    value = get(name)
+    if value is None:
+        return default
+    flat = np.asarray(value).reshape(-1)
+    if flat.size != 1:
+        raise RequestError(f"{name}: expected one value per request, got shape {list(np.shape(value))}")
+    return kind(flat[0])
+
+
+def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_size: int, max_length: int,
+                           eos_token_ids: tuple[int, ...]) -> GenerateRequest:  # fmt: skip
+    """A request's tensors (get(name) -> array with the batch dimension, or None when absent) -> what
+    to generate. Raises RequestError naming the first bad field."""
+    ids = get("input_ids")
+    if ids is None:
+        raise RequestError("input_ids: missing")
+    ids = np.asarray(ids)
+    if ids.ndim == 2 and ids.shape[0] != 1:
+        raise RequestError(f"input_ids: a batch of {ids.shape[0]} in one request; send one sequence per request (they are batched on the server)")
+    prompt = ids.reshape(-1).tolist()
+    length = _scalar(get, "input_lengths", int, len(prompt))
+    if not 0 <= length <= len(prompt):
+        raise RequestError(f"input_lengths: {length}, but input_ids has {len(prompt)} tokens")
+    prompt = prompt[:length]
+    if not prompt:
+        raise RequestError("input_ids: empty prompt; expected at least one token")
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
+    if bad:
+        raise RequestError(f"input_ids: token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
+    if len(prompt) >= max_length:
+        raise RequestError(f"input_ids: {len(prompt)} tokens leave no room to generate within the model's maximum of {max_length} (max_position_embeddings)")
+    max_new = _scalar(get, "request_output_len", int, None)
+    if max_new is None:
+        raise RequestError("request_output_len: missing")
+    if max_new < 1:
+        raise RequestError(f"request_output_len: {max_new}; expected >= 1")
+    temperature = _scalar(get, "temperature", float, 1.0)
+    top_k = _scalar(get, "runtime_top_k", int, 0)
+    top_p = _scalar(get, "runtime_top_p", float, 1.0)
+    if not temperature > 0:
+        raise RequestError(f"temperature: {temperature}; expected a number > 0")
+    if top_k < 0:
+        raise RequestError(f"runtime_top_k: {top_k}; expected >= 0 (0 disables it)")
+    if not 0 < top_p <= 1:
+        raise RequestError(f"runtime_top_p: {top_p}; expected a number in (0, 1] (1 disables it)")
+    seed = _scalar(get, "random_seed", int, None)
+    end_id = _scalar(get, "end_id", int, None)
+    stop = frozenset() if _scalar(get, "ignore_eos", bool, False) else frozenset(eos_token_ids if end_id is None else [end_id] if end_id >= 0 else [])
+    return GenerateRequest(
+        prompt=prompt, max_new_tokens=max_new, sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+        stop_token_ids=stop, streaming=_scalar(get, "streaming", bool, False),
+    )  # fmt: skip

@@ -1,0 +1,111 @@
+"""`nemotron-deploy triton`: a Triton model repository for an artifact, written whole or not at all.
+
+`generate` repositories point at the artifact directory (absolute path, nothing copied): the models
+import nemotron_deploy, which must be installed in the Python environment the server's Python backend
+uses. `step` repositories hold the step graph itself (`1/model.onnx` with its `weights.data`, or
+`1/model.plan`), hard-linked from the artifact where the filesystem allows, else copied.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.manifest import Manifest, read_manifest
+from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
+from nemotron_deploy.runtime.triton import configs
+
+KINDS = ("generate", "step")
+
+# model.py of each Python-backend model: the code lives in the installed package, versioned with it
+_MODEL_PY = """\
+# Written by `nemotron-deploy triton`. The model is {module}.{cls}, from the nemotron-deploy package
+# installed in the Python environment that serves this repository.
+from {module} import {cls} as TritonPythonModel  # noqa: F401
+"""
+_PYTHON_MODELS = {
+    configs.GENERATE_MODEL: ("nemotron_deploy.runtime.triton.generate_model", "TritonPythonModel"),
+    "preprocessing": ("nemotron_deploy.runtime.triton.text_models", "Preprocessing"),
+}
+
+
+def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "generate", instances: int = 1, max_batch: int = 8,
+                     backend: str | None = None, threads: int | None = None) -> Path:  # fmt: skip
+    """Write the repository to `out` (which must not exist); returns its path.
+
+    max_batch: sequences decoded together per instance (generate), or requests batched per step
+    (step). backend: onnxruntime | tensorrt for `generate` (default: tensorrt when the artifact has
+    engines, else onnxruntime). threads: onnxruntime intra-op threads per instance.
+    """
+    if kind not in KINDS:
+        raise NemotronDeployError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if instances < 1 or max_batch < 1:
+        raise NemotronDeployError(f"--instances {instances} / --max-batch {max_batch}: expected >= 1")
+    manifest = read_manifest(artifact_dir)
+    staging = staging_dir(out)
+    try:
+        if kind == "generate":
+            _write_generate(staging, manifest, instances, max_batch, _generate_backend(manifest, backend), threads)
+        else:
+            _write_step(staging, manifest, instances, max_batch)
+        return publish(staging, out)
+    except BaseException:
+        discard(staging)
+        raise
+
+
+def _generate_backend(manifest: Manifest, backend: str | None) -> str:
+    engines = manifest.raw.get("engines") or {}
+    backend = backend or ("tensorrt" if engines else "onnxruntime")
+    if backend == "onnxruntime" and manifest.plugins:
+        raise NemotronDeployError(f"{manifest.path}: a '{manifest.target}' artifact has plugin nodes and needs its TensorRT engines "
+                                  "(nemotron-deploy build, then --backend tensorrt); for onnxruntime export --target onnxruntime")  # fmt: skip
+    if backend == "tensorrt" and not engines:
+        raise NemotronDeployError(f"{manifest.path}: no TensorRT engines; build them first: nemotron-deploy build {manifest.path}")
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise NemotronDeployError(f"--backend {backend!r}: expected onnxruntime or tensorrt")
+    return backend
+
+
+def _write_model(repo: Path, config, files: dict[str, str] | None = None) -> Path:
+    model_dir = repo / config.name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(configs.to_text(config))
+    if config.name in _PYTHON_MODELS:
+        module, cls = _PYTHON_MODELS[config.name]
+        (model_dir / "1" / "model.py").write_text(_MODEL_PY.format(module=module, cls=cls))
+    return model_dir
+
+
+def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None) -> None:
+    artifact = str(manifest.path.resolve())
+    params = {"artifact_dir": artifact, "backend": backend, "max_active_sequences": str(max_batch),
+              "exclude_input_in_output": "true", "prefill_chunk_size": "", "threads": str(threads or "")}  # fmt: skip
+    text = manifest.tokenizer_file is not None and manifest.tokenizer_file.is_file()
+    _write_model(repo, configs.generate_model(params, max_batch=max_batch, instances=instances, text=text))
+    if text:
+        for config in configs.text_models(artifact, max_batch=max_batch).values():
+            _write_model(repo, config)
+
+
+def _write_step(repo: Path, manifest: Manifest, instances: int, max_batch: int) -> None:
+    engines = manifest.raw.get("engines") or {}
+    if manifest.plugins and "tensorrt" not in engines:
+        raise NemotronDeployError(f"{manifest.path}: a step model of a '{manifest.target}' artifact runs its TensorRT engine; "
+                                  f"build it first: nemotron-deploy build {manifest.path} --engine tensorrt")  # fmt: skip
+    if manifest.plugins:
+        platform, sources = "tensorrt_plan", {"model.plan": engines["tensorrt"]["graphs"]["prefill"]["file"]}
+    else:
+        platform, sources = "onnxruntime_onnx", {"model.onnx": manifest.graph("prefill")["file"], "weights.data": "weights.data"}
+    model_dir = _write_model(repo, configs.step_model(manifest, platform=platform, max_batch=max_batch, instances=instances))
+    for name, source in sources.items():
+        _link_or_copy(manifest.path / source, model_dir / "1" / name)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
