@@ -24,7 +24,8 @@ from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 
 KV_ROLES = ("key", "value")
-KV_PAST_AXIS = 2  # K/V states are (batch, kv_heads, past_len, head_dim)
+KV_PAST_AXIS = 2
+CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled  # K/V states are (batch, kv_heads, past_len, head_dim)
 
 
 def _no_token(token: int, finish_reason: str | None) -> None:
@@ -43,8 +44,8 @@ def _never() -> bool:
 class Request:
     """One sequence to generate. `on_token(token, finish_reason)` is called for every new token, with
     the finish reason ("eos" | "length") on the last one and None before; `on_error(message)` instead
-    when the backend fails; `cancelled()` is asked before every step (a client that went away). All
-    three run on the batcher's thread: keep them short."""
+    when the sequence ends unfinished: the backend failed, or `cancelled()` (asked before every step:
+    a client that went away) said so. All three run on the batcher's thread: keep them short."""
 
     prompt: Sequence[int]
     max_new_tokens: int
@@ -130,8 +131,12 @@ class ContinuousBatcher:
 
     def step(self) -> None:
         """Drop cancelled sequences, admit waiting ones (prefill, first token), then one decode step."""
-        alive = [i for i, a in enumerate(self._active) if not a.request.cancelled()]
-        self.counters.sequences += len(self._active) - len(alive)
+        alive = []
+        for i, seq in enumerate(self._active):
+            if seq.request.cancelled():
+                self._cancel(seq.request)
+            else:
+                alive.append(i)
         self._keep(alive)
         self._admit()
         if self._active:
@@ -143,10 +148,14 @@ class ContinuousBatcher:
             while self._waiting and len(self._active) + len(taken) < self.max_batch:
                 request = self._waiting.popleft()
                 if request.cancelled():
-                    self.counters.sequences += 1
+                    self._cancel(request)
                 else:
                     taken.append(request)
             return taken
+
+    def _cancel(self, request: Request) -> None:
+        request.on_error(CANCELLED)
+        self.counters.sequences += 1
 
     def _admit(self) -> None:
         requests = self._take_waiting()

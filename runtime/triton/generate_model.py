@@ -19,7 +19,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
 
-from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
+from nemotron_deploy.runtime.continuous import CANCELLED, ContinuousBatcher, Request
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.tokenizer import TextStream, Tokenizer
 from nemotron_deploy.runtime.triton.interface import GenerateRequest, RequestError, parse_generate_request
@@ -58,7 +58,10 @@ class _Stream:
             self._send(self.tokens, finish_reason)
 
     def on_error(self, message: str) -> None:
-        self._send_final(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+        """Every request gets a final response, even a cancelled one: Triton holds the request (and
+        will not unload the model) until it does."""
+        code = pb_utils.TritonError.CANCELLED if message == CANCELLED else pb_utils.TritonError.INTERNAL
+        self._send_final(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)))
 
     def _text(self, tokens: list[int], finish_reason: str | None) -> str:
         if self.text is None:

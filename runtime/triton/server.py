@@ -162,15 +162,15 @@ class TritonServer:
         raise NemotronDeployError(f"tritonserver was not ready after {READY_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        if self._log is None:
-            return ""
-        self._log.flush()
-        path = self.log_file
-        if path is not None:
-            text = path.read_text(errors="replace")
-        else:
+        """The end of the server's log (empty when it goes to stderr)."""
+        if self.log_file is not None and self.log_file != Path("-"):
+            text = self.log_file.read_text(errors="replace") if self.log_file.is_file() else ""
+        elif self._log is not None:
+            self._log.flush()
             self._log.seek(0)
             text = self._log.read()
+        else:
+            return ""
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> int | None:

@@ -1,0 +1,257 @@
+"""A real tritonserver (nvidia-pytriton's) serving a `nemotron-deploy triton` repository, driven the way
+TensorRT-LLM clients drive Triton: gRPC streaming with tritonclient, and HTTP generate for text.
+The oracle is `nemotron-deploy generate` on the same artifact."""
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from click.testing import CliRunner
+
+from nemotron_deploy.runtime.cli import main
+from nemotron_deploy.runtime.triton.server import SHM_PREFIX, TritonServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DTYPES = {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.bool_): "BOOL",
+          np.dtype(np.object_): "BYTES"}  # fmt: skip
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _shm_regions() -> set[str]:
+    return {p for p in os.listdir("/dev/shm") if p.startswith(SHM_PREFIX)} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(server, artifact): the demo checkpoint (mamba, MLP, MoE, attention; a tokenizer) exported for
+    onnxruntime, its generate repository, and tritonserver on free loopback ports."""
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+
+    root = tmp_path_factory.mktemp("triton")
+    artifact = export_artifact(write_random_checkpoint(root / "checkpoint"), root / "artifact", progress=False)
+    _cli("triton", artifact, "-o", root / "repository", "--max-batch", 8)
+    shm_before = _shm_regions()
+    server = TritonServer(root / "repository", log_file=root / "server.log")
+    server.start()
+    server.shm_before = shm_before
+    yield server, artifact
+    server.stop()
+
+
+def _inputs(prompt, max_new_tokens, **extra) -> dict[str, np.ndarray]:
+    one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
+    inputs = {"input_ids": np.array([prompt], dtype=np.int32), "request_output_len": one(max_new_tokens, np.int32), "streaming": one(True, np.bool_)}
+    kinds = {"runtime_top_k": np.int32, "runtime_top_p": np.float32, "temperature": np.float32, "random_seed": np.uint64, "end_id": np.int32,
+             "ignore_eos": np.bool_, "streaming": np.bool_, "input_lengths": np.int32}  # fmt: skip
+    inputs.update({name: one(v, kinds[name]) for name, v in extra.items()})
+    return inputs
+
+
+class Stream:
+    """One gRPC stream with one request: collects output arrays until the final response or an error."""
+
+    def __init__(self, server, model: str, inputs: dict[str, np.ndarray]):
+        self.client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
+        self.responses: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+        tensors = []
+        for name, value in inputs.items():
+            tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype])
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        self.client.async_stream_infer(model, tensors, enable_empty_final_response=True)
+
+    def next(self, timeout=60):
+        return self.responses.get(timeout=timeout)
+
+    def collect(self, output="output_ids") -> tuple[list, str | None, str | None]:
+        """(outputs of every response, finish reason, error message)"""
+        outputs, reason = [], None
+        try:
+            while True:
+                result, error = self.next()
+                if error is not None:
+                    return outputs, reason, error.message()
+                value = result.as_numpy(output)
+                if value is not None:
+                    outputs.append(value)
+                    if output == "output_ids":
+                        reason = result.as_numpy("finish_reason").reshape(-1)[0].decode() or None
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return outputs, reason, None
+        finally:
+            self.close()
+
+    def close(self, cancel=False):
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()
+
+
+def _tokens(outputs) -> list[int]:
+    return [int(t) for o in outputs for t in o.reshape(-1)]
+
+
+def _in_parallel(fn, args_list):
+    results = [None] * len(args_list)
+    barrier = threading.Barrier(len(args_list))
+
+    def run(i):
+        barrier.wait()
+        results[i] = fn(*args_list[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args_list))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    return results
+
+
+def _metrics(server) -> dict[str, float]:
+    """Our counters from Triton's /metrics, summed over instances."""
+    with urllib.request.urlopen(server.endpoints.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for name, value in re.findall(r"^(nemotron_\w+)\{[^}]*\} (\S+)$", text, re.M):
+        out[name] = out.get(name, 0) + float(value)
+    return out
+
+
+def _settled_metrics(server, finished_before: float, expected: int) -> dict[str, float]:
+    """Metrics once `expected` more sequences have finished and the batch is empty (they are flushed when idle)."""
+    for _ in range(100):
+        m = _metrics(server)
+        if m.get("nemotron_sequences_total", 0) >= finished_before + expected and m.get("nemotron_active_sequences", 1) == 0:
+            return m
+        threading.Event().wait(0.1)
+    raise AssertionError(f"metrics did not settle: {m}\n{server.log_tail()}")
+
+
+def _generate(artifact, prompt_ids, n, *extra) -> list[int]:
+    out = json.loads(_cli("generate", artifact, "--prompt-ids", ",".join(map(str, prompt_ids)), "--max-new-tokens", n, "--json", *extra))
+    return out["new_token_ids"][0]
+
+
+PROMPTS = [[5, 17, 3, 99, 42, 8], [7, 70], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [64, 65, 66]]
+LENGTHS = [6, 10, 14, 18]
+
+
+def test_concurrent_greedy_streams_equal_generate_in_about_max_steps(served):
+    server, artifact = served
+    before = _metrics(server)
+    runs = _in_parallel(lambda p, n: Stream(server, "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS, LENGTHS)))
+    for (outputs, reason, error), prompt, n in zip(runs, PROMPTS, LENGTHS):
+        assert error is None and reason == "length"
+        assert all(o.shape == (1, 1, 1) for o in outputs)  # one new token per streamed response
+        assert _tokens(outputs) == _generate(artifact, prompt, n, "--ignore-eos")
+    after = _settled_metrics(server, before.get("nemotron_sequences_total", 0), len(PROMPTS))
+    steps = after["nemotron_decode_steps_total"] - before.get("nemotron_decode_steps_total", 0)
+    serial = sum(n - 1 for n in LENGTHS)  # what one sequence at a time would take
+    assert max(LENGTHS) - 1 <= steps < 0.75 * serial, (steps, serial)
+    assert after["nemotron_tokens_total"] - before.get("nemotron_tokens_total", 0) == sum(LENGTHS)
+
+
+def test_eos_and_non_streaming_response(served):
+    server, artifact = served
+    expected = _generate(artifact, PROMPTS[0], 12)  # stops at the model's EOS or after 12
+    outputs, reason, error = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 12, streaming=False)).collect()
+    assert error is None and len(outputs) == 1 and _tokens(outputs) == expected
+    assert reason == ("eos" if len(expected) < 12 else "length")
+    stop = expected[2]
+    outputs, reason, _ = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 12, end_id=stop)).collect()
+    assert _tokens(outputs) == expected[: expected.index(stop) + 1] and reason == "eos"
+
+
+def test_seeded_sampling_reproduces(served):
+    server, artifact = served
+    sampling = dict(temperature=0.8, runtime_top_k=30, runtime_top_p=0.9, random_seed=2024, ignore_eos=True)
+    runs = _in_parallel(lambda p: Stream(server, "tensorrt_llm", _inputs(p, 12, **sampling)).collect(), [(PROMPTS[2],), (PROMPTS[2],), (PROMPTS[1],)])
+    expected = _generate(artifact, PROMPTS[2], 12, "--temperature", 0.8, "--top-k", 30, "--top-p", 0.9, "--seed", 2024, "--ignore-eos")
+    assert _tokens(runs[0][0]) == _tokens(runs[1][0]) == expected
+    other_seed = Stream(server, "tensorrt_llm", _inputs(PROMPTS[2], 12, **dict(sampling, random_seed=7))).collect()
+    assert _tokens(other_seed[0]) != expected
+
+
+BAD = [
+    (_inputs([5, 128, 7], 4), "input_ids: token id 128 is outside the vocabulary (0..127)"),
+    (_inputs([], 4), "input_ids: empty prompt"),
+    (_inputs([5] * 1024, 4), "input_ids: 1024 tokens leave no room to generate within the model's maximum of 1024"),
+    (_inputs([5, 6], -3), "request_output_len: -3; expected >= 1"),
+    (_inputs([5, 6], 4, runtime_top_p=0.0), "runtime_top_p: 0.0; expected a number in (0, 1]"),
+    (_inputs([5, 6], 4, runtime_top_p=1.5), "runtime_top_p: 1.5; expected a number in (0, 1]"),
+    (_inputs([5, 6], 4, temperature=0.0), "temperature: 0.0; expected a number > 0"),
+    (_inputs([5, 6, 7], 4, input_lengths=5), "input_lengths: 5, but input_ids has 3 tokens"),
+]
+
+
+def test_bad_requests_get_errors_while_a_good_stream_completes(served):
+    server, artifact = served
+    good = Stream(server, "tensorrt_llm", _inputs(PROMPTS[3], 16, ignore_eos=True))
+    errors = _in_parallel(lambda inputs: Stream(server, "tensorrt_llm", inputs).collect()[2], [(inputs,) for inputs, _ in BAD])
+    for error, (_, message) in zip(errors, BAD):
+        assert error is not None and message in error, (error, message)
+    outputs, reason, error = good.collect()
+    assert error is None and _tokens(outputs) == _generate(artifact, PROMPTS[3], 16, "--ignore-eos")
+    assert server.process.poll() is None
+
+
+def test_a_client_that_goes_away_frees_its_slot(served):
+    server, _ = served
+    before = _metrics(server)
+    stream = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 900, ignore_eos=True))
+    for _ in range(3):
+        result, error = stream.next()
+        assert error is None
+    stream.close(cancel=True)
+    after = _settled_metrics(server, before.get("nemotron_sequences_total", 0), 1)
+    assert after["nemotron_tokens_total"] - before.get("nemotron_tokens_total", 0) < 900
+
+
+def test_text_ensemble_streams_the_text_generate_prints(served):
+    server, artifact = served
+    expected = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 8, "--ignore-eos", "--json"))["text"][0]
+    one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
+    inputs = {"text_input": np.array([[b"The runtime"]], dtype=np.object_), "max_tokens": one(8, np.int32), "stream": one(True, np.bool_),
+              "ignore_eos": one(True, np.bool_)}  # fmt: skip
+    pieces, _, error = Stream(server, "ensemble", inputs).collect("text_output")
+    assert error is None and len(pieces) == 8
+    assert "".join(p.reshape(-1)[0].decode() for p in pieces) == expected
+    # TensorRT-LLM's HTTP generate endpoint on the ensemble, not streamed
+    body = json.dumps({"text_input": "The runtime", "max_tokens": 8, "ignore_eos": True}).encode()
+    request = urllib.request.Request(f"http://{server.endpoints.http_url}/v2/models/ensemble/generate", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert json.loads(response.read())["text_output"] == expected
+
+
+def test_client_example(served):
+    server, artifact = served
+    example = REPO_ROOT / "docs" / "examples" / "triton_stream.py"
+    out = subprocess.run([sys.executable, str(example), "--url", server.endpoints.grpc_url, "--prompt-ids", "5,17,42", "--max-new-tokens", "6"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert [int(t) for t in out.stdout.split()] == _generate(artifact, [5, 17, 42], 6)
+
+
+def test_shutdown_is_clean(served):
+    """Last: stops the module's server. Nothing of it may be left: processes or shared memory."""
+    server, _ = served
+    pgid = server.process.pid
+    assert server.stop() == 0, server.log_tail()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)  # no backend stub left in the server's process group
+    assert _shm_regions() <= server.shm_before
