@@ -137,11 +137,13 @@ class TritonPythonModel:
                            eos_token_ids=tuple(gen.get("eos_token_ids", ())))  # fmt: skip
         self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
         chunk = params.get("prefill_chunk_size")
-        self.batcher = ContinuousBatcher(
-            self.session.backend, self.session.manifest.states, max_batch=int(params.get("max_active_sequences", "8")),
-            max_length=self.session.max_length, pad_token_id=gen.get("pad_token_id") or 0,
-            prefill_chunk_size=int(chunk) if chunk else None,
-        )  # fmt: skip
+        backend = self.session.backend
+        # a TensorRT engine's profile bounds the batch and the sequence length
+        max_batch = min(int(params.get("max_active_sequences", "8")), getattr(backend, "max_batch", 1 << 30))
+        max_length = min(self.session.max_length, getattr(backend, "max_seq_len", 1 << 30))
+        self.limits["max_length"] = max_length
+        self.batcher = ContinuousBatcher(backend, self.session.manifest.states, max_batch=max_batch, max_length=max_length,
+                                         pad_token_id=gen.get("pad_token_id") or 0, prefill_chunk_size=int(chunk) if chunk else None)  # fmt: skip
         self.metrics = _Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="nemotron-batcher", daemon=True)

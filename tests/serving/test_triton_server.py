@@ -255,3 +255,39 @@ def test_shutdown_is_clean(served):
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # no backend stub left in the server's process group
     assert _shm_regions() <= server.shm_before
+
+
+def test_serve_command_runs_until_interrupted(tmp_path):
+    """`nemotron-deploy serve` as a user runs it: ready on the given ports, Ctrl-C (SIGINT) stops it and its server."""
+    import signal
+    import time
+
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+    from nemotron_deploy.runtime.triton.server import free_port
+
+    artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http),
+                              "--grpc-port", str(grpc), "--metrics-port", str(metrics)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and serve.poll() is None:
+            try:
+                if client.is_server_ready() and client.is_model_ready("ensemble"):
+                    break
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.3)
+        assert client.is_model_ready("tensorrt_llm")
+        client.close()
+        serve.send_signal(signal.SIGINT)
+        _, stderr = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    assert serve.returncode == 0, stderr[-3000:]
+    assert f"gRPC 127.0.0.1:{grpc}" in stderr and stderr.rstrip().endswith("stopped")
+    leftover = subprocess.run(["pgrep", "-f", f"tritonserver.*--grpc-port={grpc}"], capture_output=True, text=True).stdout
+    assert leftover == ""
