@@ -93,6 +93,7 @@ class ContinuousBatcher:
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._active: list[_Active] = []
+        self._admitting: list[Request] = []  # taken from the queue, not yet in the batch
         self._state: dict | None = None
         self._mask: np.ndarray | None = None  # (active, width) int64
 
@@ -125,7 +126,10 @@ class ContinuousBatcher:
                     if not self._waiting and not stop.is_set():
                         self._wake.wait()
                 continue
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # a callback's bug must not stop the thread every stream waits on
+                self.fail_all(f"internal error: {type(e).__name__}: {e}")
             if after_step:
                 after_step(False)
 
@@ -141,6 +145,19 @@ class ContinuousBatcher:
         self._admit()
         if self._active:
             self._decode()
+
+    def fail_all(self, message: str) -> None:
+        """End every active and waiting sequence with `message` and start from an empty batch."""
+        with self._wake:
+            requests = list({id(r): r for r in [*self._admitting, *(seq.request for seq in self._active), *self._waiting]}.values())
+            self._waiting.clear()
+        self._active, self._admitting, self._state, self._mask = [], [], None, None
+        for request in requests:
+            try:
+                request.on_error(message)
+            except Exception:  # nothing more can be told to this one
+                pass
+        self.counters.sequences += len(requests)
 
     def _take_waiting(self) -> list[Request]:
         with self._wake:
@@ -158,13 +175,14 @@ class ContinuousBatcher:
         self.counters.sequences += 1
 
     def _admit(self) -> None:
-        requests = self._take_waiting()
+        requests = self._admitting = self._take_waiting()
         if not requests:
             return
         ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
         try:
             logits, state = decode.prefill(self.backend, ids, mask, self.prefill_chunk_size)
         except Exception as e:  # a failing backend ends these requests, not the server
+            self._admitting = []
             for request in requests:
                 request.on_error(f"prefill failed: {e}")
             self.counters.sequences += len(requests)
@@ -174,6 +192,7 @@ class ContinuousBatcher:
         staying = [row for row, seq in enumerate(joining) if not self._emit(seq, logits[row : row + 1])]
         if staying:
             self._join([joining[row] for row in staying], _take_rows(state, staying), mask[staying])
+        self._admitting = []
 
     def _decode(self) -> None:
         tokens = np.array([[a.last_token] for a in self._active], dtype=np.int64)

@@ -145,6 +145,40 @@ def test_backend_failure_ends_its_sequences_not_the_batcher(session):
     assert later.tokens == hf_greedy(ref, PROMPTS[1], 4) and not later.errors
 
 
+def test_a_failing_callback_ends_the_batch_not_the_thread(session):
+    import threading
+
+    ref, sess = session
+    batcher = _batcher(sess)
+    broken, bystander, later = Collect(), Collect(), Collect()
+
+    def explode(token, reason):
+        raise ValueError("client bug")
+
+    batcher.submit(Request(PROMPTS[0], 5, on_token=explode, on_error=broken.errors.append))
+    batcher.submit(bystander.request(PROMPTS[1], 5))
+    stop = threading.Event()
+    thread = threading.Thread(target=batcher.run, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(200):
+            if bystander.errors:
+                break
+            threading.Event().wait(0.05)
+        assert broken.errors == bystander.errors == ["internal error: ValueError: client bug"]
+        batcher.submit(later.request(PROMPTS[1], 4))
+        for _ in range(200):
+            if later.reason:
+                break
+            threading.Event().wait(0.05)
+        assert later.tokens == hf_greedy(ref, PROMPTS[1], 4)
+    finally:
+        stop.set()
+        batcher.wake()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_text_stream_pieces_add_up_to_the_decoded_text(tmp_path):
     from nemotron_deploy.exporter.random_checkpoint import write_demo_tokenizer
     from nemotron_deploy.runtime.tokenizer import TextStream, Tokenizer
