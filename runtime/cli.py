@@ -424,6 +424,8 @@ def _repository_options(fn):
         click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
                      help="Runtime backend of the generate model.  [default: tensorrt when the artifact has engines, else onnxruntime]"),
         click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads per instance (default: all cores)."),
+        click.option("--prefill-chunk", type=click.IntRange(1), default=256, show_default=True,
+                     help="generate: prompt tokens per prefill call; running sequences decode between a long prompt's chunks."),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
@@ -437,12 +439,13 @@ def _repository_options(fn):
                    "step: the step graph for Triton's onnxruntime / tensorrt backend with implicit state (docs/triton.md).")
 @_repository_options
 @_one_line_errors
-def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads) -> None:
+def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, prefill_chunk) -> None:
     """Write a Triton Inference Server model repository for an artifact."""
     require("triton", "triton")
     from nemotron_deploy.runtime.triton.repository import write_repository
 
-    repo = write_repository(artifact_dir, out_dir, kind=kind, instances=instances, max_batch=max_batch, backend=backend, threads=threads)
+    repo = write_repository(artifact_dir, out_dir, kind=kind, instances=instances, max_batch=max_batch, backend=backend, threads=threads,
+                            prefill_chunk=prefill_chunk)  # fmt: skip
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
     click.echo(f"wrote {repo}: {', '.join(models)}")
     if kind == "generate":
@@ -459,7 +462,7 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads) 
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
 @_repository_options
 @_one_line_errors
-def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads) -> None:
+def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads, prefill_chunk) -> None:
     """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's) until Ctrl-C.
 
     Builds a `generate` repository in a temporary directory; Triton's log goes to stderr.
@@ -477,7 +480,8 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max
 
     signal.signal(signal.SIGTERM, stop_on_term)
     with tempfile.TemporaryDirectory(prefix="nemotron-triton-") as tmp:
-        repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend, threads=threads)
+        repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend,
+                                threads=threads, prefill_chunk=prefill_chunk)  # fmt: skip
         server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_file="-")
         try:
             with server:

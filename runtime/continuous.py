@@ -65,11 +65,22 @@ class _Active:
 
 
 @dataclass
+class _Prefill:
+    """Sequences being admitted together: their left-padded prompts, and how far the prefill has got."""
+
+    requests: list[Request]
+    ids: np.ndarray  # (B, T) int64
+    mask: np.ndarray  # (B, T) int64
+    state: dict
+    done: int = 0  # prompt columns consumed
+
+
+@dataclass
 class Counters:
     """What the batcher has done since it started (served as metrics by the Triton model)."""
 
     decode_steps: int = 0  # decode graph calls, each for every active sequence
-    prefill_calls: int = 0  # prefill batches (sequences admitted together)
+    prefill_calls: int = 0  # prefill graph calls (a batch of sequences admitted together, or one chunk of it)
     sequences: int = 0  # sequences finished (eos, length or cancelled)
     tokens: int = 0  # tokens generated
 
@@ -78,7 +89,8 @@ class ContinuousBatcher:
     """Runs up to `max_batch` sequences at once on `backend` (see runtime/backends.py).
 
     max_length: the model's maximum sequence length (prompt + generated); pad_token_id fills padded
-    positions; prefill_chunk_size splits long prompts as `generate --prefill-chunk-size` does.
+    positions; prefill_chunk_size: prompt tokens per prefill call, one call per step between the
+    running sequences' decode steps (None: a whole prompt in one call).
     """
 
     def __init__(self, backend, states: Sequence[dict], *, max_batch: int, max_length: int, pad_token_id: int = 0,
@@ -93,7 +105,7 @@ class ContinuousBatcher:
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._active: list[_Active] = []
-        self._admitting: list[Request] = []  # taken from the queue, not yet in the batch
+        self._prefill: _Prefill | None = None  # sequences taken from the queue, prompts not yet done
         self._state: dict | None = None
         self._mask: np.ndarray | None = None  # (active, width) int64
 
@@ -110,7 +122,13 @@ class ContinuousBatcher:
 
     @property
     def active(self) -> int:
+        """Sequences in the running batch."""
         return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        """Sequences queued for a free slot."""
+        return len(self._waiting)
 
     # -- the batcher's thread -----------------------------------------------------------------------
     def run(self, stop: threading.Event, after_step: Callable[[bool], None] | None = None) -> None:
@@ -118,7 +136,7 @@ class ContinuousBatcher:
         with idle=True before the thread waits for work."""
         while not stop.is_set():
             with self._wake:
-                idle = not self._waiting and not self._active
+                idle = not self.busy
             if idle:
                 if after_step:
                     after_step(True)
@@ -134,7 +152,9 @@ class ContinuousBatcher:
                 after_step(False)
 
     def step(self) -> None:
-        """Drop cancelled sequences, admit waiting ones (prefill, first token), then one decode step."""
+        """Drop cancelled sequences; admit waiting ones or go on with their prefill (one chunk per step
+        when `prefill_chunk_size` is set, so a long prompt does not stall the running sequences); then
+        one decode step for every active sequence."""
         alive = []
         for i, seq in enumerate(self._active):
             if seq.request.cancelled():
@@ -142,16 +162,22 @@ class ContinuousBatcher:
             else:
                 alive.append(i)
         self._keep(alive)
-        self._admit()
+        self._prefill_chunk()
         if self._active:
             self._decode()
 
+    @property
+    def busy(self) -> bool:
+        """Anything to step: active, prefilling or waiting sequences."""
+        return bool(self._active or self._prefill or self._waiting)
+
     def fail_all(self, message: str) -> None:
-        """End every active and waiting sequence with `message` and start from an empty batch."""
+        """End every active, prefilling and waiting sequence with `message`; start from an empty batch."""
         with self._wake:
-            requests = list({id(r): r for r in [*self._admitting, *(seq.request for seq in self._active), *self._waiting]}.values())
+            prefilling = self._prefill.requests if self._prefill else []
+            requests = list({id(r): r for r in [*prefilling, *(seq.request for seq in self._active), *self._waiting]}.values())
             self._waiting.clear()
-        self._active, self._admitting, self._state, self._mask = [], [], None, None
+        self._active, self._prefill, self._state, self._mask = [], None, None, None
         for request in requests:
             try:
                 request.on_error(message)
@@ -174,25 +200,34 @@ class ContinuousBatcher:
         request.on_error(CANCELLED)
         self.counters.sequences += 1
 
-    def _admit(self) -> None:
-        requests = self._admitting = self._take_waiting()
-        if not requests:
-            return
-        ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
+    def _prefill_chunk(self) -> None:
+        """One prefill graph call for the sequences being admitted (taking them from the queue first);
+        when their prompts are done, each gets its first token and the unfinished ones join the batch."""
+        if self._prefill is None:
+            requests = self._take_waiting()
+            if not requests:
+                return
+            ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
+            self._prefill = _Prefill(requests, ids, mask, self.backend.initial_state(len(requests)))
+        p = self._prefill
+        end = min(p.done + (self.prefill_chunk_size or p.ids.shape[1]), p.ids.shape[1])
         try:
-            logits, state = decode.prefill(self.backend, ids, mask, self.prefill_chunk_size)
+            logits, p.state = self.backend.step("prefill", p.ids[:, p.done : end], p.mask[:, :end], p.state)
         except Exception as e:  # a failing backend ends these requests, not the server
-            self._admitting = []
-            for request in requests:
+            self._prefill = None
+            for request in p.requests:
                 request.on_error(f"prefill failed: {e}")
-            self.counters.sequences += len(requests)
+            self.counters.sequences += len(p.requests)
             return
         self.counters.prefill_calls += 1
-        joining = [_Active(r, Sampler(r.sampling)) for r in requests]
+        p.done = end
+        if end < p.ids.shape[1]:
+            return
+        joining = [_Active(r, Sampler(r.sampling)) for r in p.requests]
         staying = [row for row, seq in enumerate(joining) if not self._emit(seq, logits[row : row + 1])]
         if staying:
-            self._join([joining[row] for row in staying], _take_rows(state, staying), mask[staying])
-        self._admitting = []
+            self._join([joining[row] for row in staying], _take_rows(p.state, staying), p.mask[staying])
+        self._prefill = None
 
     def _decode(self) -> None:
         tokens = np.array([[a.last_token] for a in self._active], dtype=np.int64)

@@ -106,8 +106,11 @@ class _Metrics:
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
         self.families = {n: pb_utils.MetricFamily(f"nemotron_{n}_total", doc, counter) for n, doc in self.NAMES.items()}
         self.metrics = {n: f.Metric(labels=labels) for n, f in self.families.items()}
-        self.active_family = pb_utils.MetricFamily("nemotron_active_sequences", "Sequences in the running batch", gauge)
-        self.active = self.active_family.Metric(labels=labels)
+        self.gauges = {
+            "active": pb_utils.MetricFamily("nemotron_active_sequences", "Sequences in the running batch", gauge),
+            "waiting": pb_utils.MetricFamily("nemotron_waiting_sequences", "Sequences queued for a free slot", gauge),
+        }
+        self.levels = {n: f.Metric(labels=labels) for n, f in self.gauges.items()}
         self.sent = dict.fromkeys(self.NAMES, 0)
         self.next_flush = 0.0
 
@@ -121,7 +124,8 @@ class _Metrics:
             if value != self.sent[name]:
                 metric.increment(value - self.sent[name])
                 self.sent[name] = value
-        self.active.set(batcher.active)
+        for name, metric in self.levels.items():
+            metric.set(getattr(batcher, name))
 
 
 class TritonPythonModel:

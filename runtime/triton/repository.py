@@ -32,12 +32,13 @@ _PYTHON_MODELS = {
 
 
 def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "generate", instances: int = 1, max_batch: int = 8,
-                     backend: str | None = None, threads: int | None = None) -> Path:  # fmt: skip
+                     backend: str | None = None, threads: int | None = None, prefill_chunk: int | None = 256) -> Path:  # fmt: skip
     """Write the repository to `out` (which must not exist); returns its path.
 
     max_batch: sequences decoded together per instance (generate), or requests batched per step
     (step). backend: onnxruntime | tensorrt for `generate` (default: tensorrt when the artifact has
-    engines, else onnxruntime). threads: onnxruntime intra-op threads per instance.
+    engines, else onnxruntime). threads: onnxruntime intra-op threads per instance. prefill_chunk:
+    prompt tokens per prefill call of the generate model (None: whole prompts).
     """
     if kind not in KINDS:
         raise NemotronDeployError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -47,7 +48,7 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
     staging = staging_dir(out)
     try:
         if kind == "generate":
-            _write_generate(staging, manifest, instances, max_batch, _generate_backend(manifest, backend), threads)
+            _write_generate(staging, manifest, instances, max_batch, _generate_backend(manifest, backend), threads, prefill_chunk)
         else:
             _write_step(staging, manifest, instances, max_batch)
         return publish(staging, out)
@@ -79,10 +80,11 @@ def _write_model(repo: Path, config, files: dict[str, str] | None = None) -> Pat
     return model_dir
 
 
-def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None) -> None:
+def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None,
+                    prefill_chunk: int | None) -> None:  # fmt: skip
     artifact = str(manifest.path.resolve())
     params = {"artifact_dir": artifact, "backend": backend, "max_active_sequences": str(max_batch),
-              "exclude_input_in_output": "true", "prefill_chunk_size": "", "threads": str(threads or "")}  # fmt: skip
+              "exclude_input_in_output": "true", "prefill_chunk_size": str(prefill_chunk or ""), "threads": str(threads or "")}  # fmt: skip
     text = manifest.tokenizer_file is not None and manifest.tokenizer_file.is_file()
     _write_model(repo, configs.generate_model(params, max_batch=max_batch, instances=instances, text=text))
     if text:

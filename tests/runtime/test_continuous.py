@@ -30,7 +30,7 @@ class Collect:
 
 def _drain(batcher, limit=1000):
     for _ in range(limit):
-        if not batcher.active and not batcher._waiting:
+        if not batcher.busy:
             return
         batcher.step()
     raise AssertionError("batcher did not finish")
@@ -72,6 +72,25 @@ def test_one_decode_step_serves_every_sequence(session):
     # the first token of each comes from the prefill; then one step per token of the longest
     assert batcher.counters.decode_steps == max(LENGTHS) - 1 and batcher.counters.prefill_calls == 1
     assert batcher._state is None and batcher._mask is None  # every slot freed
+
+
+def test_chunked_admission_interleaves_with_decoding(session):
+    """A long prompt joins in chunks of 3 tokens, one per step, while the running sequence keeps decoding."""
+    ref, sess = session
+    batcher = ContinuousBatcher(sess.backend, sess.manifest.states, max_batch=4, max_length=sess.max_length, prefill_chunk_size=3)
+    running, joining = Collect(), Collect()
+    batcher.submit(running.request(PROMPTS[1], 10))  # 2 tokens: one chunk
+    batcher.step()
+    batcher.submit(joining.request(PROMPTS[2], 5))  # 11 tokens: 4 chunks
+    for _ in range(3):
+        before = len(running.tokens)
+        batcher.step()
+        assert len(running.tokens) == before + 1 and joining.tokens == []
+    batcher.step()  # the last chunk: its first token, then it decodes with the others in the same step
+    assert len(joining.tokens) == 2
+    _drain(batcher)
+    assert running.tokens == hf_greedy(ref, PROMPTS[1], 10) and joining.tokens == hf_greedy(ref, PROMPTS[2], 5)
+    assert batcher.counters.prefill_calls == 1 + 4
 
 
 def test_seeded_sampling_and_eos_match_generate(session):
