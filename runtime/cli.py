@@ -450,8 +450,14 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
     click.echo(f"wrote {repo}: {', '.join(models)}")
     if kind == "generate":
         click.echo(f"serve it: nemotron-deploy serve {artifact_dir}   (or tritonserver --model-repository={repo}, docs/triton.md)")
+    elif (repo / "nemotron_step" / "1" / "model.plan").is_file():
+        from nemotron_deploy.runtime.manifest import read_manifest
+
+        library = read_manifest(artifact_dir).raw["engines"]["tensorrt"].get("plugins") or "libnemotron_deploy_plugins.so"
+        click.echo(f"serve it with Triton's tensorrt backend, loading the plugins: tritonserver --model-repository={repo} "
+                   f"--backend-config=tensorrt,plugins={library}   (docs/triton.md; not run here)")  # fmt: skip
     else:
-        click.echo("serve it with a tritonserver that has the onnxruntime / tensorrt backend (docs/triton.md); not run here")
+        click.echo(f"serve it with Triton's onnxruntime backend: tritonserver --model-repository={repo}   (docs/triton.md; not run here)")
 
 
 @main.command()

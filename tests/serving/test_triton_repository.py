@@ -123,3 +123,25 @@ def test_triton_cli_errors(artifacts, tmp_path):
         result = _run(*args)
         assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, (args, result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written
+
+
+def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
+    """A tensorrt-target artifact's step model is its prefill engine; the command names the plugin flag.
+    (The engine cannot be built here: a recorded build with a stand-in plan file.)"""
+    import json
+    import shutil
+
+    _, _, trt_artifact = artifacts("hybrid_moe_groups", target="tensorrt")
+    artifact = shutil.copytree(trt_artifact, tmp_path / "artifact")
+    raw = json.loads((artifact / "manifest.json").read_text())
+    raw["engines"] = {"tensorrt": {"version": "10.14.1", "precision": "float32", "compute_capability": "native", "built_on": "90",
+                                   "max_batch": 4, "max_seq_len": 512, "max_new_tokens": 256, "plugins": "/opt/lib/libnemotron_deploy_plugins.so",
+                                   "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}}}}  # fmt: skip
+    (artifact / "manifest.json").write_text(json.dumps(raw))
+    (artifact / "prefill.plan").write_bytes(b"stand-in plan")
+    result = _run("triton", artifact, "-o", tmp_path / "repo", "--kind", "step")
+    assert result.exit_code == 0, result.output
+    assert "--backend-config=tensorrt,plugins=/opt/lib/libnemotron_deploy_plugins.so" in result.output
+    model_dir = tmp_path / "repo" / configs.STEP_MODEL
+    assert _parse(model_dir).platform == "tensorrt_plan"
+    assert (model_dir / "1" / "model.plan").read_bytes() == b"stand-in plan" and not (model_dir / "1" / "model.onnx").exists()
