@@ -530,5 +530,30 @@ def plugins_build(out_dir, cuda_arch, tensorrt_include, emulate, as_json, verbos
         click.echo(str(built.library))
 
 
+
+@main.group()
+def cpp() -> None:
+    """The C++ runtime (libnemotron_deploy_runtime.so, nemotron-generate): docs/cpp.md."""
+
+
+@cpp.command("build")
+@click.option("-o", "--output", "out_dir", default="nemotron-cpp", show_default=True, help="Directory for the library, the programs and the CMake build tree.")
+@click.option("--tensorrt-include", type=click.Path(file_okay=False), default=None, help="Directory holding NvInferRuntime.h (found as for `plugins build`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the paths as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Show CMake's and the compiler's output.")
+@_one_line_errors
+def cpp_build(out_dir, tensorrt_include, as_json, verbose) -> None:
+    """Configure and compile the C++ runtime library and the example program with CMake."""
+    from nemotron_deploy.runtime.cpp.build import build_runtime
+
+    if not as_json:
+        click.echo("building the C++ runtime (about half a minute) ...", err=True)
+    built = build_runtime(out_dir, tensorrt_include=tensorrt_include, verbose=verbose)
+    paths = {"library": str(built.library), "example": str(built.example), "probe": str(built.probe), "include": str(built.include)}
+    if as_json:
+        click.echo(json.dumps(paths))
+    else:
+        click.echo(f"{built.library}\n{built.example}\nheaders: {built.include}")
+
 if __name__ == "__main__":
     main()

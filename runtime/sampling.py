@@ -44,20 +44,24 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """logits: (B, V) float32 -> token ids (B,) int64."""
-        c = self.config
-        if c.greedy:
+        if self.config.greedy:
             return logits.argmax(-1).astype(np.int64)
-        scores = logits.astype(np.float64) / c.temperature
-        if c.top_k and c.top_k < scores.shape[-1]:
-            kth = np.partition(scores, -c.top_k, axis=-1)[:, -c.top_k][:, None]
-            scores = np.where(scores < kth, -np.inf, scores)
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        if c.top_p < 1.0:
-            probs = _top_p(probs, c.top_p)
+        probs = filtered_probabilities(logits, self.config)
         cumulative = probs.cumsum(-1)
         draws = self.rng.random((probs.shape[0], 1)) * cumulative[:, -1:]
         return np.minimum((cumulative < draws).sum(-1), probs.shape[-1] - 1).astype(np.int64)
+
+
+def filtered_probabilities(logits: np.ndarray, c: Sampling) -> np.ndarray:
+    """What sampling draws from, (B, V) float64: softmax(logits / temperature), top-k (ties at the k-th
+    value kept), then top-p. The C++ runtime's sampler computes the same (tests/cpp/)."""
+    scores = logits.astype(np.float64) / c.temperature
+    if c.top_k and c.top_k < scores.shape[-1]:
+        kth = np.partition(scores, -c.top_k, axis=-1)[:, -c.top_k][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return _top_p(probs, c.top_p) if c.top_p < 1.0 else probs
 
 
 def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:

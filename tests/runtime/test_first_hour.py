@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from manifest_mutations import manifest_mutations
 
 from nemotron_deploy.runtime import cli
 from nemotron_deploy.runtime.cli import main
@@ -240,46 +241,12 @@ def test_same_size_corruption_is_found_by_verify(artifacts, tmp_path):
 # ---------------------------------------------------------------------------------------- 11. manifest
 
 
-def _mutations(raw, rng, count):
-    """`count` single-field mutations of a manifest: delete, null, wrong type, negative number."""
-    paths = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                paths.append(path + (k,))
-                walk(v, path + (k,))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                paths.append(path + (i,))
-                walk(v, path + (i,))
-
-    walk(raw, ())
-    for _ in range(count):
-        path = rng.choice(paths)
-        kind = rng.choice(["delete", "null", "type", "negative"])
-        mutated = json.loads(json.dumps(raw))
-        parent = mutated
-        for key in path[:-1]:
-            parent = parent[key]
-        key = path[-1]
-        if kind == "delete":
-            del parent[key]
-        elif kind == "null":
-            parent[key] = None
-        elif kind == "type":
-            parent[key] = "x" if not isinstance(parent[key], str) else 7
-        else:
-            parent[key] = -abs(parent[key]) - 1 if isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool) else -1
-        yield f"{kind} {'.'.join(map(str, path))}", mutated
-
-
 def test_damaged_manifest_fields_are_one_line_errors(artifacts, tmp_path):
     _, _, artifact = artifacts("latent_moe_tied_odd")
     copy = shutil.copytree(artifact, tmp_path / "a")
     raw = json.loads((copy / MANIFEST_FILE).read_text())
     failures = 0
-    for what, mutated in _mutations(raw, random.Random(0), 60):
+    for what, mutated in manifest_mutations(raw, random.Random(0), 60):
         (copy / MANIFEST_FILE).write_text(json.dumps(mutated))
         result = _run("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 2)
         assert result.exception is None or isinstance(result.exception, SystemExit), f"{what}: {result.exception!r}"

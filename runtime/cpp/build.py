@@ -1,0 +1,45 @@
+"""`nemotron-deploy cpp build`: configure and compile the C++ runtime with CMake, against TensorRT's
+headers found as the plugins find them (TensorRT itself is dlopened at run time, so no TensorRT
+library is needed to build), and place the results in the output directory atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemotron_deploy.plugins.build import PluginBuildError, _place, _require_tool, _run, find_tensorrt_headers
+
+SOURCE_DIR = Path(__file__).resolve().parent
+LIBRARY = "libnemotron_deploy_runtime.so"
+PRODUCTS = (LIBRARY, "nemotron-generate", "nemotron_runtime_probe")
+JSON_HEADER_HINT = "nlohmann/json (>= 3.10) not found: apt-get install nlohmann-json3-dev, or pass -Dnlohmann_json_DIR via CMAKE_PREFIX_PATH"
+
+
+@dataclass(frozen=True)
+class RuntimeBuild:
+    library: Path  # libnemotron_deploy_runtime.so
+    example: Path  # nemotron-generate
+    probe: Path  # the tests' driver
+    include: Path  # the public headers
+
+
+def build_runtime(out_dir: str | Path, *, tensorrt_include: str | Path | None = None, jobs: int | None = None, verbose: bool = False) -> RuntimeBuild:
+    """Build into `out_dir`/build and place the library and programs in `out_dir`."""
+    cmake = _require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
+    headers = find_tensorrt_headers(tensorrt_include)
+    out = Path(out_dir).resolve()
+    build_dir = out / "build"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    configure = [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", f"-DTENSORRT_INCLUDE_DIR={headers}",
+                 "-DNDR_BUILD_PROBE=ON"]  # fmt: skip
+    if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
+        configure += ["-G", "Ninja"]
+    try:
+        _run(configure, "configuring the C++ runtime", verbose)
+    except PluginBuildError as e:
+        raise PluginBuildError(f"{e}{' | ' + JSON_HEADER_HINT if 'nlohmann_json' in str(e) else ''}") from None
+    _run([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)], "compiling the C++ runtime", verbose)
+    placed = {name: _place(build_dir / name, out) for name in PRODUCTS}
+    return RuntimeBuild(placed[LIBRARY], placed["nemotron-generate"], placed["nemotron_runtime_probe"], SOURCE_DIR / "include")

@@ -1,0 +1,178 @@
+"""The C++ runtime, compiled here by `nemotron-deploy cpp build` (against TensorRT 10.14's headers and
+the CUDA runtime, no GPU) and run: its probe and example program against the Python runtime, which is
+the reference for manifests, the sampler's distributions and the decode loop's bookkeeping."""
+
+import json
+import random
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from manifest_mutations import manifest_mutations
+
+from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.cli import main
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest
+from nemotron_deploy.runtime.sampling import Sampling, filtered_probabilities
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cpp")
+    result = CliRunner().invoke(main, ["cpp", "build", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def _probe(built, *args, stdin=None):
+    done = subprocess.run([built["probe"], *map(str, args)], input=None if stdin is None else json.dumps(stdin), capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, 2) and done.stderr == "", done.stderr
+    line = done.stdout.strip()
+    assert "\n" not in line
+    return line[len("error: ") :] if done.returncode == 2 else json.loads(line), done.returncode == 2
+
+
+@pytest.mark.parametrize("name,dtype,target", [("hybrid_moe_groups", "float32", "onnxruntime"), ("latent_moe_tied_odd", "float16", "onnxruntime"),
+                                               ("hybrid_moe_groups", "bfloat16", "tensorrt"), ("dense_mlp_biases", "float32", "onnxruntime")])  # fmt: skip
+def test_manifest_as_python_reads_it(built, artifacts, name, dtype, target):
+    _, _, artifact = artifacts(name, dtype, target)
+    out, failed = _probe(built, "manifest", artifact)
+    assert not failed, out
+    m = read_manifest(artifact)
+    assert (out["target"], out["dtype"], out["vocab_size"], out["max_length"]) == (m.target, m.dtype, m.model["vocab_size"], m.model["max_position_embeddings"])
+    assert out["layer_types"] == m.model["layer_types"]
+    assert out["eos_token_ids"] == m.generation.get("eos_token_ids", []) and out["pad_token_id"] == (m.generation.get("pad_token_id") or 0)
+    assert out["plugins"] == m.plugins
+    shapes = initial_state_shapes(m, 2)
+    assert [s["name"] for s in out["states"]] == [s["name"] for s in m.states]
+    for cpp, py in zip(out["states"], m.states):
+        assert (cpp["present"], cpp["role"], cpp["dtype"], cpp["shape"]) == (py["present"], py["role"], py["dtype"], py["shape"])
+        assert cpp["initial_shape_batch_2"] == list(shapes[py["name"]][0])
+        assert cpp["bytes_per_element"] == np.dtype(np.float32 if py["dtype"] == "float32" else np.float16).itemsize
+
+
+def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_path):
+    """Every single-field damage the C++ reader refuses, the Python reader refuses with the same file and field."""
+    _, _, artifact = artifacts("latent_moe_tied_odd")
+    copy = shutil.copytree(artifact, tmp_path / "a")
+    raw = json.loads((copy / MANIFEST_FILE).read_text())
+    refused = 0
+    for what, mutated in manifest_mutations(raw, random.Random(1), 80):
+        (copy / MANIFEST_FILE).write_text(json.dumps(mutated))
+        message, failed = _probe(built, "manifest", copy)
+        if not failed:
+            continue
+        refused += 1
+        with pytest.raises(ArtifactError) as python:
+            read_manifest(copy)
+        assert message.split(" is ")[0] == str(python.value).split(" is ")[0], what
+    assert refused >= 10  # the fields the C++ runtime reads
+    for text, expected in [("{", "not valid JSON"), ("[]", "expected a JSON object"), (json.dumps(dict(raw, format_version=2)), "format_version 2")]:
+        (copy / MANIFEST_FILE).write_text(text)
+        message, failed = _probe(built, "manifest", copy)
+        assert failed and expected in message and str(copy / MANIFEST_FILE) in message
+    (copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    (copy / "weights.data").write_bytes(b"short")
+    message, failed = _probe(built, "manifest", copy)
+    assert failed and message.startswith(f"{copy / 'weights.data'}: 5 bytes, manifest.json records")
+    message, failed = _probe(built, "manifest", tmp_path / "nowhere")
+    assert failed and "not a directory" in message
+
+
+SAMPLINGS = [dict(temperature=0.7), dict(top_k=5), dict(top_k=1), dict(top_p=0.8), dict(temperature=1.3, top_k=20, top_p=0.9),
+             dict(temperature=0.5, top_p=0.3, top_k=3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", SAMPLINGS)
+def test_sampler_draws_from_the_python_distribution(built, config):
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((4, 50)) * 3).astype(np.float32)
+    logits[1, 10:13] = logits[1].max() + 1  # ties at the top
+    out, failed = _probe(built, "sample", stdin={"logits": logits.tolist(), "sampling": dict(config, seed=11), "draws": 200})
+    assert not failed, out
+    expected = filtered_probabilities(logits, Sampling(**config))
+    np.testing.assert_allclose(np.array(out["probabilities"]), expected, rtol=1e-6, atol=1e-12)
+    assert out["greedy"] == logits.argmax(-1).tolist()
+    for row, draws in zip(expected, out["draws"]):
+        assert all(row[t] > 0 for t in draws)  # never outside the filtered support
+    again, _ = _probe(built, "sample", stdin={"logits": logits.tolist(), "sampling": dict(config, seed=11), "draws": 200})
+    assert again["draws"] == out["draws"]  # seeded
+
+
+def test_sampler_errors(built):
+    for config, message in [(dict(temperature=0.0), "temperature"), (dict(top_k=-2, temperature=0.5), "top_k -2"), (dict(top_p=1.5), "top_p 1.5")]:
+        out, failed = _probe(built, "sample", stdin={"logits": [[0.0, 1.0]], "sampling": config})
+        assert failed and message in out
+
+
+class CountingBackend:
+    """The probe's test engine, in Python: each row's next token is (its last input token + 1) % vocab."""
+
+    def __init__(self, vocab):
+        self.vocab, self.trace = vocab, []
+
+    def initial_state(self, batch):
+        self.trace.append({"call": "reset", "batch": batch})
+        return {}
+
+    def step(self, graph, ids, mask, state):
+        self.trace.append({"call": graph, "new_tokens": ids.shape[1], "total_len": mask.shape[1], "ids": ids.ravel().tolist(), "mask": mask.ravel().tolist()})
+        logits = np.zeros((ids.shape[0], self.vocab), dtype=np.float32)
+        logits[np.arange(ids.shape[0]), (ids[:, -1] + 1) % self.vocab] = 1.0
+        return logits, state
+
+
+DECODES = [
+    ([[5, 6, 7], [1], [9, 9]], dict(max_new_tokens=6, eos_token_ids=[12], pad_token_id=0, max_length=64)),  # row 0 meets EOS
+    ([[5, 6, 7, 8, 9, 10, 11], [3, 4]], dict(max_new_tokens=8, eos_token_ids=[], pad_token_id=2, max_length=64, prefill_chunk_size=3)),
+    ([[1, 2, 3], [4]], dict(max_new_tokens=10, eos_token_ids=[0], pad_token_id=0, max_length=6)),  # the model's length limit
+    ([[15, 16]], dict(max_new_tokens=1, eos_token_ids=[], pad_token_id=0, max_length=64)),
+    ([[15, 16], [3]], dict(max_new_tokens=5, eos_token_ids=[17, 5], pad_token_id=1, max_length=64)),  # both stop early: the loop ends
+]
+
+
+@pytest.mark.parametrize("prompts,options", DECODES)
+def test_decode_loop_bookkeeping_equals_python(built, prompts, options):
+    vocab = 20
+    out, failed = _probe(built, "decode", stdin={"prompts": prompts, "vocab": vocab, "options": options})
+    assert not failed, out
+    backend = CountingBackend(vocab)
+    streamed = []
+    py = decode.generate(backend, prompts, max_new_tokens=options["max_new_tokens"], eos_token_ids=options["eos_token_ids"],
+                         pad_token_id=options["pad_token_id"], max_length=options["max_length"],
+                         prefill_chunk_size=options.get("prefill_chunk_size"), on_token=lambda r, t: streamed.append([r, t]))  # fmt: skip
+    assert out["new_token_ids"] == py.new_token_ids and out["finish_reasons"] == py.finish_reasons
+    assert out["streamed"] == streamed
+    assert out["trace"] == backend.trace  # same calls: padding, chunks, masks, finished rows fed the pad id
+
+
+def test_decode_loop_errors(built):
+    base = {"vocab": 20, "options": dict(max_new_tokens=4, max_length=8)}
+    for prompts, message in [([[1, 20]], "prompt 0: token id 20 is outside the vocabulary (0..19)"), ([[1], []], "prompt 1 is empty"),
+                             ([[1] * 9], "prompt 0 has 9 tokens, the model's maximum is 8"), ([], "no prompt given")]:  # fmt: skip
+        out, failed = _probe(built, "decode", stdin=dict(base, prompts=prompts))
+        assert failed and message in out, out
+
+
+def test_example_program_errors_without_a_gpu(built, artifacts, tmp_path):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+
+    def run(*args):
+        done = subprocess.run([built["example"], *map(str, args)], capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr.strip()
+
+    assert run("--artifact", artifact, "--prompt-ids", "1,2")[1] == f"error: {artifact}: no TensorRT engines; build them first: nemotron-deploy build {artifact} --engine tensorrt"
+    assert run("--artifact", artifact, "--prompt-ids", "1,x") [0] == 2
+    assert "unknown option --nope" in run("--nope")[1]
+    code, err = run("--artifact", tmp_path / "nowhere", "--prompt-ids", "1")
+    assert code == 2 and err.startswith("error: ") and "not a directory" in err
+    # an artifact with a recorded build: the runtime gets as far as the GPU and says what is missing
+    copy = shutil.copytree(artifact, tmp_path / "a")
+    raw = json.loads((copy / MANIFEST_FILE).read_text())
+    raw["engines"] = {"tensorrt": {"version": "10.14.1.48", "compute_capability": "native", "built_on": "90", "max_batch": 4, "max_seq_len": 256,
+                                   "max_new_tokens": 128, "plugins": None, "graphs": {"prefill": {"file": "p.plan"}, "decode": {"file": "d.plan"}}}}  # fmt: skip
+    (copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    code, err = run("--artifact", copy, "--prompt-ids", "1,2")
+    assert code == 2 and err.startswith("error: cudaSetDevice(0): ") and "\n" not in err
