@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -102,6 +103,20 @@ struct TensorRTEngine::Impl {
   std::vector<float> host_logits;
   int64_t batch = 0;
 
+  // CUDA-graph decode, where no state grows (no attention layers): per batch size, two graphs over two
+  // static state buffers (graph 0 reads buffer 0 and writes buffer 1, graph 1 the reverse), so decode
+  // steps replay without binding or copying states. Without attention layers only the new token's mask
+  // column is read, so the mask input is a static (batch, 1).
+  struct Captured {
+    DeviceBuffer ids, mask;
+    std::vector<DeviceBuffer> buffers[2];  // per state, in manifest order
+    DeviceBuffer logits[2];
+    cudaGraphExec_t exec[2] = {nullptr, nullptr};
+  };
+  bool graphable = false;
+  std::map<int64_t, Captured> captured;
+  int side = -1;  // which buffer of captured[batch] holds the states; -1: they are in `states`
+
   void load_tensorrt(const std::string& kind) {
     const char* name = kind == "tensorrt-rtx" ? "libtensorrt_rtx.so.1" : "libnvinfer.so.10";
     library = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
@@ -166,6 +181,81 @@ struct TensorRTEngine::Impl {
       if (buffer.ptr) cudaFreeAsync(buffer.ptr, stream);
     states.clear();
   }
+
+  // Bind inputs and outputs of one decode step over captured buffers, inputs from buffer `from`.
+  void bind_captured(Captured& c, int from) {
+    nvinfer1::IExecutionContext* context = contexts.at(Graph::Decode);
+    auto shape = [](std::vector<int64_t> dims) {
+      nvinfer1::Dims d{};
+      d.nbDims = static_cast<int32_t>(dims.size());
+      for (size_t i = 0; i < dims.size(); ++i) d.d[i] = dims[i];
+      return d;
+    };
+    bool ok = context->setInputShape("input_ids", shape({batch, 1})) && context->setTensorAddress("input_ids", c.ids.ptr) &&
+              context->setInputShape("attention_mask", shape({batch, 1})) && context->setTensorAddress("attention_mask", c.mask.ptr);
+    for (size_t i = 0; i < manifest.states.size(); ++i) {
+      const StateSpec& spec = manifest.states[i];
+      ok = ok && context->setInputShape(spec.name.c_str(), shape(spec.initial_shape(batch))) &&
+           context->setTensorAddress(spec.name.c_str(), c.buffers[from][i].ptr) &&
+           context->setTensorAddress(spec.present.c_str(), c.buffers[1 - from][i].ptr);
+    }
+    ok = ok && context->setTensorAddress("logits", c.logits[from].ptr);
+    if (!ok) throw Error("decode engine: TensorRT refused a binding of the CUDA-graph step (" + logger.last_error + ")");
+  }
+
+  Captured& capture() {
+    auto found = captured.find(batch);
+    if (found != captured.end()) return found->second;
+    Captured& c = captured[batch];
+    reserve(c.ids, batch * sizeof(int64_t));
+    reserve(c.mask, batch * sizeof(int64_t));
+    for (int side_ : {0, 1}) {
+      for (const StateSpec& spec : manifest.states) {
+        int64_t n = dtype_size(spec.dtype);
+        for (int64_t d : spec.initial_shape(batch)) n *= d;
+        DeviceBuffer b;
+        reserve(b, n);
+        c.buffers[side_].push_back(b);
+      }
+      reserve(c.logits[side_], batch * manifest.vocab_size * sizeof(float));
+    }
+    nvinfer1::IExecutionContext* context = contexts.at(Graph::Decode);
+    for (int from : {0, 1}) {
+      bind_captured(c, from);
+      if (!context->enqueueV3(stream)) throw Error("decode engine: warm-up before capture failed (" + logger.last_error + ")");
+      cuda_check(cudaStreamSynchronize(stream), "decode warm-up");
+      cudaGraph_t graph = nullptr;
+      cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      const bool enqueued = context->enqueueV3(stream);
+      cuda_check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+      if (!enqueued) throw Error("decode engine: enqueue under CUDA-graph capture failed (" + logger.last_error + ")");
+      cuda_check(cudaGraphInstantiate(&c.exec[from], graph, 0), "cudaGraphInstantiate");
+      cudaGraphDestroy(graph);
+    }
+    return c;
+  }
+
+  const float* replay_decode(const std::vector<int64_t>& ids_host, const std::vector<int64_t>& mask_host, int64_t total_len) {
+    Captured& c = capture();
+    if (side < 0) {  // states from the prefill: into buffer 0 once
+      for (size_t i = 0; i < manifest.states.size(); ++i) {
+        const DeviceBuffer& from = states[manifest.states[i].name];
+        if (from.bytes) cuda_check(cudaMemcpyAsync(c.buffers[0][i].ptr, from.ptr, from.bytes, cudaMemcpyDeviceToDevice, stream), "state copy");
+      }
+      side = 0;
+    }
+    std::vector<int64_t> last_column(batch);
+    for (int64_t r = 0; r < batch; ++r) last_column[r] = mask_host[r * total_len + total_len - 1];
+    cuda_check(cudaMemcpyAsync(c.ids.ptr, ids_host.data(), batch * sizeof(int64_t), cudaMemcpyHostToDevice, stream), "copy to the GPU");
+    cuda_check(cudaMemcpyAsync(c.mask.ptr, last_column.data(), batch * sizeof(int64_t), cudaMemcpyHostToDevice, stream), "copy to the GPU");
+    cuda_check(cudaGraphLaunch(c.exec[side], stream), "cudaGraphLaunch");
+    host_logits.resize(batch * manifest.vocab_size);
+    cuda_check(cudaMemcpyAsync(host_logits.data(), c.logits[side].ptr, host_logits.size() * sizeof(float), cudaMemcpyDeviceToHost, stream),
+               "copy the logits to the host");
+    cuda_check(cudaStreamSynchronize(stream), "decode step");
+    side = 1 - side;
+    return host_logits.data();
+  }
 };
 
 TensorRTEngine::TensorRTEngine(const Manifest& manifest, const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -182,12 +272,22 @@ TensorRTEngine::TensorRTEngine(const Manifest& manifest, const EngineOptions& op
   s.load_plugins(options.plugin_library);
   s.load_engines();
   s.reserve(s.empty, 256);
+  s.graphable = std::none_of(manifest.states.begin(), manifest.states.end(), [](const StateSpec& spec) { return spec.grows(); });
 }
 
 TensorRTEngine::~TensorRTEngine() {
   Impl& s = *impl_;
   if (s.stream) {
     s.free_states();
+    for (auto& [batch, c] : s.captured) {
+      for (int side : {0, 1}) {
+        if (c.exec[side]) cudaGraphExecDestroy(c.exec[side]);
+        for (auto& b : c.buffers[side]) cudaFreeAsync(b.ptr, s.stream);
+        cudaFreeAsync(c.logits[side].ptr, s.stream);
+      }
+      cudaFreeAsync(c.ids.ptr, s.stream);
+      cudaFreeAsync(c.mask.ptr, s.stream);
+    }
     for (auto* b : {&s.ids, &s.mask, &s.logits, &s.empty})
       if (b->ptr) cudaFreeAsync(b->ptr, s.stream);
     cudaStreamSynchronize(s.stream);
@@ -209,6 +309,7 @@ void TensorRTEngine::reset(int64_t batch) {
                 " (nemotron-deploy build --max-batch)");
   s.free_states();
   s.batch = batch;
+  s.side = -1;
   for (const StateSpec& spec : s.manifest.states) {
     int64_t n = dtype_size(spec.dtype);
     for (int64_t d : spec.initial_shape(batch)) n *= d;
@@ -241,6 +342,8 @@ const float* TensorRTEngine::step(Graph graph, const std::vector<int64_t>& ids, 
     }
     return logits;
   }
+  if (graph == Graph::Decode && s.graphable && std::getenv("NEMOTRON_DEPLOY_NO_CUDA_GRAPHS") == nullptr)
+    return s.replay_decode(ids, mask, total_len);
   nvinfer1::IExecutionContext* context = s.contexts.at(graph);
   nvinfer1::ICudaEngine* engine = s.engines.at(graph);
   s.upload(s.ids, ids.data(), ids.size() * sizeof(int64_t));
