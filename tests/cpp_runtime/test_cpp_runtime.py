@@ -176,3 +176,56 @@ def test_example_program_errors_without_a_gpu(built, artifacts, tmp_path):
     (copy / MANIFEST_FILE).write_text(json.dumps(raw))
     code, err = run("--artifact", copy, "--prompt-ids", "1,2")
     assert code == 2 and err.startswith("error: cudaSetDevice(0): ") and "\n" not in err
+
+
+def test_engine_checks_before_the_gpu_equal_python(built, artifacts, tmp_path):
+    """Which engine, the TensorRT version and the GPU a plan was built for: the Python backend's checks and messages."""
+    from nemotron_deploy.runtime.tensorrt_backend import check_gpu, check_trt_version, pick_engine
+
+    _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
+    copy = shutil.copytree(artifact, tmp_path / "a")
+    raw = json.loads((copy / MANIFEST_FILE).read_text())
+    record = {"version": "10.14.1", "compute_capability": "native", "built_on": "90", "max_batch": 4, "max_seq_len": 256, "max_new_tokens": 128,
+              "plugins": None, "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}}}  # fmt: skip
+    m = read_manifest(copy)
+    message, failed = _probe(built, "check-engine", copy, "", "10.14.1", "90", "H100")
+    with pytest.raises(ArtifactError) as python:
+        pick_engine(m, None)
+    assert failed and message == str(python.value)
+    raw["engines"] = {"tensorrt": record}
+    (copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    m = read_manifest(copy)
+    plan = copy / "prefill.plan"
+    assert _probe(built, "check-engine", copy, "", "10.14.1", "90", "H100") == ({"kind": "tensorrt", "prefill": str(plan)}, False)
+    for version, capability, name in [("10.13.3", "90", "H100"), ("10.14.1", "80", "A100-SXM4-80GB")]:
+        message, failed = _probe(built, "check-engine", copy, "tensorrt", version, capability, name)
+        with pytest.raises(ArtifactError) as python:
+            check_trt_version(record, version, plan)
+            check_gpu(record, capability, name, plan)
+        assert failed and message == str(python.value)
+    message, failed = _probe(built, "check-engine", copy, "tensorrt-rtx", "10.14.1", "90", "H100")
+    assert failed and "no tensorrt-rtx engines; build them first" in message
+
+
+def test_a_cmake_project_uses_the_installed_package(built, tmp_path):
+    """find_package(nemotron_deploy_runtime) after `cmake --install`, compiling the embedding example of docs/cpp.md."""
+    from pathlib import Path
+
+    build_dir = Path(built["library"]).parent / "build"
+    install = subprocess.run(["cmake", "--install", str(build_dir), "--prefix", str(tmp_path / "prefix")], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cpp.md").read_text()
+    example = doc.split("```cpp\n", 1)[1].split("```", 1)[0]
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "main.cpp").write_text(example)
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.22)\nproject(app CXX)\nset(CMAKE_CXX_STANDARD 17)\n"
+        "find_package(nemotron_deploy_runtime REQUIRED)\nadd_executable(app main.cpp)\ntarget_link_libraries(app PRIVATE nemotron_deploy::runtime)\n"
+    )
+    for cmd in (["cmake", "-S", str(project), "-B", str(project / "build"), f"-DCMAKE_PREFIX_PATH={tmp_path / 'prefix'}"],
+                ["cmake", "--build", str(project / "build")]):  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = subprocess.run([str(project / "build" / "app")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.startswith("error: nemotron-h-4b/trt: not a directory")  # it ran, and said why it stopped

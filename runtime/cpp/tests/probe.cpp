@@ -7,6 +7,8 @@
 //                                    filtered distributions, greedy ids, N seeded draws per row
 //   probe decode < {"prompts": [...], "vocab": V, "options": {...}}
 //                                    generate() through a test engine of known behaviour, with its trace
+//   probe check-engine DIR KIND LOADED_VERSION CAPABILITY DEVICE_NAME
+//                                    the checks before any GPU work: engine record, TensorRT version, GPU
 #include <nemotron_deploy/runtime.h>
 
 #include <iostream>
@@ -113,7 +115,16 @@ int main(int argc, char** argv) {
     if (command == "manifest" && argc == 3) out = manifest(argv[2]);
     else if (command == "sample") out = sample(json::parse(std::cin));
     else if (command == "decode") out = decode(json::parse(std::cin));
-    else throw nd::Error("usage: probe manifest DIR | probe sample < JSON | probe decode < JSON");
+    else if (command == "check-engine" && argc == 7) {
+      const nd::Manifest m = nd::read_manifest(argv[2]);
+      std::string kind;
+      const nd::EngineRecord& record = nd::pick_engine(m, argv[3], &kind);
+      const std::string plan = m.file(record.prefill_plan);
+      nd::check_tensorrt_version(record, argv[4], plan);
+      nd::check_gpu(record, argv[5], argv[6], plan);
+      out = {{"kind", kind}, {"prefill", plan}};
+    }
+    else throw nd::Error("usage: probe manifest DIR | probe sample < JSON | probe decode < JSON | probe check-engine DIR KIND VERSION CC NAME");
     std::cout << out.dump() << "\n";
     return 0;
   } catch (const std::exception& e) {
