@@ -35,3 +35,16 @@ def manifest_mutations(raw, rng, count):
         else:
             parent[key] = -abs(parent[key]) - 1 if isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool) else -1
         yield f"{kind} {'.'.join(map(str, path))}", mutated
+
+
+def damaged_copies(artifact, tmp_path, seed, count):
+    """A copy of `artifact` whose manifest.json is rewritten with each mutation in turn:
+    yields (description, copy directory, the original manifest as a dict)."""
+    import random
+    import shutil
+
+    copy = shutil.copytree(artifact, tmp_path / "damaged")
+    raw = json.loads((copy / "manifest.json").read_text())
+    for what, mutated in manifest_mutations(raw, random.Random(seed), count):
+        (copy / "manifest.json").write_text(json.dumps(mutated))
+        yield what, copy, raw

@@ -3,14 +3,13 @@ the CUDA runtime, no GPU) and run: its probe and example program against the Pyt
 the reference for manifests, the sampler's distributions and the decode loop's bookkeeping."""
 
 import json
-import random
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from manifest_mutations import manifest_mutations
+from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.cli import main
@@ -56,11 +55,8 @@ def test_manifest_as_python_reads_it(built, artifacts, name, dtype, target):
 def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_path):
     """Every single-field damage the C++ reader refuses, the Python reader refuses with the same file and field."""
     _, _, artifact = artifacts("latent_moe_tied_odd")
-    copy = shutil.copytree(artifact, tmp_path / "a")
-    raw = json.loads((copy / MANIFEST_FILE).read_text())
     refused = 0
-    for what, mutated in manifest_mutations(raw, random.Random(1), 80):
-        (copy / MANIFEST_FILE).write_text(json.dumps(mutated))
+    for what, copy, raw in damaged_copies(artifact, tmp_path, 1, 80):
         message, failed = _probe(built, "manifest", copy)
         if not failed:
             continue

@@ -2,7 +2,6 @@
 Python API's defaults, generate's output, bench's memory figure, Ctrl-C, damaged or corrupted artifacts."""
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from manifest_mutations import manifest_mutations
+from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import cli
 from nemotron_deploy.runtime.cli import main
@@ -243,11 +242,8 @@ def test_same_size_corruption_is_found_by_verify(artifacts, tmp_path):
 
 def test_damaged_manifest_fields_are_one_line_errors(artifacts, tmp_path):
     _, _, artifact = artifacts("latent_moe_tied_odd")
-    copy = shutil.copytree(artifact, tmp_path / "a")
-    raw = json.loads((copy / MANIFEST_FILE).read_text())
     failures = 0
-    for what, mutated in manifest_mutations(raw, random.Random(0), 60):
-        (copy / MANIFEST_FILE).write_text(json.dumps(mutated))
+    for what, copy, raw in damaged_copies(artifact, tmp_path, 0, 60):
         result = _run("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 2)
         assert result.exception is None or isinstance(result.exception, SystemExit), f"{what}: {result.exception!r}"
         assert result.exit_code in (0, 2), f"{what}: {result.output}"
