@@ -225,3 +225,9 @@ def test_a_cmake_project_uses_the_installed_package(built, tmp_path):
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = subprocess.run([str(project / "build" / "app")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.startswith("error: nemotron-h-4b/trt: not a directory")  # it ran, and said why it stopped
+
+
+def test_cpp_build_errors(tmp_path):
+    result = CliRunner().invoke(main, ["cpp", "build", "-o", str(tmp_path / "out"), "--tensorrt-include", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: TensorRT include directory {tmp_path} has no NvInferRuntime.h"
+    assert not (tmp_path / "out").exists()
