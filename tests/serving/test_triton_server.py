@@ -65,8 +65,8 @@ def _inputs(prompt, max_new_tokens, **extra) -> dict[str, np.ndarray]:
 class Stream:
     """One gRPC stream with one request: collects output arrays until the final response or an error."""
 
-    def __init__(self, server, model: str, inputs: dict[str, np.ndarray]):
-        self.client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
+    def __init__(self, url: str, model: str, inputs: dict[str, np.ndarray]):
+        self.client = grpcclient.InferenceServerClient(url)
         self.responses: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
         tensors = []
@@ -154,7 +154,7 @@ LENGTHS = [6, 10, 14, 18]
 def test_concurrent_greedy_streams_equal_generate_in_about_max_steps(served):
     server, artifact = served
     before = _metrics(server)
-    runs = _in_parallel(lambda p, n: Stream(server, "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS, LENGTHS)))
+    runs = _in_parallel(lambda p, n: Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS, LENGTHS)))
     for (outputs, reason, error), prompt, n in zip(runs, PROMPTS, LENGTHS):
         assert error is None and reason == "length"
         assert all(o.shape == (1, 1, 1) for o in outputs)  # one new token per streamed response
@@ -169,21 +169,21 @@ def test_concurrent_greedy_streams_equal_generate_in_about_max_steps(served):
 def test_eos_and_non_streaming_response(served):
     server, artifact = served
     expected = _generate(artifact, PROMPTS[0], 12)  # stops at the model's EOS or after 12
-    outputs, reason, error = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 12, streaming=False)).collect()
+    outputs, reason, error = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[0], 12, streaming=False)).collect()
     assert error is None and len(outputs) == 1 and _tokens(outputs) == expected
     assert reason == ("eos" if len(expected) < 12 else "length")
     stop = expected[2]
-    outputs, reason, _ = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 12, end_id=stop)).collect()
+    outputs, reason, _ = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[0], 12, end_id=stop)).collect()
     assert _tokens(outputs) == expected[: expected.index(stop) + 1] and reason == "eos"
 
 
 def test_seeded_sampling_reproduces(served):
     server, artifact = served
     sampling = dict(temperature=0.8, runtime_top_k=30, runtime_top_p=0.9, random_seed=2024, ignore_eos=True)
-    runs = _in_parallel(lambda p: Stream(server, "tensorrt_llm", _inputs(p, 12, **sampling)).collect(), [(PROMPTS[2],), (PROMPTS[2],), (PROMPTS[1],)])
+    runs = _in_parallel(lambda p: Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, 12, **sampling)).collect(), [(PROMPTS[2],), (PROMPTS[2],), (PROMPTS[1],)])
     expected = _generate(artifact, PROMPTS[2], 12, "--temperature", 0.8, "--top-k", 30, "--top-p", 0.9, "--seed", 2024, "--ignore-eos")
     assert _tokens(runs[0][0]) == _tokens(runs[1][0]) == expected
-    other_seed = Stream(server, "tensorrt_llm", _inputs(PROMPTS[2], 12, **dict(sampling, random_seed=7))).collect()
+    other_seed = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[2], 12, **dict(sampling, random_seed=7))).collect()
     assert _tokens(other_seed[0]) != expected
 
 
@@ -201,8 +201,8 @@ BAD = [
 
 def test_bad_requests_get_errors_while_a_good_stream_completes(served):
     server, artifact = served
-    good = Stream(server, "tensorrt_llm", _inputs(PROMPTS[3], 16, ignore_eos=True))
-    errors = _in_parallel(lambda inputs: Stream(server, "tensorrt_llm", inputs).collect()[2], [(inputs,) for inputs, _ in BAD])
+    good = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[3], 16, ignore_eos=True))
+    errors = _in_parallel(lambda inputs: Stream(server.endpoints.grpc_url, "tensorrt_llm", inputs).collect()[2], [(inputs,) for inputs, _ in BAD])
     for error, (_, message) in zip(errors, BAD):
         assert error is not None and message in error, (error, message)
     outputs, reason, error = good.collect()
@@ -213,7 +213,7 @@ def test_bad_requests_get_errors_while_a_good_stream_completes(served):
 def test_a_client_that_goes_away_frees_its_slot(served):
     server, _ = served
     before = _metrics(server)
-    stream = Stream(server, "tensorrt_llm", _inputs(PROMPTS[0], 900, ignore_eos=True))
+    stream = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[0], 900, ignore_eos=True))
     for _ in range(3):
         result, error = stream.next()
         assert error is None
@@ -228,7 +228,7 @@ def test_text_ensemble_streams_the_text_generate_prints(served):
     one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
     inputs = {"text_input": np.array([[b"The runtime"]], dtype=np.object_), "max_tokens": one(8, np.int32), "stream": one(True, np.bool_),
               "ignore_eos": one(True, np.bool_)}  # fmt: skip
-    pieces, _, error = Stream(server, "ensemble", inputs).collect("text_output")
+    pieces, _, error = Stream(server.endpoints.grpc_url, "ensemble", inputs).collect("text_output")
     assert error is None and len(pieces) == 8
     assert "".join(p.reshape(-1)[0].decode() for p in pieces) == expected
     # TensorRT-LLM's HTTP generate endpoint on the ensemble, not streamed
@@ -258,7 +258,8 @@ def test_shutdown_is_clean(served):
 
 
 def test_serve_command_runs_until_interrupted(tmp_path):
-    """`nemotron-deploy serve` as a user runs it: ready on the given ports, Ctrl-C (SIGINT) stops it and its server."""
+    """`nemotron-deploy serve` as a user runs it (two instances): ready on the given ports, serving, and Ctrl-C
+    (SIGINT) stops it and its server."""
     import signal
     import time
 
@@ -269,7 +270,8 @@ def test_serve_command_runs_until_interrupted(tmp_path):
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
     http, grpc, metrics = free_port(), free_port(), free_port()
     serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http),
-                              "--grpc-port", str(grpc), "--metrics-port", str(metrics)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instances", "2", "--threads", "1"],
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
         deadline = time.monotonic() + 120
@@ -282,6 +284,9 @@ def test_serve_command_runs_until_interrupted(tmp_path):
             time.sleep(0.3)
         assert client.is_model_ready("tensorrt_llm")
         client.close()
+        runs = _in_parallel(lambda p, n: Stream(f"127.0.0.1:{grpc}", "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS[:2], LENGTHS[:2])))
+        for (outputs, _, error), prompt, n in zip(runs, PROMPTS, LENGTHS):  # two instances, each its own batch
+            assert error is None and _tokens(outputs) == _generate(artifact, prompt, n, "--ignore-eos")
         serve.send_signal(signal.SIGINT)
         _, stderr = serve.communicate(timeout=60)
     finally:
