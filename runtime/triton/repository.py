@@ -60,17 +60,17 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
 def _generate_backend(manifest: Manifest, backend: str | None) -> str:
     engines = manifest.raw.get("engines") or {}
     backend = backend or ("tensorrt" if engines else "onnxruntime")
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise NemotronDeployError(f"--backend {backend!r}: expected onnxruntime or tensorrt")
     if backend == "onnxruntime" and manifest.plugins:
         raise NemotronDeployError(f"{manifest.path}: a '{manifest.target}' artifact has plugin nodes and needs its TensorRT engines "
                                   "(nemotron-deploy build, then --backend tensorrt); for onnxruntime export --target onnxruntime")  # fmt: skip
     if backend == "tensorrt" and not engines:
         raise NemotronDeployError(f"{manifest.path}: no TensorRT engines; build them first: nemotron-deploy build {manifest.path}")
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise NemotronDeployError(f"--backend {backend!r}: expected onnxruntime or tensorrt")
     return backend
 
 
-def _write_model(repo: Path, config, files: dict[str, str] | None = None) -> Path:
+def _write_model(repo: Path, config) -> Path:
     model_dir = repo / config.name
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(configs.to_text(config))
