@@ -23,13 +23,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.exporter.config import LAYER_LETTERS, ModelConfig
 from nemotron_deploy.exporter.export_profile import ChildFailed, profile_export, profile_session
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
@@ -50,7 +49,7 @@ H4B = dict(
     conv_kernel=4, chunk_size=128, max_position_embeddings=8192,
     hybrid_override_pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
 )  # fmt: skip
-KIND = {"M": "mamba", "E": "moe", "*": "attention", "-": "mlp"}
+KIND = {letter: kind for kind, letter in LAYER_LETTERS.items()}
 GiB = 2**30
 
 
@@ -203,8 +202,8 @@ def render(results: dict, rev: str) -> str:
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
         lines += ["", "Export seconds per layer (weight streaming + the layer's share of tracing):", ""]
-        lines += ["| target dtype | " + " | ".join(KIND[k] for k in "ME*-" if KIND[k] in next(iter(r["exports"].values()))["per_layer_kind"]) + " |"]
         kinds = [KIND[k] for k in "ME*-" if KIND[k] in next(iter(r["exports"].values()))["per_layer_kind"]]
+        lines += ["| target dtype | " + " | ".join(kinds) + " |"]
         lines += ["| --- " * (len(kinds) + 1) + "|"]
         for label, m in r["exports"].items():
             lines.append(f"| {label} | " + " | ".join(f"{m['per_layer_kind'][k]:.1f}" for k in kinds) + " |")

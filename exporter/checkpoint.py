@@ -103,7 +103,7 @@ def _match(tensors: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]],
             continue
         name, expert = canon
         if name not in expected:
-            raise CheckpointError(f"{info.file}: unexpected tensor '{key}' (not part of a model with layers {''.join(_pattern(cfg))})")
+            raise CheckpointError(f"{info.file}: unexpected tensor '{key}' (not part of a model with layers {cfg.pattern})")
         sources[name][expert] = info
     if "lm_head.weight" not in sources and cfg.tie_word_embeddings and "embeddings.weight" in sources:
         sources["lm_head.weight"] = sources["embeddings.weight"]
@@ -137,10 +137,6 @@ def _check_shapes(name: str, shape: tuple[int, ...], parts: dict[int | None, Ten
     for info in parts.values():
         if info.shape != shape[1:]:
             raise CheckpointError(f"{info.file}: tensor '{info.name}' has shape {list(info.shape)}, expected {list(shape[1:])} from config.json")
-
-
-def _pattern(cfg: ModelConfig) -> list[str]:
-    return [{"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[k] for k in cfg.layer_types]
 
 
 def parameter_dtype(name: str, dtype: str) -> str:

@@ -15,22 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nemotron_deploy.runtime.dtypes import FLOAT_DTYPES
 from nemotron_deploy.runtime.errors import ConfigError, read_json_object
 
 LAYER_KINDS = ("mamba", "attention", "mlp", "moe")
+LAYER_LETTERS = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}  # hybrid_override_pattern's
 
 # Every spelling of a layer kind, mapped to ours.
 _KIND_ALIASES = {
-    "mamba": "mamba",
+    **{kind: kind for kind in LAYER_KINDS},
+    **{letter: kind for kind, letter in LAYER_LETTERS.items()},
     "linear_attention": "mamba",
-    "M": "mamba",
-    "attention": "attention",
     "full_attention": "attention",
-    "*": "attention",
-    "mlp": "mlp",
-    "-": "mlp",
-    "moe": "moe",
-    "E": "moe",
 }
 
 # Our field name -> names it has in the wild, in order of preference.
@@ -45,7 +41,6 @@ _FIELD_ALIASES = {
     "n_routed_experts": ("n_routed_experts", "num_local_experts"),
 }
 
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _decode_float(value: Any, field_name: str) -> float:
@@ -151,6 +146,11 @@ class ModelConfig:
         """
         return (0.0, math.inf)
 
+    @property
+    def pattern(self) -> str:
+        """The layers as hybrid_override_pattern letters, e.g. "M-M*-E"."""
+        return "".join(LAYER_LETTERS[kind] for kind in self.layer_types)
+
     def layers_of(self, kind: str) -> list[int]:
         return [i for i, k in enumerate(self.layer_types) if k == kind]
 
@@ -241,9 +241,9 @@ class ModelConfig:
                 raise ConfigError(msg)
 
         need(self.num_layers > 0, "field 'layers_block_type' is empty: expected at least one layer")
-        if self.mamba_ssm_cache_dtype not in _DTYPES:
+        if self.mamba_ssm_cache_dtype not in FLOAT_DTYPES:
             raise ConfigError(
-                f"field 'mamba_ssm_cache_dtype' is {self.mamba_ssm_cache_dtype!r}, expected one of {_DTYPES}"
+                f"field 'mamba_ssm_cache_dtype' is {self.mamba_ssm_cache_dtype!r}, expected one of {FLOAT_DTYPES}"
             )
         if "attention" in kinds:
             need(
@@ -316,7 +316,7 @@ def _layer_types(raw: dict[str, Any]) -> tuple[str, ...]:
     kinds = []
     for i, item in enumerate(items):
         if item not in _KIND_ALIASES:
-            spellings = sorted(k for k in _KIND_ALIASES if len(k) > 1) if source != "hybrid_override_pattern" else ["M", "*", "-", "E"]
+            spellings = sorted(k for k in _KIND_ALIASES if len(k) > 1) if source != "hybrid_override_pattern" else list(LAYER_LETTERS.values())
             raise ConfigError(f"field '{source}' has unknown layer kind {item!r} at layer {i}, expected one of {spellings}")
         kinds.append(_KIND_ALIASES[item])
     return tuple(kinds)
@@ -341,8 +341,8 @@ def _refuse_unsupported(r: _Reader) -> None:
 def _checkpoint_dtype(raw: dict[str, Any]) -> str:
     value = raw.get("dtype") or raw.get("torch_dtype") or "float32"
     value = str(value).replace("torch.", "")
-    if value not in _DTYPES:
-        raise ConfigError(f"field 'dtype' is {value!r}, expected one of {_DTYPES}")
+    if value not in FLOAT_DTYPES:
+        raise ConfigError(f"field 'dtype' is {value!r}, expected one of {FLOAT_DTYPES}")
     return value
 
 

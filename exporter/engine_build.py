@@ -12,13 +12,13 @@ A build box needs only the builder's wheel (torch, if present, only tells which 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime.atomic import new_files, write_file
 from nemotron_deploy.runtime.integrity import file_records
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
+from nemotron_deploy.runtime.manifest import GRAPHS, MANIFEST_FILE, Manifest, read_manifest
 from nemotron_deploy.runtime.tensorrt_common import (
     ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
 )  # fmt: skip
@@ -33,6 +33,14 @@ class Limits:
     max_batch: int
     max_seq_len: int  # past + new tokens
     max_new_tokens: int  # tokens per prefill call (the runtime splits longer prompts)
+
+    @classmethod
+    def default(cls, max_position_embeddings: int, max_batch: int = 8, max_seq_len: int | None = None,
+                max_new_tokens: int | None = None) -> "Limits":
+        """The limits `build` uses for what it is not given: 4096 tokens (or the model's maximum), 2048
+        of them per prefill call."""
+        seq = max_seq_len or min(4096, max_position_embeddings)
+        return cls(max_batch, seq, max_new_tokens or min(2048, seq))
 
 
 def profile_shapes(manifest: Manifest, graph: str, limits: Limits) -> dict[str, tuple[tuple, tuple, tuple]]:
@@ -110,7 +118,7 @@ def build_engines(
         )
     dtype = _precision(manifest, engine, precision)
     cfg = manifest.model
-    limits = limits or Limits(8, min(4096, cfg["max_position_embeddings"]), min(2048, cfg["max_position_embeddings"]))
+    limits = limits or Limits.default(cfg["max_position_embeddings"])
     _check_limits(limits, cfg["max_position_embeddings"])
     library_path = plugin_library_path(manifest, plugins) if manifest.plugins else None
     trt = import_engine(engine)
@@ -122,35 +130,32 @@ def build_engines(
         load_plugins(trt, builder.get_plugin_registry(), manifest, library_path)
         library = {"library": str(library_path.resolve()), "plugins": manifest.plugins}
     cache_path = manifest.path / f"{engine}.{TIMING_CACHE}"
-    # Both plans are written under temporary names and renamed only once both are built: a failed
-    # rebuild leaves the engines the manifest records untouched.
-    staged, records = [], {}
-    for graph in ("prefill", "decode"):
-        progress(f"{graph}: parsing {manifest.graph(graph)['file']}")
-        started = time.monotonic()
-        network = _parse(trt, builder, logger, manifest, graph, strongly_typed=engine == "tensorrt-rtx")
-        config = _config(trt, builder, engine, dtype, manifest.dtype, compute_capability, cache_path)
-        profile = builder.create_optimization_profile()
-        shapes = profile_shapes(manifest, graph, limits)
-        for name, (lo, opt, hi) in shapes.items():
-            profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        progress(f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})")
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise TensorRTError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
-        _save_timing_cache(config, cache_path)
-        plan = manifest.path / f"{graph}.{engine}.plan"
-        partial = plan.with_name(f".{plan.name}.partial")
-        partial.write_bytes(bytes(serialized))
-        staged.append((partial, plan))
-        records[graph] = {"file": plan.name, "bytes": partial.stat().st_size,
-                          "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}  # fmt: skip
-        progress(f"{graph}: built {plan.name} ({partial.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
-    for partial, plan in staged:
-        os.replace(partial, plan)
+    plans = [manifest.path / f"{graph}.{engine}.plan" for graph in GRAPHS]
+    records = {}
+    # Both plans are renamed into place only once both are built: a failed rebuild leaves the engines
+    # the manifest records untouched.
+    with new_files(*plans) as partials:
+        for graph, plan, partial in zip(GRAPHS, plans, partials):
+            progress(f"{graph}: parsing {manifest.graph(graph)['file']}")
+            started = time.monotonic()
+            network = _parse(trt, builder, logger, manifest, graph, strongly_typed=engine == "tensorrt-rtx")
+            config = _config(trt, builder, engine, dtype, manifest.dtype, compute_capability, cache_path)
+            profile = builder.create_optimization_profile()
+            shapes = profile_shapes(manifest, graph, limits)
+            for name, (lo, opt, hi) in shapes.items():
+                profile.set_shape(name, lo, opt, hi)
+            config.add_optimization_profile(profile)
+            progress(f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})")
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise TensorRTError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
+            _save_timing_cache(config, cache_path)
+            partial.write_bytes(bytes(serialized))
+            records[graph] = {"file": plan.name, "bytes": partial.stat().st_size,
+                              "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}  # fmt: skip
+            progress(f"{graph}: built {plan.name} ({partial.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
     _record(manifest, engine, trt, dtype, limits, compute_capability, library, records)
-    return [plan for _, plan in staged]
+    return plans
 
 
 PRECISIONS_BY_DTYPE = {v: k for k, v in PRECISIONS.items()}
@@ -228,13 +233,9 @@ def _config(trt, builder, engine: str, dtype: str, graph_dtype: str, compute_cap
 def _save_timing_cache(config, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is not None:
-        _write_atomic(path, bytes(cache.serialize()))
+        write_file(path, bytes(cache.serialize()))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, compute_capability, library, records) -> None:
@@ -247,7 +248,7 @@ def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, co
     }  # fmt: skip
     files = [f for f in raw.get("files", []) if f["name"] not in {r["file"] for r in records.values()}]
     raw["files"] = files + file_records(manifest.path, [r["file"] for r in records.values()])
-    _write_atomic(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
+    write_file(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
 
 
 def _gpu_capability() -> str | None:

@@ -90,6 +90,7 @@ def _export_child(argv: list[str]) -> dict:
     import torch.onnx  # noqa: F401
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.runtime.manifest import WEIGHTS_FILE
 
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -115,7 +116,7 @@ def _export_child(argv: list[str]) -> dict:
         "peak_rss_mb": (sampler.peak["VmRSS"] - base["VmRSS"]) / 1024,
         "baseline_anon_mb": base["RssAnon"] / 1024,
         "nodes": nodes,
-        "weights_mb": (artifact / "weights.data").stat().st_size / 2**20,
+        "weights_mb": (artifact / WEIGHTS_FILE).stat().st_size / 2**20,
     }
 
 

@@ -18,8 +18,8 @@ import onnx_ir as ir
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.plugin_nodes import LAYOUT_DOMAIN
 from nemotron_deploy.exporter.weight_stream import WeightSpec, layout_shape
+from nemotron_deploy.runtime.dtypes import DTYPES, FLOAT_DTYPES, from_onnx
 
-_DTYPES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataType.BFLOAT16: "bfloat16"}
 
 
 def weight_specs(model: ir.Model, params: dict) -> dict[str, WeightSpec]:
@@ -53,8 +53,8 @@ def fold_weight_layouts(model: ir.Model, specs: dict[str, WeightSpec]) -> None:
         if node.op_type == "Transpose" and node.domain == "":
             perm = tuple(node.attributes["perm"].as_ints()) if "perm" in node.attributes else tuple(reversed(range(len(source.shape))))
             folded, suffix = spec.with_layout("transpose", perm), "transposed"
-        elif node.op_type == "Cast" and node.domain == "" and ir.DataType(node.attributes["to"].as_int()) in _DTYPES:
-            folded = spec.with_dtype(_DTYPES[ir.DataType(node.attributes["to"].as_int())])
+        elif node.op_type == "Cast" and node.domain == "" and from_onnx(node.attributes["to"].as_int()).name in FLOAT_DTYPES:
+            folded = spec.with_dtype(from_onnx(node.attributes["to"].as_int()).name)
             suffix = folded.dtype
         elif node.op_type == "RepeatRows" and node.domain == LAYOUT_DOMAIN:
             folded, suffix = spec.with_layout("repeat_rows", node.attributes["repeats"].as_int()), "repeat_rows"
@@ -64,7 +64,7 @@ def fold_weight_layouts(model: ir.Model, specs: dict[str, WeightSpec]) -> None:
         name = source.name if only_use else f"{source.name}.{suffix}"
         out = node.outputs[0]
         shape = ir.Shape(layout_shape(tuple(source.shape.numpy()), folded.layouts[len(spec.layouts) :]))
-        dtype = next(k for k, v in _DTYPES.items() if v == folded.dtype)
+        dtype = ir.DataType(DTYPES[folded.dtype].onnx)
         value = placeholder_value(name, dtype, shape)
         ir.convenience.replace_all_uses_with(out, value)
         if out in graph.outputs:

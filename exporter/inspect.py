@@ -6,9 +6,8 @@ from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import open_checkpoint
-from nemotron_deploy.exporter.parameters import num_parameters
-
-_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+from nemotron_deploy.exporter.parameters import active_parameters, num_parameters
+from nemotron_deploy.runtime.dtypes import dtype_bytes
 
 
 def inspect_checkpoint(path: str | Path) -> dict:
@@ -22,23 +21,19 @@ def inspect_checkpoint(path: str | Path) -> dict:
     """
     ckpt = open_checkpoint(path)
     cfg = ckpt.config
-    total = num_parameters(cfg)
-    per_expert = cfg.moe_intermediate_size * cfg.moe_input_size * 2
-    unused = len(cfg.layers_of("moe")) * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
     dtype = ckpt.stored_dtype
-    pattern = "".join({"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[k] for k in cfg.layer_types)
     return {
         "path": str(ckpt.path),
         "layer_types": list(cfg.layer_types),
-        "pattern": pattern,
+        "pattern": cfg.pattern,
         "layer_counts": {k: len(cfg.layers_of(k)) for k in ("mamba", "attention", "mlp", "moe")},
-        "num_parameters": total,
-        "active_parameters_per_token": total - unused,
+        "num_parameters": num_parameters(cfg),
+        "active_parameters_per_token": active_parameters(cfg),
         "dtype": dtype,
         "checkpoint_bytes": ckpt.num_bytes,
         "checkpoint_files": len(ckpt.files),
-        "state_bytes_per_sequence": io_spec.state_bytes_per_sequence(cfg, _BYTES[dtype]),
-        "kv_bytes_per_token": io_spec.kv_bytes_per_token(cfg, _BYTES[dtype]),
+        "state_bytes_per_sequence": io_spec.state_bytes_per_sequence(cfg, dtype_bytes(dtype)),
+        "kv_bytes_per_token": io_spec.kv_bytes_per_token(cfg, dtype_bytes(dtype)),
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "max_position_embeddings": cfg.max_position_embeddings,

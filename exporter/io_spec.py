@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.runtime import dtypes
 
 # state kinds per layer kind, in argument order
 STATE_KINDS = {"mamba": ("conv", "ssm"), "attention": ("key", "value")}
@@ -67,7 +68,7 @@ def step_outputs(cfg: ModelConfig, all_logits: bool = False) -> list[TensorSpec]
 
 def state_bytes_per_sequence(cfg: ModelConfig, dtype_bytes: int) -> int:
     """Bytes of the fixed-size (Mamba) states of one sequence."""
-    ssm_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.mamba_ssm_cache_dtype]
+    ssm_bytes = dtypes.dtype_bytes(cfg.mamba_ssm_cache_dtype)
     per_layer = cfg.conv_dim * (cfg.conv_kernel - 1) * dtype_bytes
     per_layer += cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * ssm_bytes
     return per_layer * len(cfg.layers_of("mamba"))

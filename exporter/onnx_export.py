@@ -29,10 +29,9 @@ from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.tracing import GRAPHS, BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
-from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
-from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
+from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE
+from nemotron_deploy.runtime.atomic import new_directory, staging_dir
 
-WEIGHTS_FILE = "weights.data"
 # onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
 # as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer).
 TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
@@ -73,44 +72,41 @@ def export_artifact(
     model_dtype = compute_dtype(ckpt, dtype)
     if scheme is not None:
         _check_quantizable(ckpt, model_dtype, scheme)
-    tmp = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
+    staging = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
     bars = background = None
     try:
-        from nemotron_deploy.exporter.weight_stream import WeightsFile
+        with new_directory(out, staging) as tmp:
+            from nemotron_deploy.exporter.weight_stream import WeightsFile
 
-        model = meta_model(ckpt, model_dtype)
-        bars = ExportProgress(model, enabled=progress)
-        if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
-            background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
-        weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
-        graphs = {}
-        for graph in GRAPHS:
-            if background is not None and graph == background.graph:
-                bars.step(f"{graph}: waiting for its trace in a second process")
-                ir_model, specs, seconds = background.result()
-                bars.timings[f"{graph}.trace"] = seconds
-            else:
-                ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
-            proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
-            _save_onnx(proto, tmp / f"{graph}.onnx")
-            graphs[graph] = _graph_record(model, graph)
-            if target == "tensorrt":
-                graphs[graph]["plugins"] = _plugin_records(proto)
-            del proto, ir_model
-        weights.close()
-        bars.step("checking graphs")
-        for graph in graphs:
-            _check(tmp / f"{graph}.onnx")
-        side = _copy_side_files(ckpt.path, tmp)
-        required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
-        on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
-        files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
-        manifest = _manifest(ckpt, model, dtype, target, graphs, files, scheme)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        publish(tmp, out)
-    except BaseException:
-        discard(tmp)
-        raise
+            model = meta_model(ckpt, model_dtype)
+            bars = ExportProgress(model, enabled=progress)
+            if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
+                background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
+            weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
+            graphs = {}
+            for graph in GRAPHS:
+                if background is not None and graph == background.graph:
+                    bars.step(f"{graph}: waiting for its trace in a second process")
+                    ir_model, specs, seconds = background.result()
+                    bars.timings[f"{graph}.trace"] = seconds
+                else:
+                    ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
+                proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
+                _save_onnx(proto, tmp / f"{graph}.onnx")
+                graphs[graph] = _graph_record(model, graph)
+                if target == "tensorrt":
+                    graphs[graph]["plugins"] = _plugin_records(proto)
+                del proto, ir_model
+            weights.close()
+            bars.step("checking graphs")
+            for graph in graphs:
+                _check(tmp / f"{graph}.onnx")
+            side = _copy_side_files(ckpt.path, tmp)
+            required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
+            on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
+            files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
+            manifest = _manifest(ckpt, model, dtype, target, graphs, files, scheme)
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     finally:
         if background is not None:
             background.cancel()

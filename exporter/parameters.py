@@ -34,6 +34,12 @@ def num_parameters(cfg: ModelConfig) -> int:
     return sum(math.prod(s) for name, s in parameter_shapes(cfg).items() if not name.endswith(BUFFERS))
 
 
+def active_parameters(cfg: ModelConfig) -> int:
+    """Parameters one token uses: `num_parameters` less the routed experts it is not sent to (k of X)."""
+    per_expert = 2 * cfg.moe_intermediate_size * cfg.moe_input_size  # up and down
+    return num_parameters(cfg) - len(cfg.layers_of("moe")) * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
+
+
 def _linear(name: str, out: int, inp: int, bias: bool) -> dict[str, tuple[int, ...]]:
     return {f"{name}.weight": (out, inp), **({f"{name}.bias": (out,)} if bias else {})}
 

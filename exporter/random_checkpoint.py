@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
+from nemotron_deploy.runtime.atomic import new_directory
 
 TINY_CONFIG = {
     "architectures": ["NemotronHForCausalLM"],
@@ -63,16 +63,12 @@ def write_random_checkpoint(
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {name: p for name, p in NemotronHStepModel(cfg).state_dict().items()}
-    tmp = staging_dir(out_dir)
-    try:
+    with new_directory(out_dir) as tmp:
         _write_shards(tmp, _random_tensors(shapes, gen, getattr(torch, dtype)), shard_bytes)
         (tmp / "config.json").write_text(json.dumps(raw, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
         write_demo_tokenizer(tmp / "tokenizer.json", cfg.vocab_size)
-        return publish(tmp, out_dir)
-    except BaseException:
-        discard(tmp)
-        raise
+    return Path(out_dir)
 
 
 def _random_tensors(shapes: dict, gen, dtype):

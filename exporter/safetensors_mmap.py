@@ -17,23 +17,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime.dtypes import dtype_bytes
 from nemotron_deploy.runtime.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 
-# safetensors dtype tag -> (torch dtype name, bytes per element)
-DTYPES = {
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "F64": ("float64", 8),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-}
+# safetensors dtype tag -> dtype name (runtime/dtypes.py)
+DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64", "I32": "int32",
+          "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class TensorInfo:
 
     @property
     def torch_dtype_name(self) -> str:
-        return DTYPES[self.dtype][0]
+        return DTYPES[self.dtype]
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
@@ -89,7 +80,7 @@ def _tensor_info(path: Path, name: str, entry: dict, data_start: int, size: int)
     numel = 1
     for d in shape:
         numel *= d
-    if end - begin != numel * DTYPES[dtype][1] or begin < 0:
+    if end - begin != numel * dtype_bytes(DTYPES[dtype]) or begin < 0:
         raise CheckpointError(f"{path}: tensor '{name}' byte range {begin}..{end} does not fit shape {list(shape)} {dtype}")
     if data_start + end > size:
         raise CheckpointError(
@@ -145,7 +136,7 @@ class MappedFiles:
                 # ACCESS_COPY: writable private pages, so torch can wrap it, and the file is never modified.
                 mm = self._maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         dtype = getattr(torch, info.torch_dtype_name)
-        numel = (info.end - info.begin) // DTYPES[info.dtype][1]
+        numel = (info.end - info.begin) // dtype_bytes(DTYPES[info.dtype])
         if numel == 0:
             return torch.empty(info.shape, dtype=dtype)
         return torch.frombuffer(mm, dtype=dtype, count=numel, offset=info.begin).view(info.shape)

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime.atomic import copy_file, new_directory
 from nemotron_deploy.runtime.errors import NemotronDeployError
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -68,8 +69,7 @@ def find_tensorrt_headers(explicit: str | Path | None = None) -> Path:
 def _fetch_headers(dest: Path) -> Path:
     if (dest / "NvInferRuntime.h").is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+    with tempfile.TemporaryDirectory() as tmp, new_directory(dest) as staging:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, HEADERS_WHEEL]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -78,16 +78,12 @@ def _fetch_headers(dest: Path) -> Path:
                 f"no TensorRT headers found and `pip download {HEADERS_WHEEL}` failed: "
                 f"{done.stderr.strip().splitlines()[-1:] or 'no wheel'}; pass --tensorrt-include DIR"
             )
-        staging = Path(tmp) / "headers"
-        staging.mkdir()
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in wheel.namelist():
                 if name.startswith(HEADERS_IN_WHEEL) and name.endswith(".h"):
                     (staging / Path(name).name).write_bytes(wheel.read(name))
         if not (staging / "NvInferRuntime.h").is_file():
             raise PluginBuildError(f"{wheels[0].name} holds no {HEADERS_IN_WHEEL}NvInferRuntime.h")
-        if not dest.exists():
-            os.replace(staging, dest)
     return dest
 
 
@@ -129,7 +125,7 @@ def build_plugins(
     _run(configure, "configuring the plugin library", verbose)
     _run([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)],
          "compiling the plugin library", verbose)  # fmt: skip
-    placed = [_place(build_dir / name, out) for name in (library_name(emulated), "libnemotron_deploy_plugin_harness.so")]
+    placed = [copy_file(build_dir / name, out / name) for name in (library_name(emulated), "libnemotron_deploy_plugin_harness.so")]
     return PluginBuild(library=placed[0], harness=placed[1], emulated=emulated)
 
 
@@ -140,11 +136,3 @@ def _run(cmd: list[str], what: str, verbose: bool) -> None:
         errors = [line for line in log.splitlines() if "error" in line.lower()][:5]
         raise PluginBuildError(f"{what} failed (exit {done.returncode}): " + (" | ".join(errors) or log[-400:]))
 
-
-def _place(built: Path, out: Path) -> Path:
-    """Copy next to the build tree under a temporary name, then rename: never a half-written library."""
-    target = out / built.name
-    tmp = out / f".{built.name}.tmp"
-    shutil.copy2(built, tmp)
-    os.replace(tmp, target)
-    return target

@@ -9,6 +9,8 @@ import time
 import numpy as np
 
 from nemotron_deploy.runtime.decode import left_pad, prefill
+from nemotron_deploy.runtime.dtypes import dtype_bytes
+from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError
 
 
@@ -29,17 +31,15 @@ def decode_bytes_per_token(manifest) -> int:
     The exporter records it (at the stored precision, quantized or not); older artifacts: from the config."""
     if manifest.model.get("decode_weight_bytes"):
         return int(manifest.model["decode_weight_bytes"])
-    cfg = manifest.model["config"]
-    dtype_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[manifest.dtype]
-    params = manifest.model["num_parameters"]
+    from nemotron_deploy.exporter.config import ModelConfig
+    from nemotron_deploy.exporter.parameters import active_parameters
+
     try:
-        moe_layers = cfg["layer_types"].count("moe")
-        din = cfg["moe_latent_size"] or cfg["hidden_size"]
-        skipped = moe_layers * (cfg["n_routed_experts"] - cfg["num_experts_per_tok"]) * 2 * cfg["moe_intermediate_size"] * din
-        embedding_rows = cfg["vocab_size"] * cfg["hidden_size"]  # a lookup reads one row, not the table
-        return int((params - skipped - embedding_rows) * dtype_bytes)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: field 'model.config' is damaged ({type(e).__name__}: {e})") from None
+        cfg = ModelConfig.from_hf(manifest.model["config"])
+    except NemotronDeployError as e:
+        raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: field 'model.config' is damaged ({e})") from None
+    embedding_rows = cfg.vocab_size * cfg.hidden_size  # a lookup reads one row, not the table
+    return (active_parameters(cfg) - embedding_rows) * dtype_bytes(manifest.dtype)
 
 
 def _peak_rss_mb() -> float:

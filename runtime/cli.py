@@ -167,9 +167,7 @@ def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, 
 
     manifest = read_manifest(artifact_dir)
     engine = engine or default_engine(manifest)
-    positions = manifest.model["max_position_embeddings"]
-    seq = max_seq_len or min(4096, positions)
-    limits = Limits(max_batch, seq, max_prefill_tokens or min(2048, seq))
+    limits = Limits.default(manifest.model["max_position_embeddings"], max_batch, max_seq_len, max_prefill_tokens)
     plans = build_engines(artifact_dir, engine, plugins=plugins_lib, precision=precision, limits=limits,
                           compute_capability=compute_capability, progress=lambda m: click.echo(m, err=True))  # fmt: skip
     for plan in plans:
@@ -373,11 +371,10 @@ def _make_demo(root, seed: int) -> None:
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
-    from nemotron_deploy.runtime.output_dir import discard, make_staging, publish
+    from nemotron_deploy.runtime.atomic import make_staging, new_directory
 
     previous = root.with_name(f".{root.name}.previous")
-    staging = make_staging(root)
-    try:
+    with new_directory(root, make_staging(root)) as staging:
         checkpoint = write_random_checkpoint(staging / "checkpoint", seed=seed)
         click.echo(f"wrote a random checkpoint (seed {seed}); exporting it", err=True)
         export_artifact(checkpoint, staging / "onnx")
@@ -385,10 +382,6 @@ def _make_demo(root, seed: int) -> None:
         if root.exists():  # our own earlier demo: swap, then delete it
             shutil.rmtree(previous, ignore_errors=True)
             root.rename(previous)
-        publish(staging, root)
-    except BaseException:
-        discard(staging)
-        raise
     shutil.rmtree(previous, ignore_errors=True)
 
 

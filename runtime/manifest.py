@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from nemotron_deploy.runtime.dtypes import FLOAT_DTYPES, numpy_dtype
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 
 FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+GRAPHS = ("prefill", "decode")  # the step graphs of every artifact
+WEIGHTS_FILE = "weights.data"  # the weights of both graphs, stored once (ONNX external data)
 
 
 class ArtifactError(NemotronDeployError):
@@ -101,7 +104,6 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
 # ------------------------------------------------------------------------------------------ validation
 # Every field a runtime reads, checked when an artifact is opened, so a damaged manifest is one line
 # naming the field, never a KeyError or a numpy error deep inside a backend.
-DTYPES = ("float32", "float16", "bfloat16")
 STATE_ROLES = ("conv_state", "ssm_state", "key", "value")
 
 
@@ -148,7 +150,7 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
             yield f"{field}[{i}]", item
 
     one_of(raw, "target", "target", ("onnxruntime", "tensorrt", "tensorrt-rtx"))
-    one_of(raw, "dtype", "dtype", DTYPES)
+    one_of(raw, "dtype", "dtype", FLOAT_DTYPES)
     model = get(raw, "model", "model", dict, "an object")
     for key in ("vocab_size", "hidden_size", "max_position_embeddings", "num_parameters"):
         positive(model, key, f"model.{key}")
@@ -166,7 +168,7 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
             fail("quantization.bits", "4 or 8", quant["bits"])
         positive(quant, "block_size", "quantization.block_size")
     graphs = get(raw, "graphs", "graphs", dict, "an object with 'prefill' and 'decode'")
-    for name in ("prefill", "decode"):
+    for name in GRAPHS:
         graph = get(graphs, name, f"graphs.{name}", dict, "an object")
         get(graph, "file", f"graphs.{name}.file", str, "a file name")
         for io in ("inputs", "outputs"):
@@ -178,7 +180,7 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
         for key in ("name", "present"):
             get(state, key, f"{where}.{key}", str, "a tensor name")
         one_of(state, "role", f"{where}.role", STATE_ROLES)
-        one_of(state, "dtype", f"{where}.dtype", DTYPES)
+        one_of(state, "dtype", f"{where}.dtype", FLOAT_DTYPES)
         if shape(state, where)[:1] != ["batch"]:
             fail(f"{where}.shape[0]", "'batch'", state["shape"][:1])
     generation = get(raw, "generation", "generation", dict, "an object", optional=True) or {}
@@ -223,14 +225,6 @@ def check_graph_inputs(manifest: Manifest, graph: str, inputs: dict[str, tuple[s
             raise ArtifactError(f"{where}: state '{state['name']}' has shape {state['shape']}, {file} takes {dims}")
 
 
-_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
-
-
-def state_dtype(name: str):
-    """numpy dtype of a state dtype name (bfloat16 states are carried as raw uint16 by numpy backends)."""
-    return _NUMPY.get(name, np.uint16 if name == "bfloat16" else None)
-
-
 def initial_state_shapes(manifest: Manifest, batch: int) -> dict[str, tuple[list[int], str]]:
     """name -> (shape, dtype name) of every state of `batch` new sequences (K/V with past length 0)."""
     return {
@@ -241,4 +235,4 @@ def initial_state_shapes(manifest: Manifest, batch: int) -> dict[str, tuple[list
 
 def zero_state(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
     """Zero states for `batch` new sequences, as numpy arrays."""
-    return {name: np.zeros(shape, dtype=state_dtype(dtype)) for name, (shape, dtype) in initial_state_shapes(manifest, batch).items()}
+    return {name: np.zeros(shape, dtype=numpy_dtype(dtype)) for name, (shape, dtype) in initial_state_shapes(manifest, batch).items()}

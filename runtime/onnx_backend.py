@@ -10,9 +10,9 @@ import warnings
 
 import numpy as np
 
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.dtypes import from_onnx
+from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
 
-_ONNX_TO_NUMPY = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 9: np.bool_, 16: np.uint16, 11: np.float64, 2: np.uint8}
 
 
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64"}
@@ -89,7 +89,7 @@ class OnnxRuntimeBackend:
         self.output_names = ["logits"] + [s["present"] for s in manifest.states]
 
     def _map_weights(self) -> np.memmap | None:
-        path = self.manifest.path / "weights.data"
+        path = self.manifest.path / WEIGHTS_FILE
         return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
 
     def _initializers(self, graph: str, ort) -> dict:
@@ -109,9 +109,9 @@ class OnnxRuntimeBackend:
             info = {e.key: e.value for e in tensor.external_data}
             offset, length = int(info.get("offset", 0)), int(info["length"])
             if self._weights is None or offset + length > self._weights.size:
-                raise ArtifactError(f"{self.manifest.path / 'weights.data'}: too short for tensor '{tensor.name}' of {path.name}")
+                raise ArtifactError(f"{self.manifest.path / WEIGHTS_FILE}: too short for tensor '{tensor.name}' of {path.name}")
             raw = self._weights[offset : offset + length]
-            dtype = _ONNX_TO_NUMPY[tensor.data_type]
+            dtype = from_onnx(tensor.data_type).numpy
             array = raw.view(dtype).reshape(tuple(tensor.dims))
             if tensor.data_type == onnx.TensorProto.BFLOAT16:
                 values[tensor.name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, tensor.data_type)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nemotron_deploy.runtime.dtypes import from_tensorrt
 from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, initial_state_shapes
 from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
 
@@ -139,7 +140,7 @@ class TensorRTBackend:
         for name in ["logits", *self.present_names]:
             if name not in outputs:
                 shape = tuple(context.get_tensor_shape(name))
-                outputs[name] = torch.empty(shape, dtype=_trt_to_torch(engine.get_tensor_dtype(name), torch), device=self.device)
+                outputs[name] = torch.empty(shape, dtype=getattr(torch, from_tensorrt(engine.get_tensor_dtype(name)).name), device=self.device)
             context.set_tensor_address(name, self._address(outputs[name]))
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise TensorRTError(f"{graph} engine: enqueue failed ({self.logger.last_error() or 'no message'})")
@@ -194,8 +195,3 @@ class TensorRTBackend:
                 logits.append(out)
         return graphs, ids, mask, buffers, logits
 
-
-def _trt_to_torch(dtype, torch):
-    name = str(dtype).rsplit(".", 1)[-1].upper()
-    return {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64, "INT32": torch.int32,
-            "BOOL": torch.bool}[name]  # fmt: skip

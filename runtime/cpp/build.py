@@ -9,7 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.plugins.build import PluginBuildError, _place, _require_tool, _run, find_tensorrt_headers
+from nemotron_deploy.plugins.build import PluginBuildError, _require_tool, _run, find_tensorrt_headers
+from nemotron_deploy.runtime.atomic import copy_file
 
 SOURCE_DIR = Path(__file__).resolve().parent
 LIBRARY = "libnemotron_deploy_runtime.so"
@@ -41,5 +42,5 @@ def build_runtime(out_dir: str | Path, *, tensorrt_include: str | Path | None = 
     except PluginBuildError as e:
         raise PluginBuildError(f"{e}{' | ' + JSON_HEADER_HINT if 'nlohmann_json' in str(e) else ''}") from None
     _run([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)], "compiling the C++ runtime", verbose)
-    placed = {name: _place(build_dir / name, out) for name in PRODUCTS}
+    placed = {name: copy_file(build_dir / name, out / name) for name in PRODUCTS}
     return RuntimeBuild(placed[LIBRARY], placed["nemotron-generate"], placed["nemotron_runtime_probe"], SOURCE_DIR / "include")

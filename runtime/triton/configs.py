@@ -13,6 +13,7 @@ from __future__ import annotations
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from nemotron_deploy.runtime.dtypes import DTYPES
 from nemotron_deploy.runtime.triton.interface import GENERATE_INPUTS, GENERATE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS, TEXT_TO_GENERATE, Field
 
 GENERATE_MODEL = "tensorrt_llm"
@@ -20,7 +21,6 @@ TEXT_MODELS = ("preprocessing", "ensemble")
 STEP_MODEL = "nemotron_step"
 
 # Triton data types of the step graph's tensors (manifest dtype names)
-STEP_DTYPES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "int64": "INT64"}
 
 
 def to_text(config: pb.ModelConfig) -> str:
@@ -91,15 +91,15 @@ def step_model(manifest, *, platform: str, max_batch: int, instances: int, idle_
     config = pb.ModelConfig(name=STEP_MODEL, platform=platform, max_batch_size=max_batch,
                             instance_group=[pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.KIND_AUTO)])  # fmt: skip
     for name in ("input_ids", "attention_mask"):
-        config.input.add(name=name, data_type=_data_type(STEP_DTYPES[io[name]["dtype"]]), dims=[-1])
+        config.input.add(name=name, data_type=_data_type(DTYPES[io[name]["dtype"]].triton), dims=[-1])
     logits = io["logits"]
-    config.output.add(name="logits", data_type=_data_type(STEP_DTYPES[logits["dtype"]]), dims=[_dim(d) for d in logits["shape"][1:]])
+    config.output.add(name="logits", data_type=_data_type(DTYPES[logits["dtype"]].triton), dims=[_dim(d) for d in logits["shape"][1:]])
     batching = config.sequence_batching
     batching.max_sequence_idle_microseconds = idle_seconds * 1_000_000
     batching.oldest.max_candidate_sequences = 4 * max_batch
     for state in manifest.states:
         dims = [_dim(d) for d in state["shape"][1:]]
-        dtype = _data_type(STEP_DTYPES[state["dtype"]])
+        dtype = _data_type(DTYPES[state["dtype"]].triton)
         entry = batching.state.add(input_name=state["name"], output_name=state["present"], data_type=dtype, dims=dims)
         entry.initial_state.add(name="zeros", data_type=dtype, dims=[0 if d == -1 else d for d in dims], zero_data=True)
     return config

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import Manifest, read_manifest
-from nemotron_deploy.runtime.output_dir import discard, publish, staging_dir
+from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest, read_manifest
+from nemotron_deploy.runtime.atomic import new_directory
 from nemotron_deploy.runtime.triton import configs
 
 KINDS = ("generate", "step")
@@ -45,16 +45,12 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
     if instances < 1 or max_batch < 1:
         raise NemotronDeployError(f"--instances {instances} / --max-batch {max_batch}: expected >= 1")
     manifest = read_manifest(artifact_dir)
-    staging = staging_dir(out)
-    try:
+    with new_directory(out) as staging:
         if kind == "generate":
             _write_generate(staging, manifest, instances, max_batch, _generate_backend(manifest, backend), threads, prefill_chunk)
         else:
             _write_step(staging, manifest, instances, max_batch)
-        return publish(staging, out)
-    except BaseException:
-        discard(staging)
-        raise
+    return Path(out)
 
 
 def _generate_backend(manifest: Manifest, backend: str | None) -> str:
@@ -100,7 +96,7 @@ def _write_step(repo: Path, manifest: Manifest, instances: int, max_batch: int) 
     if manifest.plugins:
         platform, sources = "tensorrt_plan", {"model.plan": engines["tensorrt"]["graphs"]["prefill"]["file"]}
     else:
-        platform, sources = "onnxruntime_onnx", {"model.onnx": manifest.graph("prefill")["file"], "weights.data": "weights.data"}
+        platform, sources = "onnxruntime_onnx", {"model.onnx": manifest.graph("prefill")["file"], WEIGHTS_FILE: WEIGHTS_FILE}
     model_dir = _write_model(repo, configs.step_model(manifest, platform=platform, max_batch=max_batch, instances=instances))
     for name, source in sources.items():
         _link_or_copy(manifest.path / source, model_dir / "1" / name)

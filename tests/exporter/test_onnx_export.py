@@ -1,6 +1,5 @@
 """The export command's artifact: manifest, graph checks, weights stored once, atomic writes."""
 
-import json
 
 import onnx
 import pytest
