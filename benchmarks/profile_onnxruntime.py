@@ -46,7 +46,7 @@ def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int)
             backend = open_backend(manifest)
         finally:
             ort.SessionOptions = plain
-        ids, mask = left_pad(np.random.default_rng(0).integers(3, manifest.model["vocab_size"], (1, prompt_len)).tolist(), 0)
+        ids, mask = left_pad(np.random.default_rng(0).integers(3, manifest.model.vocab_size, (1, prompt_len)).tolist(), 0)
         prefill(backend, ids[:, :8], mask[:, :8])  # warm-up
         for _ in range(repeats):
             logits, state = prefill(backend, ids, mask)

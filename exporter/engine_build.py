@@ -11,14 +11,14 @@ A build box needs only the builder's wheel (torch, if present, only tells which 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron_deploy.runtime.atomic import new_files, write_file
 from nemotron_deploy.runtime.integrity import file_records
-from nemotron_deploy.runtime.manifest import GRAPHS, MANIFEST_FILE, Manifest, read_manifest
+from nemotron_deploy.runtime.manifest import GRAPHS, EngineRecord, Manifest, PlanRecord, read_manifest, write_manifest
 from nemotron_deploy.runtime.tensorrt_common import (
     ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
 )  # fmt: skip
@@ -61,9 +61,9 @@ def profile_shapes(manifest: Manifest, graph: str, limits: Limits) -> dict[str, 
         "total_len": tuple(p + n for p, n in zip(past, new)),
     }
     shapes = {}
-    for spec in manifest.graph(graph)["inputs"]:
-        dims = [ranges[d] if isinstance(d, str) else (d, d, d) for d in spec["shape"]]
-        shapes[spec["name"]] = tuple(tuple(r[i] for r in dims) for i in range(3))
+    for spec in manifest.graph(graph).inputs:
+        dims = [ranges[d] if isinstance(d, str) else (d, d, d) for d in spec.shape]
+        shapes[spec.name] = tuple(tuple(r[i] for r in dims) for i in range(3))
     return shapes
 
 
@@ -117,9 +117,8 @@ def build_engines(
             f"(it builds {' / '.join(ENGINES[engine].targets)}); re-export with --target {ENGINES[engine].targets[0]}"
         )
     dtype = _precision(manifest, engine, precision)
-    cfg = manifest.model
-    limits = limits or Limits.default(cfg["max_position_embeddings"])
-    _check_limits(limits, cfg["max_position_embeddings"])
+    limits = limits or Limits.default(manifest.model.max_position_embeddings)
+    _check_limits(limits, manifest.model.max_position_embeddings)
     library_path = plugin_library_path(manifest, plugins) if manifest.plugins else None
     trt = import_engine(engine)
     _check_target_gpu(trt, engine, compute_capability)
@@ -136,7 +135,7 @@ def build_engines(
     # the manifest records untouched.
     with new_files(*plans) as partials:
         for graph, plan, partial in zip(GRAPHS, plans, partials):
-            progress(f"{graph}: parsing {manifest.graph(graph)['file']}")
+            progress(f"{graph}: parsing {manifest.graph(graph).file}")
             started = time.monotonic()
             network = _parse(trt, builder, logger, manifest, graph, strongly_typed=engine == "tensorrt-rtx")
             config = _config(trt, builder, engine, dtype, manifest.dtype, compute_capability, cache_path)
@@ -151,8 +150,7 @@ def build_engines(
                 raise TensorRTError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
             _save_timing_cache(config, cache_path)
             partial.write_bytes(bytes(serialized))
-            records[graph] = {"file": plan.name, "bytes": partial.stat().st_size,
-                              "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}  # fmt: skip
+            records[graph] = PlanRecord(plan.name, partial.stat().st_size, {k: [list(s) for s in v] for k, v in shapes.items()})
             progress(f"{graph}: built {plan.name} ({partial.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f} s")
     _record(manifest, engine, trt, dtype, limits, compute_capability, library, records)
     return plans
@@ -240,15 +238,13 @@ def _save_timing_cache(config, path: Path) -> None:
 
 def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, compute_capability, library, records) -> None:
     """Add the engines to the manifest (and its file list), rewriting it atomically."""
-    raw = json.loads((manifest.path / MANIFEST_FILE).read_text())
-    raw.setdefault("engines", {})[engine] = {
-        "version": trt.__version__, "precision": dtype, "compute_capability": compute_capability or "native",
-        "built_on": _gpu_capability(), "max_batch": limits.max_batch, "max_seq_len": limits.max_seq_len, "max_new_tokens": limits.max_new_tokens,
-        "plugins": library, "graphs": records,
-    }  # fmt: skip
-    files = [f for f in raw.get("files", []) if f["name"] not in {r["file"] for r in records.values()}]
-    raw["files"] = files + file_records(manifest.path, [r["file"] for r in records.values()])
-    write_file(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
+    record = EngineRecord(
+        version=trt.__version__, precision=dtype, compute_capability=compute_capability or "native", built_on=_gpu_capability(),
+        max_batch=limits.max_batch, max_seq_len=limits.max_seq_len, max_new_tokens=limits.max_new_tokens, plugins=library, graphs=records,
+    )  # fmt: skip
+    plans = [plan.file for plan in records.values()]
+    files = tuple(f for f in manifest.files if f.name not in plans) + file_records(manifest.path, plans)
+    write_manifest(dataclasses.replace(manifest, engines={**manifest.engines, engine: record}, files=files))
 
 
 def _gpu_capability() -> str | None:

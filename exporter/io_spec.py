@@ -11,22 +11,12 @@ Shape symbols: `batch` (B), `new_tokens` (T), `past_len` (tokens already in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.runtime import dtypes
+from nemotron_deploy.runtime.manifest import TensorSpec  # the manifest records these, dtype resolved
 
 # state kinds per layer kind, in argument order
 STATE_KINDS = {"mamba": ("conv", "ssm"), "attention": ("key", "value")}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    role: str  # input_ids | attention_mask | logits | conv_state | ssm_state | key | value
-    dtype: str  # "int64", "float32", or "model" for the model's compute dtype
-    shape: tuple[str | int, ...]
-    layer: int | None = None
 
 
 def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len") -> list[TensorSpec]:

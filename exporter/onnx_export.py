@@ -16,7 +16,7 @@ like an artifact.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import shutil
@@ -29,7 +29,9 @@ from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.tracing import GRAPHS, BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
-from nemotron_deploy.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE
+from nemotron_deploy.runtime.manifest import (
+    WEIGHTS_FILE, GenerationRecord, GraphRecord, Manifest, ModelRecord, PluginRecord, StateRecord, write_manifest,
+)  # fmt: skip
 from nemotron_deploy.runtime.atomic import new_directory, staging_dir
 
 # onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
@@ -93,9 +95,7 @@ def export_artifact(
                     ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
                 proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
                 _save_onnx(proto, tmp / f"{graph}.onnx")
-                graphs[graph] = _graph_record(model, graph)
-                if target == "tensorrt":
-                    graphs[graph]["plugins"] = _plugin_records(proto)
+                graphs[graph] = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None)
                 del proto, ir_model
             weights.close()
             bars.step("checking graphs")
@@ -105,8 +105,7 @@ def export_artifact(
             required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
             on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
             files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
-            manifest = _manifest(ckpt, model, dtype, target, graphs, files, scheme)
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+            write_manifest(_manifest(tmp, ckpt, model, dtype, target, graphs, files, scheme))
     finally:
         if background is not None:
             background.cancel()
@@ -205,15 +204,14 @@ def _finish_plugin_graph(proto):
     return finished
 
 
-def _plugin_records(proto) -> list[dict]:
+def _plugin_records(proto) -> tuple[PluginRecord, ...]:
     """A graph's entry in the manifest's `plugins`: each plugin it uses, with its node count."""
     import collections
 
     from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 
     counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
-    return [{"name": name, "version": PLUGIN_OPS[name].version, "namespace": PLUGIN_OPS[name].namespace, "nodes": n}
-            for name, n in sorted(counts.items())]  # fmt: skip
+    return tuple(PluginRecord(name, PLUGIN_OPS[name].version, PLUGIN_OPS[name].namespace, n) for name, n in sorted(counts.items()))
 
 
 def _save_onnx(proto, path: Path) -> None:
@@ -229,31 +227,25 @@ def _check(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def _graph_record(model, graph: str) -> dict:
-    cfg = model.cfg
-    resolve = {"model": str(model.dtype).removeprefix("torch.")}
+def _graph_record(model, graph: str, plugins: tuple[PluginRecord, ...] | None) -> GraphRecord:
+    """The step contract of one graph: the io_spec table with the model's dtype and decode's T = 1."""
+    dtype = str(model.dtype).removeprefix("torch.")
 
-    def specs(items):
-        return [
-            {"name": s.name, "role": s.role, "dtype": resolve.get(s.dtype, s.dtype), "layer": s.layer,
-             "shape": [1 if (d == "new_tokens" and graph == "decode") else d for d in s.shape]}
-            for s in items
-        ]  # fmt: skip
+    def resolved(spec):
+        shape = tuple(1 if (d == "new_tokens" and graph == "decode") else d for d in spec.shape)
+        return dataclasses.replace(spec, dtype=dtype if spec.dtype == "model" else spec.dtype, shape=shape)
 
-    return {
-        "file": f"{graph}.onnx",
-        "new_tokens": 1 if graph == "decode" else "dynamic",
-        "inputs": specs(io_spec.step_inputs(cfg)),
-        "outputs": specs(io_spec.step_outputs(cfg)),
-    }
+    inputs, outputs = io_spec.step_inputs(model.cfg), io_spec.step_outputs(model.cfg)
+    new_tokens = 1 if graph == "decode" else "dynamic"
+    return GraphRecord(f"{graph}.onnx", new_tokens, tuple(map(resolved, inputs)), tuple(map(resolved, outputs)), plugins)
 
 
-def _merge_plugins(graphs: dict) -> list[dict]:
+def _merge_plugins(graphs: dict[str, GraphRecord]) -> tuple[PluginRecord, ...]:
     merged = {}
     for record in graphs.values():
-        for p in record.get("plugins", []):
-            merged.setdefault(p["name"], {k: p[k] for k in ("name", "version", "namespace")})
-    return list(merged.values())
+        for p in record.plugins or ():
+            merged.setdefault(p.name, dataclasses.replace(p, nodes=None))
+    return tuple(merged.values())
 
 
 def _copy_side_files(src: Path, dst: Path) -> list[str]:
@@ -265,23 +257,23 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def _generation_defaults(ckpt_dir: Path, cfg) -> dict:
-    gen = {"eos_token_ids": list(cfg.eos_token_id), "bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id}
+def _generation_defaults(ckpt_dir: Path, cfg) -> GenerationRecord:
+    gen = {"eos_token_ids": tuple(cfg.eos_token_id), "bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id}
     path = ckpt_dir / "generation_config.json"
     if path.is_file():
         raw = read_json_object(path)
         eos = raw.get("eos_token_id")
         if eos is not None:
-            gen["eos_token_ids"] = eos if isinstance(eos, list) else [eos]
+            gen["eos_token_ids"] = tuple(eos if isinstance(eos, list) else [eos])
         for key in ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens"):
             if raw.get(key) is not None:
                 gen[key] = raw[key]
-    return gen
+    return GenerationRecord(**gen)
 
 
-def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict, scheme) -> dict:
+def _manifest(path: Path, ckpt, model, dtype: str, target: str, graphs: dict, files: dict, scheme) -> Manifest:
     """files: {"files": required file records, "side_files": the checkpoint's tokenizer / generation
-    files that were copied} (name, bytes, sha256)."""
+    files that were copied}."""
     import onnx
     import torch
 
@@ -290,45 +282,37 @@ def _manifest(ckpt, model, dtype: str, target: str, graphs: dict, files: dict, s
 
     cfg = ckpt.config
     model_dtype = str(model.dtype).removeprefix("torch.")
-    states = []
-    for past, present in zip(io_spec.state_specs(cfg, "past"), io_spec.state_specs(cfg, "present", "total_len")):
-        states.append({"name": past.name, "present": present.name, "role": past.role, "layer": past.layer,
-                       "dtype": model_dtype if past.dtype == "model" else past.dtype, "shape": list(past.shape)})  # fmt: skip
-    side_names = [f["name"] for f in files["side_files"]]
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "target": target,
-        "dtype": dtype,
-        "opset": opset(target),
-        "model": {
-            "layer_types": list(cfg.layer_types),
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "chunk_size": cfg.chunk_size,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            # weight bytes a decode step reads per sequence (the bandwidth floor's numerator)
-            "decode_weight_bytes": decode_weight_bytes(model, scheme),
-            "config": cfg.to_dict(),
-        },
-        "quantization": None if scheme is None else scheme.to_json(),
+    states = tuple(
+        StateRecord(past.name, present.name, past.role, past.layer, model_dtype if past.dtype == "model" else past.dtype, past.shape)
+        for past, present in zip(io_spec.state_specs(cfg, "past"), io_spec.state_specs(cfg, "present", "total_len"))
+    )
+    model_record = ModelRecord(
+        tuple(cfg.layer_types), cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.chunk_size,
+        num_parameters=sum(p.numel() for p in model.parameters()), decode_weight_bytes=decode_weight_bytes(model, scheme), config=cfg.to_dict(),
+    )  # fmt: skip
+    side_names = [f.name for f in files["side_files"]]
+    return Manifest(
+        path=path,
+        target=target,
+        dtype=dtype,
+        opset=opset(target),
+        model=model_record,
+        quantization=None if scheme is None else scheme.to_json(),
         # the oldest runtime that has every op the graphs use (RMSNormalization at opset 23,
         # CausalConvWithState, MoE / QMoE with their current inputs): what CI tests
-        "requires": {"onnxruntime": ONNXRUNTIME_MIN} if target == "onnxruntime" else {},
-        "graphs": graphs,
-        # plugin libraries an engine of this artifact needs (tensorrt target); `build` checks them
-        "plugins": _merge_plugins(graphs),
-        "states": states,
-        "generation": _generation_defaults(ckpt.path, cfg),
-        "tokenizer": {"file": "tokenizer.json"} if "tokenizer.json" in side_names else None,
-        "side_files": files["side_files"],  # optional: a runtime works without them (token ids only)
-        "files": files["files"],  # required, checked by size at load and by SHA-256 with `verify`
-        "exporter": {
+        requires={"onnxruntime": ONNXRUNTIME_MIN} if target == "onnxruntime" else {},
+        graphs=graphs,
+        plugins=_merge_plugins(graphs),
+        states=states,
+        generation=_generation_defaults(ckpt.path, cfg),
+        tokenizer={"file": "tokenizer.json"} if "tokenizer.json" in side_names else None,
+        side_files=files["side_files"],
+        files=files["files"],
+        exporter={
             "source": str(ckpt.path),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "nemotron_deploy": getattr(exporter, "__version__", "0.1.0"),
         },
-    }
+    )

@@ -14,8 +14,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, MOE_DISPATCH, PluginOp, run_reference
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.manifest import GRAPHS, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.onnx_backend import graph_inputs
+from nemotron_deploy.runtime.step_binding import StepBinding
 
 
 def _torch(x) -> torch.Tensor:
@@ -49,7 +50,7 @@ class PluginReferenceBackend:
 
         self.manifest = manifest
         self.evaluators = {}
-        for graph in ("prefill", "decode"):
+        for graph in GRAPHS:
             path = manifest.graph_path(graph)
             try:
                 model = onnx.load(str(path))
@@ -57,13 +58,10 @@ class PluginReferenceBackend:
                 raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
             check_graph_inputs(manifest, graph, graph_inputs(model))
             self.evaluators[graph] = ReferenceEvaluator(model, new_ops=PLUGIN_OP_CLASSES)
-        self.state_names = [s["name"] for s in manifest.states]
-        self.output_names = ["logits"] + [s["present"] for s in manifest.states]
+        self.binding = StepBinding.of(manifest)
 
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:
         return zero_state(self.manifest, batch)
 
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, **state}
-        logits, *presents = self.evaluators[graph].run(self.output_names, feeds)
-        return logits[:, -1], dict(zip(self.state_names, presents))
+        return self.binding.unpack(self.evaluators[graph].run(self.binding.outputs, self.binding.feeds(input_ids, attention_mask, state)))

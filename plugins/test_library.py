@@ -4,6 +4,7 @@ match the contract table that the exporter and the references use."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 
@@ -77,16 +78,16 @@ def test_cli_plugins_build_bad_header_dir_is_one_line(tmp_path):
 def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build, tmp_path):
     """The check `build` and the TensorRT backend run after loading the library, here over the creators the
     library exposes through getCreators (TensorRT's registry is not available on this machine)."""
-    from nemotron_deploy.runtime.manifest import Manifest
+    from nemotron_deploy.runtime.manifest import Manifest, PluginRecord
     from nemotron_deploy.runtime.tensorrt_common import TensorRTError, check_plugin_versions
 
     creators = {(c["name"], c["version"], c["namespace"]) for c in PluginHarness(emulated_build.harness, emulated_build.library).creators()}
     find = lambda name, version, namespace: (name, version, namespace) if (name, version, namespace) in creators else None  # noqa: E731
-    current = [{"name": op.name, "version": op.version, "namespace": op.namespace} for op in PLUGIN_OPS.values()]
-    check_plugin_versions(Manifest(tmp_path, {"plugins": current}), emulated_build.library, find)
-    newer = [dict(current[0], version="2"), current[1]]
+    current = tuple(PluginRecord(op.name, op.version, op.namespace) for op in PLUGIN_OPS.values())
+    check_plugin_versions(Manifest(tmp_path, plugins=current), emulated_build.library, find)
+    newer = (dataclasses.replace(current[0], version="2"), current[1])
     with pytest.raises(TensorRTError, match="has no plugin Mamba2Core version 2 in namespace 'nemotron_deploy'"):
-        check_plugin_versions(Manifest(tmp_path, {"plugins": newer}), emulated_build.library, find)
+        check_plugin_versions(Manifest(tmp_path, plugins=newer), emulated_build.library, find)
 
 
 def test_cli_plugins_build_bad_architecture_is_one_line(tmp_path):

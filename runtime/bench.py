@@ -29,13 +29,13 @@ def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 def decode_bytes_per_token(manifest) -> int:
     """Weight bytes one decode step reads for one sequence: every weight but the experts a token skips.
     The exporter records it (at the stored precision, quantized or not); older artifacts: from the config."""
-    if manifest.model.get("decode_weight_bytes"):
-        return int(manifest.model["decode_weight_bytes"])
+    if manifest.model.decode_weight_bytes:
+        return manifest.model.decode_weight_bytes
     from nemotron_deploy.exporter.config import ModelConfig
     from nemotron_deploy.exporter.parameters import active_parameters
 
     try:
-        cfg = ModelConfig.from_hf(manifest.model["config"])
+        cfg = ModelConfig.from_hf(manifest.model.config)
     except NemotronDeployError as e:
         raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: field 'model.config' is damaged ({e})") from None
     embedding_rows = cfg.vocab_size * cfg.hidden_size  # a lookup reads one row, not the table
@@ -73,7 +73,7 @@ def _decode_rate(backend, ids, mask, steps: int, rounds: int = 3) -> float:
 
 def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, past_lengths=(), repeats: int = 3, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    vocab = manifest.model["vocab_size"]
+    vocab = manifest.model.vocab_size
     ids, mask = left_pad(rng.integers(3, vocab, (batch, prompt_len)).tolist(), 0)
     prefill(backend, ids[:, : min(prompt_len, 8)], mask[:, : min(prompt_len, 8)])  # warm-up
     prefill_times = []

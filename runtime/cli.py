@@ -167,7 +167,7 @@ def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, 
 
     manifest = read_manifest(artifact_dir)
     engine = engine or default_engine(manifest)
-    limits = Limits.default(manifest.model["max_position_embeddings"], max_batch, max_seq_len, max_prefill_tokens)
+    limits = Limits.default(manifest.model.max_position_embeddings, max_batch, max_seq_len, max_prefill_tokens)
     plans = build_engines(artifact_dir, engine, plugins=plugins_lib, precision=precision, limits=limits,
                           compute_capability=compute_capability, progress=lambda m: click.echo(m, err=True))  # fmt: skip
     for plan in plans:
@@ -295,8 +295,8 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     manifest = read_manifest(artifact_dir)
     if verify:
         _verify(manifest)
-    if prompt_len + new_tokens > manifest.model["max_position_embeddings"]:
-        raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model['max_position_embeddings']} tokens")
+    if prompt_len + new_tokens > manifest.model.max_position_embeddings:
+        raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model.max_position_embeddings} tokens")
     runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib)
     result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths)
     if as_json:
@@ -446,7 +446,8 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
     elif (repo / "nemotron_step" / "1" / "model.plan").is_file():
         from nemotron_deploy.runtime.manifest import read_manifest
 
-        library = read_manifest(artifact_dir).raw["engines"]["tensorrt"].get("plugins") or "libnemotron_deploy_plugins.so"
+        built = read_manifest(artifact_dir).engines["tensorrt"].plugins or {}
+        library = built.get("library") or "libnemotron_deploy_plugins.so"
         click.echo(f"serve it with Triton's tensorrt backend, loading the plugins: tritonserver --model-repository={repo} "
                    f"--backend-config=tensorrt,plugins={library}   (docs/triton.md; not run here)")  # fmt: skip
     else:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.manifest import StateRecord
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 
-KV_ROLES = ("key", "value")
-KV_PAST_AXIS = 2
-CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled  # K/V states are (batch, kv_heads, past_len, head_dim)
+KV_PAST_AXIS = 2  # K/V states are (batch, kv_heads, past_len, head_dim)
+CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled
 
 
 def _no_token(token: int, finish_reason: str | None) -> None:
@@ -93,7 +93,7 @@ class ContinuousBatcher:
     running sequences' decode steps (None: a whole prompt in one call).
     """
 
-    def __init__(self, backend, states: Sequence[dict], *, max_batch: int, max_length: int, pad_token_id: int = 0,
+    def __init__(self, backend, states: Sequence[StateRecord], *, max_batch: int, max_length: int, pad_token_id: int = 0,
                  prefill_chunk_size: int | None = None):  # fmt: skip
         self.backend = backend
         self.max_batch = max_batch
@@ -101,7 +101,7 @@ class ContinuousBatcher:
         self.pad_token_id = pad_token_id
         self.prefill_chunk_size = prefill_chunk_size
         self.counters = Counters()
-        self._kv_names = {s["name"] for s in states if s["role"] in KV_ROLES}
+        self._kv_names = {s.name for s in states if s.grows}
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._active: list[_Active] = []

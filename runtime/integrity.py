@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, FileRecord, Manifest
 
 _CHUNK = 16 * 2**20
 
@@ -26,9 +26,9 @@ def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
-def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None) -> list[dict]:
-    """[{"name", "bytes", "sha256"}] of files in `folder`: the manifest's `files` / `side_files` entries."""
-    return [{"name": n, "bytes": (folder / n).stat().st_size, "sha256": file_sha256(folder / n, on_bytes)} for n in names]
+def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None) -> tuple[FileRecord, ...]:
+    """The manifest's `files` / `side_files` entries of files in `folder`."""
+    return tuple(FileRecord(n, (folder / n).stat().st_size, file_sha256(folder / n, on_bytes)) for n in names)
 
 
 def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None = None) -> int:
@@ -36,26 +36,25 @@ def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None =
     compare. Returns the number of files checked; raises ArtifactError naming the first that differs."""
     checked = 0
     for entry, needed in _entries(manifest):
-        path = manifest.path / entry["name"]
+        path = manifest.path / entry.name
         if not path.is_file():
             if needed:
                 raise ArtifactError(f"{path}: missing (listed in {MANIFEST_FILE})")
             continue
-        if "sha256" not in entry:
-            raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: no SHA-256 recorded for {entry['name']} (exported by an older nemotron-deploy; re-export to verify)")
-        if path.stat().st_size != entry["bytes"]:
-            raise ArtifactError(f"{path}: {path.stat().st_size} bytes, {MANIFEST_FILE} records {entry['bytes']} (truncated or replaced)")
-        if file_sha256(path, on_bytes) != entry["sha256"]:
+        if entry.sha256 is None:
+            raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: no SHA-256 recorded for {entry.name} (exported by an older nemotron-deploy; re-export to verify)")
+        if path.stat().st_size != entry.bytes:
+            raise ArtifactError(f"{path}: {path.stat().st_size} bytes, {MANIFEST_FILE} records {entry.bytes} (truncated or replaced)")
+        if file_sha256(path, on_bytes) != entry.sha256:
             raise ArtifactError(f"{path}: SHA-256 differs from the one {MANIFEST_FILE} records: the file is corrupted or was replaced")
         checked += 1
     return checked
 
 
 def bytes_to_verify(manifest: Manifest) -> int:
-    return sum(e["bytes"] for e, _ in _entries(manifest) if (manifest.path / e["name"]).is_file())
+    return sum(e.bytes for e, _ in _entries(manifest) if (manifest.path / e.name).is_file())
 
 
-def _entries(manifest: Manifest) -> list[tuple[dict, bool]]:
+def _entries(manifest: Manifest) -> list[tuple[FileRecord, bool]]:
     """(file record, required?): the manifest's `files`, then its optional `side_files`."""
-    side = [e for e in manifest.raw.get("side_files", []) if isinstance(e, dict)]
-    return [(e, True) for e in manifest.raw["files"]] + [(e, False) for e in side]
+    return [(e, True) for e in manifest.files] + [(e, False) for e in manifest.side_files]

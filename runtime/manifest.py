@@ -7,8 +7,9 @@ weights of both graphs, stored once), and the checkpoint's tokenizer and generat
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode")  # the step graphs of every artifact
+KV_ROLES = ("key", "value")  # the states that grow by one position per token
 WEIGHTS_FILE = "weights.data"  # the weights of both graphs, stored once (ONNX external data)
 
 
@@ -28,52 +30,143 @@ class ArtifactError(NemotronDeployError):
     """An artifact directory is missing files, corrupted, or of another format version."""
 
 
+# ------------------------------------------------------------------------------------------ the schema
+# Field order is the JSON's key order. A field marked OPTIONAL is left out of the JSON when None.
+OPTIONAL = {"optional": True}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a step graph (exporter/io_spec.py makes them; dtype "model" until export)."""
+
+    name: str
+    role: str  # input_ids | attention_mask | logits | conv_state | ssm_state | key | value
+    dtype: str
+    shape: tuple[str | int, ...]  # sizes and symbols: batch, new_tokens, past_len, total_len
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """A recurrent state: `name` (past.*) is a graph input, `present` (present.*) the output that replaces it."""
+
+    name: str
+    present: str
+    role: str  # conv_state | ssm_state | key | value
+    layer: int
+    dtype: str
+    shape: tuple[str | int, ...]  # [batch, ...]; K/V: [batch, kv_heads, past_len, head_dim]
+
+    @property
+    def grows(self) -> bool:
+        """K/V: one position per token along axis 2; the Mamba states have a fixed size."""
+        return self.role in KV_ROLES
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    name: str
+    version: str
+    namespace: str
+    nodes: int | None = field(default=None, metadata=OPTIONAL)  # per graph; None in the artifact's list
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    file: str
+    new_tokens: int | str  # 1 (decode) or "dynamic"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    plugins: tuple[PluginRecord, ...] | None = field(default=None, metadata=OPTIONAL)  # tensorrt target
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    layer_types: tuple[str, ...]
+    vocab_size: int
+    hidden_size: int
+    max_position_embeddings: int
+    chunk_size: int | None
+    num_parameters: int
+    decode_weight_bytes: int | None  # weight bytes a decode step reads per sequence (the bandwidth floor)
+    config: dict[str, Any]  # ModelConfig.to_dict()
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    temperature: float | None = field(default=None, metadata=OPTIONAL)  # the checkpoint's generation_config.json
+    top_k: int | None = field(default=None, metadata=OPTIONAL)
+    top_p: float | None = field(default=None, metadata=OPTIONAL)
+    do_sample: bool | None = field(default=None, metadata=OPTIONAL)
+    max_new_tokens: int | None = field(default=None, metadata=OPTIONAL)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    name: str
+    bytes: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    file: str
+    bytes: int
+    profile: dict[str, list]  # input name -> [min, opt, max] shapes
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What `nemotron-deploy build` made for one engine kind (tensorrt | tensorrt-rtx)."""
+
+    version: str  # TensorRT's: a plan runs only on the version that built it
+    precision: str
+    compute_capability: str  # "native" or the GPU it was built for ahead of time
+    built_on: str | None  # the building machine's GPU, for native builds
+    max_batch: int
+    max_seq_len: int
+    max_new_tokens: int
+    plugins: dict[str, Any] | None  # {"library": path, "plugins": [...]} for tensorrt-target artifacts
+    graphs: dict[str, PlanRecord]
+
+
 @dataclass(frozen=True)
 class Manifest:
-    path: Path  # the artifact directory
-    raw: dict[str, Any]
+    """An artifact directory's manifest.json, typed. `read_manifest` is its one reader, `write_manifest`
+    its one writer."""
 
-    @property
-    def target(self) -> str:
-        return self.raw["target"]
+    path: Path = field(metadata={"json": False})  # the artifact directory
+    target: str = "onnxruntime"
+    dtype: str = "float32"
+    opset: int | None = None
+    model: ModelRecord | None = None
+    quantization: dict[str, Any] | None = None  # QuantScheme.to_json() of `export --quantize`
+    # the oldest runtime that has every op the graphs use
+    requires: dict[str, str] = field(default_factory=dict)
+    graphs: dict[str, GraphRecord] = field(default_factory=dict)
+    plugins: tuple[PluginRecord, ...] = ()  # what an engine of this artifact needs (tensorrt target)
+    states: tuple[StateRecord, ...] = ()
+    generation: GenerationRecord = GenerationRecord()
+    tokenizer: dict[str, str] | None = None  # {"file": "tokenizer.json"}
+    side_files: tuple[FileRecord, ...] = ()  # optional: a runtime works without them (token ids only)
+    files: tuple[FileRecord, ...] = ()  # required, checked by size at load and by SHA-256 with `verify`
+    exporter: dict[str, Any] = field(default_factory=dict)  # versions and source, for people
+    engines: dict[str, EngineRecord] = field(default_factory=dict, metadata=OPTIONAL)
 
-    @property
-    def dtype(self) -> str:
-        return self.raw["dtype"]
-
-    @property
-    def model(self) -> dict[str, Any]:
-        return self.raw["model"]
-
-    @property
-    def states(self) -> list[dict[str, Any]]:
-        """Per-state records: name (past.*), present (present.*), role, layer, dtype, shape."""
-        return self.raw["states"]
-
-    def graph(self, name: str) -> dict[str, Any]:
-        return self.raw["graphs"][name]
+    def graph(self, name: str) -> GraphRecord:
+        return self.graphs[name]
 
     def graph_path(self, name: str) -> Path:
-        return self.path / self.graph(name)["file"]
-
-    @property
-    def generation(self) -> dict[str, Any]:
-        return self.raw.get("generation", {})
-
-    @property
-    def plugins(self) -> list[dict[str, Any]]:
-        """Plugins the graphs use (tensorrt target): name, version, namespace."""
-        return self.raw.get("plugins", [])
-
-    @property
-    def quantization(self) -> dict[str, Any] | None:
-        """`export --quantize` scheme (bits, block_size, ...) or None for float weights."""
-        return self.raw.get("quantization")
+        return self.path / self.graphs[name].file
 
     @property
     def tokenizer_file(self) -> Path | None:
-        name = (self.raw.get("tokenizer") or {}).get("file")
+        name = (self.tokenizer or {}).get("file")
         return self.path / name if name else None
+
 
 
 def read_manifest(artifact_dir: str | Path) -> Manifest:
@@ -92,13 +185,83 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
             f"{file}: format_version {raw.get('format_version')!r}, this nemotron-deploy reads version {FORMAT_VERSION}; re-export the checkpoint"
         )
     _validate(raw, file)
-    for entry in raw["files"]:
-        f = path / entry["name"]
+    manifest = from_json(path, raw)
+    for entry in manifest.files:
+        f = path / entry.name
         if not f.is_file():
             raise ArtifactError(f"{f}: missing (listed in {MANIFEST_FILE})")
-        if f.stat().st_size != entry["bytes"]:
-            raise ArtifactError(f"{f}: {f.stat().st_size} bytes, {MANIFEST_FILE} records {entry['bytes']} (truncated or replaced)")
-    return Manifest(path, raw)
+        if f.stat().st_size != entry.bytes:
+            raise ArtifactError(f"{f}: {f.stat().st_size} bytes, {MANIFEST_FILE} records {entry.bytes} (truncated or replaced)")
+    return manifest
+
+
+def write_manifest(manifest: Manifest) -> Path:
+    """Write (or replace) `manifest.json` in the artifact directory, atomically."""
+    from nemotron_deploy.runtime.atomic import write_file
+
+    return write_file(manifest.path / MANIFEST_FILE, json.dumps(to_json(manifest), indent=2).encode())
+
+
+def to_json(record) -> Any:
+    """A record as JSON values: the format fields first, then the fields in order (OPTIONAL ones only when set)."""
+    if isinstance(record, Manifest):
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **_fields_json(record)}
+    if dataclasses.is_dataclass(record):
+        return _fields_json(record)
+    if isinstance(record, (list, tuple)):
+        return [to_json(item) for item in record]
+    if isinstance(record, dict):
+        return {key: to_json(value) for key, value in record.items()}
+    return record
+
+
+def _fields_json(record) -> dict:
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.metadata.get("json", True) and not (f.metadata.get("optional") and (value is None or value == {})):
+            out[f.name] = to_json(value)
+    return out
+
+
+def from_json(path: Path, raw: dict) -> Manifest:
+    """The records of a manifest that `_validate` accepted."""
+    files = lambda key: tuple(_record(FileRecord, entry) for entry in raw.get(key) or [] if isinstance(entry, dict))  # noqa: E731
+    return Manifest(
+        path=path,
+        target=raw["target"],
+        dtype=raw["dtype"],
+        opset=raw.get("opset"),
+        model=_record(ModelRecord, raw["model"], layer_types=tuple(raw["model"]["layer_types"])),
+        quantization=raw.get("quantization"),
+        requires=raw.get("requires") or {},
+        graphs={name: _graph(graph) for name, graph in raw["graphs"].items()},
+        plugins=tuple(_record(PluginRecord, p) for p in raw.get("plugins") or []),
+        states=tuple(_record(StateRecord, s, shape=tuple(s["shape"])) for s in raw["states"]),
+        generation=_record(GenerationRecord, raw.get("generation") or {}, eos_token_ids=tuple((raw.get("generation") or {}).get("eos_token_ids") or ())),
+        tokenizer=raw.get("tokenizer"),
+        side_files=files("side_files"),
+        files=files("files"),
+        exporter=raw.get("exporter") or {},
+        engines={kind: _engine(engine) for kind, engine in (raw.get("engines") or {}).items()},
+    )
+
+
+def _record(cls, raw: dict, **converted):
+    """`cls` from the keys of `raw` it has fields for (missing ones take their defaults, or None)."""
+    values = {f.name: raw.get(f.name) for f in dataclasses.fields(cls) if f.name in raw or f.default is dataclasses.MISSING}
+    return cls(**(values | converted))
+
+
+def _graph(raw: dict) -> GraphRecord:
+    specs = lambda key: tuple(_record(TensorSpec, t, shape=tuple(t["shape"])) for t in raw[key])  # noqa: E731
+    plugins = None if raw.get("plugins") is None else tuple(_record(PluginRecord, p) for p in raw["plugins"])
+    return GraphRecord(file=raw["file"], new_tokens=raw.get("new_tokens"), inputs=specs("inputs"), outputs=specs("outputs"), plugins=plugins)
+
+
+def _engine(raw: dict) -> EngineRecord:
+    graphs = {name: _record(PlanRecord, plan) for name, plan in (raw.get("graphs") or {}).items()}
+    return _record(EngineRecord, raw, graphs=graphs)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -211,24 +374,24 @@ def check_graph_inputs(manifest: Manifest, graph: str, inputs: dict[str, tuple[s
     """The manifest's states against a graph's own declared inputs (name -> (dtype name, dims, symbols
     as strings)). Raises ArtifactError naming the state."""
     where = f"{manifest.path / MANIFEST_FILE}"
-    file = manifest.graph(graph)["file"]
-    unlisted = sorted(set(inputs) - {s["name"] for s in manifest.states} - {"input_ids", "attention_mask"})
+    file = manifest.graph(graph).file
+    unlisted = sorted(set(inputs) - {s.name for s in manifest.states} - {"input_ids", "attention_mask"})
     if unlisted:
         raise ArtifactError(f"{where}: {file} takes state '{unlisted[0]}', which the manifest's 'states' do not list")
     for state in manifest.states:
-        if state["name"] not in inputs:
-            raise ArtifactError(f"{where}: state '{state['name']}' is not an input of {file}")
-        dtype, dims = inputs[state["name"]]
-        if dtype != state["dtype"]:
-            raise ArtifactError(f"{where}: state '{state['name']}' has dtype {state['dtype']}, {file} takes {dtype}")
-        if len(dims) != len(state["shape"]) or any(isinstance(d, int) and state["shape"][i] != d for i, d in enumerate(dims)):
-            raise ArtifactError(f"{where}: state '{state['name']}' has shape {state['shape']}, {file} takes {dims}")
+        if state.name not in inputs:
+            raise ArtifactError(f"{where}: state '{state.name}' is not an input of {file}")
+        dtype, dims = inputs[state.name]
+        if dtype != state.dtype:
+            raise ArtifactError(f"{where}: state '{state.name}' has dtype {state.dtype}, {file} takes {dtype}")
+        if len(dims) != len(state.shape) or any(isinstance(d, int) and state.shape[i] != d for i, d in enumerate(dims)):
+            raise ArtifactError(f"{where}: state '{state.name}' has shape {list(state.shape)}, {file} takes {dims}")
 
 
 def initial_state_shapes(manifest: Manifest, batch: int) -> dict[str, tuple[list[int], str]]:
     """name -> (shape, dtype name) of every state of `batch` new sequences (K/V with past length 0)."""
     return {
-        s["name"]: ([batch if d == "batch" else 0 if isinstance(d, str) else d for d in s["shape"]], s["dtype"])
+        s.name: ([batch if d == "batch" else 0 if isinstance(d, str) else d for d in s.shape], s.dtype)
         for s in manifest.states
     }
 

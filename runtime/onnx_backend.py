@@ -12,6 +12,7 @@ import numpy as np
 
 from nemotron_deploy.runtime.dtypes import from_onnx
 from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.step_binding import StepBinding
 
 
 
@@ -30,7 +31,7 @@ def graph_inputs(model) -> dict[str, tuple[str, list]]:
 
 def _check_version(manifest: Manifest, installed: str) -> None:
     """The artifact's `requires.onnxruntime` (oldest version with every op its graphs use) against ours."""
-    needed = (manifest.raw.get("requires") or {}).get("onnxruntime")
+    needed = manifest.requires.get("onnxruntime")
 
     def parts(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
@@ -51,7 +52,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         if manifest.plugins:
-            names = ", ".join(p["name"] for p in manifest.plugins)
+            names = ", ".join(p.name for p in manifest.plugins)
             raise ArtifactError(
                 f"{manifest.path}: a '{manifest.target}' artifact with plugin nodes ({names}) cannot run on onnxruntime; "
                 "use --backend tensorrt (after `nemotron-deploy build`) or --backend reference, or export --target onnxruntime"
@@ -85,8 +86,7 @@ class OnnxRuntimeBackend:
                 self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as e:  # onnxruntime raises its own exception types for a corrupt model
                 raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
-        self.state_names = [s["name"] for s in manifest.states]
-        self.output_names = ["logits"] + [s["present"] for s in manifest.states]
+        self.binding = StepBinding.of(manifest)
 
     def _map_weights(self) -> np.memmap | None:
         path = self.manifest.path / WEIGHTS_FILE
@@ -125,6 +125,4 @@ class OnnxRuntimeBackend:
 
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """input_ids (B, T) int64, attention_mask (B, past+T) int64 -> logits (B, V) fp32 and the next state."""
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, **state}
-        logits, *presents = self.sessions[graph].run(self.output_names, feeds)
-        return logits[:, -1], dict(zip(self.state_names, presents))
+        return self.binding.unpack(self.sessions[graph].run(self.binding.outputs, self.binding.feeds(input_ids, attention_mask, state)))

@@ -39,8 +39,8 @@ class Session:
             tok = None
         self.tokenizer = Tokenizer(tok) if tok else None
         model = self.manifest.model
-        self.vocab_size = model["vocab_size"]
-        self.max_length = model["max_position_embeddings"]
+        self.vocab_size = model.vocab_size
+        self.max_length = model.max_position_embeddings
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -69,8 +69,8 @@ class Session:
         gen = self.manifest.generation
         result = decode.generate(
             self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
-            eos_token_ids=() if ignore_eos else gen.get("eos_token_ids", ()),
-            pad_token_id=gen.get("pad_token_id") or 0, max_length=self.max_length,
+            eos_token_ids=() if ignore_eos else gen.eos_token_ids,
+            pad_token_id=gen.pad_token_id or 0, max_length=self.max_length,
             prefill_chunk_size=prefill_chunk_size, on_token=on_token,
         )  # fmt: skip
         if self.tokenizer is not None:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from nemotron_deploy.runtime.dtypes import from_tensorrt
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest, initial_state_shapes
+from nemotron_deploy.runtime.manifest import GRAPHS, ArtifactError, EngineRecord, Manifest, initial_state_shapes
 from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
 
 
-def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, dict]:
+def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, EngineRecord]:
     """The engine kind to run and its build record; a clear error when the artifact has none."""
-    built = manifest.raw.get("engines", {})
+    built = manifest.engines
     if engine is not None and engine not in ENGINES:
         raise TensorRTError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     kinds = [engine] if engine else [k for k in ENGINES if k in built]
@@ -32,16 +32,16 @@ def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, dict]:
     return kinds[0], built[kinds[0]]
 
 
-def check_trt_version(record: dict, trt_version: str, plan: Path) -> None:
+def check_trt_version(record: EngineRecord, trt_version: str, plan: Path) -> None:
     """A .plan runs only on the TensorRT version it was built with: say so before TensorRT fails."""
-    if record["version"] != trt_version:
-        raise ArtifactError(f"{plan}: built with TensorRT {record['version']}, this is {trt_version}; rebuild with `nemotron-deploy build`")
+    if record.version != trt_version:
+        raise ArtifactError(f"{plan}: built with TensorRT {record.version}, this is {trt_version}; rebuild with `nemotron-deploy build`")
 
 
-def check_gpu(record: dict, device_capability: str, device_name: str, plan: Path) -> None:
+def check_gpu(record: EngineRecord, device_capability: str, device_name: str, plan: Path) -> None:
     """... and only on the GPU architecture it was built for."""
-    target = record.get("compute_capability")
-    target = record.get("built_on") if target in (None, "native") else target
+    target = record.compute_capability
+    target = record.built_on if target in (None, "native") else target
     if target and target != device_capability:
         raise ArtifactError(
             f"{plan}: built for compute capability {target}, this GPU ({device_name}) is {device_capability}; "
@@ -62,11 +62,11 @@ class TensorRTBackend:
         self.manifest = manifest
         self.kind, self.record = pick_engine(manifest, engine)
         trt = import_engine(self.kind)
-        plans = [manifest.path / self.record["graphs"][g]["file"] for g in ("prefill", "decode")]
+        plans = [manifest.path / self.record.graphs[g].file for g in GRAPHS]
         check_trt_version(self.record, trt.__version__, plans[0])
         library = None
         if manifest.plugins:
-            library = plugin_library_path(manifest, plugins, (self.record.get("plugins") or {}).get("library"))
+            library = plugin_library_path(manifest, plugins, (self.record.plugins or {}).get("library"))
         if not torch.cuda.is_available():
             raise TensorRTError("--backend tensorrt needs a CUDA GPU and torch with CUDA; none is available here")
         self.device = torch.device("cuda", device)
@@ -77,20 +77,20 @@ class TensorRTBackend:
         if library is not None:
             load_plugins(trt, runtime.get_plugin_registry(), manifest, library)
         self.engines, self.contexts = {}, {}
-        for graph, plan in zip(("prefill", "decode"), plans):
+        for graph, plan in zip(GRAPHS, plans):
             engine_obj = runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine_obj is None:
                 raise ArtifactError(f"{plan}: TensorRT could not deserialize it ({self.logger.last_error() or 'no message'})")
             self.engines[graph] = engine_obj
             self.contexts[graph] = engine_obj.create_execution_context()
         self.stream = torch.cuda.Stream(self.device)
-        self.state_names = [s["name"] for s in manifest.states]
-        self.present_names = [s["present"] for s in manifest.states]
-        self.max_batch = self.record["max_batch"]
-        self.max_new_tokens = self.record["max_new_tokens"]
-        self.max_seq_len = self.record["max_seq_len"]
+        self.state_names = [s.name for s in manifest.states]
+        self.present_names = [s.present for s in manifest.states]
+        self.max_batch = self.record.max_batch
+        self.max_new_tokens = self.record.max_new_tokens
+        self.max_seq_len = self.record.max_seq_len
         # CUDA graphs need fixed shapes: only when no state grows (no attention layers)
-        self.graphable = all(s["role"] not in ("key", "value") for s in manifest.states)
+        self.graphable = not any(s.grows for s in manifest.states)
         self._graphs: dict[int, tuple] = {}
 
     # -- states -------------------------------------------------------------------------------------

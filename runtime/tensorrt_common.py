@@ -60,7 +60,7 @@ def make_logger(trt):
 
 def plugin_library_path(manifest: Manifest, given: str | Path | None, recorded: str | None = None) -> Path:
     """--plugins, else $NEMOTRON_DEPLOY_PLUGINS, else the library recorded at build time."""
-    needed = ", ".join(f"{p['name']} v{p['version']}" for p in manifest.plugins)
+    needed = ", ".join(f"{p.name} v{p.version}" for p in manifest.plugins)
     path = given or os.environ.get(PLUGINS_ENV) or recorded
     if not path:
         raise TensorRTError(f"{manifest.path}: its graphs use plugins ({needed}); pass --plugins PATH "
@@ -81,9 +81,9 @@ def load_plugins(trt, registry, manifest: Manifest, path: Path) -> None:
 def check_plugin_versions(manifest: Manifest, library: Path, find_creator) -> None:
     """Every plugin the manifest records must exist in the loaded library at that version and namespace."""
     for p in manifest.plugins:
-        if find_creator(p["name"], p["version"], p["namespace"]) is None:
+        if find_creator(p.name, p.version, p.namespace) is None:
             raise TensorRTError(
-                f"plugin library {library}: has no plugin {p['name']} version {p['version']} in namespace "
-                f"'{p['namespace']}', which {manifest.path / MANIFEST_FILE} records; build the library from the "
+                f"plugin library {library}: has no plugin {p.name} version {p.version} in namespace "
+                f"'{p.namespace}', which {manifest.path / MANIFEST_FILE} records; build the library from the "
                 "nemotron-deploy that exported the artifact (`nemotron-deploy plugins build`), or re-export"
             )

@@ -87,20 +87,20 @@ def step_model(manifest, *, platform: str, max_batch: int, instances: int, idle_
     batch dimension is left out of every dims (max_batch_size > 0).
     """
     graph = manifest.graph("prefill")
-    io = {t["name"]: t for t in graph["inputs"] + graph["outputs"]}
+    by_role = {t.role: t for t in graph.inputs + graph.outputs if t.layer is None}
     config = pb.ModelConfig(name=STEP_MODEL, platform=platform, max_batch_size=max_batch,
                             instance_group=[pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.KIND_AUTO)])  # fmt: skip
-    for name in ("input_ids", "attention_mask"):
-        config.input.add(name=name, data_type=_data_type(DTYPES[io[name]["dtype"]].triton), dims=[-1])
-    logits = io["logits"]
-    config.output.add(name="logits", data_type=_data_type(DTYPES[logits["dtype"]].triton), dims=[_dim(d) for d in logits["shape"][1:]])
+    for role in ("input_ids", "attention_mask"):
+        config.input.add(name=by_role[role].name, data_type=_data_type(DTYPES[by_role[role].dtype].triton), dims=[-1])
+    logits = by_role["logits"]
+    config.output.add(name=logits.name, data_type=_data_type(DTYPES[logits.dtype].triton), dims=[_dim(d) for d in logits.shape[1:]])
     batching = config.sequence_batching
     batching.max_sequence_idle_microseconds = idle_seconds * 1_000_000
     batching.oldest.max_candidate_sequences = 4 * max_batch
     for state in manifest.states:
-        dims = [_dim(d) for d in state["shape"][1:]]
-        dtype = _data_type(DTYPES[state["dtype"]].triton)
-        entry = batching.state.add(input_name=state["name"], output_name=state["present"], data_type=dtype, dims=dims)
+        dims = [_dim(d) for d in state.shape[1:]]
+        dtype = _data_type(DTYPES[state.dtype].triton)
+        entry = batching.state.add(input_name=state.name, output_name=state.present, data_type=dtype, dims=dims)
         entry.initial_state.add(name="zeros", data_type=dtype, dims=[0 if d == -1 else d for d in dims], zero_data=True)
     return config
 

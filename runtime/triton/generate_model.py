@@ -137,8 +137,7 @@ class TritonPythonModel:
                                threads=int(params["threads"]) if params.get("threads") else None)  # fmt: skip
         model = self.session.manifest.model
         gen = self.session.manifest.generation
-        self.limits = dict(vocab_size=model["vocab_size"], max_length=self.session.max_length,
-                           eos_token_ids=tuple(gen.get("eos_token_ids", ())))  # fmt: skip
+        self.limits = dict(vocab_size=model.vocab_size, max_length=self.session.max_length, eos_token_ids=gen.eos_token_ids)
         self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
         chunk = params.get("prefill_chunk_size")
         backend = self.session.backend
@@ -147,7 +146,7 @@ class TritonPythonModel:
         max_length = min(self.session.max_length, getattr(backend, "max_seq_len", 1 << 30))
         self.limits["max_length"] = max_length
         self.batcher = ContinuousBatcher(backend, self.session.manifest.states, max_batch=max_batch, max_length=max_length,
-                                         pad_token_id=gen.get("pad_token_id") or 0, prefill_chunk_size=int(chunk) if chunk else None)  # fmt: skip
+                                         pad_token_id=gen.pad_token_id or 0, prefill_chunk_size=int(chunk) if chunk else None)  # fmt: skip
         self.metrics = _Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="nemotron-batcher", daemon=True)

@@ -54,7 +54,7 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
 
 
 def _generate_backend(manifest: Manifest, backend: str | None) -> str:
-    engines = manifest.raw.get("engines") or {}
+    engines = manifest.engines
     backend = backend or ("tensorrt" if engines else "onnxruntime")
     if backend not in ("onnxruntime", "tensorrt"):
         raise NemotronDeployError(f"--backend {backend!r}: expected onnxruntime or tensorrt")
@@ -89,14 +89,14 @@ def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: i
 
 
 def _write_step(repo: Path, manifest: Manifest, instances: int, max_batch: int) -> None:
-    engines = manifest.raw.get("engines") or {}
+    engines = manifest.engines
     if manifest.plugins and "tensorrt" not in engines:
         raise NemotronDeployError(f"{manifest.path}: a step model of a '{manifest.target}' artifact runs its TensorRT engine; "
                                   f"build it first: nemotron-deploy build {manifest.path} --engine tensorrt")  # fmt: skip
     if manifest.plugins:
-        platform, sources = "tensorrt_plan", {"model.plan": engines["tensorrt"]["graphs"]["prefill"]["file"]}
+        platform, sources = "tensorrt_plan", {"model.plan": engines["tensorrt"].graphs["prefill"].file}
     else:
-        platform, sources = "onnxruntime_onnx", {"model.onnx": manifest.graph("prefill")["file"], WEIGHTS_FILE: WEIGHTS_FILE}
+        platform, sources = "onnxruntime_onnx", {"model.onnx": manifest.graph("prefill").file, WEIGHTS_FILE: WEIGHTS_FILE}
     model_dir = _write_model(repo, configs.step_model(manifest, platform=platform, max_batch=max_batch, instances=instances))
     for name, source in sources.items():
         _link_or_copy(manifest.path / source, model_dir / "1" / name)

@@ -13,7 +13,8 @@ from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest
+from nemotron_deploy.runtime.dtypes import dtype_bytes
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest, to_json
 from nemotron_deploy.runtime.sampling import Sampling, filtered_probabilities
 
 
@@ -40,16 +41,16 @@ def test_manifest_as_python_reads_it(built, artifacts, name, dtype, target):
     out, failed = _probe(built, "manifest", artifact)
     assert not failed, out
     m = read_manifest(artifact)
-    assert (out["target"], out["dtype"], out["vocab_size"], out["max_length"]) == (m.target, m.dtype, m.model["vocab_size"], m.model["max_position_embeddings"])
-    assert out["layer_types"] == m.model["layer_types"]
-    assert out["eos_token_ids"] == m.generation.get("eos_token_ids", []) and out["pad_token_id"] == (m.generation.get("pad_token_id") or 0)
-    assert out["plugins"] == m.plugins
+    assert (out["target"], out["dtype"], out["vocab_size"], out["max_length"]) == (m.target, m.dtype, m.model.vocab_size, m.model.max_position_embeddings)
+    assert out["layer_types"] == list(m.model.layer_types)
+    assert out["eos_token_ids"] == list(m.generation.eos_token_ids) and out["pad_token_id"] == (m.generation.pad_token_id or 0)
+    assert out["plugins"] == to_json(m.plugins)
     shapes = initial_state_shapes(m, 2)
-    assert [s["name"] for s in out["states"]] == [s["name"] for s in m.states]
+    assert [s["name"] for s in out["states"]] == [s.name for s in m.states]
     for cpp, py in zip(out["states"], m.states):
-        assert (cpp["present"], cpp["role"], cpp["dtype"], cpp["shape"]) == (py["present"], py["role"], py["dtype"], py["shape"])
-        assert cpp["initial_shape_batch_2"] == list(shapes[py["name"]][0])
-        assert cpp["bytes_per_element"] == np.dtype(np.float32 if py["dtype"] == "float32" else np.float16).itemsize
+        assert (cpp["present"], cpp["role"], cpp["dtype"], cpp["shape"]) == (py.present, py.role, py.dtype, list(py.shape))
+        assert cpp["initial_shape_batch_2"] == list(shapes[py.name][0])
+        assert cpp["bytes_per_element"] == dtype_bytes(py.dtype)
 
 
 def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_path):
@@ -196,8 +197,8 @@ def test_engine_checks_before_the_gpu_equal_python(built, artifacts, tmp_path):
     for version, capability, name in [("10.13.3", "90", "H100"), ("10.14.1", "80", "A100-SXM4-80GB")]:
         message, failed = _probe(built, "check-engine", copy, "tensorrt", version, capability, name)
         with pytest.raises(ArtifactError) as python:
-            check_trt_version(record, version, plan)
-            check_gpu(record, capability, name, plan)
+            check_trt_version(m.engines["tensorrt"], version, plan)
+            check_gpu(m.engines["tensorrt"], capability, name, plan)
         assert failed and message == str(python.value)
     message, failed = _probe(built, "check-engine", copy, "tensorrt-rtx", "10.14.1", "90", "H100")
     assert failed and "no tensorrt-rtx engines; build them first" in message

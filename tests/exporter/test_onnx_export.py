@@ -1,5 +1,6 @@
 """The export command's artifact: manifest, graph checks, weights stored once, atomic writes."""
 
+import json
 
 import onnx
 import pytest
@@ -7,22 +8,31 @@ import pytest
 from nemotron_deploy.exporter import io_spec, onnx_export
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import FORMAT_VERSION, read_manifest
+from nemotron_deploy.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, to_json
+
+
+@pytest.mark.parametrize("name,dtype,target", [("latent_moe_tied_odd", "float32", "onnxruntime"), ("hybrid_moe_groups", "bfloat16", "tensorrt")])
+def test_typed_manifest_reads_back_the_json_it_writes(artifacts, name, dtype, target):
+    """The one reader and the one writer are inverses: every field the exporter writes is typed, none is lost."""
+    _, _, artifact = artifacts(name, dtype, target)
+    on_disk = json.loads((artifact / MANIFEST_FILE).read_text())
+    assert to_json(read_manifest(artifact)) == on_disk
+    assert set(on_disk) >= {"model", "graphs", "states", "generation", "files", "exporter"} and (target != "tensorrt" or on_disk["plugins"])
 
 
 def test_artifact_layout_and_manifest(artifacts):
     ref, ckpt, artifact = artifacts("latent_moe_tied_odd")
     manifest = read_manifest(artifact)
     cfg = ModelConfig.from_file(ckpt)
-    assert manifest.raw["format_version"] == FORMAT_VERSION and manifest.target == "onnxruntime"
-    assert manifest.model["layer_types"] == list(cfg.layer_types)
-    assert [s["name"] for s in manifest.states] == [s.name for s in io_spec.state_specs(cfg, "past")]
-    assert manifest.generation["eos_token_ids"] == list(cfg.eos_token_id)
+    assert json.loads((artifact / MANIFEST_FILE).read_text())["format_version"] == FORMAT_VERSION and manifest.target == "onnxruntime"
+    assert manifest.model.layer_types == cfg.layer_types
+    assert [s.name for s in manifest.states] == [s.name for s in io_spec.state_specs(cfg, "past")]
+    assert manifest.generation.eos_token_ids == tuple(cfg.eos_token_id)
     for graph, new_tokens in (("prefill", "new_tokens"), ("decode", 1)):
         model = onnx.load(str(manifest.graph_path(graph)), load_external_data=False)
         assert [i.name for i in model.graph.input] == [s.name for s in io_spec.step_inputs(cfg)]
         assert [o.name for o in model.graph.output] == [s.name for s in io_spec.step_outputs(cfg)]
-        assert manifest.graph(graph)["inputs"][0]["shape"] == ["batch", new_tokens]
+        assert manifest.graph(graph).inputs[0].shape == ("batch", new_tokens)
         onnx.checker.check_model(str(manifest.graph_path(graph)), full_check=True)
     # weights stored once for both graphs (and not inline in the .onnx files)
     weight_bytes = 4 * sum(p.numel() for p in ref.parameters())

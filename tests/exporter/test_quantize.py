@@ -166,10 +166,10 @@ def test_quantized_artifact(quantized, name, scheme):
         float_weights = {n.input[1] for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in floats}
         assert all("router_weight" in w for w in float_weights), float_weights
         assert ops["MatMulNBits"] > 0 and ops["MoE"] == 0
-        assert ops["QMoE"] == (name == "hybrid_moe_groups") * manifest.model["layer_types"].count("moe")
-    fp32_bytes = read_manifest(paths["float32"]).model["decode_weight_bytes"]
+        assert ops["QMoE"] == (name == "hybrid_moe_groups") * manifest.model.layer_types.count("moe")
+    fp32_bytes = read_manifest(paths["float32"]).model.decode_weight_bytes
     # block 16: (bits/8 + 4/16) bytes per weight instead of 4, a little float (norms, router, conv) besides
-    assert manifest.model["decode_weight_bytes"] < fp32_bytes * (0.35 if scheme == "int8" else 0.22)
+    assert manifest.model.decode_weight_bytes < fp32_bytes * (0.35 if scheme == "int8" else 0.22)
 
     artifact = open_backend(manifest)
     kernel = compare(open_backend(read_manifest(paths["dequantized"])), artifact, PROMPT, 64)

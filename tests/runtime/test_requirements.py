@@ -14,8 +14,8 @@ from nemotron_deploy.runtime.onnx_backend import _check_version
 def test_onnxruntime_artifact_records_its_minimum_and_older_versions_are_refused(artifacts):
     _, _, artifact = artifacts("dense_mlp_biases")
     manifest = read_manifest(artifact)
-    needed = manifest.raw["requires"]["onnxruntime"]
-    assert manifest.raw["opset"] == 23  # RMSNormalization: what makes the minimum newer than opset-18 runtimes
+    needed = manifest.requires["onnxruntime"]
+    assert manifest.opset == 23  # RMSNormalization: what makes the minimum newer than opset-18 runtimes
     _check_version(manifest, needed + ".0")
     _check_version(manifest, "2.0.0")
     major, minor = map(int, needed.split("."))

@@ -7,6 +7,7 @@
   ONNX parser and builder) turns it into .plan files ahead of time for SM86.
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from nemotron_deploy.exporter.engine_build import Limits, build_engines
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.manifest import ArtifactError, read_manifest
+from nemotron_deploy.runtime.manifest import ArtifactError, EngineRecord, PluginRecord, read_manifest, to_json
 from nemotron_deploy.runtime.session import Session
 
 VOCAB = 101
@@ -70,9 +71,9 @@ def test_half_precision_plugin_graphs(artifacts):
 def test_plugin_nodes_follow_the_contract(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     manifest = read_manifest(artifact)
-    cfg = manifest.model["config"]
-    kinds = manifest.model["layer_types"]
-    assert manifest.plugins == [{"name": op.name, "version": op.version, "namespace": op.namespace} for op in PLUGIN_OPS.values()]
+    cfg = manifest.model.config
+    kinds = manifest.model.layer_types
+    assert manifest.plugins == tuple(PluginRecord(op.name, op.version, op.namespace) for op in PLUGIN_OPS.values())
     for graph, dt_min in (("prefill", cfg["time_step_min"]), ("decode", 0.0)):
         model = onnx.load(str(manifest.graph_path(graph)), load_external_data=False)
         assert not model.functions
@@ -89,7 +90,7 @@ def test_plugin_nodes_follow_the_contract(artifacts):
                 assert attrs["dt_min"] == pytest.approx(dt_min) and attrs["dt_max"] == float("inf")
             else:
                 assert (attrs["top_k"], attrs["n_group"], attrs["topk_group"]) == (cfg["num_experts_per_tok"], cfg["n_group"], cfg["topk_group"])
-        counts = {p["name"]: p["nodes"] for p in manifest.graph(graph)["plugins"]}
+        counts = {p.name: p.nodes for p in manifest.graph(graph).plugins}
         assert counts == {"Mamba2Core": kinds.count("mamba"), "MoeDispatch": kinds.count("moe")}
 
 
@@ -131,13 +132,14 @@ def test_tensorrt_rtx_builds_plans_without_a_gpu(rtx_built):
     assert [p.name for p in plans] == ["prefill.tensorrt-rtx.plan", "decode.tensorrt-rtx.plan"]
     assert all(p.stat().st_size > 100_000 for p in plans)
     manifest = read_manifest(artifact)  # re-checks every file it lists, the plans included
-    record = manifest.raw["engines"]["tensorrt-rtx"]
-    assert record["compute_capability"] == "86" and record["max_batch"] == 4 and record["max_seq_len"] == 128
-    assert record["graphs"]["decode"]["profile"]["input_ids"] == [[1, 1], [2, 1], [4, 1]]
-    assert record["graphs"]["prefill"]["profile"]["attention_mask"][2] == [4, 128]
+    record = manifest.engines["tensorrt-rtx"]
+    assert record.compute_capability == "86" and record.max_batch == 4 and record.max_seq_len == 128
+    assert record.graphs["decode"].profile["input_ids"] == [[1, 1], [2, 1], [4, 1]]
+    assert record.graphs["prefill"].profile["attention_mask"][2] == [4, 128]
     assert (artifact / "tensorrt-rtx.timing.cache").is_file()
     assert any("built prefill.tensorrt-rtx.plan" in m for m in messages)
     assert not list(artifact.glob(".*.partial"))
+    assert to_json(manifest) == json.loads((artifact / "manifest.json").read_text())  # engines typed, nothing lost
 
 
 def test_build_cli_tensorrt_rtx_and_its_errors(rtx_built, tmp_path):
@@ -147,7 +149,7 @@ def test_build_cli_tensorrt_rtx_and_its_errors(rtx_built, tmp_path):
                                "--max-batch", "2", "--max-seq-len", "64", "--max-prefill-tokens", "32"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert out.output.strip().splitlines()[-1].endswith("decode.tensorrt-rtx.plan")
-    assert read_manifest(artifact).raw["engines"]["tensorrt-rtx"]["compute_capability"] == "89"
+    assert read_manifest(artifact).engines["tensorrt-rtx"].compute_capability == "89"
     bad = runner.invoke(main, ["build", str(artifact), "--engine", "tensorrt-rtx", "--compute-capability", "90"])
     assert bad.exit_code == 2 and "--compute-capability 90: tensorrt-rtx" in bad.output and "SM86" in bad.output
     bad = runner.invoke(main, ["build", str(artifact), "--engine", "tensorrt-rtx", "--precision", "fp16"])
@@ -174,11 +176,11 @@ def test_plan_of_another_tensorrt_version_is_refused(rtx_built):
 def test_plan_for_another_gpu_is_refused(tmp_path):
     from nemotron_deploy.runtime.tensorrt_backend import check_gpu
 
-    record = {"version": "10.14", "compute_capability": "86"}
+    record = EngineRecord("10.14", "float16", "86", None, 8, 4096, 2048, None, {})
     with pytest.raises(ArtifactError, match=r"built for compute capability 86, this GPU \(NVIDIA H100\) is 90; rebuild"):
         check_gpu(record, "90", "NVIDIA H100", tmp_path / "decode.tensorrt.plan")
     check_gpu(record, "86", "NVIDIA A10", tmp_path / "decode.tensorrt.plan")  # the same architecture passes
-    check_gpu({"compute_capability": "native", "built_on": "90"}, "90", "NVIDIA H100", tmp_path / "x.plan")
+    check_gpu(dataclasses.replace(record, compute_capability="native", built_on="90"), "90", "NVIDIA H100", tmp_path / "x.plan")
 
 
 def test_tensorrt_backend_and_build_errors_without_tensorrt(artifacts, tmp_path):

@@ -1,0 +1,35 @@
+"""A step graph's tensors by role, as the manifest names them: what every backend feeds and fetches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemotron_deploy.runtime.manifest import Manifest, StateRecord
+
+
+@dataclass(frozen=True)
+class StepBinding:
+    input_ids: str
+    attention_mask: str
+    logits: str
+    states: tuple[StateRecord, ...]
+
+    @classmethod
+    def of(cls, manifest: Manifest, graph: str = "prefill") -> "StepBinding":
+        record = manifest.graph(graph)
+        by_role = {t.role: t.name for t in record.inputs + record.outputs if t.layer is None}
+        return cls(by_role["input_ids"], by_role["attention_mask"], by_role["logits"], manifest.states)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output names in the order `unpack` takes them: logits, then every present state."""
+        return [self.logits] + [s.present for s in self.states]
+
+    def feeds(self, input_ids, attention_mask, state: dict) -> dict:
+        """input_ids (B, T) int64, attention_mask (B, past+T) int64, state: past.* name -> tensor."""
+        return {self.input_ids: input_ids, self.attention_mask: attention_mask, **state}
+
+    def unpack(self, results: list) -> tuple:
+        """Outputs in `outputs` order -> last-position logits (B, V) and the next state (past.* names)."""
+        logits, *presents = results
+        return logits[:, -1], {s.name: present for s, present in zip(self.states, presents)}
