@@ -251,7 +251,7 @@ bool PluginBase::checkArity(int32_t nbInputs, int32_t nbOutputs) const
     return false;
 }
 
-bool PluginBase::checkRanks(int32_t const* ranks) const
+bool PluginBase::checkInputRanks(int32_t const* ranks) const
 {
     bool ok = true;
     for (int32_t i = 0; i < mContract.nbInputs; ++i)
@@ -292,7 +292,7 @@ int32_t PluginBase::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, D
         {
             ranks[i] = inputs[i].nbDims;
         }
-        if (!checkArity(nbInputs, nbOutputs) || !checkRanks(ranks.data()))
+        if (!checkArity(nbInputs, nbOutputs) || !checkInputRanks(ranks.data()))
         {
             return -1;
         }
@@ -336,7 +336,7 @@ int32_t PluginBase::configurePlugin(
         {
             ranks[i] = in[i].desc.dims.nbDims;
         }
-        if (!checkRanks(ranks.data()))
+        if (!checkInputRanks(ranks.data()))
         {
             return -1;
         }

@@ -178,7 +178,7 @@ private:
     //! nbInputs/nbOutputs against the contract; logs and returns false on mismatch.
     bool checkArity(int32_t nbInputs, int32_t nbOutputs) const;
     //! Every input has its contract rank; logs the mismatches and returns false otherwise.
-    bool checkRanks(int32_t const* ranks) const;
+    bool checkInputRanks(int32_t const* ranks) const;
 
     Contract const& mContract;
     std::vector<FieldValue> mAttributes;
