@@ -95,6 +95,26 @@ def test_exported_plugin_nodes_build_in_the_library(emulated_build, tiny_artifac
             _check_node(harness, op, attrs, inputs, outputs)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mamba2_core_reads_and_writes_the_graph_states_in_place(tiny_artifacts, dtype):
+    """The states pass between steps in the dtypes the manifest declares (conv in the model dtype, SSM
+    float32): Mamba2Core's state ports must be the graph's past/present tensors themselves, with no cast
+    between, which holds only while the contract's state dtypes are the export's."""
+    from nemotron_deploy.runtime.manifest import read_manifest
+
+    names = [p.name for p in PLUGIN_OPS["Mamba2Core"].inputs + PLUGIN_OPS["Mamba2Core"].outputs]
+    n_in = len(PLUGIN_OPS["Mamba2Core"].inputs)
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(read_manifest(tiny_artifacts(dtype)).graph_path(graph)), load_external_data=False)
+        graph_inputs, graph_outputs = {v.name for v in model.graph.input}, {v.name for v in model.graph.output}
+        for node in (n for n in model.graph.node if n.op_type == "Mamba2Core"):
+            for port, kind in (("conv_state", "conv"), ("ssm_state", "ssm")):
+                tensor = node.input[names.index(port)]
+                assert tensor in graph_inputs and tensor.endswith(f".{kind}"), f"{graph}: {port} is {tensor}, not a past state"
+                tensor = node.output[names.index(f"new_{port}") - n_in]
+                assert tensor in graph_outputs and tensor.endswith(f".{kind}"), f"{graph}: new_{port} is {tensor}, not a present state"
+
+
 def test_a_contract_that_disagrees_with_the_export_fails(emulated_build, tiny_artifacts):
     """The check above can fail: the float16 graph's conv_state is T, so a plugin built as if it were
     float32 (the SSM state's dtype) is refused at that port."""
