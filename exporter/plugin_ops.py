@@ -45,6 +45,14 @@ class Attribute:
 
 
 @dataclass(frozen=True)
+class DimensionLimit:
+    dim: str  # a letter of DIMENSIONS
+    min: int
+    max: int
+    meaning: str
+
+
+@dataclass(frozen=True)
 class PluginOp:
     name: str  # ONNX op_type == TensorRT plugin name
     version: str
@@ -52,7 +60,7 @@ class PluginOp:
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
     attributes: tuple[Attribute, ...]
-    dimension_limits: tuple[dict, ...]  # {"dim", "min", "max", "meaning"}: sizes the kernels are written for
+    dimension_limits: tuple[DimensionLimit, ...]  # sizes the kernels are written for
     reference: Callable
 
 
@@ -63,7 +71,7 @@ def _op(folder: str, reference: Callable) -> PluginOp:
         name=contract["name"], version=contract["version"], namespace=contract["namespace"],
         inputs=ports("inputs"), outputs=ports("outputs"),
         attributes=tuple(Attribute(**a) for a in contract["attributes"]),
-        dimension_limits=tuple(contract.get("dimension_limits", ())), reference=reference,
+        dimension_limits=tuple(DimensionLimit(**lim) for lim in contract.get("dimension_limits", ())), reference=reference,
     )  # fmt: skip
 
 

@@ -88,8 +88,8 @@ def header(contract: dict, module: str) -> str:
     ports = inputs + outputs
     activation = next((i for i, p in enumerate(inputs) if p["dtype"] == "T"), -1)
     limits = "".join(
-        f"constexpr int64_t kMin{lim['dim']} = {lim['min']}; // {lim['meaning']}\n"
-        f"constexpr int64_t kMax{lim['dim']} = {lim['max']};\n"
+        f"inline constexpr int64_t kMin{lim['dim']} = {lim['min']}; // {lim['meaning']}\n"
+        f"inline constexpr int64_t kMax{lim['dim']} = {lim['max']};\n"
         for lim in contract.get("dimension_limits", [])
     )  # fmt: skip
     return (
@@ -99,13 +99,14 @@ def header(contract: dict, module: str) -> str:
         + _enum("Input", [p["name"] for p in inputs])
         + _enum("Output", [p["name"] for p in outputs])
         + _enum("Attribute", [a["name"] for a in attrs])
-        + "\n// inputs then outputs\n"
-        + "constexpr char const* kPortNames[] = {" + ", ".join(f'"{p["name"]}"' for p in ports) + "};\n"
-        + f'constexpr char kPortTypes[] = "{"".join(PORT_TYPE[p["dtype"]] for p in ports)}"; // T activation, f float32\n'
-        + "constexpr int32_t kPortRanks[] = {" + ", ".join(str(p["rank"]) for p in ports) + "};\n"
-        + "constexpr FieldSpec kFields[] = {\n" + "".join(_field(a) for a in attrs) + "};\n"
+        + "\n// inline: one object for every translation unit (the plugins keep references to kContract)\n"
+        + "// ports: inputs then outputs\n"
+        + "inline constexpr char const* kPortNames[] = {" + ", ".join(f'"{p["name"]}"' for p in ports) + "};\n"
+        + f'inline constexpr char kPortTypes[] = "{"".join(PORT_TYPE[p["dtype"]] for p in ports)}"; // T activation, f float32\n'
+        + "inline constexpr int32_t kPortRanks[] = {" + ", ".join(str(p["rank"]) for p in ports) + "};\n"
+        + "inline constexpr FieldSpec kFields[] = {\n" + "".join(_field(a) for a in attrs) + "};\n"
         + limits
-        + f'\nconstexpr Contract kContract{{"{contract["name"]}", "{contract["version"]}", "{contract["namespace"]}", '
+        + f'\ninline constexpr Contract kContract{{"{contract["name"]}", "{contract["version"]}", "{contract["namespace"]}", '
         f"{len(inputs)}, {len(outputs)}, kPortNames, kPortTypes, kPortRanks, {activation}, kFields, {len(attrs)}}};\n"
         f"\n}} // namespace ndp::contract::{module}\n"
     )

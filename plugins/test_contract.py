@@ -130,7 +130,7 @@ def test_contract_shapes_use_the_legend_and_ranks_match():
     for op in PLUGIN_OPS.values():
         for port in op.inputs + op.outputs:
             assert port.rank == len(port.shape.strip("[]").split(",")), port
-        assert {lim["dim"] for lim in op.dimension_limits} <= set(DIMENSIONS)
+        assert {lim.dim for lim in op.dimension_limits} <= set(DIMENSIONS)
 
 
 def io_table(op: PluginOp) -> str:
@@ -140,7 +140,7 @@ def io_table(op: PluginOp) -> str:
     bound = lambda v, unbounded: unbounded if v is None else f"{v:g}"  # noqa: E731
     attrs = [f"| {a.name} | {a.kind.upper()} | {bound(a.min, '-inf')} .. {bound(a.max, '+inf')}"
              f"{f', ≤ {a.at_most}' if a.at_most else ''} | {a.meaning} |" for a in op.attributes]  # fmt: skip
-    limits = [f"Sizes the kernels are written for: {lim['dim']} {lim['min']}..{lim['max']} ({lim['meaning']})." for lim in op.dimension_limits]
+    limits = [f"Sizes the kernels are written for: {lim.dim} {lim.min}..{lim.max} ({lim.meaning})." for lim in op.dimension_limits]
     return "\n".join(
         [f"**{op.name}** v{op.version}", "", "| # | port | dtype | shape | meaning |", "|---|---|---|---|---|", *rows, "",
          "| attribute | kind | range | meaning |", "|---|---|---|---|", *attrs, *([""] + limits if limits else [])]
