@@ -19,11 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-MAMBA2_CORE = "Mamba2Core"
+MAMBA2_CORE = "Mamba2Core"  # the contracts' names (plugins/*/contract.json), keys of plugin_ops.PLUGIN_OPS
 MOE_DISPATCH = "MoeDispatch"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "nemotron_deploy"
-DOMAIN = PLUGIN_NAMESPACE  # ONNX domain of the plugin nodes
 
 _target = contextvars.ContextVar("export_target", default="onnxruntime")
 
@@ -56,17 +53,20 @@ def dense_moe_prefill() -> bool:
     return _target.get() == "tensorrt-rtx" and torch.onnx.is_in_onnx_export()
 
 
-def plugin_node(
-    name: str,
-    inputs: Sequence[torch.Tensor],
-    attributes: dict,
-    outputs: Sequence[tuple[torch.dtype, Sequence]],
-) -> Sequence[torch.Tensor]:
-    """One plugin node; `outputs` gives each output's (dtype, shape) for the tracer."""
-    attrs = dict(attributes, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+def plugin_node(name: str, inputs: Sequence[torch.Tensor], attributes: dict, output_shapes: Sequence[Sequence]) -> list[torch.Tensor]:
+    """One node of plugin `name`, typed by its contract: each input cast to its port's dtype, each output
+    given its port's dtype ("T" = the activation dtype: that of the first "T" input); `output_shapes`
+    gives each output's shape for the tracer. A cast to the dtype a tensor has exports as nothing."""
+    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS  # here: plugin_ops imports the model modules
+
+    op = PLUGIN_OPS[name]
+    activation = next(x.dtype for x, port in zip(inputs, op.inputs) if port.dtype == "T")
+    dtype = lambda port: activation if port.dtype == "T" else getattr(torch, port.dtype)  # noqa: E731
+    inputs = [x.to(dtype(port)) for x, port in zip(inputs, op.inputs, strict=True)]
+    attrs = dict(attributes, plugin_version=op.version, plugin_namespace=op.namespace)
     results = torch.onnx.ops.symbolic_multi_out(
-        f"{DOMAIN}::{name}", list(inputs), attrs,
-        dtypes=[dtype for dtype, _ in outputs], shapes=[list(shape) for _, shape in outputs], version=1,
+        f"{op.namespace}::{name}", inputs, attrs,
+        dtypes=[dtype(port) for port in op.outputs], shapes=[list(shape) for shape in output_shapes], version=1,
     )  # fmt: skip
     return [r.to(inputs[0].device) for r in results]  # see _on_device
 

@@ -119,6 +119,7 @@ def build_plugins(
         cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
         f"-DTENSORRT_INCLUDE_DIR={headers}", f"-DNDP_EMULATE={'ON' if emulated else 'OFF'}",
         f"-DNDP_CUDA_ARCHITECTURES={cuda_architectures}",
+        f"-DPython3_EXECUTABLE={sys.executable}",  # runs contract_header.py
     ]  # fmt: skip
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 from nemotron_deploy.plugins.build import DEFAULT_CUDA_ARCHITECTURES
-from nemotron_deploy.plugins.harness import PluginHarness
+from nemotron_deploy.plugins.harness import HarnessError, PluginHarness
 
 FIELD_TYPE = {"int": "5", "float": "1"}  # nvinfer1::PluginFieldType kINT32, kFLOAT32
 
@@ -97,3 +97,30 @@ def test_cli_plugins_build_bad_architecture_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: --cuda-arch '80;abc': expected CUDA architectures like '90'")
     assert not (tmp_path / "build").exists()
+
+
+# Each entry point's failure as the harness sees it: createPlugin / build steps / run-time plugin / enqueue
+ENTRY_POINTS = ["createPlugin", "getOutputDataTypes", "getOutputShapes", "supportsFormatCombination", "configurePlugin",
+                "getWorkspaceSize", "getFieldsToSerialize", "clone", "enqueue"]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ENTRY_POINTS)
+def test_an_exception_in_an_entry_point_is_a_logged_error(emulated_build, monkeypatch, method):
+    """The emulated library throws inside `method` when $NDP_INJECT_FAILURE names it (a test hook of the
+    CPU emulation only): the plugin logs "<plugin>.<method>: injected failure" and returns its error value
+    (null, -1, false, 0 bytes); nothing reaches the caller as an exception."""
+    import torch
+
+    from nemotron_deploy.exporter.plugin_ops import MOE_DISPATCH
+
+    harness = PluginHarness(emulated_build.harness, emulated_build.library)
+    attrs = dict(top_k=2, n_group=1, topk_group=1, norm_topk_prob=1, routed_scaling_factor=1.0)
+    inputs = [torch.randn(3, 8), torch.randn(3, 4), torch.zeros(4), torch.randn(4, 6, 8), torch.randn(4, 8, 6)]
+    plugin = harness.create(MOE_DISPATCH, attrs)
+    monkeypatch.setenv("NDP_INJECT_FAILURE", method)
+    logged = f"MoeDispatch.{method}: injected failure"
+    if method == "getWorkspaceSize":  # its error value, 0 bytes, is not a failure the caller can see
+        assert plugin.build(inputs).workspace == 0 and logged in harness.take_log()
+        return
+    with pytest.raises(HarnessError, match=logged):
+        harness.create(MOE_DISPATCH, attrs) if method == "createPlugin" else plugin.run(inputs)

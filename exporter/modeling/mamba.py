@@ -222,9 +222,8 @@ class Mamba2Mixer(nn.Module):
         b, t = xbc.shape[:2]
         y, conv, ssm = plugin_nodes.plugin_node(
             plugin_nodes.MAMBA2_CORE,
-            [xbc, dt, mask.float(), conv_state, ssm_state.float(), conv_weight, conv_bias, dt_bias, a_log, d],
+            [xbc, dt, mask, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, a_log, d],
             attrs,
-            [(torch.float32, (b, t, self.cfg.mamba_intermediate)), (conv_state.dtype, conv_state.shape),
-             (torch.float32, ssm_state.shape)],
+            [(b, t, self.cfg.mamba_intermediate), conv_state.shape, ssm_state.shape],
         )  # fmt: skip
         return y, conv, ssm.to(ssm_state.dtype)

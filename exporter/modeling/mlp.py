@@ -219,10 +219,7 @@ class MoE(nn.Module):
         inputs = (self.fc1_latent_proj(flat), logits, self.e_score_correction_bias, self.experts_up, self.experts_down)
         attrs = moe_dispatch_attributes(cfg)
         if plugin_nodes.emitting():
-            (routed,) = plugin_nodes.plugin_node(
-                plugin_nodes.MOE_DISPATCH, [*inputs[:2], inputs[2].float(), *inputs[3:]], attrs,
-                [(torch.float32, inputs[0].shape)],
-            )  # fmt: skip
+            (routed,) = plugin_nodes.plugin_node(plugin_nodes.MOE_DISPATCH, inputs, attrs, [inputs[0].shape])
         elif plugin_nodes.onnxruntime_contrib():
             routed = moe_dispatch_onnxruntime(*inputs, **attrs, decode=hidden.shape[1] == 1)
         else:

@@ -1,4 +1,4 @@
-// The activation types every plugin supports (the "T" of exporter/plugin_ops.py), shared by the
+// The activation types every plugin supports (the "T" of the plugins' contract.json), shared by the
 // host-side plugins and the kernel launchers.
 #pragma once
 

@@ -14,9 +14,12 @@ extern "C" NDP_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 
 extern "C" NDP_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static ndp::Mamba2CoreCreator mamba2Core;
-    static ndp::MoeDispatchCreator moeDispatch;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&mamba2Core, &moeDispatch};
-    nbCreators = 2;
-    return creators;
+    nbCreators = 0;
+    return ndp::guarded<nvinfer1::IPluginCreatorInterface* const*>("library", "getCreators", nullptr, [&] {
+        static ndp::Mamba2CoreCreator mamba2Core; // constructing a creator allocates: may throw, once
+        static ndp::MoeDispatchCreator moeDispatch;
+        static nvinfer1::IPluginCreatorInterface* const creators[] = {&mamba2Core, &moeDispatch};
+        nbCreators = 2;
+        return creators;
+    });
 }

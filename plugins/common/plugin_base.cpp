@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 
 namespace ndp
 {
@@ -12,7 +14,26 @@ using namespace nvinfer1;
 namespace
 {
 ILoggerFinder* gLoggerFinder = nullptr;
+
+void logText(char const* text) noexcept
+{
+    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    if (logger != nullptr)
+    {
+        logger->log(ILogger::Severity::kERROR, text);
+    }
+    else
+    {
+        std::fprintf(stderr, "%s\n", text);
+    }
 }
+
+bool isActivationType(DataType type)
+{
+    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
+}
+
+} // namespace
 
 void setLoggerFinder(ILoggerFinder* finder) noexcept
 {
@@ -21,21 +42,39 @@ void setLoggerFinder(ILoggerFinder* finder) noexcept
 
 void logError(std::string const& message) noexcept
 {
-    std::string const text = "[nemotron_deploy plugins] " + message;
-    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
-    if (logger != nullptr)
+    try
     {
-        logger->log(ILogger::Severity::kERROR, text.c_str());
+        logText(("[nemotron_deploy plugins] " + message).c_str());
     }
-    else
+    catch (...) // no memory for the prefix: the message alone
     {
-        std::fprintf(stderr, "%s\n", text.c_str());
+        logText(message.c_str());
     }
 }
 
-bool isActivationType(DataType type) noexcept
+void logFailure(char const* plugin, char const* method, char const* what) noexcept
 {
-    return type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
+    try
+    {
+        logError(std::string(plugin) + "." + method + ": " + what);
+    }
+    catch (...)
+    {
+        logText(what);
+    }
+}
+
+void injectFailure(char const* method)
+{
+#ifdef NDP_EMULATE
+    char const* wanted = std::getenv("NDP_INJECT_FAILURE");
+    if (wanted != nullptr && std::strcmp(wanted, method) == 0)
+    {
+        throw std::runtime_error("injected failure");
+    }
+#else
+    (void) method;
+#endif
 }
 
 ActivationType activationType(DataType type) noexcept
@@ -45,126 +84,112 @@ ActivationType activationType(DataType type) noexcept
                                    : ActivationType::kFLOAT;
 }
 
-char const* typeName(DataType type) noexcept
+namespace
 {
-    switch (type)
-    {
-    case DataType::kFLOAT: return "float32";
-    case DataType::kHALF: return "float16";
-    case DataType::kBF16: return "bfloat16";
-    case DataType::kINT32: return "int32";
-    case DataType::kINT64: return "int64";
-    case DataType::kBOOL: return "bool";
-    default: return "another type";
-    }
+
+PluginFieldType fieldType(FieldKind kind)
+{
+    return kind == FieldKind::kINT ? PluginFieldType::kINT32 : PluginFieldType::kFLOAT32;
 }
 
-int64_t volume(Dims const& dims) noexcept
+double numeric(FieldSpec const& spec, FieldValue const& v)
 {
-    int64_t v = 1;
-    for (int32_t i = 0; i < dims.nbDims; ++i)
-    {
-        v *= dims.d[i];
-    }
-    return v;
+    return spec.kind == FieldKind::kINT ? double(v.i) : double(v.f);
 }
 
-FieldReader::FieldReader(char const* pluginName, PluginFieldCollection const* fields)
-    : mPlugin(pluginName)
-    , mFields(fields)
+//! The field named `spec.name` with one value of its kind, or null and an error.
+PluginField const* findField(FieldSpec const& spec, PluginFieldCollection const& fc, std::vector<std::string>& errors)
 {
-    if (fields == nullptr)
+    for (int32_t i = 0; i < fc.nbFields; ++i)
     {
-        mErrors.emplace_back("no attributes were given");
-    }
-}
-
-PluginField const* FieldReader::find(char const* name, PluginFieldType type)
-{
-    if (mFields == nullptr)
-    {
-        return nullptr;
-    }
-    for (int32_t i = 0; i < mFields->nbFields; ++i)
-    {
-        PluginField const& f = mFields->fields[i];
-        if (f.name != nullptr && std::strcmp(f.name, name) == 0)
+        PluginField const& f = fc.fields[i];
+        if (f.name != nullptr && std::strcmp(f.name, spec.name) == 0)
         {
-            if (f.type != type || f.length != 1 || f.data == nullptr)
+            if (f.type == fieldType(spec.kind) && f.length == 1 && f.data != nullptr)
             {
-                mErrors.push_back(std::string("attribute '") + name + "' must be one "
-                    + (type == PluginFieldType::kINT32 ? "INT (int32)" : "FLOAT (float32)") + " value");
-                return nullptr;
+                return &f;
             }
-            return &f;
+            errors.push_back(std::string("attribute '") + spec.name + "' must be one "
+                + (spec.kind == FieldKind::kINT ? "INT (int32)" : "FLOAT (float32)") + " value");
+            return nullptr;
         }
     }
-    mErrors.push_back(std::string("attribute '") + name + "' is missing");
+    errors.push_back(std::string("attribute '") + spec.name + "' is missing");
     return nullptr;
 }
 
-int32_t FieldReader::getInt(char const* name, int32_t minValue, int32_t maxValue)
+//! `f`'s value if within `spec`'s range, else an error (and the value stays as read).
+FieldValue readValue(FieldSpec const& spec, PluginField const& f, std::vector<std::string>& errors)
 {
-    PluginField const* f = find(name, PluginFieldType::kINT32);
-    if (f == nullptr)
+    FieldValue v{};
+    if (spec.kind == FieldKind::kINT)
     {
-        return minValue;
+        v.i = *static_cast<int32_t const*>(f.data);
     }
-    int32_t const v = *static_cast<int32_t const*>(f->data);
-    if (v < minValue || v > maxValue)
+    else
     {
-        std::ostringstream s;
-        s << "attribute '" << name << "' is " << v << ", expected " << minValue << ".." << maxValue;
-        mErrors.push_back(s.str());
-        return minValue;
+        v.f = *static_cast<float const*>(f.data);
     }
-    return v;
-}
-
-float FieldReader::getFloat(char const* name)
-{
-    PluginField const* f = find(name, PluginFieldType::kFLOAT32);
-    if (f == nullptr)
+    double const x = numeric(spec, v);
+    std::ostringstream s;
+    if (std::isnan(x))
     {
-        return 0.f;
+        s << "attribute '" << spec.name << "' is NaN";
     }
-    float const v = *static_cast<float const*>(f->data);
-    if (std::isnan(v))
+    else if (x < spec.min || x > spec.max)
     {
-        mErrors.push_back(std::string("attribute '") + name + "' is NaN");
-    }
-    return v;
-}
-
-void FieldReader::require(bool condition, std::string const& message)
-{
-    if (!condition)
-    {
-        mErrors.push_back(message);
-    }
-}
-
-bool FieldReader::ok() const
-{
-    for (std::string const& e : mErrors)
-    {
-        logError(mPlugin + ": " + e);
-    }
-    return mErrors.empty();
-}
-
-bool ShapeCheck::ranks(int32_t const* wanted, int32_t nbInputs)
-{
-    for (int32_t i = 0; i < nbInputs; ++i)
-    {
-        if (mIn[i].desc.dims.nbDims != wanted[i])
+        s << "attribute '" << spec.name << "' is ";
+        if (spec.kind == FieldKind::kINT)
         {
-            require(false,
-                std::string("input '") + mPorts[i] + "' has rank " + std::to_string(mIn[i].desc.dims.nbDims)
-                    + ", expected " + std::to_string(wanted[i]));
+            s << v.i << ", expected " << int64_t(spec.min) << ".." << int64_t(spec.max);
+        }
+        else
+        {
+            s << v.f << ", expected " << spec.min << " <= value <= " << spec.max;
         }
     }
-    return ok();
+    if (!s.str().empty())
+    {
+        errors.push_back(s.str());
+    }
+    return v;
+}
+
+} // namespace
+
+bool readFields(Contract const& contract, PluginFieldCollection const* fields, std::vector<FieldValue>& values)
+{
+    std::vector<std::string> errors;
+    std::vector<bool> present(contract.nbFields, false);
+    values.assign(contract.nbFields, FieldValue{});
+    if (fields == nullptr)
+    {
+        errors.emplace_back("no attributes were given");
+    }
+    for (int32_t i = 0; fields != nullptr && i < contract.nbFields; ++i)
+    {
+        FieldSpec const& spec = contract.fields[i];
+        if (PluginField const* f = findField(spec, *fields, errors))
+        {
+            values[i] = readValue(spec, *f, errors);
+            present[i] = true;
+        }
+    }
+    for (int32_t i = 0; i < contract.nbFields; ++i)
+    {
+        int32_t const bound = contract.fields[i].atMost;
+        if (bound >= 0 && present[i] && present[bound]
+            && numeric(contract.fields[i], values[i]) > numeric(contract.fields[bound], values[bound]))
+        {
+            errors.push_back(std::string("attribute '") + contract.fields[i].name + "' must not exceed '"
+                + contract.fields[bound].name + "'");
+        }
+    }
+    for (std::string const& e : errors)
+    {
+        logError(std::string(contract.name) + ": " + e);
+    }
+    return errors.empty();
 }
 
 void ShapeCheck::equal(int port, int axis, int64_t want, char const* rule)
@@ -173,8 +198,8 @@ void ShapeCheck::equal(int port, int axis, int64_t want, char const* rule)
     if (have >= 0 && want >= 0 && have != want)
     {
         std::ostringstream s;
-        s << "input '" << mPorts[port] << "' dim " << axis << " is " << have << ", expected " << want << " (" << rule
-          << ")";
+        s << "input '" << mContract.portNames[port] << "' dim " << axis << " is " << have << ", expected " << want
+          << " (" << rule << ")";
         mErrors.push_back(s.str());
     }
 }
@@ -191,47 +216,15 @@ bool ShapeCheck::ok() const
 {
     for (std::string const& e : mErrors)
     {
-        logError(std::string(mPlugin) + ": " + e);
+        logError(std::string(mContract.name) + ": " + e);
     }
     return mErrors.empty();
 }
 
-bool checkRanks(char const* plugin, char const* const* portNames, DimsExprs const* inputs, int32_t const* wanted,
-    int32_t nbInputs) noexcept
+PluginBase::PluginBase(Contract const& contract, std::vector<FieldValue> attributes)
+    : mContract(contract)
+    , mAttributes(std::move(attributes))
 {
-    for (int32_t i = 0; i < nbInputs; ++i)
-    {
-        if (inputs[i].nbDims != wanted[i])
-        {
-            logError(std::string(plugin) + ": input '" + portNames[i] + "' has rank "
-                + std::to_string(inputs[i].nbDims) + ", expected " + std::to_string(wanted[i]));
-            return false;
-        }
-    }
-    return true;
-}
-
-void FieldWriter::addInt(char const* name, int32_t value)
-{
-    mValues.push_back(Value{name, true, value, 0.f});
-}
-
-void FieldWriter::addFloat(char const* name, float value)
-{
-    mValues.push_back(Value{name, false, 0, value});
-}
-
-PluginFieldCollection const* FieldWriter::collection()
-{
-    mFields.clear();
-    for (Value const& v : mValues)
-    {
-        mFields.emplace_back(v.name, v.isInt ? static_cast<void const*>(&v.i) : static_cast<void const*>(&v.f),
-            v.isInt ? PluginFieldType::kINT32 : PluginFieldType::kFLOAT32, 1);
-    }
-    mCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mCollection.fields = mFields.data();
-    return &mCollection;
 }
 
 IPluginCapability* PluginBase::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -245,43 +238,168 @@ IPluginCapability* PluginBase::getCapabilityInterface(PluginCapabilityType type)
     return nullptr;
 }
 
-bool PluginBase::supportsSignature(int32_t pos, DynamicPluginTensorDesc const* inOut, char const* signature) const
-    noexcept
+bool PluginBase::checkArity(int32_t nbInputs, int32_t nbOutputs) const
 {
-    PluginTensorDesc const& d = inOut[pos].desc;
-    if (d.format != TensorFormat::kLINEAR)
-    {
-        return false;
-    }
-    if (signature[pos] == 'f')
-    {
-        return d.type == DataType::kFLOAT;
-    }
-    // 'T': position 0 picks the activation type, every other 'T' port must match it
-    DataType const t = signature[0] == 'T' ? inOut[0].desc.type : d.type;
-    return isActivationType(d.type) && d.type == t;
-}
-
-bool PluginBase::checkArity(int32_t nbInputs, int32_t nbOutputs, int32_t wantInputs, int32_t wantOutputs) const
-    noexcept
-{
-    if (nbInputs == wantInputs && nbOutputs == wantOutputs)
+    if (nbInputs == mContract.nbInputs && nbOutputs == mContract.nbOutputs)
     {
         return true;
     }
     std::ostringstream s;
-    s << mName << ": expected " << wantInputs << " inputs and " << wantOutputs << " outputs, got " << nbInputs
-      << " and " << nbOutputs;
+    s << mContract.name << ": expected " << mContract.nbInputs << " inputs and " << mContract.nbOutputs
+      << " outputs, got " << nbInputs << " and " << nbOutputs;
     logError(s.str());
     return false;
 }
 
-CreatorBase::CreatorBase(char const* name, std::vector<std::pair<char const*, PluginFieldType>> const& fields)
-    : mName(name)
+bool PluginBase::checkInputRanks(int32_t const* ranks) const
 {
-    for (auto const& [fieldName, type] : fields)
+    bool ok = true;
+    for (int32_t i = 0; i < mContract.nbInputs; ++i)
     {
-        mFields.emplace_back(fieldName, nullptr, type, 1);
+        if (ranks[i] != mContract.portRanks[i])
+        {
+            logError(std::string(mContract.name) + ": input '" + mContract.portNames[i] + "' has rank "
+                + std::to_string(ranks[i]) + ", expected " + std::to_string(mContract.portRanks[i]));
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+int32_t PluginBase::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    return guarded(mContract.name, "getOutputDataTypes", -1, [&] {
+        if (!checkArity(nbInputs, nbOutputs))
+        {
+            return -1;
+        }
+        for (int32_t i = 0; i < nbOutputs; ++i)
+        {
+            bool const activation = mContract.portTypes[nbInputs + i] == 'T';
+            outputTypes[i] = activation ? inputTypes[mContract.activationInput] : DataType::kFLOAT;
+        }
+        return 0;
+    });
+}
+
+int32_t PluginBase::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    return guarded(mContract.name, "getOutputShapes", -1, [&] {
+        std::vector<int32_t> ranks(nbInputs);
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            ranks[i] = inputs[i].nbDims;
+        }
+        if (!checkArity(nbInputs, nbOutputs) || !checkInputRanks(ranks.data()))
+        {
+            return -1;
+        }
+        outputShapes(inputs, outputs, exprBuilder);
+        return 0;
+    });
+}
+
+bool PluginBase::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    return guarded(mContract.name, "supportsFormatCombination", false, [&] {
+        if (nbInputs != mContract.nbInputs || nbOutputs != mContract.nbOutputs)
+        {
+            return false;
+        }
+        PluginTensorDesc const& d = inOut[pos].desc;
+        if (d.format != TensorFormat::kLINEAR)
+        {
+            return false;
+        }
+        if (mContract.portTypes[pos] == 'f')
+        {
+            return d.type == DataType::kFLOAT;
+        }
+        // the activation input picks the type (it comes first), every other 'T' port matches it
+        return isActivationType(d.type) && d.type == inOut[mContract.activationInput].desc.type;
+    });
+}
+
+int32_t PluginBase::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    return guarded(mContract.name, "configurePlugin", -1, [&] {
+        if (!checkArity(nbInputs, nbOutputs))
+        {
+            return -1;
+        }
+        std::vector<int32_t> ranks(nbInputs);
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            ranks[i] = in[i].desc.dims.nbDims;
+        }
+        if (!checkInputRanks(ranks.data()))
+        {
+            return -1;
+        }
+        ShapeCheck check(mContract, in);
+        checkShapes(check);
+        return check.ok() ? 0 : -1;
+    });
+}
+
+size_t PluginBase::getWorkspaceSize(
+    DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    return guarded(mContract.name, "getWorkspaceSize", size_t(0), [&] {
+        if (nbInputs != mContract.nbInputs)
+        {
+            return size_t(0);
+        }
+        std::vector<Dims> maxima(nbInputs);
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            maxima[i] = inputs[i].max;
+        }
+        return workspaceBytes(maxima.data());
+    });
+}
+
+int32_t PluginBase::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
+    void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    return guarded(mContract.name, "enqueue", -1, [&] {
+        cudaError_t const status = launch(inputDesc, inputs, outputs, workspace, stream);
+        if (status != cudaSuccess)
+        {
+            logError(std::string(mContract.name) + ": kernel launch failed: " + cudaErrorText(status));
+            return -1;
+        }
+        return 0;
+    });
+}
+
+PluginFieldCollection const* PluginBase::getFieldsToSerialize() noexcept
+{
+    return guarded<PluginFieldCollection const*>(mContract.name, "getFieldsToSerialize", nullptr, [&] {
+        mSerialized.clear();
+        for (int32_t i = 0; i < mContract.nbFields; ++i)
+        {
+            FieldSpec const& spec = mContract.fields[i];
+            FieldValue const& v = mAttributes[i];
+            void const* data = spec.kind == FieldKind::kINT ? static_cast<void const*>(&v.i) : &v.f;
+            mSerialized.emplace_back(spec.name, data, fieldType(spec.kind), 1);
+        }
+        mCollection.nbFields = static_cast<int32_t>(mSerialized.size());
+        mCollection.fields = mSerialized.data();
+        return &mCollection;
+    });
+}
+
+CreatorBase::CreatorBase(Contract const& contract)
+    : mContract(contract)
+{
+    for (int32_t i = 0; i < contract.nbFields; ++i)
+    {
+        mFields.emplace_back(contract.fields[i].name, nullptr, fieldType(contract.fields[i].kind), 1);
     }
     mCollection.nbFields = static_cast<int32_t>(mFields.size());
     mCollection.fields = mFields.data();

@@ -1,4 +1,4 @@
-// Kernels of the Mamba2Core op (see exporter/plugin_ops.py for the contract, and
+// Kernels of the Mamba2Core op (see contract.json for the contract, and
 // exporter/modeling/mamba.py `mamba2_core` for the torch reference they reproduce).
 #pragma once
 
@@ -17,7 +17,8 @@
 namespace ndp
 {
 
-// Limits the kernels are written for; the plugin refuses larger values at createPlugin / configurePlugin.
+// Limits the kernels are written for (equal to contract.json's, static_asserted in the plugin, which
+// refuses larger values at createPlugin / configurePlugin).
 constexpr int kMamba2MaxConvKernel = 8;
 constexpr int kMamba2MaxHeadDim = 128;
 constexpr int kMamba2MaxChunk = 256;

@@ -1,7 +1,9 @@
-// The Mamba2Core TensorRT plugin (IPluginV3) and its creator. Contract: exporter/plugin_ops.py.
+// The Mamba2Core TensorRT plugin (IPluginV3) and its creator. Contract: contract.json (generated into
+// mamba2_core_contract.h); torch reference: `mamba2_core` in exporter/modeling/mamba.py.
 #pragma once
 
 #include "../common/plugin_base.h"
+#include "mamba2_core_contract.h"
 #include "mamba2_core_kernels.h"
 
 namespace ndp
@@ -10,51 +12,25 @@ namespace ndp
 class Mamba2CorePlugin : public PluginBase
 {
 public:
-    struct Attributes
-    {
-        int32_t nGroups;
-        int32_t headDim;
-        int32_t stateSize;
-        int32_t chunkSize;
-        float dtMin;
-        float dtMax;
-    };
+    static constexpr Contract const& kContract = contract::mamba2_core::kContract;
 
-    explicit Mamba2CorePlugin(Attributes const& attributes);
+    explicit Mamba2CorePlugin(std::vector<FieldValue> const& attributes) : PluginBase(kContract, attributes) {}
 
-    nvinfer1::IPluginV3* clone() noexcept override;
-    int32_t getNbOutputs() const noexcept override
+    nvinfer1::IPluginV3* clone() noexcept override
     {
-        return 3;
+        return cloneAs<Mamba2CorePlugin>();
     }
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+    void outputShapes(nvinfer1::DimsExprs const* inputs, nvinfer1::DimsExprs* outputs,
+        nvinfer1::IExprBuilder& exprBuilder) const override;
+    void checkShapes(ShapeCheck& check) const override;
+    size_t workspaceBytes(nvinfer1::Dims const* inputs) const override;
+    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
+        void* workspace, cudaStream_t stream) const override;
     Mamba2Sizes sizes(nvinfer1::Dims const& xbc, nvinfer1::Dims const& dt, nvinfer1::Dims const& weight) const;
-
-    Attributes mAttributes;
-    FieldWriter mFields;
 };
 
-class Mamba2CoreCreator : public CreatorBase
-{
-public:
-    Mamba2CoreCreator();
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-};
+using Mamba2CoreCreator = Creator<Mamba2CorePlugin>;
 
 } // namespace ndp

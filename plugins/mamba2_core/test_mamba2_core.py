@@ -101,7 +101,8 @@ def test_padded_positions_leave_states_unchanged(emulated_build):
         (dict(head_dim=None), "attribute 'head_dim' is missing"),
         (dict(chunk_size=0), "attribute 'chunk_size' is 0, expected 1..256"),
         (dict(head_dim=256), "attribute 'head_dim' is 256, expected 1..128"),
-        (dict(dt_min=2.0, dt_max=1.0), "attributes must satisfy 0 <= dt_min <= dt_max"),
+        (dict(dt_min=2.0, dt_max=1.0), "attribute 'dt_min' must not exceed 'dt_max'"),
+        (dict(dt_min=-1.0), "attribute 'dt_min' is -1, expected 0 <= value <= inf"),
         (dict(n_groups=1.5), "attribute 'n_groups' must be one INT (int32) value"),
     ],
 )

@@ -1,4 +1,4 @@
-// Kernels of the MoeDispatch op (contract: exporter/plugin_ops.py; torch reference: `moe_dispatch`
+// Kernels of the MoeDispatch op (contract: contract.json; torch reference: `moe_dispatch`
 // in exporter/modeling/mlp.py): routing on the GPU, then a grouped GEMM over only the selected
 // (token, expert) pairs, then a deterministic weighted combine.
 #pragma once
@@ -12,6 +12,7 @@
 namespace ndp
 {
 
+// Limits the kernels are written for (equal to contract.json's, static_asserted in the plugin).
 constexpr int kMoeMaxTopK = 16;
 constexpr int kMoeMaxGroups = 64;
 

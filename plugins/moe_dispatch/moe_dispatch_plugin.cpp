@@ -3,99 +3,39 @@
 namespace ndp
 {
 using namespace nvinfer1;
+using namespace contract::moe_dispatch;
 
-namespace
+// The kernels' fixed-size buffers are the contract's limits.
+static_assert(kFields[kTOP_K].max == kMoeMaxTopK, "top_k limit: contract.json vs kernels");
+static_assert(kFields[kN_GROUP].max == kMoeMaxGroups && kFields[kTOPK_GROUP].max == kMoeMaxGroups,
+    "group limit: contract.json vs kernels");
+
+void MoeDispatchPlugin::outputShapes(DimsExprs const* inputs, DimsExprs* outputs, IExprBuilder&) const
 {
-
-constexpr char const* kName = "MoeDispatch";
-constexpr int32_t kNbInputs = 5;
-constexpr int32_t kNbOutputs = 1;
-// inputs h router_logits correction_bias experts_up experts_down | output routed
-constexpr char const* kSignature = "TffTTf";
-constexpr char const* kPortNames[] = {"h", "router_logits", "correction_bias", "experts_up", "experts_down", "routed"};
-constexpr int32_t kRanks[] = {2, 2, 1, 3, 3};
-enum Port
-{
-    kH,
-    kLOGITS,
-    kBIAS,
-    kUP,
-    kDOWN
-};
-
-} // namespace
-
-MoeDispatchPlugin::MoeDispatchPlugin(Attributes const& attributes)
-    : PluginBase(kName)
-    , mAttributes(attributes)
-{
+    outputs[kROUTED] = inputs[kH]; // [N, D]
 }
 
-IPluginV3* MoeDispatchPlugin::clone() noexcept
+void MoeDispatchPlugin::checkShapes(ShapeCheck& check) const
 {
-    return newPlugin<MoeDispatchPlugin>(mAttributes);
-}
-
-int32_t MoeDispatchPlugin::getOutputDataTypes(
-    DataType* outputTypes, int32_t nbOutputs, DataType const*, int32_t nbInputs) const noexcept
-{
-    if (!checkArity(nbInputs, nbOutputs, kNbInputs, kNbOutputs))
-    {
-        return -1;
-    }
-    outputTypes[0] = DataType::kFLOAT;
-    return 0;
-}
-
-int32_t MoeDispatchPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
-    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept
-{
-    if (!checkArity(nbInputs, nbOutputs, kNbInputs, kNbOutputs)
-        || !checkRanks(kName, kPortNames, inputs, kRanks, kNbInputs))
-    {
-        return -1;
-    }
-    outputs[0] = inputs[kH]; // routed [N, D]
-    return 0;
-}
-
-bool MoeDispatchPlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
-{
-    return nbInputs == kNbInputs && nbOutputs == kNbOutputs && supportsSignature(pos, inOut, kSignature);
-}
-
-int32_t MoeDispatchPlugin::configurePlugin(
-    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    if (!checkArity(nbInputs, nbOutputs, kNbInputs, kNbOutputs))
-    {
-        return -1;
-    }
-    ShapeCheck check(kName, kPortNames, in);
-    if (!check.ranks(kRanks, kNbInputs))
-    {
-        return -1;
-    }
-    Attributes const& a = mAttributes;
-    int64_t const experts = check.dim(kUP, 0);
-    int64_t const inter = check.dim(kUP, 1);
+    int64_t const topK = intAttribute(kTOP_K);
+    int64_t const nGroup = intAttribute(kN_GROUP);
+    int64_t const experts = check.dim(kEXPERTS_UP, 0);
+    int64_t const inter = check.dim(kEXPERTS_UP, 1);
     int64_t const hidden = check.dim(kH, 1);
     if (experts >= 0)
     {
-        check.require(experts % a.nGroup == 0, "experts (experts_up dim 0) must be a multiple of n_group");
-        int64_t const perGroup = experts / a.nGroup;
-        check.require(a.nGroup == 1 || perGroup >= 2, "each router group needs at least 2 experts");
-        check.require(int64_t(a.topkGroup) * perGroup >= a.topK, "top_k exceeds the experts of topk_group groups");
+        check.require(experts % nGroup == 0, "experts (experts_up dim 0) must be a multiple of n_group");
+        int64_t const perGroup = experts / nGroup;
+        check.require(nGroup == 1 || perGroup >= 2, "each router group needs at least 2 experts");
+        check.require(intAttribute(kTOPK_GROUP) * perGroup >= topK, "top_k exceeds the experts of topk_group groups");
     }
-    check.equal(kLOGITS, 0, check.dim(kH, 0), "tokens of h");
-    check.equal(kLOGITS, 1, experts, "experts");
-    check.equal(kBIAS, 0, experts, "experts");
-    check.equal(kUP, 2, hidden, "expert input width, h dim 1");
-    check.equal(kDOWN, 0, experts, "experts");
-    check.equal(kDOWN, 1, hidden, "expert input width, h dim 1");
-    check.equal(kDOWN, 2, inter, "expert width, experts_up dim 1");
-    return check.ok() ? 0 : -1;
+    check.equal(kROUTER_LOGITS, 0, check.dim(kH, 0), "tokens of h");
+    check.equal(kROUTER_LOGITS, 1, experts, "experts");
+    check.equal(kCORRECTION_BIAS, 0, experts, "experts");
+    check.equal(kEXPERTS_UP, 2, hidden, "expert input width, h dim 1");
+    check.equal(kEXPERTS_DOWN, 0, experts, "experts");
+    check.equal(kEXPERTS_DOWN, 1, hidden, "expert input width, h dim 1");
+    check.equal(kEXPERTS_DOWN, 2, inter, "expert width, experts_up dim 1");
 }
 
 MoeSizes MoeDispatchPlugin::sizes(Dims const& h, Dims const& up) const
@@ -105,78 +45,31 @@ MoeSizes MoeDispatchPlugin::sizes(Dims const& h, Dims const& up) const
     s.hidden = int(h.d[1]);
     s.experts = int(up.d[0]);
     s.inter = int(up.d[1]);
-    s.topK = mAttributes.topK;
-    s.nGroup = mAttributes.nGroup;
-    s.topkGroup = mAttributes.topkGroup;
-    s.normTopkProb = mAttributes.normTopkProb != 0;
-    s.scaling = mAttributes.scaling;
+    s.topK = intAttribute(kTOP_K);
+    s.nGroup = intAttribute(kN_GROUP);
+    s.topkGroup = intAttribute(kTOPK_GROUP);
+    s.normTopkProb = intAttribute(kNORM_TOPK_PROB) != 0;
+    s.scaling = floatAttribute(kROUTED_SCALING_FACTOR);
     return s;
 }
 
-size_t MoeDispatchPlugin::getWorkspaceSize(
-    DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
+size_t MoeDispatchPlugin::workspaceBytes(Dims const* inputs) const
 {
-    return nbInputs == kNbInputs ? moeWorkspaceBytes(sizes(inputs[kH].max, inputs[kUP].max)) : 0;
+    return moeWorkspaceBytes(sizes(inputs[kH], inputs[kEXPERTS_UP]));
 }
 
-int32_t MoeDispatchPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
-    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+cudaError_t MoeDispatchPlugin::launch(PluginTensorDesc const* inputDesc, void const* const* inputs,
+    void* const* outputs, void* workspace, cudaStream_t stream) const
 {
     MoeBuffers io{};
     io.h = inputs[kH];
-    io.logits = static_cast<float const*>(inputs[kLOGITS]);
-    io.bias = static_cast<float const*>(inputs[kBIAS]);
-    io.up = inputs[kUP];
-    io.down = inputs[kDOWN];
-    io.out = static_cast<float*>(outputs[0]);
-    MoeSizes const s = sizes(inputDesc[kH].dims, inputDesc[kUP].dims);
-    cudaError_t const status = moeEnqueue(activationType(inputDesc[kH].type), s, io, workspace, stream);
-    if (status != cudaSuccess)
-    {
-        logError(std::string(kName) + ": kernel launch failed: " + cudaErrorText(status));
-        return -1;
-    }
-    return 0;
-}
-
-PluginFieldCollection const* MoeDispatchPlugin::getFieldsToSerialize() noexcept
-{
-    mFields = FieldWriter();
-    mFields.addInt("top_k", mAttributes.topK);
-    mFields.addInt("n_group", mAttributes.nGroup);
-    mFields.addInt("topk_group", mAttributes.topkGroup);
-    mFields.addInt("norm_topk_prob", mAttributes.normTopkProb);
-    mFields.addFloat("routed_scaling_factor", mAttributes.scaling);
-    return mFields.collection();
-}
-
-MoeDispatchCreator::MoeDispatchCreator()
-    : CreatorBase(kName,
-        {{"top_k", PluginFieldType::kINT32}, {"n_group", PluginFieldType::kINT32},
-            {"topk_group", PluginFieldType::kINT32}, {"norm_topk_prob", PluginFieldType::kINT32},
-            {"routed_scaling_factor", PluginFieldType::kFLOAT32}})
-{
-}
-
-IPluginV3* MoeDispatchCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
-{
-    try
-    {
-        FieldReader r(kName, fc);
-        MoeDispatchPlugin::Attributes a{};
-        a.topK = r.getInt("top_k", 1, kMoeMaxTopK);
-        a.nGroup = r.getInt("n_group", 1, kMoeMaxGroups);
-        a.topkGroup = r.getInt("topk_group", 1, kMoeMaxGroups);
-        a.normTopkProb = r.getInt("norm_topk_prob", 0, 1);
-        a.scaling = r.getFloat("routed_scaling_factor");
-        r.require(a.topkGroup <= a.nGroup, "attribute 'topk_group' must not exceed 'n_group'");
-        return r.ok() ? newPlugin<MoeDispatchPlugin>(a) : nullptr;
-    }
-    catch (...)
-    {
-        logError(std::string(kName) + ": createPlugin failed");
-        return nullptr;
-    }
+    io.logits = static_cast<float const*>(inputs[kROUTER_LOGITS]);
+    io.bias = static_cast<float const*>(inputs[kCORRECTION_BIAS]);
+    io.up = inputs[kEXPERTS_UP];
+    io.down = inputs[kEXPERTS_DOWN];
+    io.out = static_cast<float*>(outputs[kROUTED]);
+    MoeSizes const s = sizes(inputDesc[kH].dims, inputDesc[kEXPERTS_UP].dims);
+    return moeEnqueue(activationType(inputDesc[kH].type), s, io, workspace, stream);
 }
 
 } // namespace ndp
