@@ -21,6 +21,13 @@ from nemotron_deploy.exporter.modeling.mlp import moe_dispatch, moe_dispatch_att
 PLUGIN_NAMESPACE = plugin_nodes.PLUGIN_NAMESPACE
 
 
+def mamba2_core_as_the_kernels(*inputs, **attributes):
+    """`mamba2_core` as the Mamba2Core plugin computes it. The node has no graph kind (its attributes
+    carry the graph's dt clamp), so its kernels choose by length: the recurrent update for one token
+    (decodeKernel), the chunked scan otherwise; the two agree to fp32 rounding."""
+    return mamba2_core(*inputs, **attributes, recurrent=inputs[0].shape[1] == 1)
+
+
 @dataclass(frozen=True)
 class Port:
     name: str
@@ -74,7 +81,7 @@ MAMBA2_CORE = PluginOp(
         Attribute("dt_min", "float", "lower clamp of softplus(dt + dt_bias)"),
         Attribute("dt_max", "float", "upper clamp (may be +inf)"),
     ),
-    reference=mamba2_core,
+    reference=mamba2_core_as_the_kernels,
 )
 
 MOE_DISPATCH = PluginOp(
