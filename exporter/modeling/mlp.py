@@ -151,8 +151,8 @@ def moe_dispatch(
     """Routing + routed experts + weighted combine: the op the MoeDispatch plugin replaces.
 
     h: (N, Din) model dtype; logits: (N, X) fp32; correction_bias: (X,) fp32; up: (X, I, Din) and
-    down: (X, Din, I) model dtype. Returns (N, Din) fp32. The keywords are the plugin node's attributes
-    (`moe_dispatch_attributes`). `experts` only picks the formulation of the same sum, the one that
+    down: (X, Din, I) model dtype. Returns (N, Din) fp32. The keywords but `experts` are the plugin node's
+    attributes (`moe_dispatch_attributes`). `experts` only picks the formulation of the same sum, the one that
     exports best for the graph (`Lowering.moe`): "gather" for decode, "loop" (per expert) for prefill,
     "dense" (every expert on every token) for TensorRT for RTX's prefill.
     The shared expert and the latent projections stay outside (plain matmuls).
