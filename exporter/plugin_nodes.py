@@ -1,56 +1,24 @@
 """What the export target changes in the traced step model: TensorRT plugin nodes, onnxruntime's fused
-MoE node, and how a weight is stored.
+nodes, and how a weight is stored. The model chooses by its graph's `Lowering` (modeling/lowering.py).
 
-Inside `export_target("tensorrt")`, the two call sites in the model (Mamba2 mixer core, MoE dispatch) write
-one custom ONNX node each instead of tracing their torch reference. The node's op_type is the plugin
+For the tensorrt target, the two call sites in the model (Mamba2 mixer core, MoE dispatch) write one
+custom ONNX node each instead of tracing their torch reference. The node's op_type is the plugin
 name; `plugin_version` / `plugin_namespace` are the attributes TensorRT's ONNX parser uses to find the
 plugin; the hyper-parameters are node attributes (INT / FLOAT, as the creators list them).
-Inside `export_target("onnxruntime")`, each MoE layer's routed experts become one `com.microsoft.MoE`
+For the onnxruntime target, each MoE layer's routed experts become one `com.microsoft.MoE`
 node, each RMS norm one `RMSNormalization`, each Mamba conv one `com.microsoft.CausalConvWithState`
 (docs/export.md): fewer, fused nodes, which is what a CPU decode step spends its time on besides
-reading weights. Everywhere else (eager runs) the references run.
+reading weights. Eager runs compute the references.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
 MAMBA2_CORE = "Mamba2Core"  # the contracts' names (plugins/*/contract.json), keys of plugin_ops.PLUGIN_OPS
 MOE_DISPATCH = "MoeDispatch"
-
-_target = contextvars.ContextVar("export_target", default="onnxruntime")
-
-
-@contextlib.contextmanager
-def export_target(target: str) -> Iterator[None]:
-    """Trace the model for `target` (onnxruntime | tensorrt | tensorrt-rtx)."""
-    token = _target.set(target)
-    try:
-        yield
-    finally:
-        _target.reset(token)
-
-
-def emitting() -> bool:
-    """True while tracing a `tensorrt`-target graph: plugin nodes instead of their references."""
-    return _target.get() == "tensorrt" and torch.onnx.is_in_onnx_export()
-
-
-def onnxruntime_contrib() -> bool:
-    """True while tracing an `onnxruntime` graph: onnxruntime's fused ops where it has them (one
-    com.microsoft.MoE node per MoE layer, RMSNormalization, CausalConvWithState)."""
-    return _target.get() == "onnxruntime" and torch.onnx.is_in_onnx_export()
-
-
-def dense_moe_prefill() -> bool:
-    """True while tracing a `tensorrt-rtx` graph: TensorRT for RTX runs NonZero only as a plugin, which it
-    cannot load, so prefill computes every expert on every token (X/k times the FLOPs of the per-expert
-    loop, no data-dependent shapes) and weights all but the top-k by zero."""
-    return _target.get() == "tensorrt-rtx" and torch.onnx.is_in_onnx_export()
 
 
 def plugin_node(name: str, inputs: Sequence[torch.Tensor], attributes: dict, output_shapes: Sequence[Sequence]) -> list[torch.Tensor]:

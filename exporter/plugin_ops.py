@@ -75,7 +75,14 @@ def _op(folder: str, reference: Callable) -> PluginOp:
     )  # fmt: skip
 
 
-MAMBA2_CORE = _op("mamba2_core", mamba2_core)
+def mamba2_core_as_the_kernels(*inputs, **attributes):
+    """`mamba2_core` as the Mamba2Core plugin computes it. The node has no graph kind (its attributes
+    carry the graph's dt clamp), so its kernels choose by length: the recurrent update for one token
+    (decodeKernel), the chunked scan otherwise; the two agree to fp32 rounding."""
+    return mamba2_core(*inputs, **attributes, recurrent=inputs[0].shape[1] == 1)
+
+
+MAMBA2_CORE = _op("mamba2_core", mamba2_core_as_the_kernels)
 MOE_DISPATCH = _op("moe_dispatch", moe_dispatch)
 PLUGIN_OPS = {op.name: op for op in (MAMBA2_CORE, MOE_DISPATCH)}
 

@@ -1,67 +1,43 @@
-"""Greedy decoding with the torch step model: left-padded prefill (optionally in pieces), then T = 1 steps.
+"""The torch step model behind the runtime's one decode loop (runtime/decode.py).
 
-This is the PyTorch reference of the decode loop that the runtime runs on exported engines; the
-tests use it to check the step contract against transformers' `generate`.
+`TorchBackend` offers what every runtime backend offers (runtime/backends.py), so a torch run and an
+exported artifact take the same prefill pieces and decode steps; the tests check the step contract
+against transformers' `generate` through it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
-from nemotron_deploy.runtime import decode as runtime_decode
+from nemotron_deploy.runtime import decode
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different lengths -> input_ids (B, T) and attention_mask (B, T), padding on the left."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    ids, mask = runtime_decode.left_pad(prompts, pad_id)  # the runtime's own padding, as torch tensors
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+class TorchBackend:
+    """step(graph, input_ids, attention_mask, state) on the torch model; states are torch tensors."""
+
+    name = "torch"
+
+    def __init__(self, model: NemotronHStepModel):
+        self.model = model
+
+    def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.model.initial_state(batch)
+
+    @torch.no_grad()
+    def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
+        """input_ids (B, T), attention_mask (B, past+T) int64 -> last-position logits (B, V) fp32 and the next state."""
+        device = self.model.embeddings.weight.device
+        ids, mask = (torch.as_tensor(x, device=device) for x in (input_ids, attention_mask))
+        logits, state = self.model.step(ids, mask, state, graph=graph)
+        return logits[:, -1].float().cpu().numpy(), state
 
 
-@torch.no_grad()
-def prefill(
-    model: NemotronHStepModel,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    piece_lengths: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Run the prompt through the model, in one step or in pieces of `piece_lengths` tokens.
-
-    ids, mask: (B, T). Returns last-position logits (B, 1, V), the state, and the mask over the past.
-    """
-    state = model.initial_state(ids.shape[0])
-    pieces = list(piece_lengths) if piece_lengths else [ids.shape[1]]
-    if sum(pieces) != ids.shape[1] or min(pieces) < (2 if len(pieces) > 1 else 1):
-        # a 1-token step is a decode step (see ModelConfig.dt_clamp_decode), so pieces need >= 2 tokens
-        raise ValueError(f"piece lengths {pieces} must be >= 2 and sum to the prompt length {ids.shape[1]}")
-    start = 0
-    logits = None
-    for length in pieces:
-        end = start + length
-        logits, state = model.step(ids[:, start:end], mask[:, :end], state)
-        start = end
-    return logits[:, -1:], state, mask
-
-
-@torch.no_grad()
-def greedy_decode(
-    model: NemotronHStepModel,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    piece_lengths: Sequence[int] | None = None,
-) -> list[list[int]]:
+def greedy_decode(model: NemotronHStepModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, prefill_chunk_size: int | None = None) -> list[list[int]]:
     """Greedy continuation of each prompt (no EOS stop: exactly `max_new_tokens` tokens each)."""
-    ids, mask = left_pad(prompts)
-    logits, state, mask = prefill(model, ids, mask, piece_lengths)
-    out: list[list[int]] = [[] for _ in prompts]
-    for _ in range(max_new_tokens):
-        token = logits[:, -1].argmax(-1)  # (B,)
-        for row, t in enumerate(token.tolist()):
-            out[row].append(t)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits, state = model.step(token[:, None], mask, state)
-    return out
+    result = decode.generate(TorchBackend(model), prompts, max_new_tokens=max_new_tokens, max_length=sys.maxsize, prefill_chunk_size=prefill_chunk_size)
+    return result.new_token_ids

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
+from nemotron_deploy.exporter.modeling.lowering import GRAPHS  # noqa: F401 (the graph kinds, for the exporter)
 
 OPSET = 18
 ONNXRUNTIME_OPSET = 23  # RMSNormalization (opset 23) is one fused kernel in onnxruntime
@@ -22,7 +23,6 @@ ONNXRUNTIME_OPSET = 23  # RMSNormalization (opset 23) is one fused kernel in onn
 def opset(target: str) -> int:
     """The default-domain opset of a target's graphs. TensorRT's parsers take 18; onnxruntime 23."""
     return ONNXRUNTIME_OPSET if target == "onnxruntime" else OPSET
-GRAPHS = ("prefill", "decode")
 
 
 def example_inputs(model, graph: str):
@@ -57,14 +57,14 @@ def dynamic_shapes(cfg, graph: str):
 
 
 def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
-    """torch.onnx (dynamo) export of one step graph -> onnx_ir Model whose initializers are the
-    model's parameters by name (meta tensors when the model is on `meta`).
+    """torch.onnx (dynamo) export of one step graph (`StepGraph(model, graph, target)`) -> onnx_ir Model
+    whose initializers are the model's parameters by name (meta tensors when the model is on `meta`).
 
     on_layer(i): called as the tracer enters layer i (progress).
     """
     import torch
 
-    from nemotron_deploy.exporter.plugin_nodes import export_target
+    from nemotron_deploy.exporter.modeling.model import StepGraph
 
     cfg = model.cfg
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision not installed"
@@ -75,10 +75,9 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
                 stack.callback(hook.remove)
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
-        stack.enter_context(export_target(target))
         try:
             program = torch.onnx.export(
-                model, example_inputs(model, graph), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
+                StepGraph(model, graph, target), example_inputs(model, graph), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
                 input_names=[s.name for s in io_spec.step_inputs(cfg)],
                 output_names=[s.name for s in io_spec.step_outputs(cfg)],
                 dynamic_shapes=dynamic_shapes(cfg, graph),

@@ -1,5 +1,6 @@
 """Opening a backend by name. Every backend offers `initial_state(batch)` and
-`step(graph, input_ids, attention_mask, state) -> (logits (B, V), state)` to the one decode loop."""
+`step(graph, input_ids, attention_mask, state) -> (logits (B, V), state)` to the one decode loop
+(runtime/decode.py), and `max_prefill_tokens` where one prefill call takes a limited number of tokens."""
 
 from __future__ import annotations
 

@@ -4,11 +4,12 @@ and the machine's memory bandwidth with the decode floor it implies (decode is b
 from __future__ import annotations
 
 import resource
+import sys
 import time
 
 import numpy as np
 
-from nemotron_deploy.runtime.decode import left_pad, prefill
+from nemotron_deploy.runtime.decode import generate, left_pad, prefill
 from nemotron_deploy.runtime.dtypes import dtype_bytes
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError
@@ -52,29 +53,29 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _decode_rate(backend, ids, mask, steps: int, rounds: int = 3) -> float:
-    """Decode tokens/s (summed over the batch) over `steps` steps after the prompt `ids`, timed in up to
-    `rounds` equal rounds of one continuing sequence; the best round counts (interference from a
-    shared machine only ever slows a round down)."""
-    logits, state = prefill(backend, ids, mask)
-    tokens = logits.argmax(-1)[:, None].astype(np.int64)
+def _decode_rate(backend, prompts: list[list[int]], steps: int, rounds: int = 3) -> float:
+    """Decode tokens/s (summed over the batch) over `steps` steps after `prompts`, on the decode loop
+    itself (`generate`, greedy, no EOS): the time between token arrivals, in up to `rounds` equal rounds
+    of the one continuing sequence; the best round counts (interference from a shared machine only
+    ever slows a round down)."""
+    arrivals = []  # when each step's tokens arrived: the first after the prefill, then one per decode step
+
+    def on_token(row: int, token: int) -> None:
+        if row == 0:
+            arrivals.append(time.perf_counter())
+
+    generate(backend, prompts, max_new_tokens=steps + 1, max_length=sys.maxsize, on_token=on_token)
     rounds = min(rounds, steps)
     per_round = steps // rounds
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(per_round):
-            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
-            logits, state = backend.step("decode", tokens, mask, state)
-            tokens = logits.argmax(-1)[:, None].astype(np.int64)
-        best = min(best, time.perf_counter() - start)
-    return ids.shape[0] * per_round / best
+    best = min(arrivals[(i + 1) * per_round] - arrivals[i * per_round] for i in range(rounds))
+    return len(prompts) * per_round / best
 
 
 def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, past_lengths=(), repeats: int = 3, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     vocab = manifest.model.vocab_size
-    ids, mask = left_pad(rng.integers(3, vocab, (batch, prompt_len)).tolist(), 0)
+    prompts = rng.integers(3, vocab, (batch, prompt_len)).tolist()
+    ids, mask = left_pad(prompts, 0)
     prefill(backend, ids[:, : min(prompt_len, 8)], mask[:, : min(prompt_len, 8)])  # warm-up
     prefill_times = []
     for _ in range(repeats):
@@ -88,12 +89,12 @@ def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, p
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "prefill_tokens_per_s": batch * prompt_len / min(prefill_times),
-        "decode_tokens_per_s": _decode_rate(backend, ids, mask, new_tokens),
+        "decode_tokens_per_s": _decode_rate(backend, prompts, new_tokens),
         "decode_tokens_per_s_at_past": {},
     }
     for past in past_lengths:
-        pids, pmask = left_pad(rng.integers(3, vocab, (batch, past)).tolist(), 0)
-        result["decode_tokens_per_s_at_past"][str(past)] = _decode_rate(backend, pids, pmask, new_tokens)
+        past_prompts = rng.integers(3, vocab, (batch, past)).tolist()
+        result["decode_tokens_per_s_at_past"][str(past)] = _decode_rate(backend, past_prompts, new_tokens)
     peak_rss_mb = _peak_rss_mb()  # before the bandwidth test's own buffers
     bandwidth = measure_bandwidth()
     per_token = decode_bytes_per_token(manifest)

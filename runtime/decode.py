@@ -1,5 +1,6 @@
 """The decode loop, shared by every backend: left-padded (optionally chunked) prefill, then one token
-per step until EOS or the token budget. A backend only has to provide `initial_state` and `step`."""
+per step until EOS or the token budget. A backend only has to provide `initial_state` and `step`, and
+may say how many prompt tokens one prefill call takes (`max_prefill_tokens`)."""
 
 from __future__ import annotations
 
@@ -46,11 +47,18 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, max_length:
             raise NemotronDeployError(f"prompt {i} has {len(prompt)} tokens, the model's maximum is {max_length} (max_position_embeddings)")
 
 
+def prefill_limit(backend, chunk_size: int | None) -> int | None:
+    """Prompt tokens per prefill call: `chunk_size`, and never more than the backend takes in one call
+    (its optional `max_prefill_tokens`, e.g. a TensorRT engine's profile). None: the whole prompt."""
+    return min((n for n in (chunk_size, getattr(backend, "max_prefill_tokens", None)) if n), default=None)
+
+
 def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None = None):
-    """Run the prompt through the prefill graph, in one step or in pieces of `chunk_size` tokens.
+    """Run the prompt through the prefill graph, in one step or in pieces of `prefill_limit` tokens
+    (any length, one token included: the prefill graph computes the same for any split).
     Returns last-position logits (B, V) and the state."""
     state = backend.initial_state(ids.shape[0])
-    step = chunk_size or ids.shape[1]
+    step = prefill_limit(backend, chunk_size) or ids.shape[1]
     logits = None
     for start in range(0, ids.shape[1], step):
         end = min(start + step, ids.shape[1])

@@ -87,7 +87,7 @@ class TensorRTBackend:
         self.state_names = [s.name for s in manifest.states]
         self.present_names = [s.present for s in manifest.states]
         self.max_batch = self.record.max_batch
-        self.max_new_tokens = self.record.max_new_tokens
+        self.max_prefill_tokens = self.record.max_new_tokens  # the prefill profile's; decode.prefill splits by it
         self.max_seq_len = self.record.max_seq_len
         # CUDA graphs need fixed shapes: only when no state grows (no attention layers)
         self.graphable = not any(s.grows for s in manifest.states)
@@ -107,17 +107,12 @@ class TensorRTBackend:
     # -- one step -------------------------------------------------------------------------------------
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
         """input_ids (B, T), attention_mask (B, past+T) int64 on the host -> logits (B, V) on the host
-        and the next state (on the device). Prefill pieces longer than the engine's profile are split."""
+        and the next state (on the device)."""
         total, new = attention_mask.shape[1], input_ids.shape[1]
         if total > self.max_seq_len:
             raise TensorRTError(f"{total} tokens: the engines were built for at most {self.max_seq_len} (nemotron-deploy build --max-seq-len)")
-        if graph == "prefill" and new > self.max_new_tokens:
-            logits = None
-            past = total - new
-            for start in range(0, new, self.max_new_tokens):
-                end = min(start + self.max_new_tokens, new)
-                logits, state = self.step(graph, input_ids[:, start:end], attention_mask[:, : past + end], state)
-            return logits, state
+        if graph == "prefill" and new > self.max_prefill_tokens:
+            raise TensorRTError(f"{new} prompt tokens in one call: the prefill engine takes at most {self.max_prefill_tokens} (split by runtime.decode.prefill)")
         if graph == "decode" and self.graphable:
             return self._replay_decode(input_ids, attention_mask, state)
         with self.torch.cuda.stream(self.stream):

@@ -16,21 +16,23 @@ from torch import nn
 
 from nemotron_deploy.exporter import plugin_nodes
 from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.exporter.modeling.lowering import Lowering
 from nemotron_deploy.exporter.modeling.norms import GatedGroupRMSNorm
 
 
 def causal_conv_step(
-    xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fused: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal conv1d + SiLU over T new steps, continuing from `conv_state`.
 
     xbc: (B, T, C); conv_state: (B, C, K-1), the previous K-1 inputs (zeros for a new sequence);
     weight: (C, K); bias: (C,) or None. Returns (out (B, T, C), new conv_state (B, C, K-1)).
     One formula for prefill and decode: a "valid" conv over [state, new] gives exactly T outputs.
+    fused: as onnxruntime's CausalConvWithState node (onnxruntime-target traces only).
     """
     # fp32 whatever the model dtype: more exact, and ONNX Conv (opset < 22) has no bfloat16
     bias = None if bias is None else bias.float()
-    if plugin_nodes.onnxruntime_contrib():
+    if fused:
         out, new_state = plugin_nodes.onnxruntime_causal_conv(xbc.transpose(1, 2).float(), weight.float(), bias, conv_state.float())
         return out.transpose(1, 2).to(xbc.dtype), new_state.to(conv_state.dtype)
     window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
@@ -140,6 +142,8 @@ def mamba2_core(
     chunk_size: int,
     dt_min: float,
     dt_max: float,
+    recurrent: bool = False,
+    fused_conv: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Conv + SiLU, discretisation and the selective scan of one Mamba-2 layer, with explicit states.
 
@@ -150,12 +154,12 @@ def mamba2_core(
 
     Padding: masked positions enter the conv window as zeros and get dt = 0, so they neither add to nor
     decay the SSM state (left padding is then identical to running the sequence alone).
-    T == 1 takes the recurrent update, T > 1 the chunked scan; the two agree to fp32 rounding.
+    recurrent: the one-token recurrent update (T = 1; the decode graph) instead of the chunked scan
+    (any T; the prefill graph); the two agree to fp32 rounding. fused_conv: see `causal_conv_step`.
     """
-    bsz, t, _ = xbc.shape
     heads = dt.shape[-1]
     m = mask.to(xbc.dtype)[..., None]
-    conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias)
+    conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias, fused_conv)
     conv_out = conv_out * m
     x, Bm, Cm = conv_out.float().split([heads * head_dim, n_groups * state_size, n_groups * state_size], dim=-1)
     x = x.unflatten(-1, (heads, head_dim))
@@ -165,7 +169,7 @@ def mamba2_core(
     dt = F.softplus(dt.float() + dt_bias.float()).clamp(dt_min, dt_max) * mask.float()[..., None]
     A = -torch.exp(A_log.float())
     state = ssm_state.float()
-    if t == 1:
+    if recurrent:
         y, new_state = ssd_recurrent(x, dt, A, Bm, Cm, state)
     else:
         y, new_state = ssd_chunked(x, dt, A, Bm, Cm, state, chunk_size)
@@ -175,7 +179,8 @@ def mamba2_core(
 
 def mamba2_core_attributes(cfg: ModelConfig, decode: bool) -> dict:
     """The hyper-parameters of `mamba2_core` (= the Mamba2Core node's attributes) for one graph.
-    Decode (T = 1) uses the recurrent path's dt clamp, T > 1 the chunked path's (docs/step-contract.md)."""
+    The decode graph uses the recurrent path's dt clamp, the prefill graph the chunked path's, whatever
+    its T (docs/step-contract.md)."""
     dt_min, dt_max = cfg.dt_clamp_decode if decode else cfg.dt_clamp
     return dict(
         n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
@@ -200,18 +205,20 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(inter, cfg.hidden_size, bias=cfg.use_bias)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+        self, hidden: torch.Tensor, mask: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor, lowering: Lowering
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden: (B, T, E); mask: (B, T). Returns (B, T, E) and the two new states."""
         cfg = self.cfg
         z, xbc, dt = self.in_proj(hidden).split([cfg.mamba_intermediate, cfg.conv_dim, cfg.mamba_num_heads], dim=-1)
         weights = (self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D)
-        attrs = mamba2_core_attributes(cfg, decode=hidden.shape[1] == 1)
-        if plugin_nodes.emitting():
+        attrs = mamba2_core_attributes(cfg, decode=lowering.decode)
+        if lowering.plugin_nodes:
             y, conv_state, ssm_state = self._plugin_node(xbc, dt, mask, conv_state, ssm_state, weights, attrs)
         else:
-            y, conv_state, ssm_state = mamba2_core(xbc, dt, mask, conv_state, ssm_state, *weights, **attrs)
-        y = self.norm(y, z)
+            y, conv_state, ssm_state = mamba2_core(
+                xbc, dt, mask, conv_state, ssm_state, *weights, **attrs, recurrent=lowering.decode, fused_conv=lowering.fused_ops
+            )
+        y = self.norm(y, z, lowering.fused_ops)
         return self.out_proj(y.to(hidden.dtype)), conv_state, ssm_state
 
     def _plugin_node(self, xbc, dt, mask, conv_state, ssm_state, weights, attrs):

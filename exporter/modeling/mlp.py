@@ -12,6 +12,7 @@ from torch import nn
 
 from nemotron_deploy.exporter import plugin_nodes
 from nemotron_deploy.exporter.config import ModelConfig
+from nemotron_deploy.exporter.modeling.lowering import Lowering
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +131,9 @@ def routed_experts_dense(h: torch.Tensor, indices: torch.Tensor, weights: torch.
     return (y.float() * w.t()[:, None, :]).sum(0).t()
 
 
+ROUTED_EXPERTS = {"gather": routed_experts_gather, "loop": routed_experts_loop, "dense": routed_experts_dense}
+
+
 def moe_dispatch(
     h: torch.Tensor,
     logits: torch.Tensor,
@@ -142,25 +146,22 @@ def moe_dispatch(
     topk_group: int,
     norm_topk_prob: int,
     routed_scaling_factor: float,
-    decode: bool = False,
+    experts: str = "loop",
 ) -> torch.Tensor:
     """Routing + routed experts + weighted combine: the op the MoeDispatch plugin replaces.
 
     h: (N, Din) model dtype; logits: (N, X) fp32; correction_bias: (X,) fp32; up: (X, I, Din) and
-    down: (X, Din, I) model dtype. Returns (N, Din) fp32. The keywords are the plugin node's attributes
-    (`moe_dispatch_attributes`). `decode` only picks the formulation that exports best for few tokens
-    (gathers) or many (per-expert loop; every expert densely for TensorRT for RTX): the same sum.
+    down: (X, Din, I) model dtype. Returns (N, Din) fp32. The keywords but `experts` are the plugin node's
+    attributes (`moe_dispatch_attributes`). `experts` only picks the formulation of the same sum, the one that
+    exports best for the graph (`Lowering.moe`): "gather" for decode, "loop" (per expert) for prefill,
+    "dense" (every expert on every token) for TensorRT for RTX's prefill.
     The shared expert and the latent projections stay outside (plain matmuls).
     """
     indices, weights = route_by_attributes(
         logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
         norm_topk_prob=norm_topk_prob, routed_scaling_factor=routed_scaling_factor,
     )  # fmt: skip
-    if decode:
-        experts = routed_experts_gather
-    else:
-        experts = routed_experts_dense if plugin_nodes.dense_moe_prefill() else routed_experts_loop
-    return experts(h, indices, weights, up, down)
+    return ROUTED_EXPERTS[experts](h, indices, weights, up, down)
 
 
 def moe_dispatch_onnxruntime(
@@ -211,19 +212,19 @@ class MoE(nn.Module):
         shared = cfg.n_shared_experts > 0
         self.shared_experts = MLP(cfg.hidden_size, cfg.moe_shared_expert_intermediate_size, cfg.mlp_bias) if shared else None
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (B, T, E) -> (B, T, E)."""
+    def forward(self, hidden: torch.Tensor, lowering: Lowering) -> torch.Tensor:
+        """hidden: (B, T, E) -> (B, T, E); the routed experts as `lowering.moe` says."""
         cfg = self.cfg
         flat = hidden.flatten(0, 1)  # (N, E)
         logits = F.linear(flat.float(), self.router_weight.float())  # fp32 router, as the reference
         inputs = (self.fc1_latent_proj(flat), logits, self.e_score_correction_bias, self.experts_up, self.experts_down)
         attrs = moe_dispatch_attributes(cfg)
-        if plugin_nodes.emitting():
+        if lowering.moe == "plugin":
             (routed,) = plugin_nodes.plugin_node(plugin_nodes.MOE_DISPATCH, inputs, attrs, [inputs[0].shape])
-        elif plugin_nodes.onnxruntime_contrib():
-            routed = moe_dispatch_onnxruntime(*inputs, **attrs, decode=hidden.shape[1] == 1)
+        elif lowering.moe == "onnxruntime":
+            routed = moe_dispatch_onnxruntime(*inputs, **attrs, decode=lowering.decode)
         else:
-            routed = moe_dispatch(*inputs, **attrs, decode=hidden.shape[1] == 1)
+            routed = moe_dispatch(*inputs, **attrs, experts=lowering.moe)
         out = self.fc2_latent_proj(routed.to(hidden.dtype)).view_as(hidden)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden)

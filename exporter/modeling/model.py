@@ -1,9 +1,11 @@
 """The NemotronH step model: one call consumes T new tokens of B sequences, every state explicit.
 
-`forward(input_ids, attention_mask, *past_states) -> (logits, *present_states)` with tensors in the
-order of `io_spec.step_inputs` / `step_outputs`: flat arguments so `torch.onnx.export` sees plain
-tensors, names from the one spec table. Nothing is written in place, and the only Python branches
-depend on shapes and the config (layer kinds, T == 1), never on tensor values.
+`StepGraph(model, kind, target)` is one step graph, `forward(input_ids, attention_mask, *past_states)
+-> (logits, *present_states)` with tensors in the order of `io_spec.step_inputs` / `step_outputs`:
+flat arguments so `torch.onnx.export` sees plain tensors, names from the one spec table. The graph kind
+(prefill | decode) is explicit and never inferred from T (exporter/modeling/lowering.py). Nothing is
+written in place, and the only Python branches depend on shapes, the config (layer kinds) and the
+graph's `Lowering`, never on tensor values.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.exporter.modeling.attention import Attention, attention_bias
+from nemotron_deploy.exporter.modeling.lowering import Lowering
 from nemotron_deploy.exporter.modeling.mamba import Mamba2Mixer
 from nemotron_deploy.exporter.modeling.mlp import MLP, MoE
 from nemotron_deploy.exporter.modeling.norms import RMSNorm
@@ -56,32 +59,9 @@ class NemotronHStepModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embeddings.weight.dtype
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """input_ids: (B, T) int64; attention_mask: (B, past+T) int64; states: `io_spec.state_specs` order.
-
-        Returns logits (B, 1 or T, vocab) fp32, then the present states in the same order.
-        """
-        t = input_ids.shape[1]
-        hidden = self.embeddings(input_ids)
-        new_mask = attention_mask[:, -t:]
-        bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in self.cfg.layer_types else None
-        presents: list[torch.Tensor] = []
-        it = iter(states)
-        for block in self.layers:
-            x = block.norm(hidden)
-            if block.kind == "mamba":
-                x, conv, ssm = block.mixer(x, new_mask, next(it), next(it))
-                presents += [conv, ssm]
-            elif block.kind == "attention":
-                x, key, value = block.mixer(x, bias, next(it), next(it))
-                presents += [key, value]
-            else:
-                x = block.mixer(x)
-            hidden = hidden + x
-        if not self.all_logits:
-            hidden = hidden[:, -1:]
-        logits = self.lm_head(self.norm_f(hidden)).float()
-        return (logits, *presents)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor, graph: str = "prefill") -> tuple[torch.Tensor, ...]:
+        """`graph`'s step computed eagerly (see `StepGraph`)."""
+        return StepGraph(self, graph)(input_ids, attention_mask, *states)
 
     # ------------------------------------------------------------------ conveniences for Python callers
     def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -94,9 +74,50 @@ class NemotronHStepModel(nn.Module):
         return state
 
     def step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: dict[str, torch.Tensor]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: dict[str, torch.Tensor], graph: str = "prefill"
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One step with a dict state: `past.*` in, next `past.*` out (renamed from `present.*`)."""
+        """One step of `graph` ("prefill": any T; "decode": T = 1) with a dict state: `past.*` in, next
+        `past.*` out (renamed from `present.*`)."""
         names = [s.name for s in io_spec.state_specs(self.cfg, "past")]
-        logits, *presents = self(input_ids, attention_mask, *(state[n] for n in names))
+        logits, *presents = self(input_ids, attention_mask, *(state[n] for n in names), graph=graph)
         return logits, dict(zip(names, presents))
+
+
+class StepGraph(nn.Module):
+    """One step graph of `model`: what `torch.onnx.export` traces for `target`, or (target None) what an
+    eager step of that kind computes. It holds the model's modules, not the model, so parameter names
+    and the traced graph's node names are the model's own (`layers.0.mixer.in_proj.weight`)."""
+
+    def __init__(self, model: NemotronHStepModel, kind: str, target: str | None = None):
+        super().__init__()
+        self.cfg, self.all_logits, self.lowering = model.cfg, model.all_logits, Lowering(kind, target)
+        self.embeddings, self.layers, self.norm_f, self.lm_head = model.embeddings, model.layers, model.norm_f, model.lm_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """input_ids: (B, T) int64, T = 1 for decode; attention_mask: (B, past+T) int64; states:
+        `io_spec.state_specs` order. Returns logits (B, 1 or T, vocab) fp32, then the present states in
+        the same order."""
+        lowering, t = self.lowering, input_ids.shape[1]
+        lowering.check(t)
+        hidden = self.embeddings(input_ids)
+        new_mask = attention_mask[:, -t:]
+        bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in self.cfg.layer_types else None
+        presents: list[torch.Tensor] = []
+        it = iter(states)
+        for block in self.layers:
+            x = block.norm(hidden, lowering.fused_ops)
+            if block.kind == "mamba":
+                x, conv, ssm = block.mixer(x, new_mask, next(it), next(it), lowering)
+                presents += [conv, ssm]
+            elif block.kind == "attention":
+                x, key, value = block.mixer(x, bias, next(it), next(it))
+                presents += [key, value]
+            elif block.kind == "moe":
+                x = block.mixer(x, lowering)
+            else:
+                x = block.mixer(x)
+            hidden = hidden + x
+        if not self.all_logits:
+            hidden = hidden[:, -1:]
+        logits = self.lm_head(self.norm_f(hidden, lowering.fused_ops)).float()
+        return (logits, *presents)

@@ -1,12 +1,15 @@
-"""The step model against transformers 5.23 (pure-torch path) on small random checkpoints."""
+"""The step model against transformers 5.23 (pure-torch path) on small random checkpoints, through the
+runtime's one decode loop (`TorchBackend`)."""
 
+import numpy as np
 import pytest
 import torch
 
 from hf_oracle import hf_greedy, hf_logits
 from nemotron_deploy.exporter.checkpoint import load_model
 from nemotron_deploy.exporter.modeling.mamba import ssd_chunked, ssd_recurrent
-from nemotron_deploy.exporter.torch_decode import greedy_decode, left_pad, prefill
+from nemotron_deploy.exporter.torch_decode import TorchBackend, greedy_decode
+from nemotron_deploy.runtime.decode import left_pad, prefill
 
 VOCAB = 101
 
@@ -16,7 +19,8 @@ def _prompt(length, seed):
 
 
 def _rel_err(ref, got):
-    return ((ref - got).abs().max() / ref.abs().max()).item()
+    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    return float(np.abs(ref - got).max() / np.abs(ref).max())
 
 
 def test_full_sequence_logits_match_transformers(hf_checkpoints, config_name):
@@ -41,51 +45,65 @@ def test_greedy_decode_matches_transformers_generate(hf_checkpoints, config_name
 
 
 def test_decode_step_logits_match_transformers(hf_checkpoints):
-    """Each T = 1 step against transformers' own cached step (its recurrent path, dt not clamped)."""
+    """Each decode step against transformers' own cached step (its recurrent path, dt not clamped)."""
     ref_model, path = hf_checkpoints("hybrid_moe_groups")
-    model = load_model(path, "float32")
+    backend = TorchBackend(load_model(path, "float32"))
     ids = torch.tensor([_prompt(17, 5)])
     with torch.no_grad():
         out = ref_model(ids, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        _, state, mask = prefill(model, ids, torch.ones_like(ids))
+        _, state = prefill(backend, ids.numpy(), np.ones_like(ids.numpy()))
+        mask = torch.ones_like(ids)
         errs = []
         for _ in range(12):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             ref = ref_model(token, past_key_values=cache, use_cache=True, attention_mask=mask).logits
-            got, state = model.step(token, mask, state)
-            errs.append(_rel_err(ref[:, -1], got[:, -1]))
+            got, state = backend.step("decode", token.numpy(), mask.numpy(), state)
+            errs.append(_rel_err(ref[:, -1], got))
             token = ref[:, -1:].argmax(-1)
     print(f"max relative decode-step error {max(errs):.2e}")
     assert max(errs) <= 1e-4
 
 
 def test_chunked_prefill_equals_one_shot(hf_checkpoints, config_name):
+    """Pieces of any length, 1 token included (the last piece of 26 tokens in chunks of 5; all of chunk 1)."""
     _, path = hf_checkpoints(config_name)
-    model = load_model(path, "float32")
-    ids = torch.tensor([_prompt(26, 6), _prompt(26, 7)])
-    mask = torch.ones_like(ids)
-    one_logits, one_state, _ = prefill(model, ids, mask)
-    for pieces in ([9, 2, 11, 4], [3, 23], [13, 13]):
-        logits, state, _ = prefill(model, ids, mask, pieces)
-        assert _rel_err(one_logits, logits) <= 1e-5, pieces
+    backend = TorchBackend(load_model(path, "float32"))
+    ids, mask = left_pad([_prompt(26, 6), _prompt(26, 7)], 0)
+    one_logits, one_state = prefill(backend, ids, mask)
+    for chunk in (1, 2, 5, 9, 13, 23):
+        logits, state = prefill(backend, ids, mask, chunk)
+        assert _rel_err(one_logits, logits) <= 1e-5, chunk
         for name, tensor in one_state.items():
-            assert torch.allclose(state[name], tensor, rtol=1e-4, atol=1e-5), (pieces, name)
+            assert torch.allclose(state[name], tensor, rtol=1e-4, atol=1e-5), (chunk, name)
+
+
+def test_prefill_with_one_token_pieces_matches_transformers_generate(hf_checkpoints):
+    """1-token prefill pieces are prefill steps (chunked scan, prefill dt clamp), not decode steps: the
+    tokens equal transformers' and the unsplit prefill's, with one-token pieces first, inside and last."""
+    ref_model, path = hf_checkpoints("hybrid_moe_groups")  # dt_bias exercises the prefill dt clamp
+    model = load_model(path, "float32")
+    prompt = _prompt(17, 8)
+    expected = hf_greedy(ref_model, prompt, 16)
+    assert greedy_decode(model, [prompt], 16) == [expected]
+    for chunk in (1, 2, 4):  # 17 tokens: the last piece is one token
+        assert greedy_decode(model, [prompt], 16, prefill_chunk_size=chunk) == [expected], chunk
 
 
 def test_left_padded_batch_equals_each_prompt_alone(hf_checkpoints, config_name):
     _, path = hf_checkpoints(config_name)
     model = load_model(path, "float32")
+    backend = TorchBackend(model)
     prompts = [_prompt(n, 10 + n) for n in (21, 2, 9, 14)]
     batch = greedy_decode(model, prompts, 24)
-    batch_chunked = greedy_decode(model, prompts, 24, piece_lengths=[8, 6, 7])
-    ids, mask = left_pad(prompts)
-    logits, state, _ = prefill(model, ids, mask)
+    batch_chunked = greedy_decode(model, prompts, 24, prefill_chunk_size=8)
+    ids, mask = left_pad(prompts, 0)
+    logits, state = prefill(backend, ids, mask)
     for row, prompt in enumerate(prompts):
         alone = greedy_decode(model, [prompt], 24)[0]
         assert batch[row] == alone and batch_chunked[row] == alone, row
-        single = torch.tensor([prompt])
-        logits_1, state_1, _ = prefill(model, single, torch.ones_like(single))
+        single = np.array([prompt])
+        logits_1, state_1 = prefill(backend, single, np.ones_like(single))
         assert _rel_err(logits_1[0], logits[row]) <= 1e-5
         for name, tensor in state_1.items():
             got = state[name][row]

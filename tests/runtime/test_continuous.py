@@ -74,10 +74,15 @@ def test_one_decode_step_serves_every_sequence(session):
     assert batcher._state is None and batcher._mask is None  # every slot freed
 
 
-def test_chunked_admission_interleaves_with_decoding(session):
-    """A long prompt joins in chunks of 3 tokens, one per step, while the running sequence keeps decoding."""
+@pytest.mark.parametrize("limit", ["chunk size", "backend"])
+def test_chunked_admission_interleaves_with_decoding(session, limit, monkeypatch):
+    """A long prompt joins in chunks of 3 tokens, one per step, while the running sequence keeps decoding.
+    3: the batcher's chunk size, or the most the backend takes in one call (as the decode loop's prefill)."""
     ref, sess = session
-    batcher = ContinuousBatcher(sess.backend, sess.manifest.states, max_batch=4, max_length=sess.max_length, prefill_chunk_size=3)
+    if limit == "backend":
+        monkeypatch.setattr(sess.backend, "max_prefill_tokens", 3, raising=False)
+    chunk = 3 if limit == "chunk size" else None
+    batcher = ContinuousBatcher(sess.backend, sess.manifest.states, max_batch=4, max_length=sess.max_length, prefill_chunk_size=chunk)
     running, joining = Collect(), Collect()
     batcher.submit(running.request(PROMPTS[1], 10))  # 2 tokens: one chunk
     batcher.step()

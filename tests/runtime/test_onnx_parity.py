@@ -72,6 +72,32 @@ def test_chunked_prefill_equals_one_shot(artifacts):
     assert session.generate(prompts, 16, prefill_chunk_size=4).new_token_ids == session.generate(prompts, 16).new_token_ids
 
 
+def test_prefill_pieces_respect_the_backends_limit(artifacts):
+    """One prefill splitter for every backend: pieces of at most the backend's `max_prefill_tokens` (a
+    TensorRT engine's profile), also under a larger chunk size; the tokens do not change."""
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    session = Session(artifact)
+    prompts = [_prompt(11, 5), _prompt(7, 6)]
+    want = session.generate(prompts, 8, ignore_eos=True).new_token_ids
+    inner, calls = session.backend, []
+
+    class Limited:
+        max_prefill_tokens = 4
+
+        def initial_state(self, batch):
+            return inner.initial_state(batch)
+
+        def step(self, graph, ids, mask, state):
+            calls.append((graph, ids.shape[1]))
+            return inner.step(graph, ids, mask, state)
+
+    session.backend = Limited()
+    for chunk, pieces in ((None, [4, 4, 3]), (3, [3, 3, 3, 2]), (6, [4, 4, 3])):
+        calls.clear()
+        assert session.generate(prompts, 8, ignore_eos=True, prefill_chunk_size=chunk).new_token_ids == want
+        assert [n for graph, n in calls if graph == "prefill"] == pieces, chunk
+
+
 # Tolerance reached by float16 exports (last-position logits relative to their max, against fp32
 # transformers on the same weights); see the printed figure. bfloat16 is refused for onnxruntime.
 HALF_TOLERANCE = {"float16": 1e-2}
