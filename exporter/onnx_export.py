@@ -26,11 +26,11 @@ from pathlib import Path
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
 from nemotron_deploy.exporter.export_progress import ExportProgress
-from nemotron_deploy.exporter.tracing import GRAPHS, BackgroundTrace, finished_graph, opset
+from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
 from nemotron_deploy.runtime.manifest import (
-    WEIGHTS_FILE, GenerationRecord, GraphRecord, Manifest, ModelRecord, PluginRecord, StateRecord, write_manifest,
+    GRAPHS, WEIGHTS_FILE, GenerationRecord, GraphRecord, Manifest, ModelRecord, PluginRecord, StateRecord, write_manifest,
 )  # fmt: skip
 from nemotron_deploy.runtime.atomic import new_directory, staging_dir
 

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 from nemotron_deploy.exporter import io_spec
-from nemotron_deploy.exporter.modeling.lowering import GRAPHS  # noqa: F401 (the graph kinds, for the exporter)
 
 OPSET = 18
 ONNXRUNTIME_OPSET = 23  # RMSNormalization (opset 23) is one fused kernel in onnxruntime

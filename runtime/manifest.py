@@ -337,6 +337,7 @@ def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of c
         for io in ("inputs", "outputs"):
             for where, spec in objects(graph, io, f"graphs.{name}.{io}"):
                 get(spec, "name", f"{where}.name", str, "a tensor name")
+                get(spec, "role", f"{where}.role", str, "a role such as 'input_ids'")  # backends bind by role
                 get(spec, "dtype", f"{where}.dtype", str, "a dtype name")
                 shape(spec, where)
     for where, state in objects(raw, "states", "states"):

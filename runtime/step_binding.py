@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nemotron_deploy.runtime.manifest import Manifest, StateRecord
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest, StateRecord
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class StepBinding:
     def of(cls, manifest: Manifest, graph: str = "prefill") -> "StepBinding":
         record = manifest.graph(graph)
         by_role = {t.role: t.name for t in record.inputs + record.outputs if t.layer is None}
+        missing = [role for role in ("input_ids", "attention_mask", "logits") if role not in by_role]
+        if missing:
+            raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: graphs.{graph} has no tensor of role '{missing[0]}'")
         return cls(by_role["input_ids"], by_role["attention_mask"], by_role["logits"], manifest.states)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GRAPHS = ("prefill", "decode")
+from nemotron_deploy.runtime.manifest import GRAPHS
 
 
 @dataclass(frozen=True)

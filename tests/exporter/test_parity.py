@@ -5,32 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from hf_oracle import hf_greedy, hf_logits
+from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error
 from nemotron_deploy.exporter.checkpoint import load_model
 from nemotron_deploy.exporter.modeling.mamba import ssd_chunked, ssd_recurrent
 from nemotron_deploy.exporter.torch_decode import TorchBackend, greedy_decode
 from nemotron_deploy.runtime.decode import left_pad, prefill
 
-VOCAB = 101
-
-
-def _prompt(length, seed):
-    return torch.randint(3, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _rel_err(ref, got):
-    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    return float(np.abs(ref - got).max() / np.abs(ref).max())
-
-
 def test_full_sequence_logits_match_transformers(hf_checkpoints, config_name):
     """Prompt of 23 tokens: longer than every chunk_size and a multiple of none."""
     ref_model, path = hf_checkpoints(config_name)
     model = load_model(path, "float32", all_logits=True)
-    ids = torch.tensor([_prompt(23, 1), _prompt(23, 2)])
+    ids = torch.tensor([random_prompt(23, 1), random_prompt(23, 2)])
     ref = hf_logits(ref_model, ids)
     got, _ = model.step(ids, torch.ones_like(ids), model.initial_state(2))
-    err = _rel_err(ref, got)
+    err = relative_error(ref, got)
     print(f"{config_name}: max |logit error| / max |logit| = {err:.2e}")
     assert got.shape == ref.shape and err <= 1e-4
 
@@ -39,7 +27,7 @@ def test_greedy_decode_matches_transformers_generate(hf_checkpoints, config_name
     ref_model, path = hf_checkpoints(config_name)
     model = load_model(path, "float32")
     for seed, length in ((3, 19), (4, 7)):
-        prompt = _prompt(length, seed)
+        prompt = random_prompt(length, seed)
         expected = hf_greedy(ref_model, prompt, 40)
         assert greedy_decode(model, [prompt], 40)[0] == expected
 
@@ -48,7 +36,7 @@ def test_decode_step_logits_match_transformers(hf_checkpoints):
     """Each decode step against transformers' own cached step (its recurrent path, dt not clamped)."""
     ref_model, path = hf_checkpoints("hybrid_moe_groups")
     backend = TorchBackend(load_model(path, "float32"))
-    ids = torch.tensor([_prompt(17, 5)])
+    ids = torch.tensor([random_prompt(17, 5)])
     with torch.no_grad():
         out = ref_model(ids, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
@@ -59,7 +47,7 @@ def test_decode_step_logits_match_transformers(hf_checkpoints):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             ref = ref_model(token, past_key_values=cache, use_cache=True, attention_mask=mask).logits
             got, state = backend.step("decode", token.numpy(), mask.numpy(), state)
-            errs.append(_rel_err(ref[:, -1], got))
+            errs.append(relative_error(ref[:, -1], got))
             token = ref[:, -1:].argmax(-1)
     print(f"max relative decode-step error {max(errs):.2e}")
     assert max(errs) <= 1e-4
@@ -69,11 +57,11 @@ def test_chunked_prefill_equals_one_shot(hf_checkpoints, config_name):
     """Pieces of any length, 1 token included (the last piece of 26 tokens in chunks of 5; all of chunk 1)."""
     _, path = hf_checkpoints(config_name)
     backend = TorchBackend(load_model(path, "float32"))
-    ids, mask = left_pad([_prompt(26, 6), _prompt(26, 7)], 0)
+    ids, mask = left_pad([random_prompt(26, 6), random_prompt(26, 7)], 0)
     one_logits, one_state = prefill(backend, ids, mask)
     for chunk in (1, 2, 5, 9, 13, 23):
         logits, state = prefill(backend, ids, mask, chunk)
-        assert _rel_err(one_logits, logits) <= 1e-5, chunk
+        assert relative_error(one_logits, logits) <= 1e-5, chunk
         for name, tensor in one_state.items():
             assert torch.allclose(state[name], tensor, rtol=1e-4, atol=1e-5), (chunk, name)
 
@@ -83,7 +71,7 @@ def test_prefill_with_one_token_pieces_matches_transformers_generate(hf_checkpoi
     tokens equal transformers' and the unsplit prefill's, with one-token pieces first, inside and last."""
     ref_model, path = hf_checkpoints("hybrid_moe_groups")  # dt_bias exercises the prefill dt clamp
     model = load_model(path, "float32")
-    prompt = _prompt(17, 8)
+    prompt = random_prompt(17, 8)
     expected = hf_greedy(ref_model, prompt, 16)
     assert greedy_decode(model, [prompt], 16) == [expected]
     for chunk in (1, 2, 4):  # 17 tokens: the last piece is one token
@@ -94,7 +82,7 @@ def test_left_padded_batch_equals_each_prompt_alone(hf_checkpoints, config_name)
     _, path = hf_checkpoints(config_name)
     model = load_model(path, "float32")
     backend = TorchBackend(model)
-    prompts = [_prompt(n, 10 + n) for n in (21, 2, 9, 14)]
+    prompts = [random_prompt(n, 10 + n) for n in (21, 2, 9, 14)]
     batch = greedy_decode(model, prompts, 24)
     batch_chunked = greedy_decode(model, prompts, 24, prefill_chunk_size=8)
     ids, mask = left_pad(prompts, 0)
@@ -104,7 +92,7 @@ def test_left_padded_batch_equals_each_prompt_alone(hf_checkpoints, config_name)
         assert batch[row] == alone and batch_chunked[row] == alone, row
         single = np.array([prompt])
         logits_1, state_1 = prefill(backend, single, np.ones_like(single))
-        assert _rel_err(logits_1[0], logits[row]) <= 1e-5
+        assert relative_error(logits_1[0], logits[row]) <= 1e-5
         for name, tensor in state_1.items():
             got = state[name][row]
             if name.endswith((".key", ".value")):  # the padded positions' K/V are masked, not compared

@@ -4,28 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from hf_oracle import hf_greedy, hf_logits, make_checkpoint
+from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error, make_checkpoint
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.session import Session
-
-VOCAB = 101
-
-
-def _prompt(length, seed):
-    return torch.randint(3, VOCAB, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _rel_err(ref, got):
-    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    return float(np.abs(ref - got).max() / np.abs(ref).max())
-
 
 def test_greedy_batch_matches_transformers_generate(artifacts, config_name):
     """A batch of prompts of different lengths, 64 new tokens each, against transformers one by one."""
     ref, _, artifact = artifacts(config_name)
     session = Session(artifact)
-    prompts = [_prompt(19, 1), _prompt(6, 2), _prompt(11, 3)]
+    prompts = [random_prompt(19, 1), random_prompt(6, 2), random_prompt(11, 3)]
     result = session.generate(prompts, max_new_tokens=64, ignore_eos=True)
     for prompt, got in zip(prompts, result.new_token_ids):
         assert got == hf_greedy(ref, prompt, 64)
@@ -34,9 +22,9 @@ def test_greedy_batch_matches_transformers_generate(artifacts, config_name):
 def test_prefill_and_decode_logits_match_transformers(artifacts, config_name):
     ref, _, artifact = artifacts(config_name)
     backend = Session(artifact).backend
-    ids = np.array([_prompt(23, 4)])
+    ids = np.array([random_prompt(23, 4)])
     logits, state = prefill(backend, ids, np.ones_like(ids))
-    errs = [_rel_err(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)]
+    errs = [relative_error(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)]
     with torch.no_grad():
         out = ref(torch.from_numpy(ids), use_cache=True)
         cache, token, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), np.ones_like(ids)
@@ -44,7 +32,7 @@ def test_prefill_and_decode_logits_match_transformers(artifacts, config_name):
             mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
             expected = ref(token, past_key_values=cache, use_cache=True, attention_mask=torch.from_numpy(mask)).logits[:, -1]
             logits, state = backend.step("decode", token.numpy(), mask, state)
-            errs.append(_rel_err(expected, logits))
+            errs.append(relative_error(expected, logits))
             token = expected[:, None].argmax(-1)
     print(f"{config_name}: max relative logit error prefill {errs[0]:.1e}, decode {max(errs[1:]):.1e}")
     assert max(errs) <= 1e-4
@@ -53,22 +41,22 @@ def test_prefill_and_decode_logits_match_transformers(artifacts, config_name):
 def test_sharded_checkpoint_exports_and_matches(tmp_path):
     ref, ckpt = make_checkpoint("hybrid_moe_groups", tmp_path / "ckpt", seed=7, max_shard_size="40KB")
     artifact = export_artifact(ckpt, tmp_path / "onnx", progress=False)
-    prompt = _prompt(15, 9)
+    prompt = random_prompt(15, 9)
     assert Session(artifact).generate([prompt], 64, ignore_eos=True).new_token_ids[0] == hf_greedy(ref, prompt, 64)
 
 
 def test_chunked_prefill_equals_one_shot(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
     backend = Session(artifact).backend
-    ids, mask = left_pad([_prompt(26, 5), _prompt(17, 6)], 0)
+    ids, mask = left_pad([random_prompt(26, 5), random_prompt(17, 6)], 0)
     one_logits, one_state = prefill(backend, ids, mask)
     for chunk in (1, 5, 7, 16):
         logits, state = prefill(backend, ids, mask, chunk)
-        assert _rel_err(one_logits, logits) <= 1e-5, chunk
+        assert relative_error(one_logits, logits) <= 1e-5, chunk
         for name, value in one_state.items():
             np.testing.assert_allclose(state[name], value, rtol=1e-4, atol=1e-5, err_msg=f"{chunk} {name}")
     session = Session(artifact)
-    prompts = [_prompt(26, 5), _prompt(17, 6)]
+    prompts = [random_prompt(26, 5), random_prompt(17, 6)]
     assert session.generate(prompts, 16, prefill_chunk_size=4).new_token_ids == session.generate(prompts, 16).new_token_ids
 
 
@@ -77,7 +65,7 @@ def test_prefill_pieces_respect_the_backends_limit(artifacts):
     TensorRT engine's profile), also under a larger chunk size; the tokens do not change."""
     _, _, artifact = artifacts("hybrid_moe_groups")
     session = Session(artifact)
-    prompts = [_prompt(11, 5), _prompt(7, 6)]
+    prompts = [random_prompt(11, 5), random_prompt(7, 6)]
     want = session.generate(prompts, 8, ignore_eos=True).new_token_ids
     inner, calls = session.backend, []
 
@@ -109,12 +97,12 @@ def test_half_precision_exports(artifacts, dtype):
     ref, _, artifact = artifacts("hybrid_moe_groups", dtype)
     session = Session(artifact)
     assert session.manifest.dtype == dtype
-    ids = np.array([_prompt(21, 8)])
+    ids = np.array([random_prompt(21, 8)])
     logits, _ = prefill(session.backend, ids, np.ones_like(ids))
-    err = _rel_err(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)
+    err = relative_error(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)
     print(f"{dtype}: max relative logit error {err:.1e}")
     assert err <= HALF_TOLERANCE[dtype]
-    assert len(session.generate([_prompt(9, 3)], 8, ignore_eos=True).new_token_ids[0]) == 8
+    assert len(session.generate([random_prompt(9, 3)], 8, ignore_eos=True).new_token_ids[0]) == 8
 
 
 def test_bfloat16_is_refused_for_onnxruntime(hf_checkpoints, tmp_path):

@@ -11,11 +11,10 @@ import dataclasses
 import json
 import shutil
 
-import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
+from hf_oracle import random_prompt, relative_error
 
 from nemotron_deploy.exporter.engine_build import Limits, build_engines
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
@@ -23,17 +22,8 @@ from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.manifest import ArtifactError, EngineRecord, PluginRecord, read_manifest, to_json
 from nemotron_deploy.runtime.session import Session
 
-VOCAB = 101
-
-
 def _prompts():
-    g = torch.Generator().manual_seed(7)
-    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (19, 6, 11)]
-
-
-def _rel_err(ref, got):
-    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    return float(np.abs(ref - got).max() / np.abs(ref).max())
+    return [random_prompt(n, seed) for n, seed in ((19, 7), (6, 8), (11, 9))]
 
 
 def test_plugin_graph_reference_execution_equals_onnxruntime_tokens(artifacts, config_name):
@@ -44,7 +34,7 @@ def test_plugin_graph_reference_execution_equals_onnxruntime_tokens(artifacts, c
     reference = Session(trt_artifact, backend="reference")
     got = reference.generate(prompts, max_new_tokens=24, ignore_eos=True)
     assert got.new_token_ids == want.new_token_ids
-    assert _rel_err(want.prefill_logits, got.prefill_logits) < 1e-4
+    assert relative_error(want.prefill_logits, got.prefill_logits) < 1e-4
     # prefill in pieces (the plugin's conv and SSM states carried between calls), then decode
     chunked = reference.generate(prompts, max_new_tokens=8, ignore_eos=True, prefill_chunk_size=5)
     assert chunked.new_token_ids == [ids[:8] for ids in want.new_token_ids]
@@ -112,7 +102,7 @@ def test_tensorrt_rtx_target_runs_on_onnxruntime_with_the_same_tokens(artifacts,
     want = Session(ort_artifact).generate(prompts, max_new_tokens=24, ignore_eos=True)
     got = Session(rtx_artifact).generate(prompts, max_new_tokens=24, ignore_eos=True)
     assert got.new_token_ids == want.new_token_ids
-    assert _rel_err(want.prefill_logits, got.prefill_logits) < 1e-4
+    assert relative_error(want.prefill_logits, got.prefill_logits) < 1e-4
 
 
 @pytest.fixture(scope="module")
