@@ -135,7 +135,7 @@ def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
     artifact = shutil.copytree(trt_artifact, tmp_path / "artifact")
     raw = json.loads((artifact / "manifest.json").read_text())
     raw["engines"] = {"tensorrt": {"version": "10.14.1", "precision": "float32", "compute_capability": "native", "built_on": "90",
-                                   "max_batch": 4, "max_seq_len": 512, "max_new_tokens": 256, "plugins": "/opt/lib/libnemotron_deploy_plugins.so",
+                                   "max_batch": 4, "max_seq_len": 512, "max_new_tokens": 256, "plugins": {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]},
                                    "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}}}}  # fmt: skip
     (artifact / "manifest.json").write_text(json.dumps(raw))
     (artifact / "prefill.plan").write_bytes(b"stand-in plan")
