@@ -69,6 +69,7 @@ def find_tensorrt_headers(explicit: str | Path | None = None) -> Path:
 def _fetch_headers(dest: Path) -> Path:
     if (dest / "NvInferRuntime.h").is_file():
         return dest
+    shutil.rmtree(dest, ignore_errors=True)  # an incomplete cache (headers appear by rename, whole): fetch anew
     with tempfile.TemporaryDirectory() as tmp, new_directory(dest) as staging:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, HEADERS_WHEEL]
         done = subprocess.run(cmd, capture_output=True, text=True)
