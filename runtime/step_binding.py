@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest, StateRecord
@@ -23,7 +24,7 @@ class StepBinding:
             raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: graphs.{graph} has no tensor of role '{missing[0]}'")
         return cls(by_role["input_ids"], by_role["attention_mask"], by_role["logits"], manifest.states)
 
-    @property
+    @functools.cached_property  # read on every step (the decode hot path): built once
     def outputs(self) -> list[str]:
         """Output names in the order `unpack` takes them: logits, then every present state."""
         return [self.logits] + [s.present for s in self.states]
