@@ -1,0 +1,125 @@
+"""Another revision against this tree on one random checkpoint, side by side in one run: are the artifacts,
+the tokens and the decode speed the same? (For a change meant to leave behaviour alone.)
+
+    python benchmarks/compare_revision.py --baseline-rev 3bb17f1 --out benchmarks/results/structure_pass_cpu.md
+
+Per target: manifests equal as JSON apart from the creation time, the source path and the .onnx sizes and
+hashes; weights.data byte-identical; each graph byte-identical, or else its non-Constant nodes (op, domain,
+name, order), inputs, outputs and external initializers equal; `generate` tokens equal (greedy batch, and
+sampled with chunked prefill). Then `bench` alternated between the two, `--rounds` times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baseline import baseline_env  # noqa: E402
+from bench_vs_transformers import cpu_name  # noqa: E402
+
+TARGETS = (("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "bfloat16"), ("tensorrt-rtx", "float16"))
+GREEDY = ["--prompt-ids", "5,6,7,8,9,10,11", "--prompt-ids", "12,13,14", "--max-new-tokens", "24", "--ignore-eos", "--json"]
+SAMPLED = ["--prompt-ids", "5,6,7,8,9,10,11", "--max-new-tokens", "16", "--temperature", "0.8", "--top-k", "20", "--seed", "4",
+           "--ignore-eos", "--json", "--prefill-chunk", "3"]  # fmt: skip
+
+
+def cli(env, *args) -> str:
+    done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"nemotron-deploy {' '.join(map(str, args))} failed: {done.stderr.strip()[-600:]}")
+    return (done.stdout.strip().splitlines() or [""])[-1]  # the JSON line of generate / bench
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _graph(path: Path):
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    nodes = [(n.op_type, n.domain, n.name) for n in g.node if n.op_type != "Constant"]
+    return nodes, [i.name for i in g.input], [o.name for o in g.output], sorted(i.name for i in g.initializer if i.data_location == 1)
+
+
+def _manifest(artifact: Path) -> dict:
+    raw = json.loads((artifact / "manifest.json").read_text())
+    for key in ("created", "source"):
+        raw["exporter"].pop(key)
+    raw["files"] = [f for f in raw["files"] if not f["name"].endswith(".onnx")]
+    return raw
+
+
+def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str) -> dict:
+    arts = {}
+    for name, env in envs.items():
+        arts[name] = work / f"{name}-{target}-{dtype}"
+        cli(env, "export", ckpt, "-o", arts[name], "--target", target, "--dtype", dtype)
+    old, new = arts["baseline"], arts["this tree"]
+    result = {"manifest_equal": _manifest(old) == _manifest(new), "weights_data_identical": _sha(old / "weights.data") == _sha(new / "weights.data")}
+    for graph in ("prefill", "decode"):
+        same_bytes = _sha(old / f"{graph}.onnx") == _sha(new / f"{graph}.onnx")
+        result[graph] = "byte-identical" if same_bytes else ("same nodes, names, I/O" if _graph(old / f"{graph}.onnx") == _graph(new / f"{graph}.onnx") else "DIFFERENT")
+    # the reference backend runs float32/float16 plugin graphs; tensorrt-rtx needs its engines
+    backend = {"onnxruntime": "onnxruntime", "tensorrt": "reference"}.get(target)
+    if backend and dtype != "bfloat16":
+        for label, args in (("greedy_tokens_equal", GREEDY), ("sampled_tokens_equal", SAMPLED)):
+            outs = [cli(env, "generate", arts[name], *args, "--backend", backend) for name, env in envs.items()]
+            result[label] = outs[0] == outs[1]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline-rev", required=True)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/compare_revision.md")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        envs = {"baseline": baseline_env(work, args.baseline_rev), "this tree": dict(os.environ)}
+        ckpt = work / "checkpoint"
+        subprocess.run([sys.executable, "-c", f"from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint; write_random_checkpoint({str(ckpt)!r}, seed=3)"], check=True)
+        targets = {f"{t} {d}": compare_target(work, ckpt, envs, t, d) for t, d in TARGETS}
+        bench = {name: [] for name in envs}
+        for _ in range(args.rounds):
+            for name, env in envs.items():
+                out = json.loads(cli(env, "bench", work / f"{name}-onnxruntime-float32", "--prompt-len", "64", "--new-tokens", "32", "--threads", "2", "--json"))
+                bench[name].append({k: out[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_bytes_per_token")})
+    meta = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
+            "baseline": args.baseline_rev, "this_tree": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}  # fmt: skip
+    report = {"meta": meta, "targets": targets, "bench_onnxruntime_float32": bench}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
+    Path(args.out).write_text(_markdown(report))
+    print(_markdown(report))
+
+
+def _markdown(report: dict) -> str:
+    m = report["meta"]
+    lines = [f"# {m['baseline']} against {m['this_tree']}: artifacts, tokens, speed", "",
+             f"{m['date']}, {m['machine']}; random TINY_CONFIG checkpoint (seed 3); `benchmarks/compare_revision.py`.", "",
+             "| target | manifest equal | weights.data | prefill.onnx | decode.onnx | greedy tokens | sampled tokens |", "| --- " * 7 + "|"]  # fmt: skip
+    for name, r in report["targets"].items():
+        cells = [r["manifest_equal"], r["weights_data_identical"], r["prefill"], r["decode"], r.get("greedy_tokens_equal", "-"), r.get("sampled_tokens_equal", "-")]
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    bench = report["bench_onnxruntime_float32"]
+    old, new = bench["baseline"], bench["this tree"]
+    lines += ["", "`bench` (onnxruntime float32, prompt 64, 32 new tokens, 2 threads), alternated; ratio = this tree / baseline:", "",
+              "| round | decode tok/s baseline | this tree | ratio | prefill tok/s baseline | this tree | ratio |", "| --- " * 7 + "|"]  # fmt: skip
+    for i, (o, n) in enumerate(zip(old, new)):
+        d, p = n["decode_tokens_per_s"] / o["decode_tokens_per_s"], n["prefill_tokens_per_s"] / o["prefill_tokens_per_s"]
+        lines.append(f"| {i + 1} | {o['decode_tokens_per_s']:.0f} | {n['decode_tokens_per_s']:.0f} | {d:.2f} | {o['prefill_tokens_per_s']:.0f} | {n['prefill_tokens_per_s']:.0f} | {p:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
