@@ -106,8 +106,8 @@ def _export_child(argv: list[str]) -> dict:
         artifact = export_artifact(args.checkpoint, args.out, target=args.target, dtype=args.dtype, progress=False, **extra)
     seconds = time.perf_counter() - start
     nodes = {}
-    for graph in ("prefill", "decode"):
-        proto = onnx.load(str(artifact / f"{graph}.onnx"), load_external_data=False)
+    for graph, record in json.loads((artifact / "manifest.json").read_text())["graphs"].items():  # a step graph serves both
+        proto = onnx.load(str(artifact / record["file"]), load_external_data=False)
         nodes[graph] = len(proto.graph.node)
     return {
         "seconds": seconds,

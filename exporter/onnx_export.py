@@ -1,4 +1,5 @@
-"""Checkpoint -> artifact directory: prefill and decode step graphs as ONNX, weights stored once, manifest.
+"""Checkpoint -> artifact directory: the step graphs as ONNX (prefill and decode, or one `step` graph
+serving both: `traced_graphs`), weights stored once, manifest.
 
     checkpoint ──open_checkpoint──> meta model ──trace_graph──> prefill graph ─┐  (shapes only, no weights)
         │ (headers only)                      └───────────────> decode graph  ─┤
@@ -26,6 +27,7 @@ from pathlib import Path
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
 from nemotron_deploy.exporter.export_progress import ExportProgress
+from nemotron_deploy.exporter.modeling.lowering import STEP
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
@@ -82,11 +84,12 @@ def export_artifact(
 
             model = meta_model(ckpt, model_dtype)
             bars = ExportProgress(model, enabled=progress)
-            if _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            traced = traced_graphs(target, model_dtype)
+            if len(traced) > 1 and _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
             weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
             graphs = {}
-            for graph in GRAPHS:
+            for graph in traced:
                 if background is not None and graph == background.graph:
                     bars.step(f"{graph}: waiting for its trace in a second process")
                     ir_model, specs, seconds = background.result()
@@ -95,14 +98,15 @@ def export_artifact(
                     ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
                 proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
                 _save_onnx(proto, tmp / f"{graph}.onnx")
-                graphs[graph] = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None)
+                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None)
+                graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
                 del proto, ir_model
             weights.close()
             bars.step("checking graphs")
-            for graph in graphs:
+            for graph in traced:
                 _check(tmp / f"{graph}.onnx")
             side = _copy_side_files(ckpt.path, tmp)
-            required = [f"{g}.onnx" for g in graphs] + [WEIGHTS_FILE]
+            required = [f"{g}.onnx" for g in traced] + [WEIGHTS_FILE]
             on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
             files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
             write_manifest(_manifest(tmp, ckpt, model, dtype, target, graphs, files, scheme))
@@ -114,6 +118,14 @@ def export_artifact(
             if timings is not None:
                 timings.update(bars.timings)
     return out
+
+
+def traced_graphs(target: str, model_dtype: str) -> tuple[str, ...]:
+    """The graphs an export traces. onnxruntime, float32 (quantized or not): one `step` graph that serves
+    prefill and decode, so one onnxruntime session holds each weight once (docs/export.md). Otherwise
+    prefill and decode: TensorRT builds an engine per graph (an optimization profile each), and onnxruntime's
+    float16 decode gathers its experts (its float16 MoE node is ~10x slower at one token)."""
+    return (STEP,) if target == "onnxruntime" and model_dtype == "float32" else GRAPHS
 
 
 def _quant_scheme(quantize: str | None, block_size: int | None, target: str, dtype: str):
@@ -236,7 +248,7 @@ def _graph_record(model, graph: str, plugins: tuple[PluginRecord, ...] | None) -
         return dataclasses.replace(spec, dtype=dtype if spec.dtype == "model" else spec.dtype, shape=shape)
 
     inputs, outputs = io_spec.step_inputs(model.cfg), io_spec.step_outputs(model.cfg)
-    new_tokens = 1 if graph == "decode" else "dynamic"
+    new_tokens = 1 if graph == "decode" else "dynamic"  # a step graph serves decode with any T
     return GraphRecord(f"{graph}.onnx", new_tokens, tuple(map(resolved, inputs)), tuple(map(resolved, outputs)), plugins)
 
 

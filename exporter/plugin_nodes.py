@@ -106,3 +106,29 @@ def onnxruntime_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         dtypes=[x.dtype, state.dtype], shapes=[list(x.shape), list(state.shape)], version=1,
     )  # fmt: skip
     return out.to(x.device), new_state.to(x.device)  # see _on_device
+
+
+def onnxruntime_linear_attention(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Mamba-2 selective scan as onnxruntime's `com.microsoft.LinearAttention` (update_rule gated),
+    one node for any T: S_t = exp(dt_t A) S_{t-1} + B_t (x) (dt_t x_t); y_t = C_t . S_t.
+
+    x: (B, T, H, P); dt: (B, T, H) (discretised, masked); A: (H,); Bm, Cm: (B, T, G, N); state:
+    (B, H, P, N); all float32. Returns y (B, T, H, P) and the new state (B, H, P, N), as `ssd_chunked`.
+    The node's query is C with one head per group (its inverse GQA: head h reads group h // (H/G),
+    Mamba's grouping), its key B repeated per head, its state (B, H, N, P): the transpose of the step
+    contract's, hence the two Transposes.
+    """
+    b, t, h, p = x.shape
+    g, n = Bm.shape[2], Bm.shape[3]
+    query = Cm.flatten(2)  # (B, T, G*N)
+    key = Bm[:, :, :, None].expand(b, t, g, h // g, n).flatten(2)  # (B, T, H*N)
+    value = (x * dt[..., None]).flatten(2)  # (B, T, H*P)
+    decay = dt * A  # (B, T, H): log of the per-head decay
+    attrs = dict(update_rule="gated", q_num_heads=g, kv_num_heads=h, scale=1.0)
+    y, new_state = torch.onnx.ops.symbolic_multi_out(
+        "com.microsoft::LinearAttention", [query, key, value, state.transpose(-1, -2), decay], attrs,
+        dtypes=[x.dtype, state.dtype], shapes=[[b, t, h * p], [b, h, n, p]], version=1,
+    )  # fmt: skip
+    return y.to(x.device).unflatten(-1, (h, p)), new_state.to(x.device).transpose(-1, -2)

@@ -12,7 +12,8 @@ import numpy as np
 from nemotron_deploy.runtime.decode import generate, left_pad, prefill
 from nemotron_deploy.runtime.dtypes import dtype_bytes
 from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError
+from nemotron_deploy.runtime.manifest import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError
+from nemotron_deploy.runtime.memory import PeakMemory, process_peak_rss_mib
 
 
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -46,11 +47,20 @@ def decode_bytes_per_token(manifest) -> int:
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM where Linux has it: ru_maxrss also keeps the peak of
     the process that forked us (it survives exec), e.g. a large Python parent."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = process_peak_rss_mib()
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_figures(manifest, memory: PeakMemory | None) -> dict:
+    """Peak RSS (the process's) and peak anonymous memory (sampled from `memory`'s start, which the CLI
+    starts before opening the backend), each also as a ratio to weights.data."""
+    weights_mb = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0) / 2**20
+    rss = _peak_rss_mb()
+    figures = {"weights_mb": weights_mb, "peak_rss_mb": rss, "peak_rss_x_weights": rss / weights_mb if weights_mb else None}
+    if memory is not None:
+        anon = memory.stop().anon_mib
+        figures.update(peak_anon_mb=anon, peak_anon_x_weights=anon / weights_mb if weights_mb else None)
+    return figures
 
 
 def _decode_rate(backend, prompts: list[list[int]], steps: int, rounds: int = 3) -> float:
@@ -71,7 +81,10 @@ def _decode_rate(backend, prompts: list[list[int]], steps: int, rounds: int = 3)
     return len(prompts) * per_round / best
 
 
-def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, past_lengths=(), repeats: int = 3, seed: int = 0) -> dict:
+def run_bench(
+    backend, manifest, prompt_len: int, new_tokens: int, batch: int, past_lengths=(), repeats: int = 3, seed: int = 0, memory: PeakMemory | None = None
+) -> dict:
+    """Prefill and decode throughput and peak memory (see `memory_figures`) of `backend`."""
     rng = np.random.default_rng(seed)
     vocab = manifest.model.vocab_size
     prompts = rng.integers(3, vocab, (batch, prompt_len)).tolist()
@@ -95,7 +108,7 @@ def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, p
     for past in past_lengths:
         past_prompts = rng.integers(3, vocab, (batch, past)).tolist()
         result["decode_tokens_per_s_at_past"][str(past)] = _decode_rate(backend, past_prompts, new_tokens)
-    peak_rss_mb = _peak_rss_mb()  # before the bandwidth test's own buffers
+    result.update(memory_figures(manifest, memory))  # before the bandwidth test's own buffers
     bandwidth = measure_bandwidth()
     per_token = decode_bytes_per_token(manifest)
     floor = bandwidth / per_token  # single-sequence tokens/s if decode only streamed the weights once
@@ -104,6 +117,5 @@ def run_bench(backend, manifest, prompt_len: int, new_tokens: int, batch: int, p
         decode_bytes_per_token=per_token,
         decode_floor_tokens_per_s=floor,
         decode_fraction_of_floor=result["decode_tokens_per_s"] / batch / floor,
-        peak_rss_mb=peak_rss_mb,
     )
     return result

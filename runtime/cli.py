@@ -291,14 +291,16 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.bench import run_bench
     from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.memory import PeakMemory
 
     manifest = read_manifest(artifact_dir)
     if verify:
         _verify(manifest)
     if prompt_len + new_tokens > manifest.model.max_position_embeddings:
         raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model.max_position_embeddings} tokens")
+    memory = PeakMemory().start()  # from before the open: the sessions' memory is part of the figure
     runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib)
-    result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths)
+    result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths, memory=memory)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -310,7 +312,10 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     click.echo(f"weights  {result['decode_bytes_per_token'] / 1e6:10.1f} MB read per token ({precision})")
     click.echo(f"bandwidth {result['memory_bandwidth_gb_per_s']:.1f} GB/s -> floor {result['decode_floor_tokens_per_s']:.1f} tokens/s per sequence; "
                f"decode at {100 * result['decode_fraction_of_floor']:.0f}% of it")
-    click.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB (the model and its sessions, before the bandwidth test)")
+    weights = f"{result['weights_mb']:.0f} MiB weights.data"
+    click.echo(f"memory   peak RSS {result['peak_rss_mb']:.0f} MiB ({result['peak_rss_x_weights']:.2f}x {weights}), "
+               f"peak anonymous {result['peak_anon_mb']:.0f} MiB ({result['peak_anon_x_weights']:.2f}x) "
+               "(the process, before the bandwidth test)")
 
 
 DEMO_MARKER = ".nemotron-demo.json"  # what makes a directory the demo's own (reusable, replaceable)

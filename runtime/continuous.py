@@ -91,7 +91,7 @@ class ContinuousBatcher:
     max_length: the model's maximum sequence length (prompt + generated); pad_token_id fills padded
     positions; prefill_chunk_size: prompt tokens per prefill call, one call per step between the
     running sequences' decode steps (None: a whole prompt in one call); never more than the backend
-    takes in one call (`decode.prefill_limit`, as the decode loop's prefill).
+    takes in one call (`decode.piece_end`, as the decode loop's prefill).
     """
 
     def __init__(self, backend, states: Sequence[StateRecord], *, max_batch: int, max_length: int, pad_token_id: int = 0,
@@ -211,7 +211,7 @@ class ContinuousBatcher:
             ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
             self._prefill = _Prefill(requests, ids, mask, self.backend.initial_state(len(requests)))
         p = self._prefill
-        end = min(p.done + (decode.prefill_limit(self.backend, self.prefill_chunk_size) or p.ids.shape[1]), p.ids.shape[1])
+        end = decode.piece_end(self.backend, self.prefill_chunk_size, p.ids.shape[0], p.done, p.ids.shape[1])
         try:
             logits, p.state = self.backend.step("prefill", p.ids[:, p.done : end], p.mask[:, :end], p.state)
         except Exception as e:  # a failing backend ends these requests, not the server

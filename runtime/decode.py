@@ -47,22 +47,39 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, max_length:
             raise NemotronDeployError(f"prompt {i} has {len(prompt)} tokens, the model's maximum is {max_length} (max_position_embeddings)")
 
 
-def prefill_limit(backend, chunk_size: int | None) -> int | None:
-    """Prompt tokens per prefill call: `chunk_size`, and never more than the backend takes in one call
+def prefill_limit(backend, chunk_size: int | None, batch: int = 1, past_len: int = 0) -> int | None:
+    """Prompt tokens for the next prefill call of `batch` sequences after `past_len` tokens: `chunk_size`
+    if given, else the backend's own choice (its optional `prefill_tokens(batch, past_len)`, e.g. what
+    keeps onnxruntime's attention scratch bounded), and never more than the backend takes in one call
     (its optional `max_prefill_tokens`, e.g. a TensorRT engine's profile). None: the whole prompt."""
-    return min((n for n in (chunk_size, getattr(backend, "max_prefill_tokens", None)) if n), default=None)
+    own = getattr(backend, "prefill_tokens", None)
+    wanted = chunk_size or (own(batch, past_len) if own else None)
+    return min((n for n in (wanted, getattr(backend, "max_prefill_tokens", None)) if n), default=None)
+
+
+def piece_end(backend, chunk_size: int | None, batch: int, start: int, total: int) -> int:
+    """Where the prefill piece that starts at `start` of a `total`-token prompt ends: `prefill_limit`
+    tokens on. A backend whose `one_token_is_decode` is true (one graph serving both kinds: one new
+    token after a past is a decode step there, as in transformers: its recurrent path, without the
+    prefill dt clamp) never gets a last piece of one token after others, which would not compute what
+    one call does: the piece before it gives up a token (and stays within every limit), or a 2-token
+    piece takes the last one too. Only `chunk_size` 1 asks for one-token pieces. Other backends (separate
+    prefill and decode graphs: TensorRT engines, as the C++ runtime's loop) split at `prefill_limit`."""
+    end = min(start + (prefill_limit(backend, chunk_size, batch, start) or total), total)
+    if getattr(backend, "one_token_is_decode", False) and total - end == 1 and end - start >= 2:
+        return end - 1 if end - start >= 3 else total
+    return end
 
 
 def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None = None):
-    """Run the prompt through the prefill graph, in one step or in pieces of `prefill_limit` tokens
-    (any length, one token included: the prefill graph computes the same for any split).
-    Returns last-position logits (B, V) and the state."""
+    """Run the prompt through the prefill graph, in one step or in pieces (`piece_end`): the same
+    result for any split. Returns last-position logits (B, V) and the state."""
     state = backend.initial_state(ids.shape[0])
-    step = prefill_limit(backend, chunk_size) or ids.shape[1]
-    logits = None
-    for start in range(0, ids.shape[1], step):
-        end = min(start + step, ids.shape[1])
+    logits, start = None, 0
+    while start < ids.shape[1]:
+        end = piece_end(backend, chunk_size, ids.shape[0], start, ids.shape[1])
         logits, state = backend.step("prefill", ids[:, start:end], mask[:, :end], state)
+        start = end
     return logits, state
 
 

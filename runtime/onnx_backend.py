@@ -1,17 +1,18 @@
-"""Runs an artifact's step graphs on onnxruntime (CPU by default; CUDA where onnxruntime-gpu is installed).
-
-Both graphs get their weights from one read-only memory map of `weights.data`, handed to
-onnxruntime as shared initializers: the weights are on disk once and in memory once.
+"""Runs an artifact's step graphs on onnxruntime (CPU by default; CUDA where onnxruntime-gpu is installed),
+with each weight in memory once: see `OnnxRuntimeBackend`.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
+from nemotron_deploy.runtime import onnx_prepacked, resident
 from nemotron_deploy.runtime.dtypes import from_onnx
-from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.prefill_budget import PrefillBudget
+from nemotron_deploy.runtime.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.step_binding import StepBinding
 
 
@@ -29,6 +30,47 @@ def graph_inputs(model) -> dict[str, tuple[str, list]]:
     return inputs
 
 
+def _load_graph(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
+def external_ranges(model) -> dict[str, tuple[int, int]]:
+    """Initializer name -> its (start, end) bytes in the external data file."""
+    ranges = {}
+    for tensor in model.graph.initializer:
+        info = {e.key: e.value for e in tensor.external_data}
+        if "length" in info:
+            start = int(info.get("offset", 0))
+            ranges[tensor.name] = (start, start + int(info["length"]))
+    return ranges
+
+
+def _gathered_ranges(model) -> list[tuple[int, int]]:
+    """The file ranges of tables the graph reads a row at a time (the embedding's Gather)."""
+    ranges = external_ranges(model)
+    tables = {n.input[0] for n in model.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input}
+    return [ranges[name] for name in tables if name in ranges]
+
+
+def _options(ort, threads: int | None):
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _session(ort, path: Path, options, providers: list[str]):
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for a corrupt model
+        raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+
+
 def _check_version(manifest: Manifest, installed: str) -> None:
     """The artifact's `requires.onnxruntime` (oldest version with every op its graphs use) against ours."""
     needed = manifest.requires.get("onnxruntime")
@@ -44,7 +86,14 @@ def _check_version(manifest: Manifest, installed: str) -> None:
 
 
 class OnnxRuntimeBackend:
-    """step(graph, input_ids, attention_mask, state) on onnxruntime; states are numpy arrays."""
+    """step(graph, input_ids, attention_mask, state) on onnxruntime; states are numpy arrays.
+
+    One session per graph file: a float32 artifact's one `step` graph serves prefill and decode, so its
+    weights are in memory once. Float weights are handed to onnxruntime as views of one read-only
+    memory map of weights.data, unpacked (`session.disable_prepacking`: at one token the MatMuls run
+    as fast on the stored layout, and a packed copy would double the memory); quantized artifacts load
+    the machine's pre-packed cache (runtime/onnx_prepacked.py), whose packed weights onnxruntime maps.
+    """
 
     name = "onnxruntime"
 
@@ -70,38 +119,67 @@ class OnnxRuntimeBackend:
                 "float32 copies of its weights (docs/export.md); for a CPU export float32 or --quantize int8|int4",
                 stacklevel=3,
             )
-        self._weights = self._map_weights()
+        self._weights = None
         self._initializer_values = []  # onnxruntime borrows these buffers: keep them alive
-        self.sessions = {}
-        for graph in ("prefill", "decode"):
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            values = self._initializers(graph, ort)
-            self._initializer_values.append(values)
-            for name, value in values.items():
-                options.add_initializer(name, value)
-            path = manifest.graph_path(graph)
-            try:
-                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as e:  # onnxruntime raises its own exception types for a corrupt model
-                raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+        by_file = {}
+        for graph in GRAPHS:
+            file = manifest.graph(graph).file
+            if file not in by_file:
+                by_file[file] = self._open(graph, ort, providers, threads)
+        self.sessions = {graph: by_file[manifest.graph(graph).file] for graph in GRAPHS}
+        # one graph for both kinds: a one-token step after a past is a decode step (decode.piece_end)
+        self.one_token_is_decode = len(by_file) == 1
         self.binding = StepBinding.of(manifest)
+        self._prefill_budget = PrefillBudget.of(manifest)
+
+    def _open(self, graph: str, ort, providers: list[str], threads: int | None):
+        """One session of `graph`'s file, its weights as the class docstring says."""
+        path = self.manifest.graph_path(graph)
+        model = _load_graph(path)
+        check_graph_inputs(self.manifest, graph, graph_inputs(model))
+        if onnx_prepacked.packs(self.manifest, providers):
+            if onnx_prepacked.enabled():
+                return self._open_prepacked(path, ort, providers, threads)
+            return _session(ort, path, _options(ort, threads), providers)  # packed in memory: onnxruntime loads (and frees) the originals
+        options = _options(ort, threads)
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        values = self._initializers(model, path, ort)
+        self._initializer_values.append(values)
+        for name, value in values.items():
+            options.add_initializer(name, value)
+        session = _session(ort, path, options, providers)
+        resident.random_access(self.manifest.path / WEIGHTS_FILE, _gathered_ranges(model))
+        return session
+
+    def _open_prepacked(self, path: Path, ort, providers: list[str], threads: int | None):
+        """The pre-packed cache's optimized model (built on first use); a cache that does not load (another
+        onnxruntime build's packing, a damaged file) is discarded and built again, once."""
+        for attempt in range(2):
+            cached = onnx_prepacked.prepacked_model(self.manifest, path.name)
+            options = _options(ort, threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized when cached
+            try:
+                session = _session(ort, cached, options, providers)
+            except ArtifactError:
+                if attempt:
+                    raise
+                onnx_prepacked.discard(cached)
+                continue
+            model, data = _load_graph(cached), cached.with_name(onnx_prepacked.DATA_FILE)
+            resident.drop(data, keep=onnx_prepacked.packed_ranges(model))  # what packing read once
+            resident.random_access(data, _gathered_ranges(model))
+            return session
 
     def _map_weights(self) -> np.memmap | None:
         path = self.manifest.path / WEIGHTS_FILE
         return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
 
-    def _initializers(self, graph: str, ort) -> dict:
-        """OrtValues over the memory map for every external initializer of `graph` (no copies)."""
+    def _initializers(self, model, path: Path, ort) -> dict:
+        """OrtValues over the memory map for every external initializer of `model` (no copies)."""
         import onnx
 
-        path = self.manifest.graph_path(graph)
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as e:
-            raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        check_graph_inputs(self.manifest, graph, graph_inputs(model))
+        if self._weights is None:
+            self._weights = self._map_weights()
         values = {}
         for tensor in model.graph.initializer:
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -118,6 +196,11 @@ class OnnxRuntimeBackend:
             else:
                 values[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)
         return values
+
+    def prefill_tokens(self, batch: int, past_len: int) -> int:
+        """Prompt tokens for one prefill call after `past_len` tokens (the decode loop's default chunk):
+        what keeps its activations within `PrefillBudget` (runtime/prefill_budget.py)."""
+        return self._prefill_budget.tokens(batch, past_len)
 
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:
         """Zero states for `batch` new sequences (K/V with past length 0)."""

@@ -4,6 +4,9 @@ chooses each layer's formulation.
 The two graphs of an artifact differ in kind, not in their token count: `prefill` takes any T (a
 1-token prompt piece included) and `decode` one token per sequence. Torch runs and exported graphs
 compute the same thing for the same kind; the target only adds fused nodes to a traced graph.
+The onnxruntime target's float32 artifacts hold one graph, `step`, that serves both kinds (one
+onnxruntime session, so each weight is in memory once: docs/export.md); it tells a decode step from
+a prefill step by its inputs, as transformers does.
 """
 
 from __future__ import annotations
@@ -12,23 +15,27 @@ from dataclasses import dataclass
 
 from nemotron_deploy.runtime.manifest import GRAPHS
 
+STEP = "step"  # the graph kind that serves both GRAPHS (`Lowering.both_kinds`)
+
 
 @dataclass(frozen=True)
 class Lowering:
-    """kind: "prefill" | "decode"; target: the export target being traced ("onnxruntime" | "tensorrt" |
+    """kind: "prefill" | "decode" | "step"; target: the export target being traced ("onnxruntime" | "tensorrt" |
     "tensorrt-rtx"), or None for an eager torch run (fused and plugin nodes exist only in a trace).
 
     prefill: the chunked SSD scan with the prefill dt clamp (`ModelConfig.dt_clamp`), the MoE's experts
     one by one over their tokens. decode: the recurrent state update with the decode dt clamp
-    (`dt_clamp_decode`), the MoE gathering each token's k experts.
+    (`dt_clamp_decode`), the MoE gathering each token's k experts. step: any T; one new token after a
+    past is a decode step (recurrent update, decode clamp), any other step a prefill step
+    (`mamba2_core_step`); the MoE's experts as for prefill.
     """
 
     kind: str
     target: str | None = None
 
     def __post_init__(self):
-        if self.kind not in GRAPHS:
-            raise ValueError(f"graph {self.kind!r}: expected one of {GRAPHS}")
+        if self.kind not in (*GRAPHS, STEP):
+            raise ValueError(f"graph {self.kind!r}: expected one of {(*GRAPHS, STEP)}")
 
     def check(self, new_tokens: int) -> None:
         """Refuse a step this graph does not compute: several tokens per sequence in a decode step (static
@@ -43,6 +50,11 @@ class Lowering:
     @property
     def decode(self) -> bool:
         return self.kind == "decode"
+
+    @property
+    def both_kinds(self) -> bool:
+        """One graph for prefill and decode steps (kind `step`)."""
+        return self.kind == STEP
 
     @property
     def plugin_nodes(self) -> bool:

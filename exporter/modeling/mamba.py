@@ -10,6 +10,8 @@ reference, the export and the tests all use this one definition.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,6 +126,16 @@ def ssd_chunked(
     return y, final.reshape(b, h, p, n)
 
 
+def _conv_and_split(xbc, mask, conv_state, conv_weight, conv_bias, heads: int, head_dim: int, n_groups: int, state_size: int, fused_conv: bool):
+    """Masked conv + SiLU, then the conv output split into x (B, T, H, P), B and C (B, T, G, N), fp32;
+    and the new conv state. Padding enters the conv window as zeros (see `mamba2_core`)."""
+    m = mask.to(xbc.dtype)[..., None]
+    conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias, fused_conv)
+    conv_out = conv_out * m
+    x, Bm, Cm = conv_out.float().split([heads * head_dim, n_groups * state_size, n_groups * state_size], dim=-1)
+    return x.unflatten(-1, (heads, head_dim)), Bm.unflatten(-1, (n_groups, state_size)), Cm.unflatten(-1, (n_groups, state_size)), new_conv_state
+
+
 def mamba2_core(
     xbc: torch.Tensor,
     dt: torch.Tensor,
@@ -158,18 +170,61 @@ def mamba2_core(
     (any T; the prefill graph); the two agree to fp32 rounding. fused_conv: see `causal_conv_step`.
     """
     heads = dt.shape[-1]
-    m = mask.to(xbc.dtype)[..., None]
-    conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias, fused_conv)
-    conv_out = conv_out * m
-    x, Bm, Cm = conv_out.float().split([heads * head_dim, n_groups * state_size, n_groups * state_size], dim=-1)
-    x = x.unflatten(-1, (heads, head_dim))
-    Bm = Bm.unflatten(-1, (n_groups, state_size))
-    Cm = Cm.unflatten(-1, (n_groups, state_size))
-
+    x, Bm, Cm, new_conv_state = _conv_and_split(xbc, mask, conv_state, conv_weight, conv_bias, heads, head_dim, n_groups, state_size, fused_conv)
     dt = F.softplus(dt.float() + dt_bias.float()).clamp(dt_min, dt_max) * mask.float()[..., None]
     A = -torch.exp(A_log.float())
     state = ssm_state.float()
     if recurrent:
+        y, new_state = ssd_recurrent(x, dt, A, Bm, Cm, state)
+    else:
+        y, new_state = ssd_chunked(x, dt, A, Bm, Cm, state, chunk_size)
+    y = y + x * D.float()[:, None]
+    return y.flatten(-2), new_conv_state, new_state.to(ssm_state.dtype)
+
+
+def mamba2_core_step(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    mask: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+    decode_step: torch.Tensor,
+    *,
+    n_groups: int,
+    head_dim: int,
+    state_size: int,
+    chunk_size: int,
+    prefill_clamp: tuple[float, float],
+    decode_clamp: tuple[float, float],
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mamba2_core` for a graph that serves both step kinds (the onnxruntime target's one step graph).
+
+    Shapes as `mamba2_core`; decode_step: () bool, true for one new token after a past (the rule
+    transformers itself applies: its recurrent path, without the dt clamp, runs exactly then).
+    Such a step gets the decode clamp, any other the prefill clamp; the scan is one recurrence for
+    any T. fused: onnxruntime's CausalConvWithState and LinearAttention (gated) nodes, which run
+    prefill and decode alike (2-2.5x faster than the chunked scan and the batched mat-vec update at the
+    benchmark model's sizes, docs/export.md); eagerly, the chunked scan or the recurrent update.
+    """
+    heads = dt.shape[-1]
+    x, Bm, Cm, new_conv_state = _conv_and_split(xbc, mask, conv_state, conv_weight, conv_bias, heads, head_dim, n_groups, state_size, fused)
+    dt = F.softplus(dt.float() + dt_bias.float())
+    low = torch.where(decode_step, decode_clamp[0], prefill_clamp[0])
+    dt = torch.maximum(dt, low)
+    if math.isfinite(prefill_clamp[1]) or math.isfinite(decode_clamp[1]):
+        dt = torch.minimum(dt, torch.where(decode_step, decode_clamp[1], prefill_clamp[1]))
+    dt = dt * mask.float()[..., None]
+    A = -torch.exp(A_log.float())
+    state = ssm_state.float()
+    if fused:
+        y, new_state = plugin_nodes.onnxruntime_linear_attention(x, dt, A, Bm, Cm, state)
+    elif bool(decode_step):
         y, new_state = ssd_recurrent(x, dt, A, Bm, Cm, state)
     else:
         y, new_state = ssd_chunked(x, dt, A, Bm, Cm, state, chunk_size)
@@ -205,15 +260,28 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(inter, cfg.hidden_size, bias=cfg.use_bias)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor, lowering: Lowering
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: torch.Tensor,
+        lowering: Lowering,
+        decode_step: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hidden: (B, T, E); mask: (B, T). Returns (B, T, E) and the two new states."""
+        """hidden: (B, T, E); mask: (B, T); decode_step: () bool, for the one-graph `step` kind only
+        (`mamba2_core_step`). Returns (B, T, E) and the two new states."""
         cfg = self.cfg
         z, xbc, dt = self.in_proj(hidden).split([cfg.mamba_intermediate, cfg.conv_dim, cfg.mamba_num_heads], dim=-1)
         weights = (self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D)
         attrs = mamba2_core_attributes(cfg, decode=lowering.decode)
         if lowering.plugin_nodes:
             y, conv_state, ssm_state = self._plugin_node(xbc, dt, mask, conv_state, ssm_state, weights, attrs)
+        elif lowering.both_kinds:
+            clamps = dict(prefill_clamp=cfg.dt_clamp, decode_clamp=cfg.dt_clamp_decode)
+            shape = dict(n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size, chunk_size=cfg.chunk_size)
+            y, conv_state, ssm_state = mamba2_core_step(
+                xbc, dt, mask, conv_state, ssm_state, *weights, decode_step, **shape, **clamps, fused=lowering.fused_ops
+            )
         else:
             y, conv_state, ssm_state = mamba2_core(
                 xbc, dt, mask, conv_state, ssm_state, *weights, **attrs, recurrent=lowering.decode, fused_conv=lowering.fused_ops

@@ -1,6 +1,6 @@
 """The NemotronH step model: one call consumes T new tokens of B sequences, every state explicit.
 
-`StepGraph(model, kind, target)` is one step graph, `forward(input_ids, attention_mask, *past_states)
+`StepGraph(model, kind, target)` is one step graph (kind prefill | decode | step: modeling/lowering.py), `forward(input_ids, attention_mask, *past_states)
 -> (logits, *present_states)` with tensors in the order of `io_spec.step_inputs` / `step_outputs`:
 flat arguments so `torch.onnx.export` sees plain tensors, names from the one spec table. The graph kind
 (prefill | decode) is explicit and never inferred from T (exporter/modeling/lowering.py). Nothing is
@@ -101,13 +101,14 @@ class StepGraph(nn.Module):
         lowering.check(t)
         hidden = self.embeddings(input_ids)
         new_mask = attention_mask[:, -t:]
+        decode_step = _one_token_after_past(input_ids, attention_mask) if lowering.both_kinds else None
         bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in self.cfg.layer_types else None
         presents: list[torch.Tensor] = []
         it = iter(states)
         for block in self.layers:
             x = block.norm(hidden, lowering.fused_ops)
             if block.kind == "mamba":
-                x, conv, ssm = block.mixer(x, new_mask, next(it), next(it), lowering)
+                x, conv, ssm = block.mixer(x, new_mask, next(it), next(it), lowering, decode_step)
                 presents += [conv, ssm]
             elif block.kind == "attention":
                 x, key, value = block.mixer(x, bias, next(it), next(it))
@@ -121,3 +122,11 @@ class StepGraph(nn.Module):
             hidden = hidden[:, -1:]
         logits = self.lm_head(self.norm_f(hidden, lowering.fused_ops)).float()
         return (logits, *presents)
+
+
+def _one_token_after_past(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """() bool: this step is one new token after a past (a decode step), from the shapes of the step's
+    inputs, as a tensor: an exported graph decides it per call, not at trace time."""
+    new = torch.ones_like(input_ids[0]).sum()  # T
+    total = torch.ones_like(attention_mask[0]).sum()  # past + T
+    return (new == 1) & (total > new)

@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from nemotron_deploy.exporter.onnx_export import export_artifact
-from nemotron_deploy.exporter.quantize import dequantize_rows, quantize_rows
+from nemotron_deploy.exporter.quantize import QuantScheme, dequantize_rows, embedding_scheme, quantize_rows
 from nemotron_deploy.runtime.accuracy import compare
 from nemotron_deploy.runtime.backends import open_backend
 from nemotron_deploy.runtime.errors import NemotronDeployError
@@ -121,12 +121,13 @@ def test_qmoe_reads_our_layout(bits):
 
 def _dequantized_copy(model, bits: int):
     """The transformers model with every weight --quantize stores as integers replaced by its
-    dequantized value (Linear weights but the router's, and the experts)."""
+    dequantized value (Linear weights but the router's, the experts; the embedding at its own bits)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith(("proj.weight", "experts.up_proj", "experts.down_proj")) or name == "lm_head.weight":
-                packed, scales = quantize_rows(param, bits, BLOCK)
-                param.copy_(dequantize_rows(packed, scales, bits).view_as(param))
+            if name.endswith(("proj.weight", "experts.up_proj", "experts.down_proj", "embeddings.weight")) or name == "lm_head.weight":
+                b = embedding_scheme(QuantScheme(bits, BLOCK)).bits if name.endswith("embeddings.weight") else bits
+                packed, scales = quantize_rows(param, b, BLOCK)
+                param.copy_(dequantize_rows(packed, scales, b).view_as(param))
     return model
 
 
@@ -165,7 +166,7 @@ def test_quantized_artifact(quantized, name, scheme):
         floats = {i.name for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) >= 2}
         float_weights = {n.input[1] for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in floats}
         assert all("router_weight" in w for w in float_weights), float_weights
-        assert ops["MatMulNBits"] > 0 and ops["MoE"] == 0
+        assert ops["MatMulNBits"] > 0 and ops["MoE"] == 0 and ops["GatherBlockQuantized"] == 1
         assert ops["QMoE"] == (name == "hybrid_moe_groups") * manifest.model.layer_types.count("moe")
     fp32_bytes = read_manifest(paths["float32"]).model.decode_weight_bytes
     # block 16: (bits/8 + 4/16) bytes per weight instead of 4, a little float (norms, router, conv) besides

@@ -11,6 +11,7 @@ import torch
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import load_model
+from nemotron_deploy.runtime.manifest import read_manifest
 
 
 def _inputs(model, batch, past, new):
@@ -27,15 +28,19 @@ def _inputs(model, batch, past, new):
 
 
 def _session(artifact, graph):
-    return ort.InferenceSession(str(artifact / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(read_manifest(artifact).graph_path(graph)), providers=["CPUExecutionProvider"])
 
 
 def _check(session, model, graph, shapes):
+    """The graph against the torch model's step of `graph`; "step" (the onnxruntime target's one graph):
+    a decode step for one new token after a past, a prefill step otherwise, as the graph decides."""
     names = [i.name for i in session.get_inputs()]
     for shape in shapes:
         example = _inputs(model, *shape)
+        _, past, new = shape
+        kind = graph if graph != "step" else ("decode" if new == 1 and past > 0 else "prefill")
         got = session.run(None, dict(zip(names, (t.numpy() for t in example))))
-        for g, r in zip(got, model(*example, graph=graph)):
+        for g, r in zip(got, model(*example, graph=kind)):
             assert g.shape == tuple(r.shape), shape
             np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=2e-5, err_msg=str(shape))
 
@@ -44,7 +49,9 @@ def _check(session, model, graph, shapes):
 def test_prefill_and_decode_graphs_export_with_dynamic_shapes(artifacts):
     _, path, artifact = artifacts("hybrid_moe_groups")  # chunk_size 8
     model = load_model(path, "float32")
-    # (batch, past, new): one chunk, several, a multiple of chunk_size, batch 1, empty past
-    # prefill: 1-token pieces too (the prefill graph whatever T, as the torch model's prefill)
-    _check(_session(artifact, "prefill"), model, "prefill", [(1, 0, 2), (3, 5, 13), (2, 0, 16), (1, 4, 5), (4, 9, 30), (2, 3, 1)])
-    _check(_session(artifact, "decode"), model, "decode", [(1, 1, 1), (3, 11, 1), (5, 2, 1)])
+    # (batch, past, new): one chunk, several, a multiple of chunk_size, batch 1, empty past; a 1-token
+    # prompt (a prefill step) and 1-token steps after a past (decode steps): the float32 onnxruntime
+    # artifact's one step graph serves both kinds
+    assert _session(artifact, "prefill") is not None and read_manifest(artifact).graph("decode").file == "step.onnx"
+    shapes = [(1, 0, 2), (3, 5, 13), (2, 0, 16), (1, 4, 5), (4, 9, 30), (2, 0, 1), (2, 3, 1), (1, 1, 1), (3, 11, 1), (5, 2, 1)]
+    _check(_session(artifact, "prefill"), model, "step", shapes)

@@ -83,16 +83,16 @@ def test_bad_inputs(artifacts, tmp_path):
     _error(_run("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
 
     broken = shutil.copytree(artifact, tmp_path / "no-onnx")
-    (broken / "decode.onnx").unlink()
-    _error(_run("generate", broken, "--prompt-ids", "5"), "decode.onnx: missing (listed in manifest.json)")
+    (broken / "step.onnx").unlink()
+    _error(_run("generate", broken, "--prompt-ids", "5"), "step.onnx: missing (listed in manifest.json)")
     broken = shutil.copytree(artifact, tmp_path / "short-data")
     data = (broken / "weights.data").read_bytes()
     (broken / "weights.data").write_bytes(data[: len(data) // 2])
     _error(_run("generate", broken, "--prompt-ids", "5"), "weights.data: ")
     broken = shutil.copytree(artifact, tmp_path / "garbage-onnx")
-    size = (broken / "prefill.onnx").stat().st_size
-    (broken / "prefill.onnx").write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
-    _error(_run("generate", broken, "--prompt-ids", "5"), "prefill.onnx: not a readable ONNX model")
+    size = (broken / "step.onnx").stat().st_size
+    (broken / "step.onnx").write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
+    _error(_run("generate", broken, "--prompt-ids", "5"), "step.onnx: not a readable ONNX model")
     broken = shutil.copytree(artifact, tmp_path / "old-format")
     manifest = json.loads((broken / MANIFEST_FILE).read_text())
     (broken / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=99)))

@@ -1,0 +1,199 @@
+"""Memory of open + prefill + decode on onnxruntime's CPU provider, before/after in one run, and at real scale.
+
+    python benchmarks/bench_memory.py [--baseline-rev REV] [--cases bench,real-scale] [--workdir DIR]
+        [--out benchmarks/results/memory_cpu.md] [--json FILE]
+
+bench: the benchmark checkpoint of bench_vs_transformers.py, exported by a baseline revision and by
+this tree at float32, int8 and int4; each artifact opened in a fresh process (benchmarks/memory_child.py,
+the revision's own runtime) at prompt 128 and 4000, the two revisions interleaved per configuration;
+then a second process opening the artifact while a first holds it (what `serve --instances 2` costs).
+Quantized artifacts of this tree build their pre-packed cache on a first open, which is timed apart.
+real-scale: Nemotron-H-4B (full depth and widths) float32 and int4, and the 6-layer case of
+Nemotron-3-Nano-30B-A3B widths int4, random bfloat16 checkpoints, each exported, opened and generating
+(this tree only: the baseline's Nemotron-H-4B float32 open was killed for memory on 24 GiB,
+benchmarks/results/export.md). Needs tens of GB of disk in --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baseline import baseline_env  # noqa: E402
+from bench_export import H4B, NANO30B  # noqa: E402
+from bench_vs_transformers import CONFIG as BENCH, cpu_name  # noqa: E402
+
+CHILD = Path(__file__).parent / "memory_child.py"
+PRECISIONS = {"float32": (), "int8": ("--quantize", "int8"), "int4": ("--quantize", "int4")}
+PROMPTS = (128, 4000)
+GiB = 2**30
+
+
+def cli(*args, env=None) -> None:
+    done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"nemotron-deploy {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+
+
+def child(artifact: Path, prompt_len: int, new_tokens: int, env=None, hold: bool = False):
+    """memory_child.py's JSON (and, with hold, the still running process)."""
+    cmd = [sys.executable, str(CHILD), str(artifact), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)] + (["--hold"] * hold)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate()
+        how = "was killed (out of memory?)" if proc.returncode == -9 else f"exited with {proc.returncode}"
+        return {"failed": f"{how}: {(err.strip().splitlines() or [''])[-1][:200]}"}, None
+    if not hold:
+        proc.wait()
+        return json.loads(line), None
+    return json.loads(line), proc
+
+
+def bench_case(work: Path, rev: str) -> dict:
+    ckpt = write_random_checkpoint(work / "ckpt-bench", config=BENCH)
+    envs = {"before": baseline_env(work, rev), "after": None}
+    artifacts = {}
+    for label, env in envs.items():
+        for precision, flags in PRECISIONS.items():
+            artifacts[label, precision] = out = work / f"bench-{label}-{precision}"
+            cli("export", ckpt, "-o", out, *flags, env=env)
+    rows, builds = [], {}
+    for precision in PRECISIONS:
+        if PRECISIONS[precision]:  # this tree's first open of a quantized artifact packs its weights once
+            builds[precision], _ = child(artifacts["after", precision], 8, 2)
+        for prompt in PROMPTS:
+            for label, env in envs.items():
+                measured, _ = child(artifacts[label, precision], prompt, 32, env=env)
+                rows.append({"revision": label, "precision": precision, "prompt": prompt, **measured, **_sizes(artifacts[label, precision])})
+    second = []
+    for precision in ("float32", "int4"):
+        for label, env in envs.items():
+            first, holder = child(artifacts[label, precision], 128, 8, env=env, hold=True)
+            other, _ = child(artifacts[label, precision], 128, 8, env=env)
+            if holder is not None:
+                holder.communicate("\n")
+            second.append({"revision": label, "precision": precision, "first": first, "second": other})
+    return {"checkpoint": BENCH, "rows": rows, "cache_builds": builds, "second_process": second}
+
+
+def real_scale_case(work: Path) -> dict:
+    cases = (("Nemotron-H-4B", H4B, ("float32", "int4")), ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)))
+    out = []
+    for name, config, precisions in cases:
+        ckpt = write_random_checkpoint(work / "ckpt-real", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
+        for precision in precisions:
+            artifact = work / "real-artifact"
+            cli("export", ckpt, "-o", artifact, *PRECISIONS[precision])
+            row = {"model": name, "precision": precision, **_sizes(artifact)}
+            if PRECISIONS[precision]:
+                row["cache_build"], _ = child(artifact, 8, 2)
+            measured, _ = child(artifact, 128, 16)
+            out.append({**row, **measured})
+            shutil.rmtree(artifact)
+        shutil.rmtree(ckpt)
+    return {"rows": out}
+
+
+def _sizes(artifact: Path) -> dict:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    weights = (artifact / "weights.data").stat().st_size
+    return {"num_parameters": manifest["model"]["num_parameters"], "weights_bytes": weights,
+            "bytes_per_parameter": weights / manifest["model"]["num_parameters"]}  # fmt: skip
+
+
+def render(results: dict, rev: str) -> str:
+    date = datetime.date.today().isoformat()
+    lines = [f"# Memory of open + prefill + decode, onnxruntime CPU ({date})", "",
+             f"Machine: {cpu_name()}, 2 threads, no GPU. `python benchmarks/bench_memory.py`: one run; every configuration in a fresh "
+             f"process (benchmarks/memory_child.py); 'before' is revision {rev}'s export run by its own runtime, 'after' this tree's. "
+             "Memory over the process's baseline after its imports, except peak RSS (the whole process, VmHWM). "
+             "Bounds (issue 20): RSS <= 1.15x weights.data + 128 MiB, anonymous <= 0.1x weights.data + 128 MiB.", ""]  # fmt: skip
+    bench = results.get("bench")
+    if bench:
+        lines += ["## The benchmark model (" + _params(bench["rows"][0]) + ", pattern " + bench["checkpoint"]["hybrid_override_pattern"] + ")", "",
+                  "| precision | prompt | revision | weights.data MiB | bytes/param | open s | prefill tok/s | decode tok/s | peak RSS MiB | x weights | RSS bound | peak anon MiB | x weights | anon bound | tokens = before |",
+                  "| --- " * 15 + "|"]  # fmt: skip
+        before = {(r["precision"], r["prompt"]): r for r in bench["rows"] if r["revision"] == "before"}
+        for r in bench["rows"]:
+            lines.append(_row(r, before.get((r["precision"], r["prompt"]))))
+        lines += ["", "First open of this tree's quantized artifacts (packs the weights once into the cache): "
+                  + ", ".join(f"{p} {b.get('open_s', 0):.1f} s (builder peak RSS {b.get('builder_peak_rss_mb', 0):.0f} MiB)" for p, b in bench["cache_builds"].items()), ""]  # fmt: skip
+        lines += ["### A second process opening the same artifact", "",
+                  "| precision | revision | first: peak anon MiB | second: peak anon MiB | second: peak RSS MiB | second: Pss MiB |", "| --- " * 6 + "|"]  # fmt: skip
+        for s in bench["second_process"]:
+            a, b = s["first"], s["second"]
+            lines.append(f"| {s['precision']} | {s['revision']} | {a.get('peak_anon_mb', float('nan')):.0f} | {b.get('peak_anon_mb', float('nan')):.0f} | "
+                         f"{b.get('peak_rss_mb', float('nan')):.0f} | {b.get('pss_mb') or float('nan'):.0f} |")  # fmt: skip
+        lines.append("")
+    real = results.get("real-scale")
+    if real:
+        lines += ["## Real scale (this tree; random bfloat16 checkpoints)", "",
+                  "| model | precision | parameters | weights.data GiB | bytes/param | cache build s | open s | decode tok/s | peak RSS GiB | x weights | peak anon MiB | x weights |",
+                  "| --- " * 12 + "|"]  # fmt: skip
+        for r in real["rows"]:
+            w = r["weights_bytes"] / 2**20
+            if "failed" in r:
+                lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | {r['failed']} | | | | |")
+                continue
+            build = r.get("cache_build", {}).get("open_s")
+            lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | "
+                         f"{'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | {r['decode_tokens_per_s']:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
+                         f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines) + "\n```json\n" + json.dumps(results, indent=1) + "\n```\n"
+
+
+def _params(row: dict) -> str:
+    return f"{row['num_parameters'] / 1e6:.0f} M parameters"
+
+
+def _row(r: dict, before: dict | None) -> str:
+    w = r["weights_bytes"] / 2**20
+    head = f"| {r['precision']} | {r['prompt']} | {r['revision']} | {w:.0f} | {r['bytes_per_parameter']:.2f} |"
+    if "failed" in r:
+        return head + f" {r['failed']} |" + " |" * 10
+    rss_ok = "ok" if r["peak_rss_mb"] <= 1.15 * w + 128 else "over"
+    anon_ok = "ok" if r["peak_anon_mb"] <= 0.1 * w + 128 else "over"
+    same = "" if before is None or r is before or "tokens" not in before else ("yes" if before["tokens"] == r["tokens"] else "no")
+    return (head + f" {r['open_s']:.2f} | {r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_rss_mb'] / w:.2f} | {rss_ok} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.2f} | {anon_ok} | {same} |")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline-rev", default="5d83f1e")
+    ap.add_argument("--cases", default="bench,real-scale")
+    ap.add_argument("--workdir", default=None, help="where checkpoints and artifacts go (default: a temporary directory)")
+    ap.add_argument("--out", default="benchmarks/results/memory_cpu.md")
+    ap.add_argument("--json", default=None, help="also write the raw figures here (after each case)")
+    ap.add_argument("--render", default=None, help="only write the report from an earlier --json")
+    args = ap.parse_args()
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+    else:
+        results = {}
+        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-memory-") as tmp:
+            for case in args.cases.split(","):
+                work = Path(tmp) / case
+                work.mkdir()
+                results[case] = bench_case(work, args.baseline_rev) if case == "bench" else real_scale_case(work)
+                shutil.rmtree(work)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=1))
+    report = render(results, args.baseline_rev)
+    Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

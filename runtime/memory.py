@@ -1,0 +1,78 @@
+"""This process's memory, as `bench` reports it: peak resident memory (RSS) and peak anonymous memory.
+
+RSS counts every page the process has mapped: the weights file's pages it has read (page cache the
+kernel can evict and other processes share) and its anonymous memory (copies, activations, what
+runs a machine out of memory). Linux keeps the peak RSS (VmHWM) but not the peak anonymous memory,
+so a thread samples /proc/self/status every few milliseconds. Imports nothing of ours: benchmarks load
+this file by path to measure other revisions of the package with it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+FIELDS = ("RssAnon", "VmRSS")
+
+
+def status_kib(fields=FIELDS) -> dict[str, int]:
+    """The given fields of /proc/self/status in KiB ({} where there is none, e.g. off Linux)."""
+    values = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    values[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return values
+
+
+class PeakMemory:
+    """Peak RssAnon / VmRSS (KiB) while the block runs: `with PeakMemory() as peak: ...; peak.anon_mib`."""
+
+    def __init__(self, interval_s: float = 0.003):
+        self.interval = interval_s
+        self.peak = status_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for key, value in status_kib().items():
+            self.peak[key] = max(self.peak.get(key, 0), value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def stop(self) -> "PeakMemory":
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+        return self
+
+    def __enter__(self) -> "PeakMemory":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def anon_mib(self) -> float:
+        return self.peak.get("RssAnon", 0) / 1024
+
+    @property
+    def rss_mib(self) -> float:
+        """The sampled peak RSS (the process's own peak since it started is `process_peak_rss_mib`)."""
+        return self.peak.get("VmRSS", 0) / 1024
+
+
+def process_peak_rss_mib() -> float | None:
+    """This process's peak RSS since it started (VmHWM: exact, no sampling), or None off Linux."""
+    peak = status_kib(("VmHWM",)).get("VmHWM")
+    return None if peak is None else peak / 1024

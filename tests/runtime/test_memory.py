@@ -1,0 +1,138 @@
+"""Each weight once in memory (issue 20): measured in child processes, as memory bounds, not timings.
+
+A float32 artifact is opened and generates with its weights mapped, not copied: anonymous memory and
+resident memory stay under the issue's bounds for a synthetic model whose MatMul weights, packed per
+session as onnxruntime does by default, would break the anonymous bound. A quantized artifact's packed
+weights come from the pre-packed cache (runtime/onnx_prepacked.py): mapped, so the open adds less
+anonymous memory than packing in memory does, by about their size; the cache is reused, rebuilt when
+damaged, and keyed by what the packed bytes depend on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hf_oracle import relative_error
+
+from nemotron_deploy.exporter.onnx_export import export_artifact
+from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+from nemotron_deploy.runtime import onnx_prepacked
+from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.decode import left_pad, prefill
+from nemotron_deploy.runtime.prefill_budget import MIN_TOKENS, PrefillBudget
+from nemotron_deploy.runtime.session import Session
+
+CHILD = Path(__file__).parents[2] / "benchmarks" / "memory_child.py"
+MiB = 2**20
+
+# Dense-heavy on purpose (three wide relu2 MLPs, a 24k vocabulary): 51 M parameters, ~200 MiB of float32
+# weights of which ~150 MiB are MatMul weights that onnxruntime would pack (a copy per session).
+DENSE = dict(
+    TINY_CONFIG, vocab_size=24576, hidden_size=512, hybrid_override_pattern="M-*-E-", intermediate_size=6144,
+    num_attention_heads=8, num_key_value_heads=2, head_dim=64, mamba_num_heads=16, mamba_head_dim=32, n_groups=2,
+    ssm_state_size=32, chunk_size=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=512,
+    moe_shared_expert_intermediate_size=512, n_group=1, topk_group=1, max_position_embeddings=4096,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dense_checkpoint(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("dense") / "ckpt", config=DENSE)
+
+
+@pytest.fixture(scope="module")
+def float_artifact(dense_checkpoint, tmp_path_factory):
+    return export_artifact(dense_checkpoint, tmp_path_factory.mktemp("dense-f32") / "onnx", progress=False)
+
+
+@pytest.fixture(scope="module")
+def int4_artifact(dense_checkpoint, tmp_path_factory):
+    return export_artifact(dense_checkpoint, tmp_path_factory.mktemp("dense-int4") / "onnx", progress=False, quantize="int4")
+
+
+def measure(artifact: Path, prompt_len: int = 128, **env) -> dict:
+    """benchmarks/memory_child.py in a fresh process: open, prefill `prompt_len` tokens, decode 8."""
+    cmd = [sys.executable, str(CHILD), str(artifact), "--prompt-len", str(prompt_len), "--new-tokens", "8", "--threads", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()})
+    return result
+
+
+@pytest.mark.parametrize("prompt_len", [128, 1500])
+def test_float32_weights_are_mapped_once_not_copied(float_artifact, prompt_len):
+    weights = (float_artifact / "weights.data").stat().st_size / MiB
+    assert weights > 180  # the synthetic model is as large as the bounds below need
+    got = measure(float_artifact, prompt_len)
+    assert got["peak_anon_mb"] <= 0.1 * weights + 128, "anonymous memory: the weights (or a packed copy) were copied"
+    assert got["peak_rss_mb"] - got["base_rss_mb"] <= 1.15 * weights + 128, "resident memory above the weights file plus the bound"
+
+
+def test_quantized_weights_are_mapped_from_the_prepacked_cache(int4_artifact, monkeypatch, tmp_path):
+    monkeypatch.setenv(onnx_prepacked.CACHE_ENV, str(tmp_path / "cache"))
+    Session(int4_artifact)  # builds the cache
+    (cache,) = (tmp_path / "cache").iterdir()
+    model = onnx_prepacked.load_model(cache / onnx_prepacked.MODEL_FILE)
+    packed = sum(end - start for start, end in onnx_prepacked.packed_ranges(model)) / MiB
+    assert packed > 25
+    mapped = measure(int4_artifact, **{onnx_prepacked.CACHE_ENV: str(tmp_path / "cache")})
+    in_memory = measure(int4_artifact, **{onnx_prepacked.CACHE_ENV: "none"})
+    assert mapped["tokens"] == in_memory["tokens"]
+    assert mapped["open_anon_mb"] <= in_memory["open_anon_mb"] - 0.8 * packed, "the packed weights are still copied into the process"
+
+
+def test_the_cache_is_reused_and_rebuilt_when_damaged(int4_artifact, monkeypatch, tmp_path):
+    monkeypatch.setenv(onnx_prepacked.CACHE_ENV, str(tmp_path))
+    prompt = [5, 17, 42, 9, 3, 11]
+    first = Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids
+    (cache,) = tmp_path.iterdir()
+    built = (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns
+    assert Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids == first
+    assert (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns == built, "a second open rebuilt the cache"
+    data = cache / onnx_prepacked.DATA_FILE
+    with open(data, "r+b") as f:  # damage a packed weight: onnxruntime refuses it, the cache is rebuilt
+        start, end = max(onnx_prepacked.packed_ranges(onnx_prepacked.load_model(cache / onnx_prepacked.MODEL_FILE)), key=lambda r: r[1] - r[0])
+        f.seek((start + end) // 2)
+        f.write(b"\xa5" * 64)
+    assert Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids == first
+    assert (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns != built
+
+
+def test_the_cache_key_follows_what_the_packed_bytes_depend_on(int4_artifact, monkeypatch):
+    manifest = read_manifest(int4_artifact)
+    key = onnx_prepacked.cache_key(manifest, "step.onnx")
+    assert onnx_prepacked.cache_key(manifest, "step.onnx") == key
+    monkeypatch.setattr(onnx_prepacked, "_cpu_identity", lambda: "another CPU")
+    assert onnx_prepacked.cache_key(manifest, "step.onnx") != key
+    monkeypatch.undo()
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "9.99.0")
+    assert onnx_prepacked.cache_key(manifest, "step.onnx") != key
+
+
+def test_prefill_pieces_keep_activations_within_the_budget(float_artifact):
+    """Deep into a long prompt the pieces shrink (attention scores grow with the past), never below
+    MIN_TOKENS; a model with more weights takes longer pieces; the default split leaves tokens as one call."""
+    manifest = read_manifest(float_artifact)
+    budget = PrefillBudget.of(manifest)
+    pieces = [budget.tokens(1, past) for past in (0, 500, 2000, 4000)]
+    assert pieces == sorted(pieces, reverse=True) and pieces[0] > pieces[-1] >= MIN_TOKENS
+    assert budget.tokens(4, 2000) < budget.tokens(1, 2000)
+    for t, past in ((budget.tokens(1, 0), 0), (budget.tokens(1, 2000), 2000)):
+        assert t * (past + t) * budget.score_bytes <= budget.budget_bytes and t * budget.token_bytes <= budget.budget_bytes
+    backend = Session(float_artifact).backend
+    ids, mask = left_pad([list(range(3, 3 + 1500))], 0)
+    calls = []
+    step = backend.step
+    backend.step = lambda graph, ids, *rest: calls.append(ids.shape[1]) or step(graph, ids, *rest)
+    split, _ = prefill(backend, ids, mask)
+    assert len(calls) > 1 and max(calls) == budget.tokens(1, 0), calls
+    whole, _ = prefill(backend, ids, mask, chunk_size=1500)
+    assert relative_error(whole, split) <= 1e-4
