@@ -28,14 +28,6 @@ memory = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(memory)
 
 
-def pss_mib() -> float | None:
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
-    except (OSError, StopIteration):
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
@@ -50,16 +42,16 @@ def main() -> None:
 
     from nemotron_deploy.runtime.session import Session
 
-    base = memory.status_kib()
+    base = {**memory.status_kib(), **memory.pss_kib()}
     start = time.perf_counter()
-    with memory.PeakMemory() as opening:
+    with memory.PeakMemory(pss=True) as opening:
         session = Session(args.artifact, threads=args.threads)
     open_s = time.perf_counter() - start
     after_open = memory.status_kib()
     prompt = np.random.default_rng(0).integers(3, session.vocab_size, args.prompt_len).tolist()
     arrivals: list[float] = []
     start = time.perf_counter()
-    with memory.PeakMemory() as running:
+    with memory.PeakMemory(pss=True) as running:
         generation = session.generate([prompt], max_new_tokens=args.new_tokens, ignore_eos=True, on_token=lambda row, token: arrivals.append(time.perf_counter()))
     weights = Path(args.artifact, "weights.data").stat().st_size / 2**20
     mib = lambda kib: kib / 1024  # noqa: E731
@@ -71,12 +63,14 @@ def main() -> None:
         "decode_tokens_per_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else None,
         "base_anon_mb": mib(base["RssAnon"]),
         "base_rss_mb": mib(base["VmRSS"]),
+        "base_pss_mb": mib(base.get("Pss", 0)),
         "open_anon_mb": mib(after_open["RssAnon"] - base["RssAnon"]),
         "open_peak_anon_mb": opening.anon_mib - mib(base["RssAnon"]),
         "open_peak_rss_mb": opening.rss_mib,
         "peak_anon_mb": max(opening.anon_mib, running.anon_mib) - mib(base["RssAnon"]),
         "peak_rss_mb": memory.process_peak_rss_mib(),
-        "pss_mb": pss_mib(),
+        "pss_mb": memory.pss_kib().get("Pss", 0) / 1024,  # at the end
+        "peak_pss_mb": max(opening.pss_mib or 0, running.pss_mib or 0),
         "tokens": generation.new_token_ids[0][:16],
     }
     print(json.dumps(result), flush=True)

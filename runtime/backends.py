@@ -18,14 +18,16 @@ def open_backend(
     threads: int | None = None,
     engine: str | None = None,
     plugins: str | Path | None = None,
+    cache=None,
 ):
     """onnxruntime: the onnxruntime / tensorrt-rtx targets on onnxruntime. tensorrt: the engines of
     `nemotron-deploy build` on a GPU. reference: a tensorrt-target artifact on the CPU, plugin nodes
-    run by their torch references (for checks)."""
+    run by their torch references (for checks). cache: onnxruntime's pre-packed weights cache
+    (runtime/onnx_prepacked.CachePolicy; default: on, in its default place)."""
     if backend == "onnxruntime":
         from nemotron_deploy.runtime.onnx_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(manifest, providers, threads)
+        return OnnxRuntimeBackend(manifest, providers, threads, cache)
     if backend == "tensorrt":
         from nemotron_deploy.runtime.tensorrt_backend import TensorRTBackend
 

@@ -52,14 +52,17 @@ def _peak_rss_mb() -> float:
 
 
 def memory_figures(manifest, memory: PeakMemory | None) -> dict:
-    """Peak RSS (the process's) and peak anonymous memory (sampled from `memory`'s start, which the CLI
-    starts before opening the backend), each also as a ratio to weights.data."""
+    """Peak RSS (the process's), peak anonymous memory and peak PSS (sampled from `memory`'s start, which
+    the CLI starts before opening the backend), each also as a ratio to weights.data. PSS counts a page
+    that two sessions or processes map once (divided among them); RSS once per mapping."""
     weights_mb = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0) / 2**20
     rss = _peak_rss_mb()
     figures = {"weights_mb": weights_mb, "peak_rss_mb": rss, "peak_rss_x_weights": rss / weights_mb if weights_mb else None}
     if memory is not None:
-        anon = memory.stop().anon_mib
-        figures.update(peak_anon_mb=anon, peak_anon_x_weights=anon / weights_mb if weights_mb else None)
+        memory.stop()
+        for name, mib in (("anon", memory.anon_mib), ("pss", memory.pss_mib)):
+            if mib is not None:
+                figures.update({f"peak_{name}_mb": mib, f"peak_{name}_x_weights": mib / weights_mb if weights_mb else None})
     return figures
 
 

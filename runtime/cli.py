@@ -185,7 +185,29 @@ def _backend_options(fn):
                              "artifact on the CPU, plugin nodes run by their torch references (slow; for checks).")(fn)  # fmt: skip
 
 
+def _cache_options(fn):
+    """--cache-dir / --no-cache, handed to the command as `cache` (runtime.onnx_prepacked.CachePolicy)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, cache_dir=None, no_cache=False, **kwargs):
+        from pathlib import Path
+
+        from nemotron_deploy.runtime.onnx_prepacked import CachePolicy
+
+        if cache_dir and no_cache:
+            raise NemotronDeployError("--cache-dir and --no-cache: give one of them")
+        return fn(*args, cache=CachePolicy(enabled=not no_cache, directory=Path(cache_dir) if cache_dir else None), **kwargs)
+
+    wrapper = click.option("--no-cache", is_flag=True,
+                           help="onnxruntime, quantized artifacts: pack the weights in memory in this process instead of "
+                                "mapping this machine's pre-packed weights cache (docs/export.md).")(wrapper)  # fmt: skip
+    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                        help="Where this machine's pre-packed weights cache lives (default: $NEMOTRON_DEPLOY_CACHE, else "
+                             "beside the artifact when writable, else ~/.cache/nemotron-deploy).")(wrapper)  # fmt: skip
+
+
 _BACKEND = _backend_options
+_CACHE = _cache_options
 _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider.")
 
 
@@ -207,7 +229,8 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine, plugins_lib, providers):
+@_CACHE
+def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine, plugins_lib, providers, cache):
     """Generate continuations of one or more prompts with an exported artifact.
 
     One prompt prints its text; several print one line each, `[i] "text"` (JSON-quoted, so a newline
@@ -222,7 +245,7 @@ def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperat
     require("generate", *_backend_extras(backend))
     from nemotron_deploy.runtime.session import Session
 
-    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify)
+    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify, cache=cache)
     on_token = _Streamer(session, as_json) if stream else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, on_token)
     _note_model_limit(session, inputs, result, max_new_tokens)
@@ -285,7 +308,8 @@ class _Streamer:
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
-def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, verify, backend, engine, plugins_lib, providers):
+@_CACHE
+def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as_json, verify, backend, engine, plugins_lib, providers, cache):
     """Prefill and decode throughput, peak memory, and decode against the memory-bandwidth floor."""
     require("bench", *_backend_extras(backend))
     from nemotron_deploy.runtime.backends import open_backend
@@ -298,8 +322,8 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
         _verify(manifest)
     if prompt_len + new_tokens > manifest.model.max_position_embeddings:
         raise NemotronDeployError(f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model.max_position_embeddings} tokens")
-    memory = PeakMemory().start()  # from before the open: the sessions' memory is part of the figure
-    runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib)
+    memory = PeakMemory(pss=True).start()  # from before the open: the sessions' memory is part of the figure
+    runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib, cache=cache)
     result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths, memory=memory)
     if as_json:
         click.echo(json.dumps(result))
@@ -313,7 +337,8 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     click.echo(f"bandwidth {result['memory_bandwidth_gb_per_s']:.1f} GB/s -> floor {result['decode_floor_tokens_per_s']:.1f} tokens/s per sequence; "
                f"decode at {100 * result['decode_fraction_of_floor']:.0f}% of it")
     weights = f"{result['weights_mb']:.0f} MiB weights.data"
-    click.echo(f"memory   peak RSS {result['peak_rss_mb']:.0f} MiB ({result['peak_rss_x_weights']:.2f}x {weights}), "
+    pss = f"peak PSS {result['peak_pss_mb']:.0f} MiB ({result['peak_pss_x_weights']:.2f}x), " if "peak_pss_mb" in result else ""
+    click.echo(f"memory   {pss}peak RSS {result['peak_rss_mb']:.0f} MiB ({result['peak_rss_x_weights']:.2f}x {weights}), "
                f"peak anonymous {result['peak_anon_mb']:.0f} MiB ({result['peak_anon_x_weights']:.2f}x) "
                "(the process, before the bandwidth test)")
 
@@ -401,6 +426,38 @@ def verify(artifact_dir: str) -> None:
     click.echo(f"ok: {checked} files match {artifact_dir}/manifest.json")
 
 
+@main.command()
+@click.argument("artifact_dir", type=click.Path(path_type=str))
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to build it (default: $NEMOTRON_DEPLOY_CACHE, else beside the artifact when writable, else ~/.cache/nemotron-deploy).")
+@_one_line_errors
+def optimize(artifact_dir: str, cache_dir: str | None) -> None:
+    """Build this machine's pre-packed weights cache of a quantized artifact ahead of its first open.
+
+    Every later open on this machine, in any process, maps the packed weights from it (docs/export.md).
+    Useful in a container build or before serving; the first open builds it otherwise.
+    """
+    require("optimize", "onnxruntime")
+    from pathlib import Path
+
+    from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, read_manifest
+    from nemotron_deploy.runtime.onnx_prepacked import CachePolicy, ensure_entry, graph_files, packs
+
+    manifest = read_manifest(artifact_dir)
+    if manifest.plugins:
+        raise NemotronDeployError(f"{manifest.path}: a '{manifest.target}' artifact runs its TensorRT engines; nothing to pre-pack for onnxruntime")
+    if not packs(manifest, ["CPUExecutionProvider"]):
+        click.echo(f"{manifest.path}: {manifest.dtype} weights are mapped as stored, nothing is pre-packed: no cache needed")
+        return
+    weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
+    for graph_file in graph_files(manifest):
+        model = ensure_entry(manifest, graph_file, CachePolicy(directory=Path(cache_dir) if cache_dir else None))
+        if model is None:
+            raise NemotronDeployError("the pre-packed weights cache is off (NEMOTRON_DEPLOY_CACHE=none); give --cache-dir")
+        size = sum(f.stat().st_size for f in model.parent.iterdir())
+        click.echo(f"{model.parent}: {size / 2**20:.0f} MiB ({size / weights:.2f}x weights.data)")
+
+
 def _verify(manifest) -> int:
     from nemotron_deploy.runtime.integrity import bytes_to_verify, verify_artifact
 
@@ -437,13 +494,14 @@ def _repository_options(fn):
                    "step: the step graph for Triton's onnxruntime / tensorrt backend with implicit state (docs/triton.md).")
 @_repository_options
 @_one_line_errors
-def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, prefill_chunk) -> None:
+@_CACHE
+def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
     """Write a Triton Inference Server model repository for an artifact."""
     require("triton", "triton")
     from nemotron_deploy.runtime.triton.repository import write_repository
 
     repo = write_repository(artifact_dir, out_dir, kind=kind, instances=instances, max_batch=max_batch, backend=backend, threads=threads,
-                            prefill_chunk=prefill_chunk)  # fmt: skip
+                            prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
     click.echo(f"wrote {repo}: {', '.join(models)}")
     if kind == "generate":
@@ -467,7 +525,8 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
 @_repository_options
 @_one_line_errors
-def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads, prefill_chunk) -> None:
+@_CACHE
+def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
     """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's) until Ctrl-C.
 
     Builds a `generate` repository in a temporary directory; Triton's log goes to stderr.
@@ -486,7 +545,7 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max
     signal.signal(signal.SIGTERM, stop_on_term)
     with tempfile.TemporaryDirectory(prefix="nemotron-triton-") as tmp:
         repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend,
-                                threads=threads, prefill_chunk=prefill_chunk)  # fmt: skip
+                                threads=threads, prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
         server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_file="-")
         try:
             with server:

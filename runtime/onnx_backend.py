@@ -97,7 +97,9 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None,
+                 cache: onnx_prepacked.CachePolicy | None = None):  # fmt: skip
+        """cache: where quantized artifacts' pre-packed weights are cached (default: `CachePolicy()`)."""
         import onnxruntime as ort
 
         if manifest.plugins:
@@ -108,6 +110,7 @@ class OnnxRuntimeBackend:
             )
         _check_version(manifest, ort.__version__)
         self.manifest = manifest
+        self.cache = cache or onnx_prepacked.CachePolicy()
         available = ort.get_available_providers()
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
@@ -138,9 +141,9 @@ class OnnxRuntimeBackend:
         model = _load_graph(path)
         check_graph_inputs(self.manifest, graph, graph_inputs(model))
         if onnx_prepacked.packs(self.manifest, providers):
-            if onnx_prepacked.enabled():
-                return self._open_prepacked(path, ort, providers, threads)
-            return _session(ort, path, _options(ort, threads), providers)  # packed in memory: onnxruntime loads (and frees) the originals
+            session = self._open_prepacked(path, ort, providers, threads)
+            # the cache off or unusable (one warning said why): packed in memory, as onnxruntime does by default
+            return session or _session(ort, path, _options(ort, threads), providers)
         options = _options(ort, threads)
         options.add_session_config_entry("session.disable_prepacking", "1")
         values = self._initializers(model, path, ort)
@@ -152,23 +155,27 @@ class OnnxRuntimeBackend:
         return session
 
     def _open_prepacked(self, path: Path, ort, providers: list[str], threads: int | None):
-        """The pre-packed cache's optimized model (built on first use); a cache that does not load (another
-        onnxruntime build's packing, a damaged file) is discarded and built again, once."""
+        """A session of the pre-packed cache's optimized model (built on first use), or None where the
+        cache is off or unusable. An entry onnxruntime refuses (another build's packing, damaged bytes) is
+        discarded and built again, once."""
         for attempt in range(2):
-            cached = onnx_prepacked.prepacked_model(self.manifest, path.name)
+            cached = onnx_prepacked.prepacked_model(self.manifest, path.name, self.cache)
+            if cached is None:
+                return None
             options = _options(ort, threads)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized when cached
             try:
                 session = _session(ort, cached, options, providers)
-            except ArtifactError:
+            except ArtifactError as e:
+                onnx_prepacked.discard(cached, str(e).rsplit("(", 1)[-1].rstrip(")")[:200])
                 if attempt:
-                    raise
-                onnx_prepacked.discard(cached)
+                    return None
                 continue
             model, data = _load_graph(cached), cached.with_name(onnx_prepacked.DATA_FILE)
             resident.drop(data, keep=onnx_prepacked.packed_ranges(model))  # what packing read once
             resident.random_access(data, _gathered_ranges(model))
             return session
+        return None
 
     def _map_weights(self) -> np.memmap | None:
         path = self.manifest.path / WEIGHTS_FILE

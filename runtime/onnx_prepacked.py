@@ -6,46 +6,90 @@ onnxruntime's MatMulNBits and QMoE kernels re-lay their integer weights at sessi
 then are they fast (2.6x at one token, docs/export.md). Packed in memory, that is a private copy of
 every quantized weight per session and per process. So the first open of a quantized artifact on a
 machine saves the optimized graph with its packed weights (onnxruntime's
-`session.save_external_prepacked_constant_initializers`) into a cache directory, once; every later
-open loads that model, and onnxruntime maps the packed weights from the cache's data file: file
-pages, which every process that opens the artifact shares.
+`session.save_external_prepacked_constant_initializers`) into a cache entry, once; every later open,
+in any process, loads that model, and onnxruntime maps the packed weights from the entry's data file:
+file pages, which every process that opens the artifact shares. `nemotron-deploy optimize` builds the
+entries ahead of time (a container image, a Triton model repository).
 
-    cache directory (CACHE_FORMAT, key)   model.onnx   the optimized step graph
-                                          model.data   its initializers, then each packed weight (4 KiB aligned)
+    <cache root>/<graph>-<key>/   model.onnx   the optimized step graph
+                                  model.data   its initializers, then each packed weight (4 KiB aligned)
+                                  entry.json   what the entry was built from, and its files' sizes
 
-The packed layout depends on the CPU's instruction sets and on the onnxruntime build, so the key hashes
-the artifact's graph and weights (their SHA-256 in the manifest), onnxruntime's version and the CPU's
-model and flags. onnxruntime recomputes each packed weight at load and compares it with the mapped
-one (1.32 refuses a difference); a cache that fails to load is rebuilt once.
+The packed layout depends on the CPU's instruction sets, the onnxruntime build and the session options
+that shape the graph, so the key hashes the artifact's graph and weights (their SHA-256 in the
+manifest), onnxruntime's version and build, the CPU's model and flags, and those options. At open an
+entry is used only if its entry.json names this key and its files have the recorded sizes; onnxruntime
+itself recomputes each packed weight from its stored original at load and refuses a difference. A
+damaged, stale (this artifact, another key) or unloadable entry is rebuilt, with one warning line.
 
-Where: `NEMOTRON_DEPLOY_CACHE` if set, else `<artifact>/.onnxruntime-cache` when the artifact directory
-is writable, else `$XDG_CACHE_HOME/nemotron-deploy` (`~/.cache/nemotron-deploy`);
-`NEMOTRON_DEPLOY_CACHE=none` turns the cache off (each session packs in memory, as onnxruntime does by
-default). The build runs in a child process: its peak memory (onnxruntime packs in memory before
-writing) is never the serving process's. Float artifacts need no cache: their MatMuls run as fast
-unpacked (docs/export.md).
+Where (`CachePolicy`): `--cache-dir` / `NEMOTRON_DEPLOY_CACHE` if set, else `<artifact>/.onnxruntime-cache`
+when the artifact directory is writable, else `$XDG_CACHE_HOME/nemotron-deploy` (`~/.cache/...`).
+`--no-cache` (or `NEMOTRON_DEPLOY_CACHE=none`) opens as onnxruntime does by default: each session packs
+in memory. So does an open whose cache cannot be written or would not fit on the disk, with one warning
+line. The build runs in a child process, one builder per entry at a time (a lock file): its peak memory
+(onnxruntime packs in memory before writing) is never the serving process's. Float artifacts need no
+cache: their MatMuls run as fast unpacked (docs/export.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-import logging
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, ArtifactError, Manifest
+from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest
 
-CACHE_FORMAT = 1  # bump when the cache's layout or build options change
+CACHE_FORMAT = 2  # bump when the cache's layout or build options change
 CACHE_ENV = "NEMOTRON_DEPLOY_CACHE"
-MODEL_FILE, DATA_FILE = "model.onnx", "model.data"
+MODEL_FILE, DATA_FILE, ENTRY_FILE = "model.onnx", "model.data", "entry.json"
 _MIN_EXTERNAL_BYTES = 1024  # initializers smaller than this stay inside model.onnx
+_DISK_RESERVE = 2**30  # never fill the disk: a build leaves at least this much free
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Whether and where the pre-packed cache lives (see the module docstring). directory None: the
+    environment's NEMOTRON_DEPLOY_CACHE, else beside the artifact, else the user's cache folder."""
+
+    enabled: bool = True
+    directory: Path | None = None
+
+    def root(self, artifact: Path) -> Path | None:
+        """The cache root for `artifact`, or None when the cache is off."""
+        env = os.environ.get(CACHE_ENV, "")
+        if not self.enabled or (self.directory is None and env.lower() == "none"):
+            return None
+        if self.directory is not None:
+            return Path(self.directory)
+        if env:
+            return Path(env)
+        if os.access(artifact, os.W_OK):
+            return artifact / ".onnxruntime-cache"
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nemotron-deploy"
+
+
+CACHE_OFF = "off"  # `cache_policy`'s spelling of --no-cache (a Triton model parameter)
+
+
+def cache_policy(spelled: str) -> CachePolicy:
+    """A policy from its one-string form: "off", a directory, or "" for the default place."""
+    if spelled == CACHE_OFF:
+        return CachePolicy(enabled=False)
+    return CachePolicy(directory=Path(spelled) if spelled else None)
+
+
+class CacheUnavailable(NemotronDeployError):
+    """The cache cannot be used for this open (not writable, no disk space, the build failed)."""
 
 
 def packs(manifest: Manifest, providers: list[str]) -> bool:
@@ -53,16 +97,51 @@ def packs(manifest: Manifest, providers: list[str]) -> bool:
     return manifest.quantization is not None and providers == ["CPUExecutionProvider"]
 
 
-def enabled() -> bool:
-    return os.environ.get(CACHE_ENV, "").lower() != "none"
+def graph_files(manifest: Manifest) -> list[str]:
+    """The artifact's distinct graph files (one for a one-graph artifact, else prefill and decode)."""
+    return list(dict.fromkeys(g.file for g in manifest.graphs.values()))
 
 
-def prepacked_model(manifest: Manifest, graph_file: str) -> Path:
-    """The cached optimized model (with packed weights) of `graph_file`, built first if missing."""
-    cache = cache_dir(manifest, graph_file)
-    if not (cache / MODEL_FILE).is_file():
-        build(manifest, graph_file, cache)
-    return cache / MODEL_FILE
+def prepacked_model(manifest: Manifest, graph_file: str, policy: CachePolicy) -> Path | None:
+    """The cache entry's optimized model of `graph_file`, built first if missing, damaged or stale; None
+    when the cache is off, or (after one warning line) cannot be used: the caller packs in memory."""
+    try:
+        return ensure_entry(manifest, graph_file, policy)
+    except CacheUnavailable as e:
+        warnings.warn(f"{e}; packing the weights in memory instead", stacklevel=3)
+        return None
+
+
+def ensure_entry(manifest: Manifest, graph_file: str, policy: CachePolicy) -> Path | None:
+    """As `prepacked_model`, raising CacheUnavailable where that one warns (for `optimize`)."""
+    root = policy.root(manifest.path)
+    if root is None:
+        return None
+    key = cache_key(manifest, graph_file)
+    entry = root / f"{Path(graph_file).stem}-{key}"
+    if _valid(entry, key):
+        return entry / MODEL_FILE
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{entry.name}.lock", "a")
+    except OSError as e:
+        raise CacheUnavailable(f"{root}: cannot write the pre-packed weights cache there ({e.strerror}); choose another with --cache-dir") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per entry; the others wait and then use its result
+        if _valid(entry, key):
+            return entry / MODEL_FILE
+        if entry.exists():
+            warnings.warn(f"{entry}: damaged pre-packed weights cache entry; rebuilding it", stacklevel=4)
+            shutil.rmtree(entry, ignore_errors=True)
+        _drop_stale(root, manifest, graph_file, key)
+        _build(manifest, graph_file, entry, key)
+    return entry / MODEL_FILE
+
+
+def discard(model_path: Path, why: str) -> None:
+    """Remove an entry that onnxruntime refused to load, with one warning line (it is rebuilt)."""
+    warnings.warn(f"{model_path.parent}: onnxruntime refused the pre-packed weights cache entry ({why}); rebuilding it", stacklevel=3)
+    shutil.rmtree(model_path.parent, ignore_errors=True)
 
 
 def load_model(path: Path):
@@ -85,17 +164,8 @@ def packed_ranges(model) -> list[tuple[int, int]]:
     return ranges
 
 
-def discard(model_path: Path) -> None:
-    """Remove a cache directory that failed to load (it is rebuilt on the next open)."""
-    shutil.rmtree(model_path.parent, ignore_errors=True)
-
-
-def cache_dir(manifest: Manifest, graph_file: str) -> Path:
-    return _cache_root(manifest.path) / f"{Path(graph_file).stem}-{cache_key(manifest, graph_file)}"
-
-
 def cache_key(manifest: Manifest, graph_file: str) -> str:
-    """What the packed bytes depend on: the graph and weights, onnxruntime, the CPU."""
+    """What the packed bytes depend on: the graph and weights, onnxruntime, the CPU, the build options."""
     import onnxruntime as ort
 
     digests = {f.name: f.sha256 or f"{f.bytes} bytes" for f in manifest.files}
@@ -103,8 +173,9 @@ def cache_key(manifest: Manifest, graph_file: str) -> str:
         "format": CACHE_FORMAT,
         "graph": digests.get(graph_file),
         "weights": digests.get(WEIGHTS_FILE),
-        "onnxruntime": ort.__version__,
+        "onnxruntime": [ort.__version__, ort.get_build_info() if hasattr(ort, "get_build_info") else ""],
         "cpu": _cpu_identity(),
+        "options": _BUILD_OPTIONS,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -119,35 +190,66 @@ def _cpu_identity() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def _cache_root(artifact: Path) -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    if os.access(artifact, os.W_OK):
-        return artifact / ".onnxruntime-cache"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nemotron-deploy"
+def _valid(entry: Path, key: str) -> bool:
+    """The entry is complete and was built for `key`: entry.json says so and the files have its sizes."""
+    try:
+        record = json.loads((entry / ENTRY_FILE).read_text())
+        return record["key"] == key and all((entry / name).stat().st_size == size for name, size in record["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
-def build(manifest: Manifest, graph_file: str, cache: Path) -> None:
-    """Build `cache` in a child process (see the module docstring); atomic: the directory appears whole.
-    Another process that built it first wins; ours is dropped."""
+def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> None:
+    """Entries of this artifact's graph built for another key (another onnxruntime, a re-export): replaced."""
+    for other in root.glob(f"{Path(graph_file).stem}-*/{ENTRY_FILE}"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(other.read_text())
+            if record["artifact"] == str(manifest.path.resolve()) and record["graph"] == graph_file and record["key"] != key:
+                warnings.warn(f"{other.parent}: stale pre-packed weights cache entry of {manifest.path} (built for another onnxruntime, CPU or export); replacing it", stacklevel=5)
+                shutil.rmtree(other.parent, ignore_errors=True)
+
+
+def _needed_bytes(manifest: Manifest) -> int:
+    """What a build writes, at most: the graph's initializers (all of weights.data) and a packed copy of
+    each quantized weight (no larger than the weights), plus the graph."""
+    weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
+    return 2 * weights + 64 * 2**20
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
+    """Build `entry` in a child process; atomic: the directory appears whole, with entry.json."""
     from nemotron_deploy.runtime.atomic import make_staging, new_directory
 
+    need, free = _needed_bytes(manifest), _free_bytes(entry.parent)
+    if free < need + _DISK_RESERVE:
+        raise CacheUnavailable(f"{entry.parent}: the pre-packed weights cache needs about {need / 2**30:.1f} GiB and "
+                               f"{free / 2**30:.1f} GiB are free (keeping {_DISK_RESERVE / 2**30:.0f} GiB); choose another with --cache-dir")  # fmt: skip
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"{cache.parent}: cannot create the pre-packed weights cache there ({e.strerror}); set {CACHE_ENV}") from None
-    log.info("%s: packing the quantized weights once for this machine into %s", manifest.path, cache)
-    try:
-        with new_directory(cache, make_staging(cache)) as staging:
+        with new_directory(entry, make_staging(entry)) as staging:
             cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if done.returncode != 0:
                 how = "was killed (out of memory?)" if done.returncode < 0 else f"exited with {done.returncode}"
                 tail = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
-                raise ArtifactError(f"{manifest.path / graph_file}: building its pre-packed weights in {cache} failed: the builder {how}: {tail}")
-    except OSError:  # the rename: another process built the same cache first
-        if not (cache / MODEL_FILE).is_file():
-            raise
+                raise CacheUnavailable(f"{manifest.path / graph_file}: building its pre-packed weights in {entry} failed: the builder {how}: {tail}")
+            files = {name: (staging / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (staging / name).exists()}
+            record = {"key": key, "artifact": str(manifest.path.resolve()), "graph": graph_file, "files": files}
+            (staging / ENTRY_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    except NemotronDeployError as e:  # staging: the folder is not writable (make_staging's message)
+        raise CacheUnavailable(str(e)) from None
+    except OSError as e:
+        raise CacheUnavailable(f"{entry}: cannot write the pre-packed weights cache entry ({e.strerror})") from None
+
+
+_BUILD_OPTIONS = {
+    "session.optimized_model_external_initializers_file_name": DATA_FILE,
+    "session.optimized_model_external_initializers_min_size_in_bytes": str(_MIN_EXTERNAL_BYTES),
+    "session.save_external_prepacked_constant_initializers": "1",
+}  # with onnxruntime's default graph optimization level (all)
 
 
 def _build_child(graph_path: str, out: str) -> None:
@@ -156,11 +258,7 @@ def _build_child(graph_path: str, out: str) -> None:
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(Path(out) / MODEL_FILE)
-    for key, value in {
-        "session.optimized_model_external_initializers_file_name": DATA_FILE,
-        "session.optimized_model_external_initializers_min_size_in_bytes": str(_MIN_EXTERNAL_BYTES),
-        "session.save_external_prepacked_constant_initializers": "1",
-    }.items():
+    for key, value in _BUILD_OPTIONS.items():
         options.add_session_config_entry(key, value)
     options.log_severity_level = 3  # not its notice that the saved model is for this machine: the key says so
     ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])

@@ -25,14 +25,17 @@ class Session:
         engine: str | None = None,
         plugins: str | Path | None = None,
         verify: bool = False,
+        cache=None,
     ):
-        """verify: check every file's SHA-256 against the manifest first (reads the whole artifact)."""
+        """verify: check every file's SHA-256 against the manifest first (reads the whole artifact).
+        cache: onnxruntime's pre-packed weights cache for quantized artifacts
+        (`runtime.onnx_prepacked.CachePolicy`; default: on, beside the artifact or in the user's cache)."""
         self.manifest = read_manifest(artifact_dir)
         if verify:
             from nemotron_deploy.runtime.integrity import verify_artifact
 
             verify_artifact(self.manifest)
-        self.backend = open_backend(self.manifest, backend, providers, threads, engine=engine, plugins=plugins)
+        self.backend = open_backend(self.manifest, backend, providers, threads, engine=engine, plugins=plugins, cache=cache)
         tok = self.manifest.tokenizer_file
         if tok is not None and not tok.is_file():
             warnings.warn(f"{tok}: missing; token-id prompts work, text prompts and decoded text do not", stacklevel=2)

@@ -7,7 +7,8 @@ gets an error response naming the field, and nothing else stops. A request whose
 (stream closed, request cancelled) leaves the batch at the next step.
 
 Model parameters (config.pbtxt, written by `nemotron-deploy triton`): artifact_dir, backend,
-max_active_sequences, threads, prefill_chunk_size, exclude_input_in_output.
+max_active_sequences, threads, prefill_chunk_size, exclude_input_in_output, prepacked_cache (the
+onnxruntime pre-packed weights cache's root, "off", or empty for the default place).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
 
 from nemotron_deploy.runtime.continuous import CANCELLED, ContinuousBatcher, Request
+from nemotron_deploy.runtime.onnx_prepacked import cache_policy
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.tokenizer import TextStream, Tokenizer
 from nemotron_deploy.runtime.triton.interface import GenerateRequest, RequestError, parse_generate_request
@@ -134,7 +136,8 @@ class TritonPythonModel:
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.logger = pb_utils.Logger
         self.session = Session(params["artifact_dir"], backend=params.get("backend", "onnxruntime"),
-                               threads=int(params["threads"]) if params.get("threads") else None)  # fmt: skip
+                               threads=int(params["threads"]) if params.get("threads") else None,
+                               cache=cache_policy(params.get("prepacked_cache", "")))  # fmt: skip
         model = self.session.manifest.model
         gen = self.session.manifest.generation
         self.limits = dict(vocab_size=model.vocab_size, max_length=self.session.max_length, eos_token_ids=gen.eos_token_ids)

@@ -15,6 +15,7 @@ from pathlib import Path
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest, read_manifest
 from nemotron_deploy.runtime.atomic import new_directory
+from nemotron_deploy.runtime.onnx_prepacked import CACHE_OFF, CachePolicy, graph_files, packs, prepacked_model
 from nemotron_deploy.runtime.triton import configs
 
 KINDS = ("generate", "step")
@@ -32,13 +33,16 @@ _PYTHON_MODELS = {
 
 
 def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "generate", instances: int = 1, max_batch: int = 8,
-                     backend: str | None = None, threads: int | None = None, prefill_chunk: int | None = 256) -> Path:  # fmt: skip
+                     backend: str | None = None, threads: int | None = None, prefill_chunk: int | None = 256,
+                     cache: CachePolicy | None = None) -> Path:  # fmt: skip
     """Write the repository to `out` (which must not exist); returns its path.
 
     max_batch: sequences decoded together per instance (generate), or requests batched per step
     (step). backend: onnxruntime | tensorrt for `generate` (default: tensorrt when the artifact has
     engines, else onnxruntime). threads: onnxruntime intra-op threads per instance. prefill_chunk:
-    prompt tokens per prefill call of the generate model (None: whole prompts).
+    prompt tokens per prefill call of the generate model (None: whole prompts). cache: the onnxruntime
+    backend's pre-packed weights cache (default: on, in its default place), built here for a quantized
+    artifact (`optimize`), so that the instances only map it.
     """
     if kind not in KINDS:
         raise NemotronDeployError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -47,7 +51,9 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
     manifest = read_manifest(artifact_dir)
     with new_directory(out) as staging:
         if kind == "generate":
-            _write_generate(staging, manifest, instances, max_batch, _generate_backend(manifest, backend), threads, prefill_chunk)
+            backend = _generate_backend(manifest, backend)
+            cache_param = _prepare_cache(manifest, cache) if backend == "onnxruntime" else ""
+            _write_generate(staging, manifest, instances, max_batch, backend, threads, prefill_chunk, cache_param)
         else:
             _write_step(staging, manifest, instances, max_batch)
     return Path(out)
@@ -76,11 +82,25 @@ def _write_model(repo: Path, config) -> Path:
     return model_dir
 
 
+def _prepare_cache(manifest: Manifest, cache: CachePolicy | None) -> str:
+    """The generate model's `prepacked_cache` parameter: the cache root the instances use ("off": none),
+    with a quantized artifact's entries built now (a failure warns; the instances then pack in memory)."""
+    root = (cache or CachePolicy()).root(manifest.path)
+    if root is None:
+        return CACHE_OFF
+    root = root.resolve()
+    if packs(manifest, ["CPUExecutionProvider"]):
+        for graph_file in graph_files(manifest):
+            prepacked_model(manifest, graph_file, CachePolicy(directory=root))
+    return str(root)
+
+
 def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None,
-                    prefill_chunk: int | None) -> None:  # fmt: skip
+                    prefill_chunk: int | None, cache: str) -> None:  # fmt: skip
     artifact = str(manifest.path.resolve())
     params = {"artifact_dir": artifact, "backend": backend, "max_active_sequences": str(max_batch),
-              "exclude_input_in_output": "true", "prefill_chunk_size": str(prefill_chunk or ""), "threads": str(threads or "")}  # fmt: skip
+              "exclude_input_in_output": "true", "prefill_chunk_size": str(prefill_chunk or ""), "threads": str(threads or ""),
+              "prepacked_cache": cache}  # fmt: skip
     text = manifest.tokenizer_file is not None and manifest.tokenizer_file.is_file()
     _write_model(repo, configs.generate_model(params, max_batch=max_batch, instances=instances, text=text))
     if text:

@@ -26,6 +26,7 @@ from nemotron_deploy.runtime.manifest import read_manifest
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.prefill_budget import MIN_TOKENS, PrefillBudget
 from nemotron_deploy.runtime.session import Session
+from nemotron_deploy.runtime.triton.configs import GENERATE_MODEL
 
 CHILD = Path(__file__).parents[2] / "benchmarks" / "memory_child.py"
 MiB = 2**20
@@ -33,7 +34,7 @@ MiB = 2**20
 # Dense-heavy on purpose (three wide relu2 MLPs, a 24k vocabulary): 51 M parameters, ~200 MiB of float32
 # weights of which ~150 MiB are MatMul weights that onnxruntime would pack (a copy per session).
 DENSE = dict(
-    TINY_CONFIG, vocab_size=24576, hidden_size=512, hybrid_override_pattern="M-*-E-", intermediate_size=6144,
+    TINY_CONFIG, vocab_size=65536, hidden_size=512, hybrid_override_pattern="M-*-E-", intermediate_size=6144,
     num_attention_heads=8, num_key_value_heads=2, head_dim=64, mamba_num_heads=16, mamba_head_dim=32, n_groups=2,
     ssm_state_size=32, chunk_size=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=512,
     moe_shared_expert_intermediate_size=512, n_group=1, topk_group=1, max_position_embeddings=4096,
@@ -71,50 +72,110 @@ def test_float32_weights_are_mapped_once_not_copied(float_artifact, prompt_len):
     assert weights > 180  # the synthetic model is as large as the bounds below need
     got = measure(float_artifact, prompt_len)
     assert got["peak_anon_mb"] <= 0.1 * weights + 128, "anonymous memory: the weights (or a packed copy) were copied"
+    assert got["peak_pss_mb"] - got["base_pss_mb"] <= 1.15 * weights + 128, "proportional set size above the weights file plus the bound"
     assert got["peak_rss_mb"] - got["base_rss_mb"] <= 1.15 * weights + 128, "resident memory above the weights file plus the bound"
 
 
 def test_quantized_weights_are_mapped_from_the_prepacked_cache(int4_artifact, monkeypatch, tmp_path):
     monkeypatch.setenv(onnx_prepacked.CACHE_ENV, str(tmp_path / "cache"))
     Session(int4_artifact)  # builds the cache
-    (cache,) = (tmp_path / "cache").iterdir()
+    cache = _entry(tmp_path / "cache")
     model = onnx_prepacked.load_model(cache / onnx_prepacked.MODEL_FILE)
     packed = sum(end - start for start, end in onnx_prepacked.packed_ranges(model)) / MiB
     assert packed > 25
     mapped = measure(int4_artifact, **{onnx_prepacked.CACHE_ENV: str(tmp_path / "cache")})
     in_memory = measure(int4_artifact, **{onnx_prepacked.CACHE_ENV: "none"})
     assert mapped["tokens"] == in_memory["tokens"]
+    weights = (int4_artifact / "weights.data").stat().st_size / MiB
+    assert weights > 64  # the synthetic model is as large as the test asks
+    assert mapped["peak_anon_mb"] <= 0.1 * weights + 128 and mapped["peak_pss_mb"] - mapped["base_pss_mb"] <= 1.15 * weights + 128
     assert mapped["open_anon_mb"] <= in_memory["open_anon_mb"] - 0.8 * packed, "the packed weights are still copied into the process"
 
 
-def test_the_cache_is_reused_and_rebuilt_when_damaged(int4_artifact, monkeypatch, tmp_path):
-    monkeypatch.setenv(onnx_prepacked.CACHE_ENV, str(tmp_path))
-    prompt = [5, 17, 42, 9, 3, 11]
-    first = Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids
-    (cache,) = tmp_path.iterdir()
-    built = (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns
-    assert Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids == first
-    assert (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns == built, "a second open rebuilt the cache"
-    data = cache / onnx_prepacked.DATA_FILE
-    with open(data, "r+b") as f:  # damage a packed weight: onnxruntime refuses it, the cache is rebuilt
-        start, end = max(onnx_prepacked.packed_ranges(onnx_prepacked.load_model(cache / onnx_prepacked.MODEL_FILE)), key=lambda r: r[1] - r[0])
+PROMPT = [5, 17, 42, 9, 3, 11]
+
+
+def _tokens(artifact: Path, cache: onnx_prepacked.CachePolicy) -> list[list[int]]:
+    return Session(artifact, cache=cache).generate([PROMPT], 6, ignore_eos=True).new_token_ids
+
+
+def _entry(root: Path) -> Path:
+    (entry,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return entry
+
+
+def test_the_cache_is_reused_and_rebuilt_when_damaged(int4_artifact, tmp_path):
+    policy = onnx_prepacked.CachePolicy(directory=tmp_path)
+    first = _tokens(int4_artifact, policy)
+    assert first == _tokens(int4_artifact, onnx_prepacked.CachePolicy(enabled=False))
+    entry = _entry(tmp_path)
+    built = (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns
+    assert _tokens(int4_artifact, policy) == first
+    assert (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns == built, "a second open rebuilt the cache"
+    data = entry / onnx_prepacked.DATA_FILE
+    with open(data, "r+b") as f:  # damage a packed weight: onnxruntime refuses it, the entry is rebuilt
+        start, end = max(onnx_prepacked.packed_ranges(onnx_prepacked.load_model(entry / onnx_prepacked.MODEL_FILE)), key=lambda r: r[1] - r[0])
         f.seek((start + end) // 2)
         f.write(b"\xa5" * 64)
-    assert Session(int4_artifact).generate([prompt], 6, ignore_eos=True).new_token_ids == first
-    assert (cache / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns != built
+    with pytest.warns(UserWarning, match="onnxruntime refused the pre-packed weights cache entry.*rebuilding"):
+        assert _tokens(int4_artifact, policy) == first
+    rebuilt = (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns
+    assert rebuilt != built
+    with open(data, "r+b") as f:  # a truncated entry (an interrupted copy): its recorded sizes say so
+        f.truncate(data.stat().st_size // 2)
+    with pytest.warns(UserWarning, match="damaged pre-packed weights cache entry; rebuilding"):
+        assert _tokens(int4_artifact, policy) == first
+    assert (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns != rebuilt
 
 
-def test_the_cache_key_follows_what_the_packed_bytes_depend_on(int4_artifact, monkeypatch):
-    manifest = read_manifest(int4_artifact)
-    key = onnx_prepacked.cache_key(manifest, "step.onnx")
-    assert onnx_prepacked.cache_key(manifest, "step.onnx") == key
+def test_a_cache_that_cannot_be_used_falls_back_with_one_warning(int4_artifact, tmp_path, monkeypatch):
+    want = _tokens(int4_artifact, onnx_prepacked.CachePolicy(enabled=False))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match=r"a-file/cache: cannot write the pre-packed weights cache there.*packing the weights in memory") as caught:
+        assert _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=blocker / "cache")) == want
+    assert len(caught) == 1
+    monkeypatch.setattr(onnx_prepacked, "_free_bytes", lambda path: 3 * 2**30)  # less than 2x weights + the reserve
+    monkeypatch.setattr(onnx_prepacked, "_needed_bytes", lambda manifest: 2.5 * 2**30)
+    with pytest.warns(UserWarning, match=r"needs about 2.5 GiB and 3.0 GiB are free.*packing the weights in memory"):
+        assert _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=tmp_path / "full")) == want
+    assert not [p for p in (tmp_path / "full").iterdir() if not p.name.startswith(".")], "an entry was written without the space for it"
+
+
+def test_optimize_builds_the_cache_ahead_and_replaces_a_stale_entry(int4_artifact, float_artifact, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from nemotron_deploy.runtime.cli import main
+
+    root = tmp_path / "cache"
+    done = CliRunner().invoke(main, ["optimize", str(int4_artifact), "--cache-dir", str(root)])
+    assert done.exit_code == 0, done.output
+    entry = _entry(root)
+    assert str(entry) in done.output and "x weights.data" in done.output
+    built = (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns
+    _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=root))
+    assert (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns == built, "the open after optimize built again"
+    # another CPU (or onnxruntime): another key; the entry built for the old one is replaced, not kept
     monkeypatch.setattr(onnx_prepacked, "_cpu_identity", lambda: "another CPU")
-    assert onnx_prepacked.cache_key(manifest, "step.onnx") != key
-    monkeypatch.undo()
-    import onnxruntime
-
-    monkeypatch.setattr(onnxruntime, "__version__", "9.99.0")
-    assert onnx_prepacked.cache_key(manifest, "step.onnx") != key
+    with pytest.warns(UserWarning, match="stale pre-packed weights cache entry"):
+        _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=root))
+    assert _entry(root).name != entry.name and not entry.exists()
+    # --no-cache writes nothing; float artifacts need no cache
+    done = CliRunner().invoke(main, ["generate", str(int4_artifact), "--prompt-ids", "5,17,42", "--max-new-tokens", "2", "--no-cache"])
+    assert done.exit_code == 0, done.output
+    assert not (int4_artifact / ".onnxruntime-cache").exists()
+    done = CliRunner().invoke(main, ["generate", str(int4_artifact), "--prompt-ids", "5", "--no-cache", "--cache-dir", str(root)])
+    assert done.exit_code != 0 and "give one of them" in done.output
+    # a Triton repository builds the entries before its instances open them (they only map them)
+    done = CliRunner().invoke(main, ["triton", str(int4_artifact), "-o", str(tmp_path / "repo"), "--cache-dir", str(tmp_path / "served")])
+    assert done.exit_code == 0, done.output
+    assert (_entry(tmp_path / "served") / onnx_prepacked.ENTRY_FILE).is_file()
+    config = (tmp_path / "repo" / GENERATE_MODEL / "config.pbtxt").read_text()
+    assert '"prepacked_cache"' in config and str((tmp_path / "served").resolve()) in config
+    assert onnx_prepacked.cache_policy(str(tmp_path)) == onnx_prepacked.CachePolicy(directory=tmp_path)
+    assert onnx_prepacked.cache_policy(onnx_prepacked.CACHE_OFF).root(int4_artifact) is None
+    done = CliRunner().invoke(main, ["optimize", str(float_artifact), "--cache-dir", str(tmp_path / "float")])
+    assert done.exit_code == 0 and "no cache needed" in done.output and not (tmp_path / "float").exists()
 
 
 def test_prefill_pieces_keep_activations_within_the_budget(float_artifact):
