@@ -8,10 +8,10 @@ this tree at float32, int8 and int4; each artifact opened in a fresh process (be
 the revision's own runtime) at prompt 128 and 4000, the two revisions interleaved per configuration;
 then a second process opening the artifact while a first holds it (what `serve --instances 2` costs).
 Quantized artifacts of this tree build their pre-packed cache on a first open, which is timed apart.
-real-scale: Nemotron-H-4B (full depth and widths) float32 and int4, and the 6-layer case of
-Nemotron-3-Nano-30B-A3B widths int4, random bfloat16 checkpoints, each exported, opened and generating
-(this tree only: the baseline's Nemotron-H-4B float32 open was killed for memory on 24 GiB,
-benchmarks/results/export.md). Needs tens of GB of disk in --workdir.
+real-scale: Nemotron-H-4B (full depth and widths) int8 and int4, and the 6-layer case of
+Nemotron-3-Nano-30B-A3B widths int4, random bfloat16 checkpoints, each exported, opened twice (the first
+open builds the cache) and generating (this tree only). One model at a time: each checkpoint and
+artifact is deleted after its row. Needs ~20 GB of disk in --workdir.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def bench_case(work: Path, rev: str) -> dict:
     for precision in PRECISIONS:
         if PRECISIONS[precision]:  # this tree's first open of a quantized artifact packs its weights once
             builds[precision], _ = child(artifacts["after", precision], 8, 2)
+            builds[precision]["cache_bytes"] = _cache_bytes(artifacts["after", precision])
         for prompt in PROMPTS:
             for label, env in envs.items():
                 measured, _ = child(artifacts[label, precision], prompt, 32, env=env)
@@ -87,7 +88,7 @@ def bench_case(work: Path, rev: str) -> dict:
 
 
 def real_scale_case(work: Path) -> dict:
-    cases = (("Nemotron-H-4B", H4B, ("float32", "int4")), ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)))
+    cases = (("Nemotron-H-4B", H4B, ("int8", "int4")), ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)))
     out = []
     for name, config, precisions in cases:
         ckpt = write_random_checkpoint(work / "ckpt-real", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
@@ -97,11 +98,17 @@ def real_scale_case(work: Path) -> dict:
             row = {"model": name, "precision": precision, **_sizes(artifact)}
             if PRECISIONS[precision]:
                 row["cache_build"], _ = child(artifact, 8, 2)
+                row["cache_bytes"] = _cache_bytes(artifact)
             measured, _ = child(artifact, 128, 16)
             out.append({**row, **measured})
             shutil.rmtree(artifact)
         shutil.rmtree(ckpt)
     return {"rows": out}
+
+
+def _cache_bytes(artifact: Path) -> int:
+    """Bytes of the pre-packed weights cache beside the artifact (this tree's default place)."""
+    return sum(f.stat().st_size for f in (artifact / ".onnxruntime-cache").rglob("*") if f.is_file())
 
 
 def _sizes(artifact: Path) -> dict:
@@ -128,7 +135,9 @@ def render(results: dict, rev: str) -> str:
         for r in bench["rows"]:
             lines.append(_row(r, before.get((r["precision"], r["prompt"]))))
         lines += ["", "First open of this tree's quantized artifacts (packs the weights once into the cache): "
-                  + ", ".join(f"{p} {b.get('open_s', 0):.1f} s (builder peak RSS {b.get('builder_peak_rss_mb', 0):.0f} MiB)" for p, b in bench["cache_builds"].items()), ""]  # fmt: skip
+                  + ", ".join(f"{p} {b.get('open_s', 0):.1f} s (builder peak RSS {b.get('builder_peak_rss_mb', 0):.0f} MiB; cache "
+                              f"{b.get('cache_bytes', 0) / 2**20:.0f} MiB = {b.get('cache_bytes', 0) / 2**20 / b.get('weights_mb', 1):.2f}x weights.data)"
+                              for p, b in bench["cache_builds"].items()), ""]  # fmt: skip
         lines += ["### A second process opening the same artifact", "",
                   "| precision | revision | first: peak anon MiB | second: peak anon MiB | second: open s | second: peak RSS MiB | second: peak PSS MiB |", "| --- " * 7 + "|"]  # fmt: skip
         for s in bench["second_process"]:
@@ -139,16 +148,18 @@ def render(results: dict, rev: str) -> str:
     real = results.get("real-scale")
     if real:
         lines += ["## Real scale (this tree; random bfloat16 checkpoints)", "",
-                  "| model | precision | parameters | weights.data GiB | bytes/param | cache build s | open s | decode tok/s | peak RSS GiB | x weights | peak anon MiB | x weights |",
-                  "| --- " * 12 + "|"]  # fmt: skip
+                  "| model | precision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | later open s | decode tok/s | peak PSS GiB | x weights | peak RSS GiB | x weights | peak anon MiB | x weights |",
+                  "| --- " * 15 + "|"]  # fmt: skip
         for r in real["rows"]:
             w = r["weights_bytes"] / 2**20
             if "failed" in r:
-                lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | {r['failed']} | | | | |")
+                lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | | {r['failed']} |" + " |" * 6)
                 continue
             build = r.get("cache_build", {}).get("open_s")
+            cache = r.get("cache_bytes")
             lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | "
-                         f"{'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | {r['decode_tokens_per_s']:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
+                         f"{'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | "
+                         f"{r['decode_tokens_per_s']:.2f} | {r['peak_pss_mb'] / 1024:.2f} | {r['peak_pss_mb'] / w:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
                          f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n```json\n" + json.dumps(results, indent=1) + "\n```\n"
