@@ -161,6 +161,11 @@ def render(results: dict, rev: str) -> str:
                          f"{'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | "
                          f"{r['decode_tokens_per_s']:.2f} | {r['peak_pss_mb'] / 1024:.2f} | {r['peak_pss_mb'] / w:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
                          f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |")  # fmt: skip
+        done = [r for r in real["rows"] if "failed" not in r]
+        lines += ["", "Where the anonymous peak is: during the open (onnxruntime packs each weight again to check it against the "
+                  "cache's blob, then frees it): " + ", ".join(f"{r['model']} {r['precision']} {r['open_peak_anon_mb']:.0f} MiB during the open, "
+                  f"{r['open_anon_mb']:.0f} MiB after it" for r in done) + ". First open (builds the cache in a child process): builder peak RSS "
+                  + ", ".join(f"{r['cache_build'].get('builder_peak_rss_mb', 0) / 1024:.1f} GiB" for r in done if "cache_build" in r) + "."]  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n```json\n" + json.dumps(results, indent=1) + "\n```\n"
 

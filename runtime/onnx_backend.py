@@ -130,6 +130,7 @@ class OnnxRuntimeBackend:
             if file not in by_file:
                 by_file[file] = self._open(graph, ort, providers, threads)
         self.sessions = {graph: by_file[manifest.graph(graph).file] for graph in GRAPHS}
+        resident.trim_heap()  # the buffers session creation freed (packing, graph optimization)
         # one graph for both kinds: a one-token step after a past is a decode step (decode.piece_end)
         self.one_token_is_decode = len(by_file) == 1
         self.binding = StepBinding.of(manifest)

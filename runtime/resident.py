@@ -1,7 +1,7 @@
 """Which pages of a mapped weights file stay resident (Linux; elsewhere these are no-ops).
 
 Two things count in a process's resident memory that no step needs, and both are file pages the
-process can give back:
+process can give back (and a third, heap memory freed after session creation: `trim_heap`):
 - pages that session creation read once: onnxruntime reads a quantized weight's scales to pack
   them into the weight's packed copy, and keeps the scales mapped although its kernels never read
   them again (measured: 75 MiB of the int4 benchmark artifact). `drop` unmaps their pages
@@ -103,11 +103,26 @@ def _gaps(keep: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]
 _libc = None
 
 
-def _advise(span: tuple[int, int] | None, advice: int) -> None:
+def _c_library():
     global _libc
-    if span is None or os.name != "posix":
-        return
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _libc.madvise(span[0], span[1] - span[0], advice)  # advice only: a refusal changes nothing
+    return _libc
+
+
+def _advise(span: tuple[int, int] | None, advice: int) -> None:
+    if span is None or os.name != "posix":
+        return
+    _c_library().madvise(span[0], span[1] - span[0], advice)  # advice only: a refusal changes nothing
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the system (glibc's malloc_trim). Session creation allocates
+    and frees large temporary buffers (weights packed, then compared with the mapped ones); glibc keeps
+    freed memory for reuse, and it would stay in the process's anonymous memory. No-op off glibc."""
+    if os.name != "posix":
+        return
+    trim = getattr(_c_library(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
