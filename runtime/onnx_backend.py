@@ -51,9 +51,11 @@ def external_ranges(model) -> dict[str, tuple[int, int]]:
 
 
 def _gathered_ranges(model) -> list[tuple[int, int]]:
-    """The file ranges of tables the graph reads a row at a time (the embedding's Gather)."""
+    """The file ranges of tables the graph reads a row at a time (the embedding's Gather; for
+    GatherBlockQuantized its scales too, a row of them per token)."""
     ranges = external_ranges(model)
     tables = {n.input[0] for n in model.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input}
+    tables |= {n.input[2] for n in model.graph.node if n.op_type == "GatherBlockQuantized" and len(n.input) > 2}
     return [ranges[name] for name in tables if name in ranges]
 
 

@@ -237,12 +237,22 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
                 tail = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
                 raise CacheUnavailable(f"{manifest.path / graph_file}: building its pre-packed weights in {entry} failed: the builder {how}: {tail}")
             files = {name: (staging / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (staging / name).exists()}
+            for name in files:  # on disk before entry.json vouches for them (and clean pages: resident.random_access)
+                _sync(staging / name)
             record = {"key": key, "artifact": str(manifest.path.resolve()), "graph": graph_file, "files": files}
             (staging / ENTRY_FILE).write_text(json.dumps(record, indent=1) + "\n")
     except NemotronDeployError as e:  # staging: the folder is not writable (make_staging's message)
         raise CacheUnavailable(str(e)) from None
     except OSError as e:
         raise CacheUnavailable(f"{entry}: cannot write the pre-packed weights cache entry ({e.strerror})") from None
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _BUILD_OPTIONS = {
