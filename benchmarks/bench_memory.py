@@ -1,6 +1,6 @@
 """Memory of open + prefill + decode on onnxruntime's CPU provider, before/after in one run, and at real scale.
 
-    python benchmarks/bench_memory.py [--baseline-rev REV] [--cases bench,real-scale] [--workdir DIR]
+    python benchmarks/bench_memory.py [--baseline-rev REV] [--cases bench,real-scale,serve] [--workdir DIR]
         [--out benchmarks/results/memory_cpu.md] [--json FILE]
 
 bench: the benchmark checkpoint of bench_vs_transformers.py, exported by a baseline revision and by
@@ -12,6 +12,8 @@ real-scale: Nemotron-H-4B (full depth and widths) int8 and int4, and the 6-layer
 Nemotron-3-Nano-30B-A3B widths int4, random bfloat16 checkpoints, each exported, opened twice (the first
 open builds the cache) and generating (this tree only). One model at a time: each checkpoint and
 artifact is deleted after its row. Needs ~20 GB of disk in --workdir.
+serve: `serve --instances 2`'s repository in a real tritonserver at float32 and int4 (this tree), each
+process's PSS, RSS and anonymous memory after two concurrent streams.
 """
 
 from __future__ import annotations
@@ -106,6 +108,72 @@ def real_scale_case(work: Path) -> dict:
     return {"rows": out}
 
 
+def serve_case(work: Path) -> dict:
+    """`serve --instances 2` (the repository `serve` writes, run by TritonServer as `serve` runs it): the
+    memory of the server and of each instance (a Python backend stub process) after two concurrent
+    streams, one per instance, at float32 and int4."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "docs" / "examples"))
+    import threading
+
+    import numpy as np
+    from triton_stream import stream
+
+    from nemotron_deploy.runtime.triton.server import TritonServer
+
+    ckpt = write_random_checkpoint(work / "ckpt-serve", config=BENCH)
+    rows = []
+    for precision in ("float32", "int4"):
+        artifact, repo = work / f"serve-{precision}", work / f"repo-{precision}"
+        cli("export", ckpt, "-o", artifact, *PRECISIONS[precision])
+        cli("triton", artifact, "-o", repo, "--instances", 2, "--max-batch", 1, "--threads", 1)  # builds an int4 artifact's cache
+        with TritonServer(repo, log_file=work / "server.log") as server:
+            prompts = np.random.default_rng(0).integers(3, BENCH["vocab_size"], (2, 128)).astype(np.int32)
+
+            def client(i: int) -> None:
+                one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
+                inputs = {"input_ids": prompts[i : i + 1], "request_output_len": one(16, np.int32), "streaming": one(True, np.bool_),
+                          "ignore_eos": one(True, np.bool_)}  # fmt: skip
+                for _ in stream(server.endpoints.grpc_url, "tensorrt_llm", inputs, "output_ids", timeout=600):
+                    pass
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            processes = [_process_memory(pid) for pid in _process_tree(server.process.pid)]
+        rows.append({"precision": precision, **_sizes(artifact), "processes": processes})
+        shutil.rmtree(artifact)
+        shutil.rmtree(repo)
+    shutil.rmtree(ckpt)
+    return {"rows": rows}
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants (from /proc/*/stat's parent ids)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def _process_memory(pid: int) -> dict:
+    """A process's name, PSS (smaps_rollup), RSS and anonymous memory (status), in MiB."""
+    proc = Path("/proc") / str(pid)
+    status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+    rollup = dict(line.split(":", 1) for line in (proc / "smaps_rollup").read_text().splitlines()[1:] if ":" in line)
+    kib = lambda text: int(text.split()[0]) / 1024  # noqa: E731
+    return {"name": status["Name"].strip(), "pss_mb": kib(rollup["Pss"]), "rss_mb": kib(status["VmRSS"]), "anon_mb": kib(status["RssAnon"])}
+
+
 def _cache_bytes(artifact: Path) -> int:
     """Bytes of the pre-packed weights cache beside the artifact (this tree's default place)."""
     return sum(f.stat().st_size for f in (artifact / ".onnxruntime-cache").rglob("*") if f.is_file())
@@ -167,6 +235,17 @@ def render(results: dict, rev: str) -> str:
                   f"{r['open_anon_mb']:.0f} MiB after it" for r in done) + ". First open (builds the cache in a child process): builder peak RSS "
                   + ", ".join(f"{r['cache_build'].get('builder_peak_rss_mb', 0) / 1024:.1f} GiB" for r in done if "cache_build" in r) + "."]  # fmt: skip
         lines.append("")
+    served = results.get("serve")
+    if served:
+        lines += ["## `serve --instances 2` (this tree; the benchmark model; after two concurrent 128 + 16-token streams, one per instance)", "",
+                  "| precision | weights.data MiB | process | PSS MiB | RSS MiB | anonymous MiB |", "| --- " * 6 + "|"]  # fmt: skip
+        for r in served["rows"]:
+            w = r["weights_bytes"] / 2**20
+            for p in r["processes"]:
+                lines.append(f"| {r['precision']} | {w:.0f} | {p['name']} | {p['pss_mb']:.0f} | {p['rss_mb']:.0f} | {p['anon_mb']:.0f} |")
+            total = {k: sum(p[k] for p in r["processes"]) for k in ("pss_mb", "rss_mb", "anon_mb")}
+            lines.append(f"| {r['precision']} | {w:.0f} | all ({total['pss_mb'] / w:.2f}x weights.data in PSS) | {total['pss_mb']:.0f} | {total['rss_mb']:.0f} | {total['anon_mb']:.0f} |")
+        lines.append("")
     return "\n".join(lines) + "\n```json\n" + json.dumps(results, indent=1) + "\n```\n"
 
 
@@ -204,7 +283,7 @@ def main() -> None:
             for case in args.cases.split(","):
                 work = Path(tmp) / case
                 work.mkdir()
-                results[case] = bench_case(work, args.baseline_rev) if case == "bench" else real_scale_case(work)
+                results[case] = {"bench": lambda: bench_case(work, args.baseline_rev), "real-scale": lambda: real_scale_case(work), "serve": lambda: serve_case(work)}[case]()
                 shutil.rmtree(work)
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
