@@ -207,6 +207,7 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
             if record["artifact"] == str(manifest.path.resolve()) and record["graph"] == graph_file and record["key"] != key:
                 warnings.warn(f"{other.parent}: stale pre-packed weights cache entry of {manifest.path} (built for another onnxruntime, CPU or export); replacing it", stacklevel=5)
                 shutil.rmtree(other.parent, ignore_errors=True)
+                (root / f".{other.parent.name}.lock").unlink(missing_ok=True)
 
 
 def _needed_bytes(manifest: Manifest) -> int:
