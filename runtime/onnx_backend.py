@@ -167,15 +167,15 @@ class OnnxRuntimeBackend:
                 return None
             options = _options(ort, threads)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized when cached
-            try:
-                session = _session(ort, cached, options, providers)
+            model, data = _load_graph(cached), cached.with_name(onnx_prepacked.DATA_FILE)
+            try:  # what packing reads once (the originals, re-packed to check the blobs) leaves as it goes
+                with resident.dropping(data, keep=onnx_prepacked.packed_ranges(model)):
+                    session = _session(ort, cached, options, providers)
             except ArtifactError as e:
                 onnx_prepacked.discard(cached, str(e).rsplit("(", 1)[-1].rstrip(")")[:200])
                 if attempt:
                     return None
                 continue
-            model, data = _load_graph(cached), cached.with_name(onnx_prepacked.DATA_FILE)
-            resident.drop(data, keep=onnx_prepacked.packed_ranges(model))  # what packing read once
             resident.random_access(data, _gathered_ranges(model))
             return session
         return None

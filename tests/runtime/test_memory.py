@@ -232,3 +232,34 @@ def test_a_table_read_a_row_at_a_time_maps_only_its_rows(tmp_path):
     rows = np.random.default_rng(1).choice(64 * MiB // 4096, 100, replace=False) * 4096
     assert int(sum(int(view[r]) for r in rows)) >= 0
     assert _mapped_kib(table) <= 100 * 4 * 4, f"{_mapped_kib(table)} KiB mapped for 100 single-page reads"
+
+
+def test_pages_read_once_are_given_back_while_a_block_runs(tmp_path):
+    """`resident.dropping`: while a session is created (onnxruntime re-reads every stored original to check
+    its packed blob), the pages read leave the process as it goes, except the ranges kept (the blobs); a
+    control without it keeps them all mapped."""
+    import time
+
+    import numpy as np
+
+    from nemotron_deploy.runtime import resident
+
+    data = tmp_path / "model.data"
+    data.write_bytes(np.random.default_rng(0).integers(0, 255, 64 * MiB, dtype=np.uint8).tobytes())
+    keep = [(0, 4 * MiB)]
+
+    def read_all(view) -> int:
+        peak = 0
+        for start in range(0, 64 * MiB, MiB):
+            int(view[start : start + MiB : 4096].sum())  # one byte per page: the page is mapped
+            time.sleep(0.01)
+            peak = max(peak, _mapped_kib(data))
+        return peak
+
+    control = read_all(np.memmap(data, dtype=np.uint8, mode="r"))
+    assert control >= 60 * 1024, f"{control} KiB: the control did not map the file"
+    view = np.memmap(data, dtype=np.uint8, mode="r")
+    with resident.dropping(data, keep, interval_s=0.002):
+        peak = read_all(view)
+    assert peak <= 24 * 1024, f"{peak} KiB mapped at the peak: pages were not given back while the block ran"
+    assert _mapped_kib(data) >= 4 * 1024 - 8, "a kept range was given back"
