@@ -176,7 +176,9 @@ def _process_memory(pid: int) -> dict:
 
 def _cache_bytes(artifact: Path) -> int:
     """Bytes of the pre-packed weights cache beside the artifact (this tree's default place)."""
-    return sum(f.stat().st_size for f in (artifact / ".onnxruntime-cache").rglob("*") if f.is_file())
+    from nemotron_deploy.runtime.onnx_prepacked import stored_bytes
+
+    return sum(stored_bytes(entry) for entry in (artifact / ".onnxruntime-cache").iterdir() if entry.is_dir())
 
 
 def _sizes(artifact: Path) -> dict:

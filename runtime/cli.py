@@ -441,7 +441,7 @@ def optimize(artifact_dir: str, cache_dir: str | None) -> None:
     from pathlib import Path
 
     from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, read_manifest
-    from nemotron_deploy.runtime.onnx_prepacked import CachePolicy, ensure_entry, graph_files, packs
+    from nemotron_deploy.runtime.onnx_prepacked import CachePolicy, ensure_entry, graph_files, packs, stored_bytes
 
     manifest = read_manifest(artifact_dir)
     if manifest.plugins:
@@ -454,8 +454,8 @@ def optimize(artifact_dir: str, cache_dir: str | None) -> None:
         model = ensure_entry(manifest, graph_file, CachePolicy(directory=Path(cache_dir) if cache_dir else None))
         if model is None:
             raise NemotronDeployError("the pre-packed weights cache is off (NEMOTRON_DEPLOY_CACHE=none); give --cache-dir")
-        size = sum(f.stat().st_size for f in model.parent.iterdir())
-        click.echo(f"{model.parent}: {size / 2**20:.0f} MiB ({size / weights:.2f}x weights.data)")
+        size = stored_bytes(model.parent)
+        click.echo(f"{model.parent}: {size / 2**20:.0f} MiB on disk ({size / weights:.2f}x weights.data)")
 
 
 def _verify(manifest) -> int:

@@ -39,21 +39,21 @@ def _load_graph(path: Path):
         raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
 
 
-def external_ranges(model) -> dict[str, tuple[int, int]]:
-    """Initializer name -> its (start, end) bytes in the external data file."""
+def external_ranges(model, location: str | None = None) -> dict[str, tuple[int, int]]:
+    """Initializer name -> its (start, end) bytes in the external data file (`location`: that file only)."""
     ranges = {}
     for tensor in model.graph.initializer:
         info = {e.key: e.value for e in tensor.external_data}
-        if "length" in info:
+        if "length" in info and location in (None, info.get("location")):
             start = int(info.get("offset", 0))
             ranges[tensor.name] = (start, start + int(info["length"]))
     return ranges
 
 
-def _gathered_ranges(model) -> list[tuple[int, int]]:
+def _gathered_ranges(model, location: str | None = None) -> list[tuple[int, int]]:
     """The file ranges of tables the graph reads a row at a time (the embedding's Gather; for
-    GatherBlockQuantized its scales too, a row of them per token)."""
-    ranges = external_ranges(model)
+    GatherBlockQuantized its scales too, a row of them per token), in `location` if given."""
+    ranges = external_ranges(model, location)
     tables = {n.input[0] for n in model.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input}
     tables |= {n.input[2] for n in model.graph.node if n.op_type == "GatherBlockQuantized" and len(n.input) > 2}
     return [ranges[name] for name in tables if name in ranges]
@@ -167,16 +167,20 @@ class OnnxRuntimeBackend:
                 return None
             options = _options(ort, threads)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized when cached
-            model, data = _load_graph(cached), cached.with_name(onnx_prepacked.DATA_FILE)
-            try:  # what packing reads once (the originals, re-packed to check the blobs) leaves as it goes
-                with resident.dropping(data, keep=onnx_prepacked.packed_ranges(model)):
+            model = _load_graph(cached)
+            # the entry's data file and its hard link to weights.data (the initializers it shares with the artifact)
+            files = [name for name in (onnx_prepacked.DATA_FILE, onnx_prepacked.SHARED_FILE) if cached.with_name(name).exists()]
+            keep = {cached.with_name(name): onnx_prepacked.packed_ranges(model) if name == onnx_prepacked.DATA_FILE else [] for name in files}
+            try:  # what packing reads once (originals re-packed to check the blobs, scales) leaves as it goes
+                with resident.dropping(keep):
                     session = _session(ort, cached, options, providers)
             except ArtifactError as e:
                 onnx_prepacked.discard(cached, str(e).rsplit("(", 1)[-1].rstrip(")")[:200])
                 if attempt:
                     return None
                 continue
-            resident.random_access(data, _gathered_ranges(model))
+            for name in files:
+                resident.random_access(cached.with_name(name), _gathered_ranges(model, name))
             return session
         return None
 

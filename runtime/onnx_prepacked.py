@@ -11,9 +11,11 @@ in any process, loads that model, and onnxruntime maps the packed weights from t
 file pages, which every process that opens the artifact shares. `nemotron-deploy optimize` builds the
 entries ahead of time (a container image, a Triton model repository).
 
-    <cache root>/<graph>-<key>/   model.onnx   the optimized step graph
-                                  model.data   its initializers, then each packed weight (4 KiB aligned)
-                                  entry.json   what the entry was built from, and its files' sizes
+    <cache root>/<graph>-<key>/   model.onnx    the optimized step graph
+                                  model.data    each packed weight's original, then its packed copy
+                                  weights.data  a hard link to the artifact's: the initializers
+                                                onnxruntime did not pack (runtime/prepacked_share.py)
+                                  entry.json    what the entry was built from, and its files' sizes
 
 The packed layout depends on the CPU's instruction sets, the onnxruntime build and the session options
 that shape the graph, so the key hashes the artifact's graph and weights (their SHA-256 in the
@@ -48,6 +50,7 @@ from pathlib import Path
 
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest
+from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
 CACHE_ENV = "NEMOTRON_DEPLOY_CACHE"
@@ -164,6 +167,16 @@ def packed_ranges(model) -> list[tuple[int, int]]:
     return ranges
 
 
+def stored_bytes(entry: Path) -> int:
+    """Bytes an entry adds on disk: its files, less the hard link that shares the artifact's weights.data."""
+    total = 0
+    for f in entry.iterdir():
+        info = f.stat()
+        if not (f.name == SHARED_FILE and info.st_nlink > 1):
+            total += info.st_size
+    return total
+
+
 def cache_key(manifest: Manifest, graph_file: str) -> str:
     """What the packed bytes depend on: the graph and weights, onnxruntime, the CPU, the build options."""
     import onnxruntime as ort
@@ -212,9 +225,10 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
 
 def _needed_bytes(manifest: Manifest) -> int:
     """What a build writes, at most: the graph's initializers (all of weights.data) and a packed copy of
-    each quantized weight (no larger than the weights), plus the graph."""
+    each quantized weight (measured: 1.5x its stored bytes, scales and block sums included), plus the
+    graph. The initializers it shares with the artifact are then given back (prepacked_share.py)."""
     weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
-    return 2 * weights + 64 * 2**20
+    return 5 * weights // 2 + 64 * 2**20
 
 
 def _free_bytes(path: Path) -> int:
@@ -237,7 +251,7 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
                 how = "was killed (out of memory?)" if done.returncode < 0 else f"exited with {done.returncode}"
                 tail = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
                 raise CacheUnavailable(f"{manifest.path / graph_file}: building its pre-packed weights in {entry} failed: the builder {how}: {tail}")
-            files = {name: (staging / name).stat().st_size for name in (MODEL_FILE, DATA_FILE) if (staging / name).exists()}
+            files = {name: (staging / name).stat().st_size for name in (MODEL_FILE, DATA_FILE, SHARED_FILE) if (staging / name).exists()}
             for name in files:  # on disk before entry.json vouches for them (and clean pages: resident.random_access)
                 _sync(staging / name)
             record = {"key": key, "artifact": str(manifest.path.resolve()), "graph": graph_file, "files": files}
@@ -273,6 +287,7 @@ def _build_child(graph_path: str, out: str) -> None:
         options.add_session_config_entry(key, value)
     options.log_severity_level = 3  # not its notice that the saved model is for this machine: the key says so
     ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
+    share_with_artifact(Path(out), Path(graph_path), Path(graph_path).with_name(WEIGHTS_FILE), MODEL_FILE, DATA_FILE)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ def drop(path: Path, keep: list[tuple[int, int]], advice: int = _MADV_DONTNEED) 
 
 
 @contextlib.contextmanager
-def dropping(path: Path, keep: list[tuple[int, int]], interval_s: float = 0.02):
-    """`drop(path, keep)` every `interval_s` while the block runs (in a thread), and once after it.
+def dropping(keep: dict[Path, list[tuple[int, int]]], interval_s: float = 0.02):
+    """`drop(path, ranges)` for each file of `keep` every `interval_s` while the block runs (in a thread),
+    and once after it.
 
     While the block runs, its code may unmap the file and reuse the addresses (onnxruntime unmaps each
     original once packed, and its allocator maps new memory): a mapping read from /proc a moment ago may
@@ -96,7 +97,8 @@ def dropping(path: Path, keep: list[tuple[int, int]], interval_s: float = 0.02):
 
     def run() -> None:
         while not stop.wait(interval_s):
-            drop(path, keep, _MADV_PAGEOUT)
+            for path, ranges in keep.items():
+                drop(path, ranges, _MADV_PAGEOUT)
 
     thread = threading.Thread(target=run, name="resident.dropping", daemon=True)
     thread.start()
@@ -105,7 +107,8 @@ def dropping(path: Path, keep: list[tuple[int, int]], interval_s: float = 0.02):
     finally:
         stop.set()
         thread.join()
-        drop(path, keep)
+        for path, ranges in keep.items():
+            drop(path, ranges)
 
 
 def random_access(path: Path, ranges: list[tuple[int, int]]) -> None:

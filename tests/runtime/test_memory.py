@@ -259,7 +259,46 @@ def test_pages_read_once_are_given_back_while_a_block_runs(tmp_path):
     control = read_all(np.memmap(data, dtype=np.uint8, mode="r"))
     assert control >= 60 * 1024, f"{control} KiB: the control did not map the file"
     view = np.memmap(data, dtype=np.uint8, mode="r")
-    with resident.dropping(data, keep, interval_s=0.002):
+    with resident.dropping({data: keep}, interval_s=0.002):
         peak = read_all(view)
     assert peak <= 24 * 1024, f"{peak} KiB mapped at the peak: pages were not given back while the block ran"
     assert _mapped_kib(data) >= 4 * 1024 - 8, "a kept range was given back"
+
+
+def test_an_entry_stores_only_packed_weights_and_shares_the_rest_with_the_artifact(int4_artifact, tmp_path, monkeypatch):
+    """Step 2 of issue 31: the initializers onnxruntime did not pack are read from a hard link of the
+    artifact's weights.data (same inode: no bytes on disk, one page cache), the entry's data file holds
+    only each packed weight's original and its blob; tokens unchanged. Where no hard link can be made, the
+    entry stays as onnxruntime wrote it, and loads."""
+    import onnxruntime as ort
+
+    from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
+
+    policy = onnx_prepacked.CachePolicy(directory=tmp_path / "cache")
+    assert _tokens(int4_artifact, policy) == _tokens(int4_artifact, onnx_prepacked.CachePolicy(enabled=False))
+    entry = _entry(tmp_path / "cache")
+    assert (entry / SHARED_FILE).stat().st_ino == (int4_artifact / "weights.data").stat().st_ino
+    model = onnx_prepacked.load_model(entry / onnx_prepacked.MODEL_FILE)
+    places = {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data}
+    shared = [name for name, info in places.items() if info["location"] == SHARED_FILE]
+    packed = [name for name, info in places.items() if any(k.startswith("prepacked") for k in info)]
+    assert shared and packed and not set(shared) & set(packed)
+    assert all(places[name]["location"] == onnx_prepacked.DATA_FILE for name in packed), "a packed weight left its blob's file"
+    kept = sum(int(places[name]["length"]) for name in places if places[name]["location"] == onnx_prepacked.DATA_FILE)
+    blobs = sum(end - start for start, end in onnx_prepacked.packed_ranges(model))
+    assert (entry / onnx_prepacked.DATA_FILE).stat().st_size <= kept + blobs + 4096 * (len(places) + len(packed))
+    stored = onnx_prepacked.stored_bytes(entry)
+    assert stored < sum(f.stat().st_size for f in entry.iterdir()) - 0.9 * (int4_artifact / "weights.data").stat().st_size
+
+    # another filesystem (no hard links): the entry as onnxruntime wrote it; onnxruntime loads it
+    out = tmp_path / "unshared"
+    out.mkdir()
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    onnx_prepacked._build_child(str(int4_artifact / "step.onnx"), str(out))
+    assert not (out / SHARED_FILE).exists()
+    shared_bytes = sum(int(places[name]["length"]) for name in shared)
+    assert (out / onnx_prepacked.DATA_FILE).stat().st_size >= (entry / onnx_prepacked.DATA_FILE).stat().st_size + shared_bytes
+    assert share_with_artifact(out, int4_artifact / "step.onnx", int4_artifact / "weights.data") == 0
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ort.InferenceSession(str(out / onnx_prepacked.MODEL_FILE), options, providers=["CPUExecutionProvider"])
