@@ -16,13 +16,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.manifest import StateRecord
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
+from nemotron_deploy.runtime.stop_text import StopText
 
 KV_PAST_AXIS = 2  # K/V states are (batch, kv_heads, past_len, head_dim)
 CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled
@@ -43,7 +44,8 @@ def _never() -> bool:
 @dataclass
 class Request:
     """One sequence to generate. `on_token(token, finish_reason)` is called for every new token, with
-    the finish reason ("eos" | "length") on the last one and None before; `on_error(message)` instead
+    the finish reason ("eos" | "stop" | "length") on the last one and None before (with a `text`, its
+    `piece` holds the text that token released); `on_error(message)` instead
     when the sequence ends unfinished: the backend failed, or `cancelled()` (asked before every step:
     a client that went away) said so. All three run on the batcher's thread: keep them short."""
 
@@ -51,6 +53,7 @@ class Request:
     max_new_tokens: int
     sampling: Sampling = Sampling()
     stop_token_ids: frozenset[int] = frozenset()
+    text: StopText | None = None  # its text as tokens arrive, with its stop strings (finish reason "stop")
     on_token: Callable[[int, str | None], None] = _no_token
     on_error: Callable[[str], None] = _no_error
     cancelled: Callable[[], bool] = _never
@@ -62,6 +65,7 @@ class _Active:
     sampler: Sampler
     generated: int = 0
     last_token: int = 0
+    tokens: list[int] = field(default_factory=list)  # generated so far (what the penalties count)
 
 
 @dataclass
@@ -248,16 +252,23 @@ class ContinuousBatcher:
 
     def _emit(self, seq: _Active, logits: np.ndarray) -> bool:
         """Choose and send one token for `seq` from its logits (1, V); True when the sequence is done."""
-        token = int(seq.sampler(logits)[0])
+        request = seq.request
+        token = int(seq.sampler(logits, [request.prompt], [seq.tokens])[0])
         seq.generated += 1
         seq.last_token = token
+        seq.tokens.append(token)
         self.counters.tokens += 1
-        request = seq.request
         reason = None
-        if token in request.stop_token_ids:
+        if request.text is not None:
+            request.text.push(token)
+        if request.text is not None and request.text.stopped:
+            reason = "stop"
+        elif token in request.stop_token_ids:
             reason = "eos"
         elif seq.generated >= request.max_new_tokens or len(request.prompt) + seq.generated >= self.max_length:
             reason = "length"
+        if reason is not None and request.text is not None:
+            request.text.flush()
         request.on_token(token, reason)
         if reason is not None:
             self.counters.sequences += 1

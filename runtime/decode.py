@@ -11,6 +11,7 @@ import numpy as np
 
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
+from nemotron_deploy.runtime.stop_text import StopText
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Generation:
     """new_token_ids[i]: tokens generated for prompt i (EOS included when it ended the sequence)."""
 
     new_token_ids: list[list[int]]
-    finish_reasons: list[str]  # "eos" | "length" (max_new_tokens, or the model's max_position_embeddings)
+    finish_reasons: list[str]  # "eos" | "stop" (a stop string) | "length" (max_new_tokens, or the model's max_position_embeddings)
     prefill_logits: np.ndarray | None = field(default=None, repr=False)  # (B, V) after the prompt
     text: list[str] | None = None  # the new tokens decoded, when the artifact has a tokenizer
 
@@ -94,11 +95,16 @@ def generate(
     max_length: int,
     prefill_chunk_size: int | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    texts: Sequence[StopText] | None = None,
+    on_text: Callable[[int, str], None] | None = None,
 ) -> Generation:
     """Generate for a batch of prompts of any lengths. `on_token(row, token)` streams each new token.
 
-    A sequence stops at one of `eos_token_ids` or when it reaches `max_length` tokens in all; the
-    batch stops when every sequence has stopped or after `max_new_tokens` steps.
+    A sequence stops at one of `eos_token_ids`, at a stop string of its `texts[row]` (its text as the
+    tokens arrive: runtime/stop_text.py), or when it reaches `max_length` tokens in all; the batch
+    stops when every sequence has stopped or after `max_new_tokens` steps. With `texts`,
+    `on_text(row, piece)` follows every `on_token`, with the text that token released (the last one
+    of a sequence also releases what was held back).
     """
     ids, mask = left_pad(prompts, pad_token_id)
     logits, state = prefill(backend, ids, mask, prefill_chunk_size)
@@ -109,17 +115,26 @@ def generate(
     reasons = ["length"] * len(prompts)
     done = np.zeros(len(prompts), dtype=bool)
     for step in range(max_new_tokens):
-        tokens = sampler(logits)
+        tokens = sampler(logits, prompts, out)
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
                 continue
             out[row].append(token)
             if on_token:
                 on_token(row, token)
-            if token in eos:
+            if texts is not None:
+                texts[row].push(token)
+            if texts is not None and texts[row].stopped:
+                done[row], reasons[row] = True, "stop"
+            elif token in eos:
                 done[row], reasons[row] = True, "eos"
             elif len(prompts[row]) + len(out[row]) >= max_length:
                 done[row] = True
+            if texts is not None:
+                if done[row] or step == max_new_tokens - 1:
+                    texts[row].flush()
+                if on_text:
+                    on_text(row, texts[row].piece)
         if done.all() or step == max_new_tokens - 1:
             break
         tokens = np.where(done, pad_token_id, tokens)  # finished rows keep stepping; their output is ignored

@@ -12,6 +12,7 @@ from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
 from nemotron_deploy.runtime.sampling import Sampling
+from nemotron_deploy.runtime.stop_text import StopText
 from nemotron_deploy.runtime.tokenizer import Tokenizer
 
 
@@ -61,9 +62,19 @@ class Session:
         ignore_eos: bool = False,
         prefill_chunk_size: int | None = None,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[int, str], None] | None = None,
     ) -> decode.Generation:
-        """Prompts are text (tokenized) or token-id lists, mixed freely; one left-padded batch."""
+        """Prompts are text (tokenized) or token-id lists, mixed freely; one left-padded batch.
+
+        stop: strings that end a sequence where they appear in its text (finish reason "stop"; the text
+        ends before it). on_text(row, piece): the new text after every token (`decode.generate`)."""
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        texts = None
+        if stop or on_text:
+            if self.tokenizer is None:
+                raise NemotronDeployError(f"{self.manifest.path}: stop strings and streamed text need a tokenizer, and this artifact has no tokenizer.json")
+            texts = [StopText(self.tokenizer, stop) for _ in ids]
         decode.check_prompts(ids, self.vocab_size, self.max_length)
         if max_new_tokens < 1:
             raise NemotronDeployError(f"max_new_tokens {max_new_tokens}: expected >= 1")
@@ -74,8 +85,8 @@ class Session:
             self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
             eos_token_ids=() if ignore_eos else gen.eos_token_ids,
             pad_token_id=gen.pad_token_id or 0, max_length=self.max_length,
-            prefill_chunk_size=prefill_chunk_size, on_token=on_token,
+            prefill_chunk_size=prefill_chunk_size, on_token=on_token, texts=texts, on_text=on_text,
         )  # fmt: skip
-        if self.tokenizer is not None:
-            result.text = [self.decode(ids) for ids in result.new_token_ids]
+        if self.tokenizer is not None:  # a stopped sequence's text ends before its stop string
+            result.text = [texts[i].text if texts and texts[i].stopped else self.decode(ids) for i, ids in enumerate(result.new_token_ids)]
         return result

@@ -23,7 +23,8 @@ import triton_python_backend_utils as pb_utils  # provided by the Python backend
 from nemotron_deploy.runtime.continuous import CANCELLED, ContinuousBatcher, Request
 from nemotron_deploy.runtime.onnx_prepacked import cache_policy
 from nemotron_deploy.runtime.session import Session
-from nemotron_deploy.runtime.tokenizer import TextStream, Tokenizer
+from nemotron_deploy.runtime.stop_text import StopText
+from nemotron_deploy.runtime.tokenizer import Tokenizer
 from nemotron_deploy.runtime.triton.interface import GenerateRequest, RequestError, parse_generate_request
 
 CANCEL_POLL_S = 0.05  # how often an active request asks the server whether its client is gone
@@ -38,10 +39,12 @@ class _Stream:
         self.parsed = parsed
         self.tokens: list[int] = [] if exclude_input else list(parsed.prompt)
         self.tokenizer = tokenizer
-        self.text = TextStream(tokenizer) if tokenizer is not None and parsed.streaming else None
+        self.prompt_text = "" if exclude_input or tokenizer is None else tokenizer.decode(list(parsed.prompt))
+        # the text as tokens arrive (streamed pieces), ended at a stop string
+        self.text = StopText(tokenizer, parsed.stop) if tokenizer is not None and (parsed.streaming or parsed.stop) else None
         self.gone = False
         self._next_poll = 0.0
-        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids,
+        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids, text=self.text,
                                on_token=self.on_token, on_error=self.on_error, cancelled=self.cancelled)  # fmt: skip
 
     def cancelled(self) -> bool:
@@ -66,9 +69,11 @@ class _Stream:
         self._send_final(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)))
 
     def _text(self, tokens: list[int], finish_reason: str | None) -> str:
-        if self.text is None:
-            return self.tokenizer.decode(tokens)
-        return self.text.push(tokens[0]) + (self.text.flush() if finish_reason is not None else "")
+        if self.parsed.streaming:
+            return self.text.piece  # what this token released (the batcher pushed it)
+        if self.text is not None and self.text.stopped:  # all at once: the text ends before the stop string
+            return self.prompt_text + self.text.text
+        return self.tokenizer.decode(tokens)
 
     def _send(self, tokens: list[int], finish_reason: str | None) -> None:
         outputs = [
@@ -171,6 +176,8 @@ class TritonPythonModel:
 
         try:
             parsed = parse_generate_request(get, **self.limits)
+            if parsed.stop and self.session.tokenizer is None:
+                raise RequestError(f"stop_words: {self.session.manifest.path} has no tokenizer.json, and stop strings are matched on the text")
         except RequestError as e:
             sender = triton_request.get_response_sender()
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

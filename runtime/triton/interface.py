@@ -3,8 +3,9 @@
 One table here serves both the config.pbtxt writer and the request parser.
 
 Dims exclude the batch dimension (the models have max_batch_size > 0, as TensorRT-LLM's do, so clients
-send a leading batch of 1). Fields TensorRT-LLM has and we do not use (beam_width, penalties, LoRA, ...)
-are not listed: Triton rejects a request that sends one, naming it.
+send a leading batch of 1). Fields TensorRT-LLM has and we do not use (beam_width, bad_words, LoRA, ...)
+are not listed: Triton rejects a request that sends one, naming it. Stop strings come as text
+(`stop_words`, as TensorRT-LLM's ensemble takes them), matched on the detokenized text.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ GENERATE_INPUTS = (
     Field("random_seed", "UINT64", (1,), doc="seed of this request's sampler"),
     Field("streaming", "BOOL", (1,), doc="one response per new token (default false: one response)"),
     Field("ignore_eos", "BOOL", (1,), doc="generate request_output_len tokens whatever they are"),
+    Field("stop_words", "BYTES", (-1,), doc="stop strings: the sequence ends where one appears in its text, which ends before it"),
+    Field("repetition_penalty", "FP32", (1,), doc="> 0; 1: none (transformers' RepetitionPenaltyLogitsProcessor)"),
+    Field("presence_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
+    Field("frequency_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
 )
 GENERATE_OUTPUTS = (
     Field("output_ids", "INT32", (-1, -1), doc="(beams=1, tokens): the new token(s) of this response"),
     Field("sequence_length", "INT32", (-1,), doc="(beams=1,): number of tokens in output_ids"),
-    Field("finish_reason", "BYTES", (1,), doc="'eos' | 'length' on the final response, '' before"),
+    Field("finish_reason", "BYTES", (1,), doc="'eos' | 'stop' (a stop string) | 'length' on the final response, '' before"),
 )
 # TensorRT-LLM's ensemble names for text in / text out, and how they map onto the generate model
 TEXT_INPUTS = (
@@ -55,9 +60,15 @@ TEXT_INPUTS = (
     Field("random_seed", "UINT64", (1,)),
     Field("stream", "BOOL", (1,)),
     Field("ignore_eos", "BOOL", (1,)),
+    Field("stop_words", "BYTES", (-1,)),
+    Field("repetition_penalty", "FP32", (1,)),
+    Field("presence_penalty", "FP32", (1,)),
+    Field("frequency_penalty", "FP32", (1,)),
 )
 TEXT_TO_GENERATE = {"end_id": "end_id", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-                    "random_seed": "random_seed", "stream": "streaming", "ignore_eos": "ignore_eos"}  # fmt: skip
+                    "random_seed": "random_seed", "stream": "streaming", "ignore_eos": "ignore_eos", "stop_words": "stop_words",
+                    "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
+                    "frequency_penalty": "frequency_penalty"}  # fmt: skip
 TEXT_OUTPUTS = (Field("text_output", "BYTES", (-1,), doc="the new text of this response"),)
 
 NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "UINT64": np.uint64, "FP32": np.float32, "BOOL": np.bool_, "BYTES": np.object_}
@@ -74,6 +85,7 @@ class GenerateRequest:
     sampling: Sampling
     stop_token_ids: frozenset[int]
     streaming: bool
+    stop: tuple[str, ...] = ()
 
 
 def _scalar(get: Callable[[str], np.ndarray | None], name: str, kind: type, default):
@@ -125,7 +137,33 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
     seed = _scalar(get, "random_seed", int, None)
     end_id = _scalar(get, "end_id", int, None)
     stop = frozenset() if _scalar(get, "ignore_eos", bool, False) else frozenset(eos_token_ids if end_id is None else [end_id] if end_id >= 0 else [])
+    penalties = {name: _scalar(get, name, float, default) for name, default in PENALTIES.items()}
+    if not penalties["repetition_penalty"] > 0:
+        raise RequestError(f"repetition_penalty: {penalties['repetition_penalty']}; expected a number > 0 (1 disables it)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2 <= penalties[name] <= 2:
+            raise RequestError(f"{name}: {penalties[name]}; expected a number in [-2, 2] (0 disables it)")
     return GenerateRequest(
-        prompt=prompt, max_new_tokens=max_new, sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
-        stop_token_ids=stop, streaming=_scalar(get, "streaming", bool, False),
+        prompt=prompt, max_new_tokens=max_new,
+        sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **penalties),
+        stop_token_ids=stop, streaming=_scalar(get, "streaming", bool, False), stop=_strings(get, "stop_words"),
     )  # fmt: skip
+
+
+PENALTIES = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+def _strings(get: Callable[[str], np.ndarray | None], name: str) -> tuple[str, ...]:
+    """A BYTES input's strings (UTF-8), empty ones dropped; () when absent."""
+    value = get(name)
+    if value is None:
+        return ()
+    out = []
+    for item in np.asarray(value, dtype=object).reshape(-1):
+        try:
+            text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError:
+            raise RequestError(f"{name}: not UTF-8 text") from None
+        if text:
+            out.append(text)
+    return tuple(out)

@@ -57,8 +57,12 @@ def _inputs(prompt, max_new_tokens, **extra) -> dict[str, np.ndarray]:
     one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
     inputs = {"input_ids": np.array([prompt], dtype=np.int32), "request_output_len": one(max_new_tokens, np.int32), "streaming": one(True, np.bool_)}
     kinds = {"runtime_top_k": np.int32, "runtime_top_p": np.float32, "temperature": np.float32, "random_seed": np.uint64, "end_id": np.int32,
-             "ignore_eos": np.bool_, "streaming": np.bool_, "input_lengths": np.int32}  # fmt: skip
+             "ignore_eos": np.bool_, "streaming": np.bool_, "input_lengths": np.int32, "repetition_penalty": np.float32,
+             "presence_penalty": np.float32, "frequency_penalty": np.float32}  # fmt: skip
+    stops = extra.pop("stop_words", None)
     inputs.update({name: one(v, kinds[name]) for name, v in extra.items()})
+    if stops is not None:
+        inputs["stop_words"] = np.array([[s.encode() for s in stops]], dtype=np.object_)
     return inputs
 
 
@@ -196,6 +200,8 @@ BAD = [
     (_inputs([5, 6], 4, runtime_top_p=1.5), "runtime_top_p: 1.5; expected a number in (0, 1]"),
     (_inputs([5, 6], 4, temperature=0.0), "temperature: 0.0; expected a number > 0"),
     (_inputs([5, 6, 7], 4, input_lengths=5), "input_lengths: 5, but input_ids has 3 tokens"),
+    (_inputs([5, 6], 4, repetition_penalty=0.0), "repetition_penalty: 0.0; expected a number > 0"),
+    (_inputs([5, 6], 4, presence_penalty=2.5), "presence_penalty: 2.5; expected a number in [-2, 2]"),
 ]
 
 
@@ -236,6 +242,36 @@ def test_text_ensemble_streams_the_text_generate_prints(served):
     request = urllib.request.Request(f"http://{server.endpoints.http_url}/v2/models/ensemble/generate", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         assert json.loads(response.read())["text_output"] == expected
+
+
+def test_penalties_and_stop_strings_equal_generate(served):
+    """TensorRT-LLM's names for penalties and stop strings, streamed and not: the tokens and text of
+    `nemotron-deploy generate` with the same options; a stop string ends the stream with "stop"."""
+    server, artifact = served
+    url = server.endpoints.grpc_url
+    penalties = dict(repetition_penalty=1.6, presence_penalty=0.8, frequency_penalty=0.5)
+    outputs, reason, error = Stream(url, "tensorrt_llm", _inputs(PROMPTS[2], 14, ignore_eos=True, **penalties)).collect()
+    assert error is None and reason == "length"
+    assert _tokens(outputs) == _generate(artifact, PROMPTS[2], 14, "--ignore-eos", "--repetition-penalty", 1.6, "--presence-penalty", 0.8, "--frequency-penalty", 0.5)
+    assert _tokens(outputs) != _generate(artifact, PROMPTS[2], 14, "--ignore-eos")
+    full = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 16, "--ignore-eos", "--json"))["text"][0]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    want = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 16, "--ignore-eos", "--stop", stop, "--json"))
+    assert want["finish_reasons"] == ["stop"]
+    prompt = _encode(artifact, "The runtime")
+    for streaming in (True, False):
+        inputs = _inputs(prompt, 16, ignore_eos=True, streaming=streaming, stop_words=["never-there", stop])
+        stream = Stream(url, "tensorrt_llm", inputs)
+        outputs, reason, error = stream.collect()
+        assert error is None and reason == "stop" and _tokens(outputs) == want["new_token_ids"][0]
+        texts, _, error = Stream(url, "tensorrt_llm", inputs).collect("text_output")
+        assert error is None and "".join(t.reshape(-1)[0].decode() for t in texts) == want["text"][0] == full[: full.index(stop)]
+
+
+def _encode(artifact, text: str) -> list[int]:
+    from nemotron_deploy.runtime.session import Session
+
+    return Session(artifact).encode(text)
 
 
 def test_client_example(served):
