@@ -217,6 +217,9 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @click.argument("artifact_dir", type=click.Path(path_type=str))
 @click.option("--prompt", "prompts", multiple=True, help="Text prompt (repeatable: a batch). Needs the artifact's tokenizer.")
 @click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeatable).")
+@click.option("--chat", "chat_message", help="A user message, rendered with the artifact's chat template (instead of --prompt).")
+@click.option("--system", "system_message", help="With --chat: a system message before it.")
+@click.option("--chat-template-kwargs", "template_kwargs", help='With --chat: JSON object of what else the template reads, e.g. \'{"enable_thinking": false}\'.')
 @click.option("--max-new-tokens", default=64, show_default=True, type=int)
 @click.option("--greedy", is_flag=True, help="Argmax decoding (the default unless a sampling option is given).")
 @click.option("--temperature", type=float, help="Sampling temperature (> 0); implies sampling.")
@@ -236,15 +239,18 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @_PROVIDER
 @_one_line_errors
 @_CACHE
-def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, repetition_penalty, presence_penalty,
-             frequency_penalty, stops, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine, plugins_lib, providers, cache):  # fmt: skip
-    """Generate continuations of one or more prompts with an exported artifact.
+def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, template_kwargs, max_new_tokens, greedy, temperature, top_k, top_p, seed,
+             repetition_penalty, presence_penalty, frequency_penalty, stops, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine,
+             plugins_lib, providers, cache):  # fmt: skip
+    """Generate continuations of one or more prompts with an exported artifact, or the reply to a chat
+    message (--chat, with the artifact's chat template).
 
     One prompt prints its text; several print one line each, `[i] "text"` (JSON-quoted, so a newline
     in a continuation cannot break the layout); without a tokenizer, token ids.
     """
-    if not prompts and not prompt_ids:
-        raise NemotronDeployError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+    chat = _chat_messages(chat_message, system_message, template_kwargs, prompts or prompt_ids)
+    if not prompts and not prompt_ids and chat is None:
+        raise NemotronDeployError("give at least one --prompt TEXT or --prompt-ids 1,2,3, or --chat MESSAGE")
     inputs = [*prompts, *(_parse_ids(p) for p in prompt_ids)]
     if stream and len(inputs) > 1 and not as_json:
         raise NemotronDeployError("--stream prints one prompt as it grows; for several prompts use --stream --json (a JSON line per token) or drop --stream")
@@ -254,6 +260,9 @@ def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperat
     from nemotron_deploy.runtime.session import Session
 
     session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify, cache=cache)
+    if chat is not None:
+        messages, kwargs = chat
+        inputs = [session.chat_prompt(messages, **kwargs)]
     streamer = _Streamer(session, as_json) if stream else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, streamer, stop=stops,
                               on_text=streamer.text if streamer and session.tokenizer else None)  # fmt: skip
@@ -270,6 +279,26 @@ def generate(artifact_dir, prompts, prompt_ids, max_new_tokens, greedy, temperat
     else:
         for i, ids in enumerate(result.new_token_ids):
             click.echo(f"[{i}] " + (json.dumps(result.text[i], ensure_ascii=False) if result.text is not None else ",".join(map(str, ids))))
+
+
+def _chat_messages(message, system, template_kwargs, other_prompts) -> tuple[list[dict], dict] | None:
+    """--chat / --system / --chat-template-kwargs -> (messages, template keywords), or None without --chat."""
+    if message is None:
+        if system is not None or template_kwargs is not None:
+            raise NemotronDeployError("--system and --chat-template-kwargs go with --chat MESSAGE")
+        return None
+    if other_prompts:
+        raise NemotronDeployError("--chat is one conversation: give it without --prompt / --prompt-ids")
+    kwargs = {}
+    if template_kwargs is not None:
+        try:
+            kwargs = json.loads(template_kwargs)
+        except ValueError as e:
+            raise NemotronDeployError(f"--chat-template-kwargs: not JSON ({e})") from None
+        if not isinstance(kwargs, dict):
+            raise NemotronDeployError('--chat-template-kwargs: expected a JSON object such as {"enable_thinking": false}')
+    system_turn = [{"role": "system", "content": system}] if system is not None else []
+    return [*system_turn, {"role": "user", "content": message}], kwargs
 
 
 def _backend_extras(backend: str) -> tuple[str, ...]:

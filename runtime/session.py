@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.chat_template import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
@@ -42,6 +43,7 @@ class Session:
             warnings.warn(f"{tok}: missing; token-id prompts work, text prompts and decoded text do not", stacklevel=2)
             tok = None
         self.tokenizer = Tokenizer(tok) if tok else None
+        self._chat_template: ChatTemplate | None = None
         model = self.manifest.model
         self.vocab_size = model.vocab_size
         self.max_length = model.max_position_embeddings
@@ -50,6 +52,33 @@ class Session:
         if self.tokenizer is None:
             raise NemotronDeployError(f"{self.manifest.path}: text prompts need a tokenizer, and this artifact has no tokenizer.json (use token ids)")
         return self.tokenizer.encode(text)
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The artifact's chat template (runtime/chat_template.py); refuses, in one line, when it has none."""
+        if self._chat_template is None:
+            template = ChatTemplate.of(self.manifest.path)
+            if template is None:
+                raise NemotronDeployError(f"{self.manifest.path}: no chat template (no {TEMPLATE_FILE}, no chat_template in {TOKENIZER_CONFIG}): "
+                                          "chat needs one; plain text prompts still work")  # fmt: skip
+            self._chat_template = template
+        return self._chat_template
+
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True, **template_kwargs) -> list[int]:
+        """The token ids of `messages` rendered with the chat template (template_kwargs: what else it
+        reads, e.g. enable_thinking): the text tokenized without special tokens, as transformers'
+        `apply_chat_template(..., tokenize=True)` does."""
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        if self.tokenizer is None:
+            raise NemotronDeployError(f"{self.manifest.path}: chat needs a tokenizer, and this artifact has no tokenizer.json")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat(self, messages: Sequence[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(), *,
+             chat_template_kwargs: dict | None = None, **generate_options) -> decode.Generation:  # fmt: skip
+        """Generate the assistant's reply to one conversation ([{"role", "content"}, ...]); the other
+        options as `generate` takes them (stop, ignore_eos, on_token, on_text, ...)."""
+        prompt = self.chat_prompt(messages, **(chat_template_kwargs or {}))
+        return self.generate([prompt], max_new_tokens, sampling, **generate_options)
 
     def decode(self, ids: Sequence[int]) -> str | None:
         return self.tokenizer.decode(list(ids)) if self.tokenizer else None

@@ -18,8 +18,10 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on a bad file
             raise NemotronDeployError(f"{path}: cannot read the tokenizer ({e})") from None
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """add_special_tokens=False: no BOS / EOS from the tokenizer's post-processor (a chat template's
+        text writes its own)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
