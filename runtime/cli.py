@@ -563,11 +563,14 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--openai-port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="The OpenAI-compatible endpoints (/v1/chat/completions, ...; docs/openai.md).")
+@click.option("--served-model-name", default=None, help="The `model` OpenAI clients send (default: the artifact directory's name).")
 @_repository_options
 @_one_line_errors
 @_CACHE
-def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
-    """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's) until Ctrl-C.
+def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, served_model_name, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
+    """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's), with OpenAI-compatible
+    endpoints beside it, until Ctrl-C.
 
     Builds a `generate` repository in a temporary directory; Triton's log goes to stderr.
     """
@@ -576,6 +579,8 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max
     import tempfile
     from pathlib import Path
 
+    from nemotron_deploy.runtime.openai_api.app import model_info
+    from nemotron_deploy.runtime.openai_api.server import OpenAIServer
     from nemotron_deploy.runtime.triton.repository import write_repository
     from nemotron_deploy.runtime.triton.server import TritonServer
 
@@ -583,6 +588,9 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_term)
+    name = served_model_name or Path(artifact_dir).resolve().name
+    info = model_info(artifact_dir, name)
+    web = OpenAIServer(info, host, openai_port)  # checks the port before Triton starts
     with tempfile.TemporaryDirectory(prefix="nemotron-triton-") as tmp:
         repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend,
                                 threads=threads, prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
@@ -591,11 +599,14 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, instances, max
             with server:
                 e = server.endpoints
                 click.echo(f"serving {artifact_dir}: gRPC {e.grpc_url}, HTTP http://{e.http_url}, metrics {e.metrics_url}; "
-                           "models tensorrt_llm (ids)" + (" and ensemble (text)" if (repo / "ensemble").is_dir() else "") + "; Ctrl-C stops", err=True)  # fmt: skip
-                code = server.process.wait()
-                raise NemotronDeployError(f"tritonserver exited with status {code}")
+                           "models tensorrt_llm (ids)" + (" and ensemble (text)" if (repo / "ensemble").is_dir() else "") +
+                           f"; OpenAI API http://{host}:{openai_port}/v1 (model '{name}'); Ctrl-C stops", err=True)  # fmt: skip
+                code = web.run(e.grpc_url, server.process)  # until Ctrl-C / SIGTERM, or Triton exits
+                if code is not None:
+                    raise NemotronDeployError(f"tritonserver exited with status {code}")
         except KeyboardInterrupt:
-            click.echo("stopped", err=True)
+            pass
+        click.echo("stopped", err=True)
 
 
 @main.group()

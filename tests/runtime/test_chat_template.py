@@ -13,48 +13,10 @@ import pytest
 from click.testing import CliRunner
 from transformers import PreTrainedTokenizerFast
 
-from nemotron_deploy.exporter.onnx_export import export_artifact
-from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_demo_tokenizer, write_random_checkpoint
+from chat_fixtures import CHAT_TOKENS, NEMOTRON_STYLE, TOOLS_TEMPLATE, export_chat_artifact, write_tokenizer_files
 from nemotron_deploy.runtime.chat_template import ChatTemplate, ChatTemplateError
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.session import Session
-
-CHAT_TOKENS = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-
-# Nemotron-style (written for this test): ChatML turns, a system turn always, reasoning on by default,
-# off by the enable_thinking keyword or /no_think in the system prompt (an empty think block opens the
-# reply), the last assistant turn's reasoning kept, any other role refused.
-NEMOTRON_STYLE = """{%- set thinking = enable_thinking if enable_thinking is defined else true -%}
-{%- if messages[0]['role'] == 'system' -%}
-{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}
-{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}
-{%- if '/no_think' in system -%}{%- set thinking = false -%}{%- set system = system.replace('/no_think', '') | trim -%}
-{%- elif '/think' in system -%}{%- set thinking = true -%}{%- set system = system.replace('/think', '') | trim -%}{%- endif -%}
-<|im_start|>system
-{{ system }}<|im_end|>
-{% for message in turns %}
-{% if message['role'] == 'user' %}
-<|im_start|>user
-{{ message['content'] }}<|im_end|>
-{% elif message['role'] == 'assistant' %}
-<|im_start|>assistant
-{% if loop.last and message.get('reasoning_content') %}<think>
-{{ message['reasoning_content'] }}
-</think>
-{% endif %}
-{{ message['content'] }}<|im_end|>
-{% else %}
-{{ raise_exception('Only system, user and assistant roles are supported, got ' ~ message['role']) }}
-{% endif %}
-{% endfor %}
-{% if add_generation_prompt %}
-<|im_start|>assistant
-{% if not thinking %}<think></think>{% endif %}
-{% endif %}"""
-
-TOOLS_TEMPLATE = """{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content | tojson }}
-{% endfor %}{% if tools %}tools: {{ tools | tojson(indent=2) }}
-{% endif %}{% if add_generation_prompt %}[assistant] {% endif %}year {{ strftime_now('%Y') }}"""
 
 CONVERSATIONS = [
     ([{"role": "user", "content": "Write a haiku about GPUs"}], {}),
@@ -67,24 +29,9 @@ CONVERSATIONS = [
 ]
 
 
-def _tokenizer_files(folder, template_config):
-    """The demo BPE tokenizer with the chat tokens added (ids below TINY_CONFIG's vocabulary), and a
-    tokenizer_config.json with the named special tokens and `template_config`."""
-    from tokenizers import Tokenizer
-
-    write_demo_tokenizer(folder / "tokenizer.json", 120)
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.add_special_tokens(CHAT_TOKENS)
-    tok.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", **template_config}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-
-
 @pytest.fixture(scope="module")
 def chat_artifact(tmp_path_factory):
-    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("chat") / "ckpt", config=TINY_CONFIG)
-    _tokenizer_files(ckpt, {"chat_template": NEMOTRON_STYLE})
-    return export_artifact(ckpt, tmp_path_factory.mktemp("chat-onnx") / "onnx", progress=False)
+    return export_chat_artifact(tmp_path_factory.mktemp("chat"))
 
 
 def _hf(folder):
@@ -111,7 +58,7 @@ def test_named_templates_tools_helpers_and_the_template_file(chat_artifact, tmp_
     folder = tmp_path / "named"
     folder.mkdir()
     named = [{"name": "default", "template": NEMOTRON_STYLE}, {"name": "tool_use", "template": TOOLS_TEMPLATE}]
-    _tokenizer_files(folder, {"chat_template": named})
+    write_tokenizer_files(folder, {"chat_template": named})
     messages = [{"role": "user", "content": "weather in Zürich? <now>"}]
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
     hf, ours = _hf(folder), ChatTemplate.of(folder)

@@ -306,7 +306,7 @@ def test_serve_command_runs_until_interrupted(tmp_path):
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
     http, grpc, metrics = free_port(), free_port(), free_port()
     serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http),
-                              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instances", "2", "--threads", "1"],
+                              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--openai-port", str(free_port()), "--instances", "2", "--threads", "1"],
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")

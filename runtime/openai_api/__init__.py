@@ -1,0 +1,1 @@
+"""OpenAI-compatible endpoints in front of Triton's `generate` model (docs/openai.md)."""
