@@ -45,8 +45,8 @@ TINY_CONFIG = {
 def write_random_checkpoint(
     out_dir: str | Path, seed: int = 0, config: dict | None = None, dtype: str = "float32", shard_bytes: int | None = None
 ) -> Path:
-    """Write config.json, random weights, generation_config.json and a small tokenizer.json to
-    `out_dir` (which must not exist yet).
+    """Write config.json, random weights, generation_config.json, a small tokenizer.json and a
+    tokenizer_config.json with a chat template to `out_dir` (which must not exist yet).
 
     dtype: the stored dtype (float32, float16, bfloat16). shard_bytes: None writes one
     `model.safetensors`; otherwise shards of about that size with a `model.safetensors.index.json`,
@@ -68,6 +68,7 @@ def write_random_checkpoint(
         (tmp / "config.json").write_text(json.dumps(raw, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
         write_demo_tokenizer(tmp / "tokenizer.json", cfg.vocab_size)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(DEMO_TOKENIZER_CONFIG, indent=1))
     return Path(out_dir)
 
 
@@ -119,6 +120,14 @@ def _save_shard(folder: Path, index: int, tensors: dict) -> tuple[str, list[str]
 _CORPUS = """NemotronH is a hybrid of Mamba-2 layers, attention layers, dense MLP layers and mixture of
 experts layers. The exporter traces the model step by step: one call consumes new tokens for a batch of
 sequences and returns every recurrent state. The runtime decodes on onnxruntime or on TensorRT."""
+
+
+# A plain-text chat template (the demo tokenizer has no chat tokens): "user: Hi\nassistant:"
+DEMO_TOKENIZER_CONFIG = {
+    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+    "chat_template": "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+                     "{% if add_generation_prompt %}assistant:{% endif %}",
+}  # fmt: skip
 
 
 def write_demo_tokenizer(path: Path, vocab_size: int) -> None:

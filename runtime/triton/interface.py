@@ -37,6 +37,7 @@ GENERATE_INPUTS = (
     Field("runtime_top_p", "FP32", (1,), doc="in (0, 1]; 1: no top-p filter"),
     Field("temperature", "FP32", (1,), doc="> 0"),
     Field("random_seed", "UINT64", (1,), doc="seed of this request's sampler"),
+    Field("seed", "UINT64", (1,), doc="random_seed under the name Triton's OpenAI frontend sends"),
     Field("streaming", "BOOL", (1,), doc="one response per new token (default false: one response)"),
     Field("ignore_eos", "BOOL", (1,), doc="generate request_output_len tokens whatever they are"),
     Field("stop_words", "BYTES", (-1,), doc="stop strings: the sequence ends where one appears in its text, which ends before it"),
@@ -58,6 +59,7 @@ TEXT_INPUTS = (
     Field("top_p", "FP32", (1,)),
     Field("temperature", "FP32", (1,)),
     Field("random_seed", "UINT64", (1,)),
+    Field("seed", "UINT64", (1,)),
     Field("stream", "BOOL", (1,)),
     Field("ignore_eos", "BOOL", (1,)),
     Field("stop_words", "BYTES", (-1,)),
@@ -66,7 +68,7 @@ TEXT_INPUTS = (
     Field("frequency_penalty", "FP32", (1,)),
 )
 TEXT_TO_GENERATE = {"end_id": "end_id", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-                    "random_seed": "random_seed", "stream": "streaming", "ignore_eos": "ignore_eos", "stop_words": "stop_words",
+                    "random_seed": "random_seed", "seed": "seed", "stream": "streaming", "ignore_eos": "ignore_eos", "stop_words": "stop_words",
                     "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
                     "frequency_penalty": "frequency_penalty"}  # fmt: skip
 TEXT_OUTPUTS = (Field("text_output", "BYTES", (-1,), doc="the new text of this response"),)
@@ -134,7 +136,7 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
         raise RequestError(f"runtime_top_k: {top_k}; expected >= 0 (0 disables it)")
     if not 0 < top_p <= 1:
         raise RequestError(f"runtime_top_p: {top_p}; expected a number in (0, 1] (1 disables it)")
-    seed = _scalar(get, "random_seed", int, None)
+    seed = _scalar(get, "random_seed", int, _scalar(get, "seed", int, None))
     end_id = _scalar(get, "end_id", int, None)
     stop = frozenset() if _scalar(get, "ignore_eos", bool, False) else frozenset(eos_token_ids if end_id is None else [end_id] if end_id >= 0 else [])
     penalties = {name: _scalar(get, name, float, default) for name, default in PENALTIES.items()}

@@ -268,6 +268,22 @@ def test_penalties_and_stop_strings_equal_generate(served):
         assert error is None and "".join(t.reshape(-1)[0].decode() for t in texts) == want["text"][0] == full[: full.index(stop)]
 
 
+def test_the_ensemble_takes_what_tritons_openai_frontend_sends(served):
+    """The inputs Triton's own OpenAI frontend sends to a TensorRT-LLM ensemble (text_input, stream,
+    max_tokens, stop_words, top_p, temperature, seed, presence/frequency penalties): the text of
+    `generate` with the same options."""
+    server, artifact = served
+    f32 = lambda v: np.array([[v]], dtype=np.float32)  # noqa: E731
+    inputs = {"text_input": np.array([[b"The runtime"]], dtype=np.object_), "stream": np.array([[True]]), "max_tokens": np.array([[12]], dtype=np.int32),
+              "stop_words": np.array([[b"zz-never"]], dtype=np.object_), "top_p": f32(0.9), "temperature": f32(0.8),
+              "seed": np.array([[11]], dtype=np.uint64), "presence_penalty": f32(0.5), "frequency_penalty": f32(0.3)}  # fmt: skip
+    pieces, _, error = Stream(server.endpoints.grpc_url, "ensemble", inputs).collect("text_output")
+    assert error is None
+    want = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 12, "--top-p", 0.9, "--temperature", 0.8,
+                           "--seed", 11, "--presence-penalty", 0.5, "--frequency-penalty", 0.3, "--stop", "zz-never", "--json"))["text"][0]  # fmt: skip
+    assert "".join(p.reshape(-1)[0].decode() for p in pieces) == want
+
+
 def _encode(artifact, text: str) -> list[int]:
     from nemotron_deploy.runtime.session import Session
 
