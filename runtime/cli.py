@@ -575,24 +575,29 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, s
     Builds a `generate` repository in a temporary directory; Triton's log goes to stderr.
     """
     require("serve", "triton")
+    import shutil
     import signal
-    import tempfile
     from pathlib import Path
 
     from nemotron_deploy.runtime.openai_api.app import model_info
     from nemotron_deploy.runtime.openai_api.server import OpenAIServer
     from nemotron_deploy.runtime.triton.repository import write_repository
-    from nemotron_deploy.runtime.triton.server import TritonServer
+    from nemotron_deploy.runtime.triton.server import TritonServer, owned_temp_dir, remove_stale_temp_dirs
 
-    def stop_on_term(signum, frame):
+    def stop(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop_on_term)
+    # explicitly, SIGINT too: a shell starts background jobs with SIGINT ignored, and Python would then
+    # never raise KeyboardInterrupt (uvicorn installs its own while it runs, and restores these)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     name = served_model_name or Path(artifact_dir).resolve().name
     info = model_info(artifact_dir, name)
     web = OpenAIServer(info, host, openai_port)  # checks the port before Triton starts
-    with tempfile.TemporaryDirectory(prefix="nemotron-triton-") as tmp:
-        repo = write_repository(artifact_dir, Path(tmp) / "repository", instances=instances, max_batch=max_batch, backend=backend,
+    remove_stale_temp_dirs()  # of servers killed before they could clean up
+    tmp = owned_temp_dir("repository")
+    try:
+        repo = write_repository(artifact_dir, tmp / "repository", instances=instances, max_batch=max_batch, backend=backend,
                                 threads=threads, prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
         server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_file="-")
         try:
@@ -606,7 +611,9 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, s
                     raise NemotronDeployError(f"tritonserver exited with status {code}")
         except KeyboardInterrupt:
             pass
-        click.echo("stopped", err=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    click.echo("stopped", err=True)
 
 
 @main.group()

@@ -10,6 +10,9 @@ from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.openai_api.protocol import ModelInfo
 
 
+STOP_GRACE_S = 5
+
+
 class OpenAIServer:
     def __init__(self, model: ModelInfo, host: str, port: int):
         """Checks now that host:port can be listened on (before anything else starts)."""
@@ -28,7 +31,9 @@ class OpenAIServer:
 
         from nemotron_deploy.runtime.openai_api.app import create_app
 
-        config = uvicorn.Config(create_app(self.model, grpc_url), host=self.host, port=self.port, log_level="warning", lifespan="off")
+        # a stop waits this long for answers in flight (then cancels them: their requests are cancelled in Triton)
+        config = uvicorn.Config(create_app(self.model, grpc_url), host=self.host, port=self.port, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=STOP_GRACE_S)  # fmt: skip
         web = uvicorn.Server(config)
         exited: list[int] = []
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from nemotron_deploy.runtime.errors import NemotronDeployError
 
+TEMP_PREFIX = "nemotron-triton-"  # the temporary folders of a server: its backend folder, serve's repository
+OWNER_FILE = ".owner-pid"
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 SHM_PREFIX = "triton_python_backend_shm_region"
@@ -54,6 +56,50 @@ def check_environment() -> None:
     if not any(libdir.glob(f"libpython{sys.version_info.major}.{sys.version_info.minor}*.so*")):
         raise NemotronDeployError(f"{sys.executable}: this Python has no shared libpython in {libdir}, which Triton's Python backend loads; "
                                   "use a Python built with --enable-shared (distribution and pyenv builds with PYTHON_CONFIGURE_OPTS=--enable-shared)")  # fmt: skip
+
+
+def owned_temp_dir(kind: str) -> Path:
+    """A new temporary folder `nemotron-triton-<kind>-*` marked with this process's pid, so that a later
+    start can tell it from a live server's and remove it if this process died without cleaning up."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{kind}-"))
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
+    return folder
+
+
+def remove_stale_temp_dirs() -> list[Path]:
+    """Remove the temporary folders of servers whose process is gone (killed: SIGKILL, the OOM killer)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            pid = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Runs first in the server's process, then becomes tritonserver (exec): asks the kernel for SIGKILL when
+# the process that started it dies (Linux's parent-death signal, kept across exec), so a killed `serve`
+# leaves no tritonserver serving its ports. Not preexec_fn: that is unsafe in a process with threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n    pass  # not Linux: only a clean stop() stops the server\n"
+    "if os.getppid() != int(sys.argv[1]):\n    sys.exit(1)  # the parent died before the signal was armed\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def free_port() -> int:
@@ -105,7 +151,7 @@ class TritonServer:
         stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.is_file():
             raise NemotronDeployError(f"{stub.parent}: nvidia-pytriton has no Python backend stub for Python {version}")
-        backends = Path(tempfile.mkdtemp(prefix="nemotron-triton-backends-"))
+        backends = owned_temp_dir("backends")
         (backends / "python").mkdir()
         for source in [*(root / "backends" / "python").iterdir(), stub]:
             if source.is_file():
@@ -137,7 +183,9 @@ class TritonServer:
             self._log = None  # inherit: the server's log goes to our stderr
         else:
             self._log = open(self.log_file, "w") if self.log_file else tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen(self.command(root), env=self._env(libs), stdout=self._log or sys.stderr, stderr=subprocess.STDOUT,
+        remove_stale_temp_dirs()
+        command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.command(root)]
+        self.process = subprocess.Popen(command, env=self._env(libs), stdout=self._log or sys.stderr, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         try:
             self._wait_ready()

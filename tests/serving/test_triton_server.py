@@ -311,7 +311,8 @@ def test_shutdown_is_clean(served):
 
 def test_serve_command_runs_until_interrupted(tmp_path):
     """`nemotron-deploy serve` as a user runs it (two instances): ready on the given ports, serving, and Ctrl-C
-    (SIGINT) stops it and its server."""
+    (SIGINT) stops it and its server; also when started with SIGINT ignored, as a non-interactive shell
+    starts a background job (Python then raises no KeyboardInterrupt unless serve installs its handler)."""
     import signal
     import time
 
@@ -321,9 +322,9 @@ def test_serve_command_runs_until_interrupted(tmp_path):
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
     http, grpc, metrics = free_port(), free_port(), free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http),
-                              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--openai-port", str(free_port()), "--instances", "2", "--threads", "1"],
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http), "--grpc-port", str(grpc),
+               "--metrics-port", str(metrics), "--openai-port", str(free_port()), "--instances", "2", "--threads", "1"]  # fmt: skip
+    serve = subprocess.Popen(["bash", "-c", 'trap "" INT; exec "$@"', "serve", *command], stderr=subprocess.PIPE, text=True)
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
         deadline = time.monotonic() + 120
@@ -348,3 +349,53 @@ def test_serve_command_runs_until_interrupted(tmp_path):
     assert f"gRPC 127.0.0.1:{grpc}" in stderr and stderr.rstrip().endswith("stopped")
     leftover = subprocess.run(["pgrep", "-f", f"tritonserver.*--grpc-port={grpc}"], capture_output=True, text=True).stdout
     assert leftover == ""
+
+
+def test_a_killed_serve_leaves_no_server_behind(tmp_path):
+    """SIGKILL of `serve` (the OOM killer's way): its tritonserver and the backend stubs die with it
+    within seconds, and the next start removes the temporary repository it left."""
+    import signal
+    import time
+
+    from nemotron_deploy.exporter.onnx_export import export_artifact
+    from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+    from nemotron_deploy.runtime.triton.server import OWNER_FILE, TEMP_PREFIX, free_port, remove_stale_temp_dirs
+
+    artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt", config=TINY_CONFIG), tmp_path / "art", progress=False)
+    http, grpc = free_port(), free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http), "--grpc-port", str(grpc),
+                              "--metrics-port", str(free_port()), "--openai-port", str(free_port()), "--threads", "1"],
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and serve.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        owned = [d for d in Path(tempfile_dir()).glob(f"{TEMP_PREFIX}*") if (d / OWNER_FILE).is_file() and (d / OWNER_FILE).read_text() == str(serve.pid)]
+        assert len(owned) == 2, owned  # serve's repository and the server's backend folder
+        repository = next(d for d in owned if (d / "repository").is_dir())
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(10)
+        left = ""
+        for _ in range(50):
+            left = subprocess.run(["pgrep", "-f", f"--grpc-port={grpc}|{repository}"], capture_output=True, text=True).stdout
+            if not left:
+                break
+            time.sleep(0.2)
+        assert left == "", f"processes of the killed serve still running: {left}"
+        assert all(d.exists() for d in owned)  # nothing cleaned up after a SIGKILL ...
+        assert set(owned) <= set(remove_stale_temp_dirs()) and not any(d.exists() for d in owned)  # ... until the next start
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
