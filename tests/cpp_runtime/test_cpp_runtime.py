@@ -98,6 +98,36 @@ def test_sampler_draws_from_the_python_distribution(built, config):
     assert again["draws"] == out["draws"]  # seeded
 
 
+PENALTIES = [dict(repetition_penalty=1.3), dict(repetition_penalty=0.6), dict(presence_penalty=0.5, frequency_penalty=0.8),
+             dict(repetition_penalty=1.8, presence_penalty=-1.0, frequency_penalty=2.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", PENALTIES)
+def test_penalties_equal_python_and_transformers_processors(built, config):
+    """The C++ penalties on recorded logits: bit-equal to the Python sampler's, which transformers'
+    RepetitionPenaltyLogitsProcessor and the OpenAI definition check (tests/runtime/test_stop_and_penalties.py);
+    checked against transformers' processor here too."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from nemotron_deploy.runtime.sampling import penalize
+
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        logits = (rng.standard_normal((1, 60)) * 3).astype(np.float32)
+        prompt, output = rng.integers(0, 60, 10).tolist(), rng.integers(0, 60, 8).tolist() + [7, 7, 7]
+        out, failed = _probe(built, "penalize", stdin={"logits": logits[0].tolist(), "sampling": config, "prompt": prompt, "output": output})
+        assert not failed, out
+        want = penalize(logits, Sampling(**config), [prompt], [output])[0]
+        np.testing.assert_array_equal(np.array(out["logits"], dtype=np.float32), want)
+        assert out["token"] == int(want.argmax()) and not np.array_equal(want, logits[0])
+        if set(config) == {"repetition_penalty"}:
+            hf = RepetitionPenaltyLogitsProcessor(config["repetition_penalty"])(torch.tensor([prompt + output]), torch.from_numpy(logits.copy()))
+            np.testing.assert_array_equal(np.array(out["logits"], dtype=np.float32), hf.numpy()[0])
+    out, failed = _probe(built, "penalize", stdin={"logits": [0.0, 1.0], "sampling": dict(presence_penalty=3.0), "prompt": [0], "output": [1]})
+    assert failed and "presence_penalty 3.0" in out
+
+
 def test_sampler_errors(built):
     for config, message in [(dict(temperature=0.0), "temperature"), (dict(top_k=-2, temperature=0.5), "top_k -2"), (dict(top_p=1.5), "top_p 1.5")]:
         out, failed = _probe(built, "sample", stdin={"logits": [[0.0, 1.0]], "sampling": config})
@@ -127,6 +157,8 @@ DECODES = [
     ([[1, 2, 3], [4]], dict(max_new_tokens=10, eos_token_ids=[0], pad_token_id=0, max_length=6)),  # the model's length limit
     ([[15, 16]], dict(max_new_tokens=1, eos_token_ids=[], pad_token_id=0, max_length=64)),
     ([[15, 16], [3]], dict(max_new_tokens=5, eos_token_ids=[17, 5], pad_token_id=1, max_length=64)),  # both stop early: the loop ends
+    # penalties: a token already generated drops below the others (frequency), prompt tokens shrink (repetition)
+    ([[5, 6, 7], [3, 3]], dict(max_new_tokens=9, eos_token_ids=[], pad_token_id=0, max_length=64, sampling=dict(repetition_penalty=2.0, frequency_penalty=1.5))),
 ]
 
 
@@ -138,7 +170,7 @@ def test_decode_loop_bookkeeping_equals_python(built, prompts, options):
     backend = CountingBackend(vocab)
     streamed = []
     py = decode.generate(backend, prompts, max_new_tokens=options["max_new_tokens"], eos_token_ids=options["eos_token_ids"],
-                         pad_token_id=options["pad_token_id"], max_length=options["max_length"],
+                         pad_token_id=options["pad_token_id"], max_length=options["max_length"], sampling=Sampling(**options.get("sampling", {})),
                          prefill_chunk_size=options.get("prefill_chunk_size"), on_token=lambda r, t: streamed.append([r, t]))  # fmt: skip
     assert out["new_token_ids"] == py.new_token_ids and out["finish_reasons"] == py.finish_reasons
     assert out["streamed"] == streamed

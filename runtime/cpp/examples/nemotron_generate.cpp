@@ -1,7 +1,8 @@
 // nemotron-generate: greedy or sampled tokens from an artifact's TensorRT engines, streamed to stdout.
 //
 //   nemotron-generate --artifact DIR --prompt-ids 1,2,3 --max-new-tokens 32 [--greedy | --temperature T
-//                     --top-k K --top-p P --seed S] [--ignore-eos] [--prefill-chunk N] [--plugins LIB]
+//                     --top-k K --top-p P --seed S] [--repetition-penalty R] [--presence-penalty P]
+//                     [--frequency-penalty F] [--ignore-eos] [--prefill-chunk N] [--plugins LIB]
 //                     [--engine tensorrt|tensorrt-rtx]
 #include <nemotron_deploy/runtime.h>
 
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
   try {
     std::string artifact, prompt;
     int64_t max_new_tokens = 32, top_k = 0;
-    double temperature = 1.0, top_p = 1.0;
+    double temperature = 1.0, top_p = 1.0, repetition = 1.0, presence = 0.0, frequency = 0.0;
     std::optional<uint64_t> seed;
     std::optional<int64_t> prefill_chunk;
     bool greedy = false, ignore_eos = false;
@@ -55,6 +56,9 @@ int main(int argc, char** argv) {
       else if (arg == "--top-k") top_k = std::stoll(value());
       else if (arg == "--top-p") top_p = std::stod(value());
       else if (arg == "--seed") seed = std::stoull(value());
+      else if (arg == "--repetition-penalty") repetition = std::stod(value());
+      else if (arg == "--presence-penalty") presence = std::stod(value());
+      else if (arg == "--frequency-penalty") frequency = std::stod(value());
       else if (arg == "--prefill-chunk") prefill_chunk = std::stoll(value());
       else if (arg == "--greedy") greedy = true;
       else if (arg == "--ignore-eos") ignore_eos = true;
@@ -62,7 +66,8 @@ int main(int argc, char** argv) {
       else if (arg == "--engine") engine.engine_kind = value();
       else if (arg == "-h" || arg == "--help") {
         std::cout << "usage: nemotron-generate --artifact DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | --temperature T "
-                     "--top-k K --top-p P --seed S] [--ignore-eos] [--prefill-chunk N] [--plugins LIB] [--engine KIND]\n";
+                     "--top-k K --top-p P --seed S] [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] [--ignore-eos] "
+                     "[--prefill-chunk N] [--plugins LIB] [--engine KIND]\n";
         return 0;
       } else throw nd::Error("unknown option " + arg + " (see --help)");
     }
@@ -72,6 +77,10 @@ int main(int argc, char** argv) {
     nd::GenerateOptions options = session.defaults();
     options.max_new_tokens = max_new_tokens;
     options.sampling = greedy ? nd::Sampling{} : nd::Sampling::from(temperature, top_k, top_p, seed);
+    options.sampling.repetition_penalty = repetition;
+    options.sampling.presence_penalty = presence;
+    options.sampling.frequency_penalty = frequency;
+    options.sampling.check();
     options.prefill_chunk_size = prefill_chunk;
     if (ignore_eos) options.eos_token_ids.clear();
     bool first = true;

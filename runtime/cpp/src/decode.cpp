@@ -64,7 +64,7 @@ Generation generate(StepEngine& engine, const std::vector<std::vector<int64_t>>&
   std::vector<bool> done(batch, false);
   std::vector<int64_t> tokens(batch);
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    for (int64_t r = 0; r < batch; ++r) tokens[r] = sampler(logits + r * vocab, vocab);
+    for (int64_t r = 0; r < batch; ++r) tokens[r] = sampler(logits + r * vocab, vocab, prompts[r], out.new_token_ids[r]);
     for (int64_t r = 0; r < batch; ++r) {
       if (done[r]) continue;
       out.new_token_ids[r].push_back(tokens[r]);

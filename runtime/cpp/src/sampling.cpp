@@ -21,10 +21,40 @@ Sampling Sampling::from(double temperature, int64_t top_k, double top_p, std::op
 }
 
 void Sampling::check() const {
+  if (!(repetition_penalty > 0))
+    throw Error("repetition_penalty " + std::to_string(repetition_penalty) + ": expected a number > 0 (1 disables it)");
+  if (!(presence_penalty >= -2 && presence_penalty <= 2))
+    throw Error("presence_penalty " + std::to_string(presence_penalty) + ": expected a number in [-2, 2] (0 disables it)");
+  if (!(frequency_penalty >= -2 && frequency_penalty <= 2))
+    throw Error("frequency_penalty " + std::to_string(frequency_penalty) + ": expected a number in [-2, 2] (0 disables it)");
   if (greedy) return;
   if (!(temperature > 0)) throw Error("temperature " + std::to_string(temperature) + ": expected a number > 0 (greedy decoding is argmax)");
   if (top_k < 0) throw Error("top_k " + std::to_string(top_k) + ": expected >= 0 (0 disables it)");
   if (!(top_p > 0 && top_p <= 1)) throw Error("top_p " + std::to_string(top_p) + ": expected a number in (0, 1]");
+}
+
+std::vector<float> penalize(const float* logits, int64_t vocab, const Sampling& s, const std::vector<int64_t>& prompt,
+                            const std::vector<int64_t>& output) {
+  std::vector<float> scores(logits, logits + vocab);
+  if (s.repetition_penalty != 1.0) {
+    const float p = static_cast<float>(s.repetition_penalty);
+    std::vector<bool> seen(vocab, false);
+    for (const auto* tokens : {&prompt, &output})
+      for (int64_t t : *tokens)
+        if (t >= 0 && t < vocab) seen[t] = true;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (seen[i]) scores[i] = scores[i] < 0 ? scores[i] * p : scores[i] / p;
+  }
+  if ((s.presence_penalty != 0.0 || s.frequency_penalty != 0.0) && !output.empty()) {
+    std::vector<int64_t> counts(vocab, 0);
+    for (int64_t t : output)
+      if (t >= 0 && t < vocab) ++counts[t];
+    // as numpy computes it: float32 penalties widened to double with the count, the sum rounded to float32
+    const double presence = static_cast<float>(s.presence_penalty), frequency = static_cast<float>(s.frequency_penalty);
+    for (int64_t i = 0; i < vocab; ++i)
+      if (counts[i]) scores[i] -= static_cast<float>(frequency * static_cast<double>(counts[i]) + presence);
+  }
+  return scores;
 }
 
 std::vector<double> filtered_probabilities(const float* logits, int64_t vocab, const Sampling& s) {
@@ -61,6 +91,12 @@ std::vector<double> filtered_probabilities(const float* logits, int64_t vocab, c
 }
 
 Sampler::Sampler(Sampling sampling) : sampling_(sampling), rng_(sampling.seed.value_or(std::random_device{}())) { sampling_.check(); }
+
+int64_t Sampler::operator()(const float* logits, int64_t vocab, const std::vector<int64_t>& prompt, const std::vector<int64_t>& output) {
+  if (!sampling_.penalized()) return (*this)(logits, vocab);
+  const std::vector<float> scores = penalize(logits, vocab, sampling_, prompt, output);
+  return (*this)(scores.data(), vocab);
+}
 
 int64_t Sampler::operator()(const float* logits, int64_t vocab) {
   if (sampling_.greedy) return std::max_element(logits, logits + vocab) - logits;

@@ -5,6 +5,8 @@
 //   probe manifest DIR               the manifest as read (states with shapes for batch 2, defaults)
 //   probe sample < {"logits": [[...]], "sampling": {...}, "draws": N}
 //                                    filtered distributions, greedy ids, N seeded draws per row
+//   probe penalize < {"logits": [...], "sampling": {...}, "prompt": [...], "output": [...]}
+//                                    the penalized logits of one row, and the (greedy or seeded) token
 //   probe decode < {"prompts": [...], "vocab": V, "options": {...}}
 //                                    generate() through a test engine of known behaviour, with its trace
 //   probe check-engine DIR KIND LOADED_VERSION CAPABILITY DEVICE_NAME
@@ -43,10 +45,25 @@ json manifest(const std::string& dir) {
 }
 
 nd::Sampling sampling(const json& s) {
-  if (s.value("greedy", false)) return nd::Sampling{};
-  std::optional<uint64_t> seed;
-  if (s.contains("seed") && !s["seed"].is_null()) seed = s["seed"].get<uint64_t>();
-  return nd::Sampling::from(s.value("temperature", 1.0), s.value("top_k", 0), s.value("top_p", 1.0), seed);
+  nd::Sampling out;
+  if (!s.value("greedy", false)) {
+    std::optional<uint64_t> seed;
+    if (s.contains("seed") && !s["seed"].is_null()) seed = s["seed"].get<uint64_t>();
+    out = nd::Sampling::from(s.value("temperature", 1.0), s.value("top_k", 0), s.value("top_p", 1.0), seed);
+  }
+  out.repetition_penalty = s.value("repetition_penalty", 1.0);
+  out.presence_penalty = s.value("presence_penalty", 0.0);
+  out.frequency_penalty = s.value("frequency_penalty", 0.0);
+  out.check();
+  return out;
+}
+
+json penalize(const json& in) {
+  const nd::Sampling config = sampling(in.at("sampling"));
+  const std::vector<float> logits = in.at("logits").get<std::vector<float>>();
+  const auto prompt = in.at("prompt").get<std::vector<int64_t>>(), output = in.at("output").get<std::vector<int64_t>>();
+  return {{"logits", nd::penalize(logits.data(), static_cast<int64_t>(logits.size()), config, prompt, output)},
+          {"token", nd::Sampler(config)(logits.data(), static_cast<int64_t>(logits.size()), prompt, output)}};
 }
 
 json sample(const json& in) {
@@ -114,6 +131,7 @@ int main(int argc, char** argv) {
     json out;
     if (command == "manifest" && argc == 3) out = manifest(argv[2]);
     else if (command == "sample") out = sample(json::parse(std::cin));
+    else if (command == "penalize") out = penalize(json::parse(std::cin));
     else if (command == "decode") out = decode(json::parse(std::cin));
     else if (command == "check-engine" && argc == 7) {
       const nd::Manifest m = nd::read_manifest(argv[2]);
@@ -124,7 +142,7 @@ int main(int argc, char** argv) {
       nd::check_gpu(record, argv[5], argv[6], plan);
       out = {{"kind", kind}, {"prefill", plan}};
     }
-    else throw nd::Error("usage: probe manifest DIR | probe sample < JSON | probe decode < JSON | probe check-engine DIR KIND VERSION CC NAME");
+    else throw nd::Error("usage: probe manifest DIR | probe sample < JSON | probe penalize < JSON | probe decode < JSON | probe check-engine DIR KIND VERSION CC NAME");
     std::cout << out.dump() << "\n";
     return 0;
   } catch (const std::exception& e) {
