@@ -8,7 +8,8 @@ Each of C clients starts together and streams `--new-tokens` greedy tokens (igno
 `--prompt-len`-token prompt (token ids, so both paths run the same prompt). Reported per path: end-to-end
 tokens/s (all tokens / wall time), median time to first token, and the endpoint's ratios to gRPC. Both
 paths alternate, two rounds each; the clients share the machine's cores with the server. The tiny model
-makes the endpoint's overhead as visible as it gets (each step is short).
+makes the endpoint's overhead as visible as it gets (each step is short). The checkpoint's tokenizer is
+replaced by one word per id, so that every token streams text, as with a real model's tokenizer.
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ def via_openai(base_url: str, prompts, new_tokens: int) -> dict:
     return _run(len(prompts), one)
 
 
+def _word_per_id_tokenizer(path: Path, vocab: int) -> None:
+    """Every id decodes to text, as with a real model's tokenizer (the demo tokenizer covers a few hundred
+    ids: most of a random 32k-vocabulary model's tokens would stream no text, and no chunk)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>"])}
+    words.update({f"w{i}": i for i in range(4, vocab)})
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<unk>"])
+    tok.save(str(path))
+
+
 def _serve(artifact: Path, log: Path) -> tuple[subprocess.Popen, str, str]:
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "openai")}
     cmd = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--served-model-name", MODEL, "--max-batch", "16",
@@ -127,6 +141,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-openai-") as tmp:
         ckpt = write_random_checkpoint(Path(tmp) / "ckpt", config=config)
+        _word_per_id_tokenizer(ckpt / "tokenizer.json", config["vocab_size"])
         cli("export", ckpt, "-o", Path(tmp) / "artifact")
         proc, grpc_url, base_url = _serve(Path(tmp) / "artifact", Path(tmp) / "serve.log")
         try:
