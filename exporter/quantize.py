@@ -162,7 +162,7 @@ def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str
             _replace(graph, node, "MatMulNBits", inputs, attrs, specs)
         elif node.op_type == "MoE" and node.domain == "com.microsoft":
             hidden, probs, fc1, _, fc2 = node.inputs
-            q1, s1 = _quantized_inputs(graph, specs, specs[fc1.name], tuple(fc1.shape.numpy()), scheme, flat=True)
+            q1, s1 = _stored_once(graph, node, specs, specs[fc1.name], tuple(fc1.shape.numpy()), scheme)
             q2, s2 = _quantized_inputs(graph, specs, specs[fc2.name], tuple(fc2.shape.numpy()), scheme, flat=True)
             attrs = {name: attr.value for name, attr in node.attributes.items()}
             attrs.update(expert_weight_bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
@@ -241,6 +241,46 @@ def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: 
             specs[name] = qspec
         values.append(graph.initializers[name])
     return values
+
+
+def _stored_once(graph, node, specs: dict, spec, shape: tuple[int, ...], scheme: QuantScheme):
+    """QMoE's fc1 inputs (packed integers, scales) with each stored row once.
+
+    The onnxruntime target's fc1 is `up` with every row repeated (the interleaved-SwiGLU form of relu2
+    that onnxruntime's CPU MoE kernels run: exporter/plugin_nodes.py), which the float graph stores that
+    way. Quantized, `up` is stored once and repeated in the graph (Unsqueeze, Concat, Reshape on
+    initializers): onnxruntime folds those constants when it opens the graph, before it packs them, so
+    the kernel reads what it read before, and the artifact holds each row once."""
+    import onnx_ir as ir
+
+    repeats = [arg for kind, arg in spec.layouts if kind == "repeat_rows"]
+    if not repeats or spec.layouts[-1][0] != "repeat_rows":
+        return _quantized_inputs(graph, specs, spec, shape, scheme, flat=True)
+    r = repeats[-1]
+    experts, rows, k = shape
+    once = type(spec)(spec.param, spec.dtype, spec.layouts[:-1])
+    values = []
+    for value in _quantized_inputs(graph, specs, once, (experts, rows // r, k), scheme, flat=True):
+        width = value.shape.numpy()[-1]
+        axes = ir.tensor([2], dtype=ir.DataType.INT64, name=f"{value.name}.unsqueeze_axes")
+        target = ir.tensor([experts, rows, width], dtype=ir.DataType.INT64, name=f"{value.name}.repeated_shape")
+        unsqueeze = ir.node("Unsqueeze", [value, _constant(graph, axes)], name=f"{node.name}/{value.name}/unsqueeze")
+        concat = ir.node("Concat", [unsqueeze.outputs[0]] * r, attributes={"axis": 2}, name=f"{node.name}/{value.name}/repeat_rows")
+        reshape = ir.node("Reshape", [concat.outputs[0], _constant(graph, target)], name=f"{node.name}/{value.name}/rows")
+        for made in (unsqueeze, concat, reshape):
+            graph.insert_before(node, made)
+        reshape.outputs[0].shape, reshape.outputs[0].type = ir.Shape([experts, rows, width]), ir.TensorType(value.dtype)
+        values.append(reshape.outputs[0])
+    return values
+
+
+def _constant(graph, tensor):
+    """A small constant initializer (stored inside the model, not in weights.data)."""
+    import onnx_ir as ir
+
+    value = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
 
 
 def _replace(graph, node, op_type: str, inputs: list, attrs: dict, specs: dict) -> None:

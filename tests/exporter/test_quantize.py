@@ -168,6 +168,13 @@ def test_quantized_artifact(quantized, name, scheme):
         assert all("router_weight" in w for w in float_weights), float_weights
         assert ops["MatMulNBits"] > 0 and ops["MoE"] == 0 and ops["GatherBlockQuantized"] == 1
         assert ops["QMoE"] == (name == "hybrid_moe_groups") * manifest.model.layer_types.count("moe")
+        # each expert matrix stored once: QMoE's fc1 (`up`, every row twice in the relu2 form) is made in
+        # the graph from one stored copy, which onnxruntime folds at load
+        inits = {i.name: i for i in proto.graph.initializer}
+        ups = [i for i in inits.values() if ".experts_up." in i.name and len(i.dims) == 3]
+        assert len(ups) == 2 * ops["QMoE"]  # integers and scales per layer
+        assert {i.dims[1] for i in ups} <= {manifest.model.config["moe_intermediate_size"]}, "up stored with repeated rows"
+        assert not any(n.input[2] in inits for n in proto.graph.node if n.op_type == "QMoE")  # fc1 made in the graph
     fp32_bytes = read_manifest(paths["float32"]).model.decode_weight_bytes
     # block 16: (bits/8 + 4/16) bytes per weight instead of 4, a little float (norms, router, conv) besides
     assert manifest.model.decode_weight_bytes < fp32_bytes * (0.35 if scheme == "int8" else 0.22)

@@ -297,7 +297,8 @@ def test_an_entry_stores_only_packed_weights_and_shares_the_rest_with_the_artifa
     onnx_prepacked._build_child(str(int4_artifact / "step.onnx"), str(out))
     assert not (out / SHARED_FILE).exists()
     shared_bytes = sum(int(places[name]["length"]) for name in shared)
-    assert (out / onnx_prepacked.DATA_FILE).stat().st_size >= (entry / onnx_prepacked.DATA_FILE).stat().st_size + shared_bytes
+    padding = 4096 * len(places)  # each file aligns its tensors its own way
+    assert (out / onnx_prepacked.DATA_FILE).stat().st_size >= (entry / onnx_prepacked.DATA_FILE).stat().st_size + shared_bytes - padding
     assert share_with_artifact(out, int4_artifact / "step.onnx", int4_artifact / "weights.data") == 0
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
