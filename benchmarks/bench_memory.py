@@ -217,7 +217,7 @@ def render(results: dict, rev: str) -> str:
         lines.append("")
     real = results.get("real-scale")
     if real:
-        lines += ["## Real scale (this tree; random bfloat16 checkpoints)", "",
+        lines += [f"## Real scale ({real.get('revision', 'this tree')}; random bfloat16 checkpoints)", "",
                   "| model | precision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | later open s | decode tok/s | peak PSS GiB | x weights | peak RSS GiB | x weights | peak anon MiB | x weights |",
                   "| --- " * 15 + "|"]  # fmt: skip
         for r in real["rows"]:
@@ -239,7 +239,7 @@ def render(results: dict, rev: str) -> str:
         lines.append("")
     served = results.get("serve")
     if served:
-        lines += ["## `serve --instances 2` (this tree; the benchmark model; after two concurrent 128 + 16-token streams, one per instance)", "",
+        lines += [f"## `serve --instances 2` ({served.get('revision', 'this tree')}; the benchmark model; after two concurrent 128 + 16-token streams, one per instance)", "",
                   "| precision | weights.data MiB | process | PSS MiB | RSS MiB | anonymous MiB |", "| --- " * 6 + "|"]  # fmt: skip
         for r in served["rows"]:
             w = r["weights_bytes"] / 2**20
