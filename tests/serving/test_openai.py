@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from chat_fixtures import export_chat_artifact
+from http_wait import wait_for_http
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.triton.server import free_port
@@ -35,15 +36,7 @@ def served(tmp_path_factory):
     serve = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{ports['openai']}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert serve.poll() is None and time.monotonic() < deadline, _tail(log)
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
+        assert wait_for_http(f"{base}/health", serve), _tail(log)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
         yield client, Session(artifact), f"http://127.0.0.1:{ports['metrics']}/metrics"
     finally:

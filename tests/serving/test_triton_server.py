@@ -359,6 +359,7 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path):
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+    from http_wait import wait_for_http
     from nemotron_deploy.runtime.triton.server import OWNER_FILE, TEMP_PREFIX, free_port, remove_stale_temp_dirs
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt", config=TINY_CONFIG), tmp_path / "art", progress=False)
@@ -367,14 +368,7 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path):
                               "--metrics-port", str(free_port()), "--openai-port", str(free_port()), "--threads", "1"],
                              stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and serve.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
+        assert wait_for_http(f"http://127.0.0.1:{http}/v2/health/ready", serve)
         owned = [d for d in Path(tempfile_dir()).glob(f"{TEMP_PREFIX}*") if (d / OWNER_FILE).is_file() and (d / OWNER_FILE).read_text() == str(serve.pid)]
         assert len(owned) == 2, owned  # serve's repository and the server's backend folder
         repository = next(d for d in owned if (d / "repository").is_dir())
