@@ -107,8 +107,9 @@ def export_artifact(
                 _check(tmp / f"{graph}.onnx")
             side = _copy_side_files(ckpt.path, tmp)
             required = [f"{g}.onnx" for g in traced] + [WEIGHTS_FILE]
-            on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side))
-            files = {"files": file_records(tmp, required, on_bytes), "side_files": file_records(tmp, side, on_bytes)}
+            known = {WEIGHTS_FILE: weights.sha256}  # hashed as it was written
+            on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side if f not in known))
+            files = {"files": file_records(tmp, required, on_bytes, known), "side_files": file_records(tmp, side, on_bytes)}
             write_manifest(_manifest(tmp, ckpt, model, dtype, target, graphs, files, scheme))
     finally:
         if background is not None:

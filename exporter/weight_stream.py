@@ -123,7 +123,10 @@ class WeightsFile:
 
     `add(spec)` streams a spec from the checkpoint and returns (offset, length) in the file. A spec
     seen before is not read again; a new spec whose bytes equal earlier ones (e.g. tied embeddings,
-    identical norms) is written, hashed, and rolled back to point at the earlier copy.
+    identical norms) is written, hashed, and rolled back to point at the earlier copy. The whole file's
+    SHA-256 is computed as it is written (`sha256`, after `close`), so the manifest needs no second read
+    of it: each tensor's bytes go into a copy of the file's digest, which replaces it only if the tensor
+    stays (a rolled-back one leaves the digest as it was).
     """
 
     def __init__(self, path: Path, ckpt: Checkpoint):
@@ -134,6 +137,8 @@ class WeightsFile:
         self.by_spec: dict[WeightSpec, tuple[int, int]] = {}
         self.by_content: dict[bytes, tuple[int, int]] = {}
         self.written = 0  # bytes streamed (before de-duplication), for progress
+        self._file_digest = hashlib.sha256()  # of the bytes in the file so far
+        self.sha256: str | None = None  # the file's hex SHA-256, once closed
 
     def has(self, spec: WeightSpec) -> bool:
         return spec in self.by_spec
@@ -142,11 +147,14 @@ class WeightsFile:
         if spec in self.by_spec:
             return self.by_spec[spec]
         start = self.file.seek(0, os.SEEK_END)
-        start += self.file.write(b"\0" * (-start % ALIGN))
-        digest = hashlib.sha256()
+        padding = b"\0" * (-start % ALIGN)
+        start += self.file.write(padding)
+        self._file_digest.update(padding)  # stays even if the tensor is rolled back
+        digest, file_digest = hashlib.sha256(), self._file_digest.copy()
         for block in self._blocks(spec):
             data = _bytes(block)
             digest.update(data)
+            file_digest.update(data)
             self.file.write(data)
             self.written += len(data)
         length = self.file.tell() - start
@@ -156,6 +164,7 @@ class WeightsFile:
             self.file.seek(start)
         else:
             self.by_content[key] = (start, length)
+            self._file_digest = file_digest
         self.by_spec[spec] = self.by_content[key]
         return self.by_spec[spec]
 
@@ -173,6 +182,7 @@ class WeightsFile:
 
     def close(self) -> None:
         self.file.close()
+        self.sha256 = self._file_digest.hexdigest()
 
 
 def _bytes(block) -> memoryview:

@@ -26,9 +26,11 @@ def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
-def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None) -> tuple[FileRecord, ...]:
-    """The manifest's `files` / `side_files` entries of files in `folder`."""
-    return tuple(FileRecord(n, (folder / n).stat().st_size, file_sha256(folder / n, on_bytes)) for n in names)
+def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None, known: dict[str, str] | None = None) -> tuple[FileRecord, ...]:
+    """The manifest's `files` / `side_files` entries of files in `folder`; `known`: SHA-256s already
+    computed (as a file was written), not read again."""
+    known = known or {}
+    return tuple(FileRecord(n, (folder / n).stat().st_size, known.get(n) or file_sha256(folder / n, on_bytes)) for n in names)
 
 
 def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None = None) -> int:

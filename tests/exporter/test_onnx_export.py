@@ -45,6 +45,12 @@ def test_artifact_layout_and_manifest(artifacts):
         inline = [t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
         assert not inline, f"{graph}: weights stored inside the graph: {inline}"
     assert (artifact / "generation_config.json").is_file()
+    # weights.data's SHA-256 is computed as it is written (tied embeddings: a tensor written, then rolled
+    # back as a duplicate): it must be the file's own
+    from nemotron_deploy.runtime.integrity import file_sha256
+
+    record = next(f for f in manifest.files if f.name == "weights.data")
+    assert record.sha256 == file_sha256(artifact / "weights.data") and record.bytes == data
 
 
 def test_interrupted_export_leaves_nothing(hf_checkpoints, tmp_path, monkeypatch):
