@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime import decode, state_rows
 from nemotron_deploy.runtime.manifest import StateRecord
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.stop_text import StopText
 
-KV_PAST_AXIS = 2  # K/V states are (batch, kv_heads, past_len, head_dim)
 CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled
 
 
@@ -231,7 +230,7 @@ class ContinuousBatcher:
         joining = [_Active(r, Sampler(r.sampling)) for r in p.requests]
         staying = [row for row, seq in enumerate(joining) if not self._emit(seq, logits[row : row + 1])]
         if staying:
-            self._join([joining[row] for row in staying], _take_rows(p.state, staying), p.mask[staying])
+            self._join([joining[row] for row in staying], state_rows.take_rows(p.state, staying), p.mask[staying])
         self._prefill = None
 
     def _decode(self) -> None:
@@ -280,18 +279,8 @@ class ContinuousBatcher:
         if not self._active:
             self._active, self._state, self._mask = joining, state, mask
             return
-        width = max(self._mask.shape[1], mask.shape[1])
-        old, new = self._widen(self._state, self._mask, width), self._widen(state, mask, width)
-        self._state = {name: _concat([old[0][name], new[0][name]], 0) for name in state}
-        self._mask = np.concatenate([old[1], new[1]], axis=0)
+        self._state, self._mask = state_rows.stack([(self._state, self._mask), (state, mask)], self._kv_names)
         self._active = self._active + joining
-
-    def _widen(self, state: dict, mask: np.ndarray, width: int) -> tuple[dict, np.ndarray]:
-        pad = width - mask.shape[1]
-        if pad == 0:
-            return state, mask
-        state = {name: _pad_left(x, pad) if name in self._kv_names else x for name, x in state.items()}
-        return state, np.concatenate([np.zeros((mask.shape[0], pad), dtype=mask.dtype), mask], axis=1)
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only `rows` of the batch; drop K/V columns that no remaining row uses."""
@@ -301,27 +290,4 @@ class ContinuousBatcher:
         if not rows:
             self._state = self._mask = None
             return
-        mask = self._mask[rows]
-        first = int(mask.any(axis=0).argmax())  # leading columns that are padding in every row
-        self._mask = mask[:, first:]
-        self._state = {name: (x[rows][:, :, first:] if name in self._kv_names else x[rows]) for name, x in self._state.items()}
-
-
-def _take_rows(state: dict, rows: list[int]) -> dict:
-    return {name: x[rows] for name, x in state.items()}
-
-
-def _concat(parts: list, axis: int):
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts, axis=axis)
-    import torch
-
-    return torch.cat(parts, dim=axis)
-
-
-def _pad_left(x, pad: int):
-    """Zeros before the past axis of a K/V state (numpy array or torch tensor)."""
-    shape = list(x.shape)
-    shape[KV_PAST_AXIS] = pad
-    zeros = np.zeros(shape, dtype=x.dtype) if isinstance(x, np.ndarray) else x.new_zeros(shape)
-    return _concat([zeros, x], KV_PAST_AXIS)
+        self._state, self._mask = state_rows.keep_rows(self._state, self._mask, rows, self._kv_names)

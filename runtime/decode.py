@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nemotron_deploy.runtime import snapshot, state_rows
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
+from nemotron_deploy.runtime.snapshot import StateSnapshot
 from nemotron_deploy.runtime.stop_text import StopText
 
 
@@ -72,16 +74,62 @@ def piece_end(backend, chunk_size: int | None, batch: int, start: int, total: in
     return end
 
 
-def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None = None):
+def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None = None, state: dict | None = None, start: int = 0):
     """Run the prompt through the prefill graph, in one step or in pieces (`piece_end`): the same
-    result for any split. Returns last-position logits (B, V) and the state."""
-    state = backend.initial_state(ids.shape[0])
-    logits, start = None, 0
+    result for any split. `state` and `start`: the state after the first `start` columns (default: a
+    new sequence). Returns last-position logits (B, V) and the state."""
+    state = backend.initial_state(ids.shape[0]) if state is None else state
+    logits = None
     while start < ids.shape[1]:
         end = piece_end(backend, chunk_size, ids.shape[0], start, ids.shape[1])
         logits, state = backend.step("prefill", ids[:, start:end], mask[:, :end], state)
         start = end
     return logits, state
+
+
+def prefill_rows(backend, prompts: Sequence[Sequence[int]], pad_token_id: int, chunk_size: int | None = None,
+                 starts: Sequence[StateSnapshot | None] | None = None) -> tuple[np.ndarray, dict, np.ndarray]:  # fmt: skip
+    """Prefill a batch of prompts, each from the start or from a snapshot of its first tokens
+    (runtime/snapshot.py; its tokens must begin the prompt). Prompts from the start are prefilled
+    together, left-padded; each restored one alone (a Mamba state cannot take padding after its
+    past); the rows are then stacked. Returns last-position logits (B, V), the state and the mask
+    (B, width) int64."""
+    starts = list(starts) if starts is not None else [None] * len(prompts)
+    fresh = [row for row, snap in enumerate(starts) if snap is None]
+    groups = []  # (rows, logits, state, mask)
+    if fresh:
+        ids, mask = left_pad([prompts[row] for row in fresh], pad_token_id)
+        logits, state = prefill(backend, ids, mask, chunk_size)
+        groups.append((fresh, logits, state, mask))
+    kv = snapshot.kv_names(backend.manifest.states)
+    for row, snap in enumerate(starts):
+        if snap is None:
+            continue
+        state, _ = snapshot.restore(backend, [snap], kv)
+        ids = np.asarray([prompts[row]], dtype=np.int64)
+        mask = np.ones_like(ids)
+        logits, state = prefill(backend, ids, mask, chunk_size, state, start=len(snap.tokens))
+        groups.append(([row], snap.logits[None] if logits is None else logits, state, mask))
+    rows = [row for group in groups for row in group[0]]
+    state, mask = state_rows.stack([(g[2], g[3]) for g in groups], kv)
+    logits = np.concatenate([g[1] for g in groups], axis=0)
+    if rows != sorted(rows):
+        order = np.argsort(rows).tolist()
+        state, mask, logits = state_rows.take_rows(state, order), mask[order], logits[order]
+    return logits, state, mask
+
+
+def check_starts(prompts: Sequence[Sequence[int]], starts: Sequence[StateSnapshot | None], model: str) -> None:
+    """Each snapshot must be of this model and of the first tokens of its prompt."""
+    if len(starts) != len(prompts):
+        raise NemotronDeployError(f"{len(starts)} start snapshots for {len(prompts)} prompts: expected one (or None) per prompt")
+    for i, (prompt, snap) in enumerate(zip(prompts, starts)):
+        if snap is None:
+            continue
+        if snap.model != model:
+            raise snapshot.SnapshotError(f"prompt {i}: its start snapshot is of another model or artifact")
+        if len(snap.tokens) > len(prompt) or tuple(int(t) for t in prompt[: len(snap.tokens)]) != snap.tokens:
+            raise snapshot.SnapshotError(f"prompt {i}: its start snapshot's {len(snap.tokens)} tokens are not the first tokens of the prompt")
 
 
 def generate(
@@ -97,6 +145,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     texts: Sequence[StopText] | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    starts: Sequence[StateSnapshot | None] | None = None,
 ) -> Generation:
     """Generate for a batch of prompts of any lengths. `on_token(row, token)` streams each new token.
 
@@ -104,10 +153,14 @@ def generate(
     tokens arrive: runtime/stop_text.py), or when it reaches `max_length` tokens in all; the batch
     stops when every sequence has stopped or after `max_new_tokens` steps. With `texts`,
     `on_text(row, piece)` follows every `on_token`, with the text that token released (the last one
-    of a sequence also releases what was held back).
+    of a sequence also releases what was held back). `starts`: per prompt, None or a snapshot of its
+    first tokens to continue from (`prefill_rows`).
     """
-    ids, mask = left_pad(prompts, pad_token_id)
-    logits, state = prefill(backend, ids, mask, prefill_chunk_size)
+    if starts is None or all(s is None for s in starts):
+        ids, mask = left_pad(prompts, pad_token_id)
+        logits, state = prefill(backend, ids, mask, prefill_chunk_size)
+    else:
+        logits, state, mask = prefill_rows(backend, prompts, pad_token_id, prefill_chunk_size, starts)
     prefill_logits = logits
     sampler = Sampler(sampling)
     eos = set(eos_token_ids)

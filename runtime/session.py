@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime import decode, snapshot
 from nemotron_deploy.runtime.chat_template import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from nemotron_deploy.runtime.errors import NemotronDeployError
 from nemotron_deploy.runtime.manifest import read_manifest
@@ -44,6 +44,7 @@ class Session:
             tok = None
         self.tokenizer = Tokenizer(tok) if tok else None
         self._chat_template: ChatTemplate | None = None
+        self.model_id = snapshot.model_identity(self.manifest)
         model = self.manifest.model
         self.vocab_size = model.vocab_size
         self.max_length = model.max_position_embeddings
@@ -93,12 +94,19 @@ class Session:
         on_token: Callable[[int, int], None] | None = None,
         stop: Sequence[str] = (),
         on_text: Callable[[int, str], None] | None = None,
+        start: snapshot.StateSnapshot | Sequence[snapshot.StateSnapshot | None] | None = None,
     ) -> decode.Generation:
         """Prompts are text (tokenized) or token-id lists, mixed freely; one left-padded batch.
 
         stop: strings that end a sequence where they appear in its text (finish reason "stop"; the text
-        ends before it). on_text(row, piece): the new text after every token (`decode.generate`)."""
+        ends before it). on_text(row, piece): the new text after every token (`decode.generate`).
+        start: a snapshot (`snapshot`, `load_state`) to continue from, or one (or None) per prompt: its
+        tokens must begin the prompt, and only the rest is prefilled (a rest of exactly one token runs
+        as a decode step, as one new token after a past does in transformers)."""
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        starts = [start] if isinstance(start, snapshot.StateSnapshot) else start
+        if starts is not None:
+            decode.check_starts(ids, starts, self.model_id)
         texts = None
         if stop or on_text:
             if self.tokenizer is None:
@@ -114,8 +122,31 @@ class Session:
             self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
             eos_token_ids=() if ignore_eos else gen.eos_token_ids,
             pad_token_id=gen.pad_token_id or 0, max_length=self.max_length,
-            prefill_chunk_size=prefill_chunk_size, on_token=on_token, texts=texts, on_text=on_text,
+            prefill_chunk_size=prefill_chunk_size, on_token=on_token, texts=texts, on_text=on_text, starts=starts,
         )  # fmt: skip
         if self.tokenizer is not None:  # a stopped sequence's text ends before its stop string
             result.text = [texts[i].text if texts and texts[i].stopped else self.decode(ids) for i, ids in enumerate(result.new_token_ids)]
         return result
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def snapshot(self, prompt: str | Sequence[int], prefill_chunk_size: int | None = None,
+                 start: snapshot.StateSnapshot | None = None) -> snapshot.StateSnapshot:  # fmt: skip
+        """Prefill one prompt (text or ids; from `start`, a snapshot of its first tokens, if given) and
+        return the state after its last token, on the host: `generate(..., start=it)` continues from
+        it, `save_state` writes it."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        decode.check_prompts([ids], self.vocab_size, self.max_length)
+        if start is not None:
+            decode.check_starts([ids], [start], self.model_id)
+        logits, state, mask = decode.prefill_rows(self.backend, [ids], 0, prefill_chunk_size, [start])
+        return snapshot.take(state, mask, 0, ids, logits[0], self.model_id, snapshot.kv_names(self.manifest.states))
+
+    def save_state(self, state: snapshot.StateSnapshot, path: str | Path) -> Path:
+        """Write a snapshot of this artifact's model to `path` (safetensors), atomically."""
+        if state.model != self.model_id:
+            raise snapshot.SnapshotError(f"{path}: the snapshot is of another model or artifact than {self.manifest.path}")
+        return state.save(path)
+
+    def load_state(self, path: str | Path) -> snapshot.StateSnapshot:
+        """Read a snapshot file written by `save_state`, checked against this artifact (SnapshotError)."""
+        return snapshot.load(path, self.manifest)

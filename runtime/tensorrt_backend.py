@@ -104,6 +104,16 @@ class TensorRTBackend:
             for name, (shape, dtype) in initial_state_shapes(self.manifest, batch).items()
         }
 
+    def state_from_host(self, state: dict[str, np.ndarray]) -> dict:
+        """A snapshot's host states (runtime/snapshot.py) as device tensors of the manifest's dtypes
+        (bfloat16 arrives as its raw 16-bit patterns)."""
+        torch, out = self.torch, {}
+        for record in self.manifest.states:
+            host = np.ascontiguousarray(state[record.name])
+            tensor = torch.from_numpy(host.view(np.int16)).view(torch.bfloat16) if record.dtype == "bfloat16" else torch.from_numpy(host)
+            out[record.name] = tensor.to(self.device)
+        return out
+
     # -- one step -------------------------------------------------------------------------------------
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
         """input_ids (B, T), attention_mask (B, past+T) int64 on the host -> logits (B, V) on the host
