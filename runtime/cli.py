@@ -521,6 +521,10 @@ def _repository_options(fn):
         click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads per instance (default: all cores)."),
         click.option("--prefill-chunk", type=click.IntRange(1), default=256, show_default=True,
                      help="generate: prompt tokens per prefill call; running sequences decode between a long prompt's chunks."),
+        click.option("--prefix-cache-mb", type=click.FloatRange(0), default=None,
+                     help="generate: MiB per instance of state snapshots kept so that a prompt that begins with an earlier one "
+                          "(a conversation's turns) is prefilled only from there; 0 turns it off.  "
+                          "[default: min(1024, 1/16 of the serving machine's memory)]"),
     ]):  # fmt: skip
         fn = option(fn)
     return fn
@@ -535,13 +539,13 @@ def _repository_options(fn):
 @_repository_options
 @_one_line_errors
 @_CACHE
-def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
+def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, prefill_chunk, prefix_cache_mb, cache) -> None:
     """Write a Triton Inference Server model repository for an artifact."""
     require("triton", "triton")
     from nemotron_deploy.runtime.triton.repository import write_repository
 
     repo = write_repository(artifact_dir, out_dir, kind=kind, instances=instances, max_batch=max_batch, backend=backend, threads=threads,
-                            prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
+                            prefill_chunk=prefill_chunk, cache=cache, prefix_cache_mb=prefix_cache_mb)  # fmt: skip
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
     click.echo(f"wrote {repo}: {', '.join(models)}")
     if kind == "generate":
@@ -568,7 +572,8 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
 @_repository_options
 @_one_line_errors
 @_CACHE
-def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, served_model_name, instances, max_batch, backend, threads, prefill_chunk, cache) -> None:
+def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, served_model_name, instances, max_batch, backend, threads, prefill_chunk,
+          prefix_cache_mb, cache) -> None:  # fmt: skip
     """Serve an artifact from a real tritonserver (the nvidia-pytriton wheel's), with OpenAI-compatible
     endpoints beside it, until Ctrl-C.
 
@@ -598,7 +603,7 @@ def serve(artifact_dir, host, http_port, grpc_port, metrics_port, openai_port, s
     tmp = owned_temp_dir("repository")
     try:
         repo = write_repository(artifact_dir, tmp / "repository", instances=instances, max_batch=max_batch, backend=backend,
-                                threads=threads, prefill_chunk=prefill_chunk, cache=cache)  # fmt: skip
+                                threads=threads, prefill_chunk=prefill_chunk, cache=cache, prefix_cache_mb=prefix_cache_mb)  # fmt: skip
         server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_file="-")
         try:
             with server:

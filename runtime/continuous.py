@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nemotron_deploy.runtime import decode, state_rows
+from nemotron_deploy.runtime import decode, snapshot, state_rows
 from nemotron_deploy.runtime.manifest import StateRecord
+from nemotron_deploy.runtime.prefix_cache import PrefixCache
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
+from nemotron_deploy.runtime.snapshot import StateSnapshot
 from nemotron_deploy.runtime.stop_text import StopText
 
 CANCELLED = "cancelled"  # the on_error message of a sequence whose request was cancelled
@@ -69,13 +71,15 @@ class _Active:
 
 @dataclass
 class _Prefill:
-    """Sequences being admitted together: their left-padded prompts, and how far the prefill has got."""
+    """Sequences being admitted together: their left-padded prompts, and how far the prefill has got
+    (a sequence restored from the prefix cache is admitted alone, `done` at its snapshot's length)."""
 
     requests: list[Request]
     ids: np.ndarray  # (B, T) int64
     mask: np.ndarray  # (B, T) int64
     state: dict
     done: int = 0  # prompt columns consumed
+    logits: np.ndarray | None = None  # (B, V) after the columns consumed
 
 
 @dataclass
@@ -86,6 +90,10 @@ class Counters:
     prefill_calls: int = 0  # prefill graph calls (a batch of sequences admitted together, or one chunk of it)
     sequences: int = 0  # sequences finished (eos, length or cancelled)
     tokens: int = 0  # tokens generated
+    prefill_tokens: int = 0  # prompt tokens computed by prefill calls (padding not counted)
+    prefix_cache_hits: int = 0  # sequences admitted from a cached prefix
+    prefix_cache_misses: int = 0  # sequences admitted from the start while the cache is on
+    prefix_tokens_reused: int = 0  # prompt tokens not prefilled thanks to the cache
 
 
 class ContinuousBatcher:
@@ -94,12 +102,17 @@ class ContinuousBatcher:
     max_length: the model's maximum sequence length (prompt + generated); pad_token_id fills padded
     positions; prefill_chunk_size: prompt tokens per prefill call, one call per step between the
     running sequences' decode steps (None: a whole prompt in one call); never more than the backend
-    takes in one call (`decode.piece_end`, as the decode loop's prefill).
+    takes in one call (`decode.piece_end`, as the decode loop's prefill). prefix_cache: where the
+    states at the end of every prefill piece and prompt are kept, and a new prompt starts from the
+    longest of them it begins with (runtime/prefix_cache.py; None: every prompt from the start).
+    model: the snapshots' `model_identity`.
     """
 
     def __init__(self, backend, states: Sequence[StateRecord], *, max_batch: int, max_length: int, pad_token_id: int = 0,
-                 prefill_chunk_size: int | None = None):  # fmt: skip
+                 prefill_chunk_size: int | None = None, prefix_cache: PrefixCache | None = None, model: str = ""):  # fmt: skip
         self.backend = backend
+        self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.budget > 0 else None
+        self.model = model
         self.max_batch = max_batch
         self.max_length = max_length
         self.pad_token_id = pad_token_id
@@ -133,6 +146,11 @@ class ContinuousBatcher:
     def waiting(self) -> int:
         """Sequences queued for a free slot."""
         return len(self._waiting)
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """Bytes the prefix cache holds."""
+        return self.prefix_cache.bytes if self.prefix_cache else 0
 
     # -- the batcher's thread -----------------------------------------------------------------------
     def run(self, stop: threading.Event, after_step: Callable[[bool], None] | None = None) -> None:
@@ -189,49 +207,94 @@ class ContinuousBatcher:
                 pass
         self.counters.sequences += len(requests)
 
-    def _take_waiting(self) -> list[Request]:
+    def _take_waiting(self) -> tuple[list[Request], StateSnapshot | None]:
+        """Requests to admit together: waiting ones from the start, up to a free slot each, or one
+        with a cached prefix (with its snapshot), which is prefilled alone: a restored Mamba state
+        cannot take the left padding a batch of other lengths would put after its past."""
         with self._wake:
             taken = []
             while self._waiting and len(self._active) + len(taken) < self.max_batch:
-                request = self._waiting.popleft()
+                request = self._waiting[0]
                 if request.cancelled():
-                    self._cancel(request)
-                else:
-                    taken.append(request)
-            return taken
+                    self._cancel(self._waiting.popleft())
+                    continue
+                snap = self._cached_prefix(request.prompt)
+                if snap is not None:
+                    if taken:
+                        break  # admitted next, alone
+                    return [self._waiting.popleft()], snap
+                taken.append(self._waiting.popleft())
+            return taken, None
+
+    def _cached_prefix(self, prompt: Sequence[int]) -> StateSnapshot | None:
+        """The longest cached prefix the prompt can continue from exactly: the whole prompt (its
+        snapshot's logits give the first token), or one that leaves a rest the prefill graph computes
+        as it computes it from the start (not a single token where one new token after a past is a
+        decode step: `decode.piece_end`)."""
+        if self.prefix_cache is None:
+            return None
+        one_is_decode = getattr(self.backend, "one_token_is_decode", False)
+        return self.prefix_cache.longest(prompt, lambda n: not (one_is_decode and len(prompt) - n == 1))
 
     def _cancel(self, request: Request) -> None:
         request.on_error(CANCELLED)
         self.counters.sequences += 1
 
+    def _admit(self) -> _Prefill | None:
+        requests, snap = self._take_waiting()
+        if not requests:
+            return None
+        if snap is not None:
+            state, _ = snapshot.restore(self.backend, [snap], self._kv_names)
+            ids = np.asarray([requests[0].prompt], dtype=np.int64)
+            self.counters.prefix_cache_hits += 1
+            self.counters.prefix_tokens_reused += len(snap.tokens)
+            return _Prefill(requests, ids, np.ones_like(ids), state, done=len(snap.tokens), logits=snap.logits[None])
+        if self.prefix_cache is not None:
+            self.counters.prefix_cache_misses += len(requests)
+        ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
+        return _Prefill(requests, ids, mask, self.backend.initial_state(len(requests)))
+
     def _prefill_chunk(self) -> None:
         """One prefill graph call for the sequences being admitted (taking them from the queue first);
         when their prompts are done, each gets its first token and the unfinished ones join the batch."""
         if self._prefill is None:
-            requests = self._take_waiting()
-            if not requests:
+            self._prefill = self._admit()
+            if self._prefill is None:
                 return
-            ids, mask = decode.left_pad([r.prompt for r in requests], self.pad_token_id)
-            self._prefill = _Prefill(requests, ids, mask, self.backend.initial_state(len(requests)))
         p = self._prefill
-        end = decode.piece_end(self.backend, self.prefill_chunk_size, p.ids.shape[0], p.done, p.ids.shape[1])
-        try:
-            logits, p.state = self.backend.step("prefill", p.ids[:, p.done : end], p.mask[:, :end], p.state)
-        except Exception as e:  # a failing backend ends these requests, not the server
-            self._prefill = None
-            for request in p.requests:
-                request.on_error(f"prefill failed: {e}")
-            self.counters.sequences += len(p.requests)
-            return
-        self.counters.prefill_calls += 1
-        p.done = end
-        if end < p.ids.shape[1]:
-            return
+        if p.done < p.ids.shape[1]:  # else: the whole prompt was cached
+            end = decode.piece_end(self.backend, self.prefill_chunk_size, p.ids.shape[0], p.done, p.ids.shape[1])
+            try:
+                p.logits, p.state = self.backend.step("prefill", p.ids[:, p.done : end], p.mask[:, :end], p.state)
+            except Exception as e:  # a failing backend ends these requests, not the server
+                self._prefill = None
+                for request in p.requests:
+                    request.on_error(f"prefill failed: {e}")
+                self.counters.sequences += len(p.requests)
+                return
+            self.counters.prefill_calls += 1
+            self.counters.prefill_tokens += int(p.mask[:, p.done : end].sum())
+            p.done = end
+            self._remember(p)
+            if end < p.ids.shape[1]:
+                return
         joining = [_Active(r, Sampler(r.sampling)) for r in p.requests]
-        staying = [row for row, seq in enumerate(joining) if not self._emit(seq, logits[row : row + 1])]
+        staying = [row for row, seq in enumerate(joining) if not self._emit(seq, p.logits[row : row + 1])]
         if staying:
             self._join([joining[row] for row in staying], state_rows.take_rows(p.state, staying), p.mask[staying])
         self._prefill = None
+
+    def _remember(self, p: _Prefill) -> None:
+        """Snapshot every row at the columns its prefill has consumed, into the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        mask = p.mask[:, : p.done]
+        for row, request in enumerate(p.requests):
+            consumed = len(request.prompt) - (p.ids.shape[1] - p.done)  # its own tokens so far (rows are left-padded)
+            if consumed > 0:
+                snap = snapshot.take(p.state, mask, row, request.prompt[:consumed], p.logits[row], self.model, self._kv_names)
+                self.prefix_cache.put(snap)
 
     def _decode(self) -> None:
         tokens = np.array([[a.last_token] for a in self._active], dtype=np.int64)

@@ -21,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
 
 from nemotron_deploy.runtime.continuous import CANCELLED, ContinuousBatcher, Request
+from nemotron_deploy.runtime.prefix_cache import MIB, PrefixCache, default_budget_mb
 from nemotron_deploy.runtime.onnx_prepacked import cache_policy
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.stop_text import StopText
@@ -107,6 +108,10 @@ class _Metrics:
         "prefill_calls": "Prefill batches run (sequences admitted together)",
         "sequences": "Sequences finished (eos, length, cancelled or failed)",
         "tokens": "Tokens generated",
+        "prefill_tokens": "Prompt tokens computed by prefill calls",
+        "prefix_cache_hits": "Sequences started from a cached prefix of their prompt",
+        "prefix_cache_misses": "Sequences prefilled from the start while the prefix cache is on",
+        "prefix_tokens_reused": "Prompt tokens not prefilled thanks to the prefix cache",
     }
 
     def __init__(self, labels: dict[str, str]):
@@ -116,6 +121,7 @@ class _Metrics:
         self.gauges = {
             "active": pb_utils.MetricFamily("nemotron_active_sequences", "Sequences in the running batch", gauge),
             "waiting": pb_utils.MetricFamily("nemotron_waiting_sequences", "Sequences queued for a free slot", gauge),
+            "prefix_cache_bytes": pb_utils.MetricFamily("nemotron_prefix_cache_bytes", "Bytes of state snapshots the prefix cache holds", gauge),
         }
         self.levels = {n: f.Metric(labels=labels) for n, f in self.gauges.items()}
         self.sent = dict.fromkeys(self.NAMES, 0)
@@ -133,6 +139,12 @@ class _Metrics:
                 self.sent[name] = value
         for name, metric in self.levels.items():
             metric.set(getattr(batcher, name))
+
+
+def _prefix_cache(mb: str) -> PrefixCache | None:
+    """The `prefix_cache_mb` parameter: MiB, "" for the default (runtime/prefix_cache.py), 0 for none."""
+    budget = float(mb) if mb else default_budget_mb()
+    return PrefixCache(int(budget * MIB)) if budget > 0 else None
 
 
 class TritonPythonModel:
@@ -154,7 +166,8 @@ class TritonPythonModel:
         max_length = min(self.session.max_length, getattr(backend, "max_seq_len", 1 << 30))
         self.limits["max_length"] = max_length
         self.batcher = ContinuousBatcher(backend, self.session.manifest.states, max_batch=max_batch, max_length=max_length,
-                                         pad_token_id=gen.pad_token_id or 0, prefill_chunk_size=int(chunk) if chunk else None)  # fmt: skip
+                                         pad_token_id=gen.pad_token_id or 0, prefill_chunk_size=int(chunk) if chunk else None,
+                                         prefix_cache=_prefix_cache(params.get("prefix_cache_mb", "")), model=self.session.model_id)  # fmt: skip
         self.metrics = _Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="nemotron-batcher", daemon=True)

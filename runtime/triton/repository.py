@@ -34,7 +34,7 @@ _PYTHON_MODELS = {
 
 def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "generate", instances: int = 1, max_batch: int = 8,
                      backend: str | None = None, threads: int | None = None, prefill_chunk: int | None = 256,
-                     cache: CachePolicy | None = None) -> Path:  # fmt: skip
+                     cache: CachePolicy | None = None, prefix_cache_mb: float | None = None) -> Path:  # fmt: skip
     """Write the repository to `out` (which must not exist); returns its path.
 
     max_batch: sequences decoded together per instance (generate), or requests batched per step
@@ -42,7 +42,8 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
     engines, else onnxruntime). threads: onnxruntime intra-op threads per instance. prefill_chunk:
     prompt tokens per prefill call of the generate model (None: whole prompts). cache: the onnxruntime
     backend's pre-packed weights cache (default: on, in its default place), built here for a quantized
-    artifact (`optimize`), so that the instances only map it.
+    artifact (`optimize`), so that the instances only map it. prefix_cache_mb: the generate model's
+    prefix cache per instance (None: runtime/prefix_cache.py's default for the serving machine; 0: off).
     """
     if kind not in KINDS:
         raise NemotronDeployError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -53,7 +54,7 @@ def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "
         if kind == "generate":
             backend = _generate_backend(manifest, backend)
             cache_param = _prepare_cache(manifest, cache) if backend == "onnxruntime" else ""
-            _write_generate(staging, manifest, instances, max_batch, backend, threads, prefill_chunk, cache_param)
+            _write_generate(staging, manifest, instances, max_batch, backend, threads, prefill_chunk, cache_param, prefix_cache_mb)
         else:
             _write_step(staging, manifest, instances, max_batch)
     return Path(out)
@@ -96,11 +97,11 @@ def _prepare_cache(manifest: Manifest, cache: CachePolicy | None) -> str:
 
 
 def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None,
-                    prefill_chunk: int | None, cache: str) -> None:  # fmt: skip
+                    prefill_chunk: int | None, cache: str, prefix_cache_mb: float | None = None) -> None:  # fmt: skip
     artifact = str(manifest.path.resolve())
     params = {"artifact_dir": artifact, "backend": backend, "max_active_sequences": str(max_batch),
               "exclude_input_in_output": "true", "prefill_chunk_size": str(prefill_chunk or ""), "threads": str(threads or ""),
-              "prepacked_cache": cache}  # fmt: skip
+              "prepacked_cache": cache, "prefix_cache_mb": "" if prefix_cache_mb is None else f"{prefix_cache_mb:g}"}  # fmt: skip
     text = manifest.tokenizer_file is not None and manifest.tokenizer_file.is_file()
     _write_model(repo, configs.generate_model(params, max_batch=max_batch, instances=instances, text=text))
     if text:

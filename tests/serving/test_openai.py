@@ -102,6 +102,35 @@ def test_completions_of_text_and_token_ids(served):
     assert _stream_text(stream)[:2] == (by_ids.text[0], "length")
 
 
+def _metric(metrics_url: str, name: str) -> float:
+    """The sum over instances of the generate model's metric `name` (e.g. tokens_total)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(v) for v in re.findall(rf"^nemotron_{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+def test_conversation_turns_prefill_only_their_new_tokens(served):
+    """Each turn re-sends the history (token ids, as a chat client's rendered turns): the server
+    restores the state after the previous turn's prompt and prefills the rest; the tokens are the
+    runtime's without any cache."""
+    client, session, metrics = served
+    names = ("prefix_cache_hits_total", "prefix_tokens_reused_total", "prefill_tokens_total")
+    prompt, previous = [99, 98, 97, 96] + [5 + i % 50 for i in range(30)], None
+    for turn in range(3):
+        before = {n: _metric(metrics, n) for n in names}
+        want = session.generate([prompt], 6, ignore_eos=True)
+        got = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=6, extra_body={"ignore_eos": True})
+        assert got.choices[0].text == want.text[0]
+        if previous is not None:
+            expected = {"prefix_cache_hits_total": 1, "prefix_tokens_reused_total": len(previous), "prefill_tokens_total": len(prompt) - len(previous)}
+            deadline = time.monotonic() + 5  # the counters reach /metrics when the batcher goes idle
+            while (seen := {n: _metric(metrics, n) - before[n] for n in names}) != expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert seen == expected
+        previous, prompt = prompt, prompt + want.new_token_ids[0] + [7 + turn, 8, 9, 10]
+    assert _metric(metrics, "prefix_cache_bytes") > 0
+
+
 def test_stop_cuts_exactly_where_the_string_starts(served):
     client, session, _ = served
     full = session.chat(HELLO, 24, ignore_eos=True)
