@@ -111,11 +111,14 @@ def _word_per_id_tokenizer(path: Path, vocab: int) -> None:
     tok.save(str(path))
 
 
-def _serve(artifact: Path, log: Path) -> tuple[subprocess.Popen, str, str]:
+def _serve(artifact: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str, str]:
+    """`nemotron-deploy serve` (with `options`) on free ports, once healthy: (process, gRPC address,
+    OpenAI base URL); the process's `metrics_url` is its Triton metrics."""
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "openai")}
     cmd = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--served-model-name", MODEL, "--max-batch", "16",
-           *(x for name, port in ports.items() for x in (f"--{name}-port", str(port)))]  # fmt: skip
+           *(x for name, port in ports.items() for x in (f"--{name}-port", str(port))), *options]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc.metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
     base = f"http://127.0.0.1:{ports['openai']}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
