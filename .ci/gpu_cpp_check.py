@@ -1,6 +1,7 @@
 """On a lent GPU with TensorRT (called by .ci/gpu_check): the C++ example's greedy tokens against
 `nemotron-deploy generate --backend tensorrt` and the onnxruntime artifact's, on the test checkpoints,
-and decode tokens/s of the C++ runtime against the Python TensorRT backend. Prints one JSON object;
+and decode tokens/s of the C++ runtime against the Python TensorRT backend; the TensorRT backend
+continuing from a saved state snapshot against its own tokens from the start. Prints one JSON object;
 exits 0 with {"skipped": reason} where TensorRT (the Python package) is not installed."""
 
 from __future__ import annotations
@@ -56,9 +57,22 @@ def main() -> None:
             bench = json.loads(cli("bench", trt, "--backend", "tensorrt", "--plugins", plugins, "--prompt-len", 6, "--new-tokens", n, "--json"))
             results[name] = {"onnxruntime": expected, "python_tensorrt": python_trt, "cpp": cpp_tokens,
                              "cpp_equals_python_tensorrt": cpp_tokens == python_trt, "cpp_equals_onnxruntime": cpp_tokens == expected,
-                             "cpp_wall_seconds_incl_load": cpp_seconds, "python_tensorrt_decode_tokens_per_s": bench["decode_tokens_per_s"]}  # fmt: skip
+                             "cpp_wall_seconds_incl_load": cpp_seconds, "python_tensorrt_decode_tokens_per_s": bench["decode_tokens_per_s"],
+                             "snapshot_resume_equals_python_tensorrt": resumed_from_snapshot(trt, plugins, prompt, n, work) == python_trt}  # fmt: skip
     print(json.dumps(results, indent=2))
-    sys.exit(0 if all(r["cpp_equals_python_tensorrt"] for r in results.values()) else 1)
+    ok = all(r["cpp_equals_python_tensorrt"] and r["snapshot_resume_equals_python_tensorrt"] for r in results.values())
+    sys.exit(0 if ok else 1)
+
+
+def resumed_from_snapshot(artifact: Path, plugins: str, prompt: str, n: int, work: Path) -> list[int]:
+    """Greedy tokens of the prompt continued on the TensorRT backend from a snapshot of its first 3
+    tokens (device states copied to the host, saved, loaded, restored to the device: runtime/snapshot.py)."""
+    from nemotron_deploy.runtime.session import Session
+
+    session = Session(artifact, backend="tensorrt", plugins=plugins)
+    ids = [int(t) for t in prompt.split(",")]
+    path = session.save_state(session.snapshot(ids[:3]), work / f"{artifact.name}-state.safetensors")
+    return session.generate([ids], n, ignore_eos=True, start=session.load_state(path)).new_token_ids[0]
 
 
 if __name__ == "__main__":
