@@ -232,6 +232,8 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @click.option("--stop", "stops", multiple=True, help="Stop where this text appears (repeatable); the output ends before it. Needs the artifact's tokenizer.")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS.")
 @click.option("--prefill-chunk", type=int, help="Prefill the prompt in pieces of this many tokens.")
+@click.option("--state-in", type=click.Path(dir_okay=False), help="Continue from a state snapshot file (--state-out): its tokens must begin the prompt, and only the rest is prefilled.")
+@click.option("--state-out", type=click.Path(dir_okay=False), help="Save the state after the prompt to this file (safetensors), for a later --state-in (one prompt).")
 @click.option("--stream", is_flag=True, help="Print text as it is generated (one prompt); with --json, one JSON line per token.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (with --stream: a JSON line per token, then that object).")
 @click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the manifest first.")
@@ -240,8 +242,8 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @_one_line_errors
 @_CACHE
 def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, template_kwargs, max_new_tokens, greedy, temperature, top_k, top_p, seed,
-             repetition_penalty, presence_penalty, frequency_penalty, stops, ignore_eos, prefill_chunk, stream, as_json, verify, backend, engine,
-             plugins_lib, providers, cache):  # fmt: skip
+             repetition_penalty, presence_penalty, frequency_penalty, stops, ignore_eos, prefill_chunk, state_in, state_out, stream, as_json, verify,
+             backend, engine, plugins_lib, providers, cache):  # fmt: skip
     """Generate continuations of one or more prompts with an exported artifact, or the reply to a chat
     message (--chat, with the artifact's chat template).
 
@@ -263,9 +265,10 @@ def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, te
     if chat is not None:
         messages, kwargs = chat
         inputs = [session.chat_prompt(messages, **kwargs)]
+    start = _prompt_state(session, inputs, prefill_chunk, state_in, state_out)
     streamer = _Streamer(session, as_json) if stream else None
     result = session.generate(inputs, max_new_tokens, sampling, ignore_eos, prefill_chunk, streamer, stop=stops,
-                              on_text=streamer.text if streamer and session.tokenizer else None)  # fmt: skip
+                              on_text=streamer.text if streamer and session.tokenizer else None, start=start)  # fmt: skip
     _note_model_limit(session, inputs, result, max_new_tokens)
     if as_json:
         out = {"new_token_ids": result.new_token_ids, "finish_reasons": result.finish_reasons}
@@ -279,6 +282,20 @@ def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, te
     else:
         for i, ids in enumerate(result.new_token_ids):
             click.echo(f"[{i}] " + (json.dumps(result.text[i], ensure_ascii=False) if result.text is not None else ",".join(map(str, ids))))
+
+
+def _prompt_state(session, inputs, prefill_chunk, state_in, state_out):
+    """--state-in / --state-out -> the snapshot `generate` starts from (None: the prompt from the start).
+    With --state-out the prompt is prefilled here (from --state-in's state if given) and its state saved."""
+    if not (state_in or state_out):
+        return None
+    if len(inputs) != 1:
+        raise NemotronDeployError("--state-in / --state-out go with one prompt")
+    start = session.load_state(state_in) if state_in else None
+    if state_out:
+        start = session.snapshot(inputs[0], prefill_chunk, start=start)
+        session.save_state(start, state_out)
+    return start
 
 
 def _chat_messages(message, system, template_kwargs, other_prompts) -> tuple[list[dict], dict] | None:

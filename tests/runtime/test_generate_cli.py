@@ -51,6 +51,21 @@ def test_eos_stops_a_sequence(artifacts, tmp_path):
     assert len(Session(copy).generate([[5, 6, 7]], 10, ignore_eos=True).new_token_ids[0]) == 10
 
 
+def test_state_out_then_state_in_prefills_only_the_rest(artifacts, tmp_path):
+    ref, _, artifact = artifacts("hybrid_moe_groups")
+    state = tmp_path / "system.safetensors"
+    history, turn = "5,17,3,99,42,8,11", "5,17,3,99,42,8,11,64,30,31"
+    saved = _run("generate", artifact, "--prompt-ids", history, "--max-new-tokens", 3, "--ignore-eos", "--json", "--state-out", state)
+    assert saved.exit_code == 0, saved.output
+    assert json.loads(saved.output)["new_token_ids"][0] == hf_greedy(ref, [5, 17, 3, 99, 42, 8, 11], 3)
+    resumed = _run("generate", artifact, "--prompt-ids", turn, "--max-new-tokens", 6, "--ignore-eos", "--json", "--state-in", state)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output)["new_token_ids"][0] == hf_greedy(ref, [5, 17, 3, 99, 42, 8, 11, 64, 30, 31], 6)
+    _error(_run("generate", artifact, "--prompt-ids", "7,70,71", "--state-in", state), "not the first tokens of the prompt")
+    state.write_bytes(state.read_bytes()[:100])
+    _error(_run("generate", artifact, "--prompt-ids", turn, "--state-in", state), "system.safetensors: not a readable snapshot file")
+
+
 def test_bench_json(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
     result = _run("bench", artifact, "--prompt-len", 16, "--new-tokens", 4, "--batch", 2, "--past", 32, "--json")
