@@ -111,6 +111,14 @@ def _word_per_id_tokenizer(path: Path, vocab: int) -> None:
     tok.save(str(path))
 
 
+def bench_artifact(folder: Path, config: dict) -> Path:
+    """A random checkpoint of `config` with the word-per-id tokenizer, exported (float32) to folder/artifact."""
+    ckpt = write_random_checkpoint(folder / "ckpt", config=config)
+    _word_per_id_tokenizer(ckpt / "tokenizer.json", config["vocab_size"])
+    cli("export", ckpt, "-o", folder / "artifact")
+    return folder / "artifact"
+
+
 def _serve(artifact: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str, str]:
     """`nemotron-deploy serve` (with `options`) on free ports, once healthy: (process, gRPC address,
     OpenAI base URL); the process's `metrics_url` is its Triton metrics."""
@@ -143,10 +151,7 @@ def main() -> None:
     config = TINY_CONFIG if args.model == "tiny" else CONFIG
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-openai-") as tmp:
-        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", config=config)
-        _word_per_id_tokenizer(ckpt / "tokenizer.json", config["vocab_size"])
-        cli("export", ckpt, "-o", Path(tmp) / "artifact")
-        proc, grpc_url, base_url = _serve(Path(tmp) / "artifact", Path(tmp) / "serve.log")
+        proc, grpc_url, base_url = _serve(bench_artifact(Path(tmp), config), Path(tmp) / "serve.log")
         try:
             via_grpc(grpc_url, _prompts(2, args.prompt_len, config["vocab_size"]), 4)  # warm both paths
             via_openai(base_url, _prompts(2, args.prompt_len, config["vocab_size"]), 4)

@@ -29,10 +29,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_openai import MODEL, _serve, _word_per_id_tokenizer  # noqa: E402
-from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
+from bench_openai import MODEL, _serve, bench_artifact  # noqa: E402
+from bench_vs_transformers import CONFIG, cpu_name  # noqa: E402
 
-from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG  # noqa: E402
 
 
 def metric(url: str, name: str) -> float:
@@ -80,10 +80,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-prefix-", dir=args.workdir) as tmp:
-        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", config=config)
-        _word_per_id_tokenizer(ckpt / "tokenizer.json", config["vocab_size"])
-        artifact = Path(tmp) / "artifact"
-        cli("export", ckpt, "-o", artifact)
+        artifact = bench_artifact(Path(tmp), config)
         tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
         servers = {}
         try:
