@@ -55,6 +55,7 @@ class Request:
     sampling: Sampling = Sampling()
     stop_token_ids: frozenset[int] = frozenset()
     text: StopText | None = None  # its text as tokens arrive, with its stop strings (finish reason "stop")
+    snapshot_at: tuple[int, ...] = ()  # prompt lengths where the prefix cache also keeps its state (a chat's earlier turns)
     on_token: Callable[[int, str | None], None] = _no_token
     on_error: Callable[[str], None] = _no_error
     cancelled: Callable[[], bool] = _never
@@ -264,7 +265,7 @@ class ContinuousBatcher:
                 return
         p = self._prefill
         if p.done < p.ids.shape[1]:  # else: the whole prompt was cached
-            end = decode.piece_end(self.backend, self.prefill_chunk_size, p.ids.shape[0], p.done, p.ids.shape[1])
+            end = self._piece_end(p)
             try:
                 p.logits, p.state = self.backend.step("prefill", p.ids[:, p.done : end], p.mask[:, :end], p.state)
             except Exception as e:  # a failing backend ends these requests, not the server
@@ -284,6 +285,21 @@ class ContinuousBatcher:
         if staying:
             self._join([joining[row] for row in staying], state_rows.take_rows(p.state, staying), p.mask[staying])
         self._prefill = None
+
+    def _piece_end(self, p: _Prefill) -> int:
+        """Where the next prefill piece ends (`decode.piece_end`), or sooner at a row's `snapshot_at`
+        (so that its state there is snapshotted), keeping pieces of >= 2 tokens on both sides (one new
+        token after a past would be a decode step: `decode.piece_end`)."""
+        total = p.ids.shape[1]
+        end = decode.piece_end(self.backend, self.prefill_chunk_size, p.ids.shape[0], p.done, total)
+        if self.prefix_cache is None:
+            return end
+        for request in p.requests:
+            pad = total - len(request.prompt)
+            for n in request.snapshot_at:
+                if p.done + 2 <= pad + n < end and total - (pad + n) >= 2:
+                    end = pad + n
+        return end
 
     def _remember(self, p: _Prefill) -> None:
         """Snapshot every row at the columns its prefill has consumed, into the prefix cache."""

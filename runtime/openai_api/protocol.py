@@ -109,7 +109,25 @@ def chat_plan(body: Mapping, model: ModelInfo) -> Plan:
     _check_length(ids, model, "messages")
     default = model.max_length - len(ids)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _plan(body, model, ids, _integer(body, name, 1, None, default))
+    plan = _plan(body, model, ids, _integer(body, name, 1, None, default))
+    history = _history_length(messages, kwargs, ids, model)
+    if history:
+        plan.inputs["snapshot_at"] = np.int32(history)
+    return plan
+
+
+def _history_length(messages: list, kwargs: Mapping, ids: list[int], model: ModelInfo) -> int | None:
+    """How many of the prompt's tokens are the conversation so far without the generation prompt, when
+    they begin it: the prefix cache keeps the state there, and the next turn (these messages, the reply
+    and a new message) begins with them when the template renders earlier turns unchanged. Nemotron's
+    templates render the generation prompt with an empty think block that the next turn's assistant
+    message does not repeat, so the whole prompt is not a prefix of the next one; this is."""
+    try:
+        text = model.chat_template.render(messages, add_generation_prompt=False, **kwargs)
+    except (ChatTemplateError, TypeError):
+        return None
+    history = model.tokenizer.encode(text, add_special_tokens=False)
+    return len(history) if 0 < len(history) < len(ids) and ids[: len(history)] == history else None
 
 
 def _common_checks(body: Mapping, model: ModelInfo) -> None:

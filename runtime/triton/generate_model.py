@@ -45,7 +45,7 @@ class _Stream:
         self.text = StopText(tokenizer, parsed.stop) if tokenizer is not None and (parsed.streaming or parsed.stop) else None
         self.gone = False
         self._next_poll = 0.0
-        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids, text=self.text,
+        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids, text=self.text, snapshot_at=parsed.snapshot_at,
                                on_token=self.on_token, on_error=self.on_error, cancelled=self.cancelled)  # fmt: skip
 
     def cancelled(self) -> bool:

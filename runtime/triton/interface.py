@@ -44,6 +44,8 @@ GENERATE_INPUTS = (
     Field("repetition_penalty", "FP32", (1,), doc="> 0; 1: none (transformers' RepetitionPenaltyLogitsProcessor)"),
     Field("presence_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
     Field("frequency_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
+    Field("snapshot_at", "INT32", (-1,), doc="prompt lengths at which the prefix cache also keeps a state snapshot, e.g. where a chat's "
+                                             "earlier turns end, so that the next turn starts there (nemotron-deploy's own field)"),
 )
 GENERATE_OUTPUTS = (
     Field("output_ids", "INT32", (-1, -1), doc="(beams=1, tokens): the new token(s) of this response"),
@@ -88,6 +90,7 @@ class GenerateRequest:
     stop_token_ids: frozenset[int]
     streaming: bool
     stop: tuple[str, ...] = ()
+    snapshot_at: tuple[int, ...] = ()  # prompt lengths to keep a prefix-cache snapshot at
 
 
 def _scalar(get: Callable[[str], np.ndarray | None], name: str, kind: type, default):
@@ -149,7 +152,18 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
         prompt=prompt, max_new_tokens=max_new,
         sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **penalties),
         stop_token_ids=stop, streaming=_scalar(get, "streaming", bool, False), stop=_strings(get, "stop_words"),
+        snapshot_at=_positions(get, "snapshot_at", len(prompt)),
     )  # fmt: skip
+
+
+def _positions(get: Callable[[str], np.ndarray | None], name: str, prompt_len: int) -> tuple[int, ...]:
+    """An INT32 input's prompt lengths, each in 1..prompt_len; () when absent."""
+    value = get(name)
+    positions = () if value is None else tuple(int(v) for v in np.asarray(value).reshape(-1))
+    bad = [n for n in positions if not 1 <= n <= prompt_len]
+    if bad:
+        raise RequestError(f"{name}: {bad[0]} is not a prompt length (1..{prompt_len})")
+    return positions
 
 
 PENALTIES = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}

@@ -82,6 +82,22 @@ def test_none_part_and_all_of_a_prefix_in_one_batch(session, chunk):
     assert _run(_batcher(sess, chunk=chunk), prompts, 6, sampling) == _run(_batcher(sess, budget_mb=None, chunk=chunk), prompts, 6, sampling)
 
 
+def test_a_requested_position_is_snapshotted_and_continued_from(session):
+    """`snapshot_at` (a chat's earlier turns' length) ends a prefill piece there, so the next prompt that
+    begins with those tokens but not with the whole earlier prompt starts there."""
+    ref, sess = session
+    batcher = _batcher(sess)
+    history, generation_prompt = SYSTEM + TURN_TEXT[0], [7, 8, 9]
+    out = []
+    batcher.submit(Request(history + generation_prompt, 3, on_token=lambda t, r: out.append(t), snapshot_at=(len(history),)))
+    _run(batcher, [], 1)
+    assert out == hf_greedy(ref, history + generation_prompt, 3)
+    assert sorted(len(s.tokens) for s in batcher.prefix_cache._entries.values()) == [len(history), len(history) + 3]
+    following = history + TURN_TEXT[1] + [7, 8, 9]  # the earlier turns, not the earlier generation prompt
+    assert _run(batcher, [following], 4) == [hf_greedy(ref, following, 4)]
+    assert batcher.counters.prefix_tokens_reused == len(history)
+
+
 def test_a_small_budget_evicts_and_stays_exact(session):
     ref, sess = session
     probe = _batcher(sess)

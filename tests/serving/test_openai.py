@@ -131,6 +131,27 @@ def test_conversation_turns_prefill_only_their_new_tokens(served):
     assert _metric(metrics, "prefix_cache_bytes") > 0
 
 
+def test_chat_turns_start_from_the_earlier_turns(served):
+    """The template renders the generation prompt with an empty think block that the next turn does not
+    repeat: the server keeps the state where the earlier turns end, and each turn starts there."""
+    client, session, metrics = served
+    names = ("prefix_cache_hits_total", "prefix_tokens_reused_total")
+    messages = [{"role": "system", "content": "/no_think"}, {"role": "user", "content": "Name three prime numbers"}]
+    for turn, question in enumerate(["And three more?", "Which is the largest?", None]):
+        before = {n: _metric(metrics, n) for n in names}
+        want = session.chat(messages, 8, ignore_eos=True)
+        got = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=8, extra_body={"ignore_eos": True})
+        assert got.choices[0].message.content == want.text[0]
+        if turn:
+            earlier = len(session.chat_prompt(messages[:-2], add_generation_prompt=False))
+            expected = {"prefix_cache_hits_total": 1, "prefix_tokens_reused_total": earlier}
+            deadline = time.monotonic() + 5
+            while (seen := {n: _metric(metrics, n) - before[n] for n in names}) != expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert seen == expected
+        messages = messages + [{"role": "assistant", "content": want.text[0]}, {"role": "user", "content": question}]
+
+
 def test_stop_cuts_exactly_where_the_string_starts(served):
     client, session, _ = served
     full = session.chat(HELLO, 24, ignore_eos=True)

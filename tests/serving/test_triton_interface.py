@@ -29,6 +29,7 @@ def test_fields_as_tensorrt_llm_clients_send_them():
     assert (s.temperature, s.top_k, s.top_p, s.seed) == (pytest.approx(0.7), 40, pytest.approx(0.9), 2**63 + 5) and not s.greedy
     assert _parse(input_ids=[[5]], request_output_len=[[1]], end_id=[[-1]]).stop_token_ids == frozenset()
     assert _parse(input_ids=[[5]], request_output_len=[[1]], ignore_eos=[[True]]).stop_token_ids == frozenset()
+    assert _parse(input_ids=[[5, 6, 7]], request_output_len=[[1]], snapshot_at=[[2]]).snapshot_at == (2,)
 
 
 @pytest.mark.parametrize("tensors,message", [
@@ -45,6 +46,7 @@ def test_fields_as_tensorrt_llm_clients_send_them():
     (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_k=[[-1]]), "runtime_top_k: -1"),
     (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_p=[[0.0]]), "runtime_top_p: 0.0; expected a number in (0, 1]"),
     (dict(input_ids=[[5]], request_output_len=[[2]], temperature=[[-1.0]]), "temperature: -1.0; expected a number > 0"),
+    (dict(input_ids=[[5, 6]], request_output_len=[[2]], snapshot_at=[[3]]), "snapshot_at: 3 is not a prompt length (1..2)"),
 ])  # fmt: skip
 def test_bad_requests_name_the_field(tensors, message):
     with pytest.raises(RequestError) as error:
