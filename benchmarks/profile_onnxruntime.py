@@ -46,33 +46,48 @@ def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int)
             backend = open_backend(manifest)
         finally:
             ort.SessionOptions = plain
+        phases: dict[int, list[str]] = collections.defaultdict(list)  # session -> the phase of each of its runs, in order
+        phase = ["warm-up"]
+        step = backend.step
+
+        def tagged(graph, *args):
+            phases[id(backend.sessions[graph])].append(phase[0])
+            return step(graph, *args)
+
+        backend.step = tagged
         ids, mask = left_pad(np.random.default_rng(0).integers(3, manifest.model.vocab_size, (1, prompt_len)).tolist(), 0)
-        prefill(backend, ids[:, :8], mask[:, :8])  # warm-up
+        prefill(backend, ids[:, :8], mask[:, :8])
+        phase[0] = "prefill"
         for _ in range(repeats):
             logits, state = prefill(backend, ids, mask)
         token = logits.argmax(-1)[:, None].astype(np.int64)
+        phase[0] = "decode"
         for _ in range(steps):
             mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
             logits, state = backend.step("decode", token, mask, state)
             token = logits.argmax(-1)[:, None].astype(np.int64)
-        return {graph: _summary(backend.sessions[graph].end_profiling(), top, skip_runs=1 if graph == "prefill" else 0) for graph in ("prefill", "decode")}
+        # one session serves both step kinds in a one-graph artifact (step.onnx): its runs are told apart by phase
+        events = {key: json.loads(Path(session.end_profiling()).read_text()) for key, session in {id(s): s for s in backend.sessions.values()}.items()}
+        return {name: _summary(events, phases, name, top, per_run=repeats if name == "prefill" else steps) for name in ("prefill", "decode")}
 
 
-def _summary(path: str, top: int, skip_runs: int) -> dict:
-    """Per-op-type kernel time per run (ms), share of the kernels' total, and model_run per run."""
-    events = json.loads(Path(path).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][skip_runs:]
-    start = runs[0]["ts"] if runs else 0
-    by_op, total = collections.Counter(), 0
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            by_op[e["args"]["op_name"]] += e["dur"]
-            total += e["dur"]
-    n = max(1, len(runs))
+def _summary(events: dict, phases: dict, name: str, top: int, per_run: int) -> dict:
+    """Per-op-type kernel time per prefill (all its pieces) or decode step (ms), share of the kernels'
+    total, and model_run time per prefill or step, over the runs of phase `name`."""
+    by_op, total, run_us = collections.Counter(), 0, 0
+    for key, session_events in events.items():
+        runs = sorted((e for e in session_events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
+        mine = [r for r, tag in zip(runs, phases[key]) if tag == name]
+        run_us += sum(r["dur"] for r in mine)
+        for e in session_events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in mine):
+                by_op[e["args"]["op_name"]] += e["dur"]
+                total += e["dur"]
+    n = max(1, per_run)
     return {
-        "model_run_ms": sum(r["dur"] for r in runs) / n / 1e3,
+        "model_run_ms": run_us / n / 1e3,
         "kernels_ms": total / n / 1e3,
-        "top": [(op, us / n / 1e3, us / total) for op, us in by_op.most_common(top)],
+        "top": [(op, us / n / 1e3, us / max(total, 1)) for op, us in by_op.most_common(top)],
     }
 
 
