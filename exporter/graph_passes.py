@@ -6,6 +6,9 @@
     fold_small_constants  shape arithmetic and other constant sub-graphs folded (weights untouched)
     name_by_module        node names say which layer and module they came from (provenance)
     name_dims             the step contract's dimension names (batch, past_len, ...) in the graph
+    ssm_states_in_kernel_layout
+                          the onnxruntime step graph's SSM states as LinearAttention keeps them: the
+                          Transposes around it at the graph's inputs and outputs removed
 """
 
 from __future__ import annotations
@@ -121,11 +124,13 @@ def name_by_module(model: ir.Model) -> None:
 _SYMBOL = re.compile(r"\bs\d+\b")
 
 
-def name_dims(model: ir.Model, cfg, graph_kind: str) -> None:
+def name_dims(model: ir.Model, cfg, graph_kind: str, ssm_kernel_layout: bool = False) -> None:
     """Replace the tracer's symbols (s0, s19 + 1, ...) by the step contract's names everywhere, and give
-    every graph input and output exactly its contract shape (decode: new_tokens = 1)."""
+    every graph input and output exactly its contract shape (decode: new_tokens = 1; the SSM states in
+    the kernel's layout where `ssm_states_in_kernel_layout` ran)."""
     graph = model.graph
-    contract = {s.name: s.shape for s in [*io_spec.step_inputs(cfg), *io_spec.step_outputs(cfg)]}
+    layout = dict(ssm_kernel_layout=ssm_kernel_layout)
+    contract = {s.name: s.shape for s in [*io_spec.step_inputs(cfg, **layout), *io_spec.step_outputs(cfg, **layout)]}
     symbols: dict[str, str] = {}
     for value in graph.inputs:
         for traced, want in zip(value.shape, contract[value.name]):
@@ -146,3 +151,39 @@ def name_dims(model: ir.Model, cfg, graph_kind: str) -> None:
         if graph_kind == "decode":
             want = tuple(1 if d == "new_tokens" else d for d in want)
         value.shape = ir.Shape(list(want))
+
+
+_SWAP_LAST_TWO = [0, 1, 3, 2]
+
+
+def _is_swap(node: ir.Node | None) -> bool:
+    if node is None or node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+        return False
+    perm = node.attributes.get("perm")
+    return perm is not None and list(perm.as_ints()) == _SWAP_LAST_TWO
+
+
+def ssm_states_in_kernel_layout(model: ir.Model) -> None:
+    """Every `past.*.ssm` input feeds exactly one Transpose (0, 1, 3, 2) and every `present.*.ssm` output
+    comes from one (the step contract's (B, H, P, N) around LinearAttention's (B, H, N, P)): drop them,
+    so the graph's SSM states are in the kernel's layout (`io_spec.ssm_kernel_layout`; `name_dims` then
+    gives the new shapes). Raises RuntimeError if any state does not have that pattern: half a graph
+    in one layout would compute nonsense."""
+    graph = model.graph
+    for value in graph.inputs:
+        if value.name.endswith(".ssm"):
+            uses = list(value.uses())
+            node = uses[0][0] if len(uses) == 1 else None
+            if not _is_swap(node):
+                raise RuntimeError(f"ssm_states_in_kernel_layout: input {value.name} does not feed one Transpose {_SWAP_LAST_TWO}")
+            node.outputs[0].replace_all_uses_with(value)
+            graph.remove(node, safe=True)
+    for index, value in enumerate(list(graph.outputs)):
+        if value.name.endswith(".ssm"):
+            node = value.producer()
+            if not _is_swap(node) or len(list(value.uses())) != 0:
+                raise RuntimeError(f"ssm_states_in_kernel_layout: output {value.name} does not come from one Transpose {_SWAP_LAST_TWO}")
+            source, name = node.inputs[0], value.name
+            graph.outputs[index] = source
+            graph.remove(node, safe=True)
+            source.name = name

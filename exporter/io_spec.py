@@ -19,11 +19,13 @@ from nemotron_deploy.runtime.manifest import TensorSpec  # the manifest records 
 STATE_KINDS = {"mamba": ("conv", "ssm"), "attention": ("key", "value")}
 
 
-def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len") -> list[TensorSpec]:
+def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len", ssm_kernel_layout: bool = False) -> list[TensorSpec]:
     """Per-layer states, layers in order, `prefix` "past" (inputs) or "present" (outputs).
 
     conv:  [batch, conv_dim, conv_kernel - 1]  model dtype: the last K-1 inputs of the causal conv
     ssm:   [batch, H, P, N]                    mamba_ssm_cache_dtype (fp32 by default)
+           [batch, H, N, P] with ssm_kernel_layout: as onnxruntime's LinearAttention keeps it (the
+                            onnxruntime target's step graph: `ssm_kernel_layout`)
     key:   [batch, kv_heads, seq, head_dim]    model dtype, no positional encoding applied
     value: [batch, kv_heads, seq, head_dim]    model dtype
     """
@@ -31,7 +33,8 @@ def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len") -> 
     for i, kind in enumerate(cfg.layer_types):
         if kind == "mamba":
             specs.append(TensorSpec(f"{prefix}.{i}.conv", "conv_state", "model", ("batch", cfg.conv_dim, cfg.conv_kernel - 1), i))
-            shape = ("batch", cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size)
+            head = (cfg.ssm_state_size, cfg.mamba_head_dim) if ssm_kernel_layout else (cfg.mamba_head_dim, cfg.ssm_state_size)
+            shape = ("batch", cfg.mamba_num_heads, *head)
             specs.append(TensorSpec(f"{prefix}.{i}.ssm", "ssm_state", cfg.mamba_ssm_cache_dtype, shape, i))
         elif kind == "attention":
             shape = ("batch", cfg.num_key_value_heads, seq_symbol, cfg.head_dim)
@@ -40,19 +43,27 @@ def state_specs(cfg: ModelConfig, prefix: str, seq_symbol: str = "past_len") -> 
     return specs
 
 
-def step_inputs(cfg: ModelConfig) -> list[TensorSpec]:
+def ssm_kernel_layout(target: str, graph: str) -> bool:
+    """Whether a graph keeps the SSM state as onnxruntime's LinearAttention does, (B, H, N, P): the
+    onnxruntime target's one step graph, whose Mamba scan is that node for any T (transposing the state
+    in and out of it in every layer cost 2.4-2.7 ms of a decode step). Every other graph, and the torch
+    model, keep the step contract's (B, H, P, N)."""
+    return target == "onnxruntime" and graph == "step"
+
+
+def step_inputs(cfg: ModelConfig, ssm_kernel_layout: bool = False) -> list[TensorSpec]:
     return [
         TensorSpec("input_ids", "input_ids", "int64", ("batch", "new_tokens")),
         TensorSpec("attention_mask", "attention_mask", "int64", ("batch", "total_len")),
-        *state_specs(cfg, "past", "past_len"),
+        *state_specs(cfg, "past", "past_len", ssm_kernel_layout),
     ]
 
 
-def step_outputs(cfg: ModelConfig, all_logits: bool = False) -> list[TensorSpec]:
+def step_outputs(cfg: ModelConfig, all_logits: bool = False, ssm_kernel_layout: bool = False) -> list[TensorSpec]:
     logits_len = "new_tokens" if all_logits else 1
     return [
         TensorSpec("logits", "logits", "float32", ("batch", logits_len, cfg.vocab_size)),
-        *state_specs(cfg, "present", "total_len"),
+        *state_specs(cfg, "present", "total_len", ssm_kernel_layout),
     ]
 
 

@@ -98,7 +98,7 @@ def export_artifact(
                     ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
                 proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
                 _save_onnx(proto, tmp / f"{graph}.onnx")
-                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None)
+                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
                 graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
                 del proto, ir_model
             weights.close()
@@ -240,15 +240,17 @@ def _check(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def _graph_record(model, graph: str, plugins: tuple[PluginRecord, ...] | None) -> GraphRecord:
-    """The step contract of one graph: the io_spec table with the model's dtype and decode's T = 1."""
+def _graph_record(model, graph: str, plugins: tuple[PluginRecord, ...] | None, target: str) -> GraphRecord:
+    """The step contract of one graph: the io_spec table with the model's dtype, decode's T = 1, and
+    the SSM state's layout (`io_spec.ssm_kernel_layout`)."""
     dtype = str(model.dtype).removeprefix("torch.")
 
     def resolved(spec):
         shape = tuple(1 if (d == "new_tokens" and graph == "decode") else d for d in spec.shape)
         return dataclasses.replace(spec, dtype=dtype if spec.dtype == "model" else spec.dtype, shape=shape)
 
-    inputs, outputs = io_spec.step_inputs(model.cfg), io_spec.step_outputs(model.cfg)
+    layout = dict(ssm_kernel_layout=io_spec.ssm_kernel_layout(target, graph))
+    inputs, outputs = io_spec.step_inputs(model.cfg, **layout), io_spec.step_outputs(model.cfg, **layout)
     new_tokens = 1 if graph == "decode" else "dynamic"  # a step graph serves decode with any T
     return GraphRecord(f"{graph}.onnx", new_tokens, tuple(map(resolved, inputs)), tuple(map(resolved, outputs)), plugins)
 
@@ -295,9 +297,10 @@ def _manifest(path: Path, ckpt, model, dtype: str, target: str, graphs: dict, fi
 
     cfg = ckpt.config
     model_dtype = str(model.dtype).removeprefix("torch.")
+    layout = any(io_spec.ssm_kernel_layout(target, g) for g in traced_graphs(target, model_dtype))  # one graph, or none of them
     states = tuple(
         StateRecord(past.name, present.name, past.role, past.layer, model_dtype if past.dtype == "model" else past.dtype, past.shape)
-        for past, present in zip(io_spec.state_specs(cfg, "past"), io_spec.state_specs(cfg, "present", "total_len"))
+        for past, present in zip(io_spec.state_specs(cfg, "past", ssm_kernel_layout=layout), io_spec.state_specs(cfg, "present", "total_len", layout))
     )
     model_record = ModelRecord(
         tuple(cfg.layer_types), cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.chunk_size,

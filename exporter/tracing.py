@@ -103,7 +103,10 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize
         quantization.quantize_graph(ir_model, specs, quantize, set(quantization.quantized_parameters(model)))
     graph_passes.fold_small_constants(ir_model, set(specs))
     graph_passes.name_by_module(ir_model)
-    graph_passes.name_dims(ir_model, model.cfg, graph)
+    kernel_layout = io_spec.ssm_kernel_layout(target, graph)
+    if kernel_layout:
+        graph_passes.ssm_states_in_kernel_layout(ir_model)
+    graph_passes.name_dims(ir_model, model.cfg, graph, kernel_layout)
     return ir_model, specs
 
 

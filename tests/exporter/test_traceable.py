@@ -33,14 +33,21 @@ def _session(artifact, graph):
 
 def _check(session, model, graph, shapes):
     """The graph against the torch model's step of `graph`; "step" (the onnxruntime target's one graph):
-    a decode step for one new token after a past, a prefill step otherwise, as the graph decides."""
-    names = [i.name for i in session.get_inputs()]
+    a decode step for one new token after a past, a prefill step otherwise, as the graph decides. Its
+    SSM states are in LinearAttention's layout (B, H, N, P), the torch model's the contract's (B, H, P, N)."""
+    names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
+    kernel = io_spec.ssm_kernel_layout("onnxruntime", graph)
+
+    def as_graph(name, t):
+        return t.transpose(-1, -2) if kernel and name.endswith(".ssm") else t
+
     for shape in shapes:
         example = _inputs(model, *shape)
         _, past, new = shape
         kind = graph if graph != "step" else ("decode" if new == 1 and past > 0 else "prefill")
-        got = session.run(None, dict(zip(names, (t.numpy() for t in example))))
-        for g, r in zip(got, model(*example, graph=kind)):
+        got = session.run(None, {n: as_graph(n, t).contiguous().numpy() for n, t in zip(names, example)})
+        for name, g, r in zip(names[len(example):], got, model(*example, graph=kind)):
+            r = as_graph(name, r)
             assert g.shape == tuple(r.shape), shape
             np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=2e-5, err_msg=str(shape))
 
