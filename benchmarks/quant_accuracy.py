@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default="benchmarks/results/accuracy_trained.md")
     args = ap.parse_args()
+    if not (args.checkpoint / "reference.json").is_file():
+        raise SystemExit(f"{args.checkpoint}: no reference.json; expected a checkpoint benchmarks/train_reference.py wrote")
     windows = heldout_windows(args.checkpoint, args.windows, args.length)
     with tempfile.TemporaryDirectory(prefix="quant-accuracy-", dir=args.workdir) as tmp:
         results = measure(args.checkpoint, Path(tmp), windows)

@@ -306,9 +306,12 @@ class ContinuousBatcher:
         if self.prefix_cache is None:
             return
         mask = p.mask[:, : p.done]
+        rows = len(p.requests)
+        fixed = sum(x.nbytes for name, x in p.state.items() if name not in self._kv_names) // rows + p.logits[0].nbytes
+        per_token = sum(x.nbytes for name, x in p.state.items() if name in self._kv_names) // rows // max(p.done, 1)
         for row, request in enumerate(p.requests):
             consumed = len(request.prompt) - (p.ids.shape[1] - p.done)  # its own tokens so far (rows are left-padded)
-            if consumed > 0:
+            if consumed > 0 and fixed + per_token * consumed <= self.prefix_cache.budget:  # else it could not be kept: no copy
                 snap = snapshot.take(p.state, mask, row, request.prompt[:consumed], p.logits[row], self.model, self._kv_names)
                 self.prefix_cache.put(snap)
 

@@ -94,7 +94,9 @@ def prefill_rows(backend, prompts: Sequence[Sequence[int]], pad_token_id: int, c
     together, left-padded; each restored one alone (a Mamba state cannot take padding after its
     past); the rows are then stacked. Returns last-position logits (B, V), the state and the mask
     (B, width) int64."""
-    starts = list(starts) if starts is not None else [None] * len(prompts)
+    if starts is None or all(snap is None for snap in starts):  # every prompt from the start: one batch
+        ids, mask = left_pad(prompts, pad_token_id)
+        return (*prefill(backend, ids, mask, chunk_size), mask)
     fresh = [row for row, snap in enumerate(starts) if snap is None]
     groups = []  # (rows, logits, state, mask)
     if fresh:
@@ -156,11 +158,7 @@ def generate(
     of a sequence also releases what was held back). `starts`: per prompt, None or a snapshot of its
     first tokens to continue from (`prefill_rows`).
     """
-    if starts is None or all(s is None for s in starts):
-        ids, mask = left_pad(prompts, pad_token_id)
-        logits, state = prefill(backend, ids, mask, prefill_chunk_size)
-    else:
-        logits, state, mask = prefill_rows(backend, prompts, pad_token_id, prefill_chunk_size, starts)
+    logits, state, mask = prefill_rows(backend, prompts, pad_token_id, prefill_chunk_size, starts)
     prefill_logits = logits
     sampler = Sampler(sampling)
     eos = set(eos_token_ids)

@@ -234,15 +234,9 @@ def test_bad_requests_get_the_apis_errors_while_a_good_stream_completes(served):
         client.completions.create(model=MODEL, prompt=[5, 999999], max_tokens=2)
 
 
-def _tokens_total(metrics_url: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(float(v) for v in re.findall(r"^nemotron_tokens_total\{[^}]*\} (\S+)$", text, re.M))
-
-
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(served):
     client, _, metrics = served
-    before = _tokens_total(metrics)
+    before = _metric(metrics, "tokens_total")
     body = json.dumps({"model": MODEL, "prompt": [5, 6, 7], "max_tokens": 900, "stream": True, "ignore_eos": True}).encode()
     request = urllib.request.Request(str(client.base_url).rstrip("/") + "/completions", body, {"Content-Type": "application/json"})
     response = urllib.request.urlopen(request, timeout=60)
@@ -250,6 +244,6 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(served):
         assert response.readline()
     response.close()  # the client goes away after a few tokens
     time.sleep(3)
-    generated = _tokens_total(metrics) - before
+    generated = _metric(metrics, "tokens_total") - before
     time.sleep(1)
-    assert _tokens_total(metrics) - before == generated < 900, "the request kept generating after its client left"
+    assert _metric(metrics, "tokens_total") - before == generated < 900, "the request kept generating after its client left"
