@@ -3,14 +3,15 @@ transformers eager, on one checkpoint, with 1 and 2 threads, and decode against 
 
 Makes a random NemotronH checkpoint of a few hundred million parameters with Nemotron-3-Nano-30B-A3B's
 ratio of layer kinds (mamba : moe : attention ~ 4 : 4 : 1, 64 experts, top-6), exports it with a
-baseline revision (float32) and with this tree (float32, float16, --quantize int8, --quantize int4), then runs
+baseline revision (`--baseline-precisions`, default float32) and with this tree (float32, float16, --quantize int8, --quantize int4), then runs
 `nemotron-deploy bench` on each in a fresh child process (prefill at the prompt length; decode after
 the prompt and after each --past length; batch 4 and 8 decode), and transformers 5.23 eager in this
 process. 'before' is the baseline revision's export run by this tree's runtime and `bench` (the same
 measurement for every row). Writes a Markdown table with the raw JSON and a PNG plot of decode tokens/s against past length.
 Needs the `bench` extra (matplotlib) besides `export`, `onnxruntime` and `test` (transformers).
 
-Usage: python benchmarks/bench_vs_transformers.py [--baseline-rev REV] [--out benchmarks/results/bench_onnxruntime_cpu.md]
+Usage: python benchmarks/bench_vs_transformers.py [--baseline-rev REV] [--baseline-precisions float32,int4]
+                                                  [--workdir DIR] [--out benchmarks/results/bench_onnxruntime_cpu.md]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CONFIG = dict(
     n_routed_experts=64, num_experts_per_tok=6, moe_intermediate_size=512,
     moe_shared_expert_intermediate_size=1024, n_group=1, topk_group=1, max_position_embeddings=4096,
 )  # fmt: skip
+PRECISIONS = {"float32": [], "float16": ["--dtype", "float16"], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
 PAST = (128, 1024, 4000)
 THREADS = (1, 2)
 BATCHES = (4, 8)
@@ -110,8 +112,9 @@ def cpu_name() -> str:
 
 def run(args, work: Path) -> dict:
     ckpt = write_random_checkpoint(work / "ckpt", config=CONFIG)
-    artifacts = {f"before ({args.baseline_rev}) float32": (work / "before", baseline_env(work, args.baseline_rev), [])}
-    artifacts |= {name: (work / name, None, extra) for name, extra in (("float32", []), ("float16", ["--dtype", "float16"]), ("int8", ["--quantize", "int8"]), ("int4", ["--quantize", "int4"]))}
+    before = baseline_env(work, args.baseline_rev)
+    artifacts = {f"before ({args.baseline_rev}) {name}": (work / f"before-{name}", before, PRECISIONS[name]) for name in args.baseline_precisions.split(",")}
+    artifacts |= {name: (work / name, None, extra) for name, extra in PRECISIONS.items()}
     results = {"configs": {}, "transformers": {}}
     for name, (path, env, extra) in artifacts.items():
         start = time.perf_counter()
@@ -213,6 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/bench_onnxruntime_cpu.md")
     ap.add_argument("--baseline-rev", default="e0164e0", help="the revision 'before' is exported and run with")
+    ap.add_argument("--baseline-precisions", default="float32", help="comma-separated: which of float32,float16,int8,int4 the baseline also exports")
+    ap.add_argument("--workdir", default=".", help="where the checkpoint and artifacts are written (several GB), deleted after")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=48, help="decode steps per measurement (timed as the best of 3 equal rounds)")
     ap.add_argument("--render", help="re-render the report from this results JSON instead of measuring")
@@ -222,7 +227,7 @@ def main() -> None:
     if args.render:
         results = json.loads(Path(args.render).read_text())
     else:
-        with tempfile.TemporaryDirectory(dir=".") as tmp:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             results = run(args, Path(tmp))
         out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     png = out.with_name(out.stem + "_decode.png")

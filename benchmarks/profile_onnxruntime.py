@@ -7,7 +7,7 @@ op type (the share of the kernels' total) next to the whole `model_run` time per
 onnxruntime's own overhead between them). The profiler adds its own cost per node, so compare shares
 and ratios, not these absolute times with `bench`'s.
 
-Usage: python benchmarks/profile_onnxruntime.py LABEL=ARTIFACT_DIR... [--out benchmarks/results/profile_onnxruntime_cpu.md]
+Usage: python benchmarks/profile_onnxruntime.py LABEL=ARTIFACT_DIR... [--threads 1,2] [--out benchmarks/results/profile_onnxruntime_cpu.md]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int) -> dict:
+def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int, threads: int | None = None) -> dict:
     import onnxruntime as ort
 
     from nemotron_deploy.runtime.backends import open_backend
@@ -43,7 +43,7 @@ def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int)
 
         ort.SessionOptions = Profiled
         try:
-            backend = open_backend(manifest)
+            backend = open_backend(manifest, threads=threads)
         finally:
             ort.SessionOptions = plain
         phases: dict[int, list[str]] = collections.defaultdict(list)  # session -> the phase of each of its runs, in order
@@ -95,7 +95,7 @@ def render(results: dict, args) -> str:
     lines = [
         f"# Where an onnxruntime step spends its time ({datetime.date.today()})",
         "",
-        f"`python benchmarks/profile_onnxruntime.py` on the 2-core CPU development machine (2 threads), one run: onnxruntime's "
+        f"`python benchmarks/profile_onnxruntime.py` on the 2-core CPU development machine (threads as labelled; unlabelled: onnxruntime's default, 2), one run: onnxruntime's "
         f"profiler, prefill of {args.prompt_len} tokens, {args.steps} decode steps. Times are per run with the profiler "
         "on (it adds a cost per node): compare shares and ratios.",
         "",
@@ -118,13 +118,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--threads", default=None, help="comma-separated thread counts, each profiled (default: onnxruntime's own)")
     ap.add_argument("--out", default="benchmarks/results/profile_onnxruntime_cpu.md")
     args = ap.parse_args()
     results = {}
-    for item in args.artifacts:
-        label, _, path = item.partition("=")
-        print(f"profiling {label}", file=sys.stderr)
-        results[label] = profile(Path(path), args.prompt_len, args.steps, args.repeats, args.top)
+    for threads in [int(t) for t in args.threads.split(",")] if args.threads else [None]:
+        for item in args.artifacts:
+            label, _, path = item.partition("=")
+            label += f", {threads} thread{'s' if threads > 1 else ''}" if threads else ""
+            print(f"profiling {label}", file=sys.stderr)
+            results[label] = profile(Path(path), args.prompt_len, args.steps, args.repeats, args.top, threads)
     Path(args.out).write_text(render(results, args))
     print(Path(args.out).read_text())
 
