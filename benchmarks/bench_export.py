@@ -80,7 +80,7 @@ def main() -> None:
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-export-") as tmp:
         for case in cases:
-            results[case] = runs[case](Path(tmp))
+            results[case] = runs[case](Path(tmp)) | {"measured": f"{datetime.date.today()}"}
             if args.json:  # after each case, so a long run keeps what it measured
                 Path(args.json).write_text(json.dumps(results, indent=1))
     _write_report(results, args)
@@ -94,16 +94,44 @@ def _write_report(results: dict, args) -> None:
 
 
 def bench_537m(work: Path, rev: str) -> dict:
+    """Both revisions at float32 and int4, alternated, and the disk's own bandwidth in the same run."""
     ckpt = write_random_checkpoint(work / "ckpt-537m", config=BENCH_537M)
     out = {"checkpoint_gib": _size(ckpt) / GiB, "pattern": BENCH_537M["hybrid_override_pattern"], "exports": {}}
-    for label, env in (("baseline", baseline_env(work, rev)), ("this tree", None)):
-        artifact = work / f"537m-{label.replace(' ', '-')}"
-        measured = profile_export(ckpt, artifact, env=env)
-        measured["session"] = profile_session(artifact, env=env)
-        out["exports"][label] = measured
-        shutil.rmtree(artifact)
+    envs = {"baseline": baseline_env(work, rev), "this tree": None}
+    for quantize in (None, "int4"):
+        for label, env in envs.items():
+            artifact = work / f"537m-{label.replace(' ', '-')}"
+            measured = profile_export(ckpt, artifact, env=env, quantize=quantize)
+            # a quantized artifact's first open builds its pre-packed cache: benchmarks/bench_memory.py measures opens
+            measured["session"] = profile_session(artifact, env=env) if quantize is None else {"skipped": "quantized (bench_memory.py)"}
+            out["exports"][f"{label} {quantize or 'float32'}"] = measured
+            shutil.rmtree(artifact)
+    out["disk"] = disk_bandwidth(ckpt, work)
     shutil.rmtree(ckpt)
     return out
+
+
+def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: int = 64 * 2**20) -> dict:
+    """MB/s of this machine's disk as an export sees it: the checkpoint's files read sequentially in
+    `block`s (as they were just read, partly from the page cache), and `write_bytes` written in `block`s
+    (no fsync: an export does not sync either)."""
+    import time
+
+    start = time.perf_counter()
+    read = 0
+    for path in sorted(ckpt.glob("*.safetensors")):
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(block):
+                read += len(chunk)
+    read_s = time.perf_counter() - start
+    data = os.urandom(block)
+    start = time.perf_counter()
+    with open(work / "disk-probe", "wb") as f:
+        for _ in range(write_bytes // block):
+            f.write(data)
+    write_s = time.perf_counter() - start
+    (work / "disk-probe").unlink()
+    return {"read_mb_s": read / read_s / 1e6, "write_mb_s": write_bytes / write_s / 1e6, "checkpoint_bytes": read}
 
 
 def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]]) -> dict:
@@ -181,21 +209,22 @@ def render(results: dict, rev: str) -> str:
     if "bench-537m" in results:
         r = results["bench-537m"]
         lines += [
-            f"## Before and after: the 537M benchmark model ({r['pattern']}, 64 experts, {r['checkpoint_gib']:.2f} GiB float32 on disk), onnxruntime float32",
+            f"## Before and after: the 537M benchmark model ({r['pattern']}, 64 experts, {r['checkpoint_gib']:.2f} GiB float32 on disk), onnxruntime float32 and int4",
             "",
-            f"Baseline: revision {rev} (trace with the weights loaded, per-expert loops in prefill), same machine, same run.",
+            f"Baseline: revision {rev}, same machine, same run, exports alternated.",
             "",
             *_header("exporter"),
         ]
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
-        lines.append("")
+        lines += ["", *_split(r), ""]
     for key, title in (("nano30b-6", "Nemotron-3-Nano-30B-A3B widths, 6 layers"), ("h4b", "Nemotron-H-4B, full depth and widths")):
         if key not in results:
             continue
         r = results[key]
         lines += [
-            f"## {title} ({r['pattern']}, {r['checkpoint_gib']:.1f} GiB bfloat16 on disk, largest tensor {r['largest_tensor_mib']:.0f} MiB)",
+            f"## {title} ({r['pattern']}, {r['checkpoint_gib']:.1f} GiB bfloat16 on disk, largest tensor {r['largest_tensor_mib']:.0f} MiB)"
+            + (f"; measured {r['measured']}" if "measured" in r else ""),
             "",
             *_header("target dtype"),
         ]
@@ -239,6 +268,30 @@ def _pattern_params(pattern: str) -> float:
     with torch.device("meta"):
         model = NemotronHStepModel(ModelConfig.from_hf(dict(NANO30B, hybrid_override_pattern=pattern)))
     return float(sum(p.numel() for p in model.parameters()))
+
+
+def _split(r: dict) -> list[str]:
+    """Where each export's seconds went, against what the disk alone needs (read the checkpoint once,
+    write weights.data once, at the bandwidths measured in the same run)."""
+    disk = r.get("disk")
+    measured = f"; the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s" if disk else ""
+    lines = [
+        "Time split (s): tracing (with the graph passes), weights (streamed, converted, written, hashed), other (hashing",
+        f"the other files, checks, manifest){measured}.",
+        "",
+        "| exporter | export s | trace | weights | other | disk alone: read + write s | export / disk alone |",
+        "| --- " * 7 + "|",
+    ]
+    for label, m in r["exports"].items():
+        t = m["timings"]
+        trace = sum(v for k, v in t.items() if k.endswith(".trace"))
+        weights = sum(v for k, v in t.items() if k.endswith(".weights"))
+        floor = ratio = "-"
+        if disk:
+            seconds = disk["checkpoint_bytes"] / (disk["read_mb_s"] * 1e6) + m["weights_mb"] * 2**20 / (disk["write_mb_s"] * 1e6)
+            floor, ratio = f"{seconds:.1f}", f"{m['seconds'] / seconds:.1f}x"
+        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {weights:.1f} | {m['seconds'] - trace - weights:.1f} | {floor} | {ratio} |")
+    return lines
 
 
 def _header(first: str) -> list[str]:

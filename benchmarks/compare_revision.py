@@ -3,8 +3,8 @@ the tokens and the decode speed the same? (For a change meant to leave behaviour
 
     python benchmarks/compare_revision.py --baseline-rev 3bb17f1 --out benchmarks/results/structure_pass_cpu.md
 
-Per target: manifests equal as JSON apart from the creation time, the source path and the .onnx sizes and
-hashes; weights.data byte-identical; each graph byte-identical, or else its non-Constant nodes (op, domain,
+Per target (and onnxruntime float32 with --quantize int8 / int4): manifests equal as JSON apart from the creation time, the source path and the .onnx sizes and
+hashes; weights.data byte-identical; each graph file byte-identical, or else its non-Constant nodes (op, domain,
 name, order), inputs, outputs and external initializers equal; `generate` tokens equal (greedy batch, and
 sampled with chunked prefill). Then `bench` alternated between the two, `--rounds` times.
 """
@@ -27,6 +27,7 @@ from baseline import baseline_env  # noqa: E402
 from bench_vs_transformers import cpu_name  # noqa: E402
 
 TARGETS = (("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "bfloat16"), ("tensorrt-rtx", "float16"))
+QUANTIZED = ("int8", "int4")  # onnxruntime float32 with --quantize (block 16: the tiny widths)
 GREEDY = ["--prompt-ids", "5,6,7,8,9,10,11", "--prompt-ids", "12,13,14", "--max-new-tokens", "24", "--ignore-eos", "--json"]
 SAMPLED = ["--prompt-ids", "5,6,7,8,9,10,11", "--max-new-tokens", "16", "--temperature", "0.8", "--top-k", "20", "--seed", "4",
            "--ignore-eos", "--json", "--prefill-chunk", "3"]  # fmt: skip
@@ -59,16 +60,19 @@ def _manifest(artifact: Path) -> dict:
     return raw
 
 
-def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str) -> dict:
+def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str, quantize: str | None = None) -> dict:
     arts = {}
     for name, env in envs.items():
-        arts[name] = work / f"{name}-{target}-{dtype}"
-        cli(env, "export", ckpt, "-o", arts[name], "--target", target, "--dtype", dtype)
+        arts[name] = work / f"{name}-{target}-{dtype}{'-' + quantize if quantize else ''}"
+        cli(env, "export", ckpt, "-o", arts[name], "--target", target, "--dtype", dtype, *(["--quantize", quantize, "--block-size", "16"] if quantize else []))
     old, new = arts["baseline"], arts["this tree"]
     result = {"manifest_equal": _manifest(old) == _manifest(new), "weights_data_identical": _sha(old / "weights.data") == _sha(new / "weights.data")}
-    for graph in ("prefill", "decode"):
-        same_bytes = _sha(old / f"{graph}.onnx") == _sha(new / f"{graph}.onnx")
-        result[graph] = "byte-identical" if same_bytes else ("same nodes, names, I/O" if _graph(old / f"{graph}.onnx") == _graph(new / f"{graph}.onnx") else "DIFFERENT")
+    graphs = sorted(p.name for p in old.glob("*.onnx"))  # prefill.onnx and decode.onnx, or one step.onnx
+    if graphs != sorted(p.name for p in new.glob("*.onnx")):
+        result["graphs"] = f"DIFFERENT files: {graphs}"
+    for graph in graphs:
+        same_bytes = _sha(old / graph) == _sha(new / graph)
+        result[graph] = "byte-identical" if same_bytes else ("same nodes, names, I/O" if _graph(old / graph) == _graph(new / graph) else "DIFFERENT")
     # the reference backend runs float32/float16 plugin graphs; tensorrt-rtx needs its engines
     backend = {"onnxruntime": "onnxruntime", "tensorrt": "reference"}.get(target)
     if backend and dtype != "bfloat16":
@@ -83,13 +87,15 @@ def main() -> None:
     ap.add_argument("--baseline-rev", required=True)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/compare_revision.md")
+    ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         envs = {"baseline": baseline_env(work, args.baseline_rev), "this tree": dict(os.environ)}
         ckpt = work / "checkpoint"
         subprocess.run([sys.executable, "-c", f"from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint; write_random_checkpoint({str(ckpt)!r}, seed=3)"], check=True)
         targets = {f"{t} {d}": compare_target(work, ckpt, envs, t, d) for t, d in TARGETS}
+        targets |= {f"onnxruntime float32 {q}": compare_target(work, ckpt, envs, "onnxruntime", "float32", q) for q in QUANTIZED}
         bench = {name: [] for name in envs}
         for _ in range(args.rounds):
             for name, env in envs.items():
@@ -107,9 +113,10 @@ def _markdown(report: dict) -> str:
     m = report["meta"]
     lines = [f"# {m['baseline']} against {m['this_tree']}: artifacts, tokens, speed", "",
              f"{m['date']}, {m['machine']}; random TINY_CONFIG checkpoint (seed 3); `benchmarks/compare_revision.py`.", "",
-             "| target | manifest equal | weights.data | prefill.onnx | decode.onnx | greedy tokens | sampled tokens |", "| --- " * 7 + "|"]  # fmt: skip
+             "| target | manifest equal | weights.data | graphs | greedy tokens | sampled tokens |", "| --- " * 6 + "|"]  # fmt: skip
     for name, r in report["targets"].items():
-        cells = [r["manifest_equal"], r["weights_data_identical"], r["prefill"], r["decode"], r.get("greedy_tokens_equal", "-"), r.get("sampled_tokens_equal", "-")]
+        graphs = r.get("graphs") or ", ".join(f"{g}: {r[g]}" for g in r if g.endswith(".onnx"))
+        cells = [r["manifest_equal"], r["weights_data_identical"], graphs, r.get("greedy_tokens_equal", "-"), r.get("sampled_tokens_equal", "-")]
         lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
     bench = report["bench_onnxruntime_float32"]
     old, new = bench["baseline"], bench["this tree"]

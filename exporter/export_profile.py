@@ -21,10 +21,13 @@ class ChildFailed(RuntimeError):
     """The measured child process failed (or was killed)."""
 
 
-def profile_export(checkpoint: str | Path, out: str | Path, target: str = "onnxruntime", dtype: str = "float32", env: dict | None = None) -> dict:
+def profile_export(
+    checkpoint: str | Path, out: str | Path, target: str = "onnxruntime", dtype: str = "float32", env: dict | None = None, quantize: str | None = None
+) -> dict:
     """Run the export in a child process and return its measurements (see `_export_child`).
-    env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first)."""
-    return _run_child([str(checkpoint), str(out), "--target", target, "--dtype", dtype], env)
+    env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first).
+    quantize: "int8" | "int4" (`export --quantize`), or None."""
+    return _run_child([str(checkpoint), str(out), "--target", target, "--dtype", dtype, *(["--quantize", quantize] if quantize else [])], env)
 
 
 def profile_session(artifact: str | Path, env: dict | None = None) -> dict:
@@ -97,9 +100,12 @@ def _export_child(argv: list[str]) -> dict:
     ap.add_argument("out")
     ap.add_argument("--target", default="onnxruntime")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quantize", default=None)
     args = ap.parse_args(argv)
     timings: dict = {}
     extra = {"timings": timings} if "timings" in inspect.signature(export_artifact).parameters else {}  # older exporters
+    if args.quantize:
+        extra["quantize"] = args.quantize
     base = _status_kb()
     start = time.perf_counter()
     with _Sampler() as sampler:

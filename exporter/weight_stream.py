@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from nemotron_deploy.exporter.safetensors_mmap import MappedFiles
 
 ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
 _BLOCK_BYTES = 64 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
+_SAMPLE_BYTES = 64 * 2**10  # a tensor's leading bytes in its fingerprint (WeightsFile)
 
 
 @dataclass(frozen=True)
@@ -123,21 +125,26 @@ class WeightsFile:
 
     `add(spec)` streams a spec from the checkpoint and returns (offset, length) in the file. A spec
     seen before is not read again; a new spec whose bytes equal earlier ones (e.g. tied embeddings,
-    identical norms) is written, hashed, and rolled back to point at the earlier copy. The whole file's
-    SHA-256 is computed as it is written (`sha256`, after `close`), so the manifest needs no second read
-    of it: each tensor's bytes go into a copy of the file's digest, which replaces it only if the tensor
-    stays (a rolled-back one leaves the digest as it was).
+    identical norms) is written and rolled back to point at the earlier copy. The file is read and
+    written once: each block is written and hashed at the same time (two threads: both release the GIL)
+    while the next block is converted, so the whole file's SHA-256 (`sha256`, after `close`) needs no
+    second read. Equal content is found without hashing every tensor: a tensor's fingerprint is its length
+    and the SHA-256 of its first `_SAMPLE_BYTES`, and a fingerprint seen before is confirmed (or not) by
+    comparing the two ranges byte for byte, so a distinct tensor is never merged.
     """
 
     def __init__(self, path: Path, ckpt: Checkpoint):
         self.path = path
         self.ckpt = ckpt
         self.files = MappedFiles()
-        self.file = open(path, "wb")
+        self.file = open(path, "w+b")  # read back to confirm an equal fingerprint
         self.by_spec: dict[WeightSpec, tuple[int, int]] = {}
-        self.by_content: dict[bytes, tuple[int, int]] = {}
+        self.by_fingerprint: dict[tuple[int, bytes], list[tuple[int, int]]] = {}
         self.written = 0  # bytes streamed (before de-duplication), for progress
+        self._end = 0  # bytes in the file
         self._file_digest = hashlib.sha256()  # of the bytes in the file so far
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="weights")  # one writes, one hashes
+        self._kept: tuple[WeightSpec, list] | None = None  # a quantized weight's other part (_quantized_blocks)
         self.sha256: str | None = None  # the file's hex SHA-256, once closed
 
     def has(self, spec: WeightSpec) -> bool:
@@ -146,27 +153,52 @@ class WeightsFile:
     def add(self, spec: WeightSpec) -> tuple[int, int]:
         if spec in self.by_spec:
             return self.by_spec[spec]
-        start = self.file.seek(0, os.SEEK_END)
-        padding = b"\0" * (-start % ALIGN)
-        start += self.file.write(padding)
+        padding = b"\0" * (-self._end % ALIGN)
+        self.file.write(padding)
         self._file_digest.update(padding)  # stays even if the tensor is rolled back
-        digest, file_digest = hashlib.sha256(), self._file_digest.copy()
-        for block in self._blocks(spec):
-            data = _bytes(block)
-            digest.update(data)
-            file_digest.update(data)
-            self.file.write(data)
-            self.written += len(data)
-        length = self.file.tell() - start
-        key = digest.digest()
-        if key in self.by_content:  # same bytes as an earlier tensor: keep one copy
+        start = self._end = self._end + len(padding)
+        file_digest = self._file_digest.copy()
+        length, sample = self._stream(self._blocks(spec), file_digest)
+        fingerprint = (length, hashlib.sha256(sample).digest())
+        earlier = next((r for r in self.by_fingerprint.get(fingerprint, ()) if self._equal(r[0], start, length)), None)
+        if earlier is not None:  # same bytes as an earlier tensor: keep one copy
             self.file.truncate(start)
             self.file.seek(start)
+            self.by_spec[spec] = earlier
         else:
-            self.by_content[key] = (start, length)
+            self.by_fingerprint.setdefault(fingerprint, []).append((start, length))
             self._file_digest = file_digest
-        self.by_spec[spec] = self.by_content[key]
+            self._end = start + length
+            self.by_spec[spec] = (start, length)
         return self.by_spec[spec]
+
+    def _stream(self, blocks: Iterator, digest) -> tuple[int, bytes]:
+        """Write and hash each block in the workers while the next one is made; returns (bytes written,
+        the first `_SAMPLE_BYTES` of them). At most two blocks are alive at a time."""
+        length, sample, pending = 0, bytearray(), ()
+        try:
+            for block in blocks:
+                data = _bytes(block)
+                for job in pending:  # the previous block written and hashed: keep the file in order
+                    job.result()
+                pending = (self._workers.submit(self.file.write, data), self._workers.submit(digest.update, data))
+                sample += data[: max(0, _SAMPLE_BYTES - len(sample))]
+                length += len(data)
+                self.written += len(data)
+        finally:
+            for job in pending:  # nothing left writing if a block failed (the caller removes the file)
+                job.result()
+        return length, bytes(sample)
+
+    def _equal(self, a: int, b: int, length: int) -> bool:
+        """Whether the file's bytes at offsets a and b are equal for `length` bytes."""
+        self.file.flush()
+        fd = self.file.fileno()
+        for done in range(0, length, _BLOCK_BYTES):
+            n = min(_BLOCK_BYTES, length - done)
+            if os.pread(fd, n, a + done) != os.pread(fd, n, b + done):
+                return False
+        return True
 
     def materialize(self, spec: WeightSpec):
         """The whole tensor in memory (for the few small initializers kept inside the .onnx)."""
@@ -178,9 +210,41 @@ class WeightsFile:
     def _blocks(self, spec: WeightSpec) -> Iterator:
         import torch
 
+        if spec.layouts and spec.layouts[-1][0] == "quantize":
+            return self._quantized_blocks(spec)
         return WeightSource(self.ckpt, self.files, spec.param).blocks(getattr(torch, spec.dtype), spec.layouts)
 
+    def _quantized_blocks(self, spec: WeightSpec) -> Iterator:
+        """One part of a quantized weight (packed integers or scales). Quantizing makes both: the other
+        part's blocks are kept for its spec, which comes next (the graph pass registers the two together),
+        unless they would hold more than `_BLOCK_BYTES`."""
+        import torch
+
+        from nemotron_deploy.exporter.quantize import quantize_rows
+
+        if self._kept is not None and self._kept[0] == spec:
+            blocks, self._kept = self._kept[1], None
+            yield from blocks
+            return
+        self._kept = None
+        bits, size, part = spec.layouts[-1][1]
+        other = "scales" if part == "weights" else "weights"
+        sibling = WeightSpec(spec.param, "float32" if other == "scales" else "uint8", (*spec.layouts[:-1], ("quantize", (bits, size, other))))
+        kept, kept_bytes = [], 0
+        for block in WeightSource(self.ckpt, self.files, spec.param).blocks(torch.float32, spec.layouts[:-1]):
+            packed, scales = quantize_rows(block, bits, size)
+            mine, theirs = (packed, scales) if part == "weights" else (scales, packed)
+            kept_bytes += theirs.numel() * theirs.element_size()
+            if kept is not None and kept_bytes <= _BLOCK_BYTES:
+                kept.append(theirs)
+            else:
+                kept = None
+            yield mine.to(getattr(torch, spec.dtype))
+        if kept is not None:
+            self._kept = (sibling, kept)
+
     def close(self) -> None:
+        self._workers.shutdown()
         self.file.close()
         self.sha256 = self._file_digest.hexdigest()
 
