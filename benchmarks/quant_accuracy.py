@@ -1,7 +1,7 @@
 """Accuracy of a trained checkpoint's artifacts (float32, float16, int8, int4) on held-out text, against
 transformers eager on the same checkpoint, in one run.
 
-    python benchmarks/quant_accuracy.py CHECKPOINT [--windows 8] [--length 256] [--workdir DIR]
+    python benchmarks/quant_accuracy.py CHECKPOINT [--windows 8] [--length 256] [--block-sizes 32,64,128] [--workdir DIR]
                                         [--out benchmarks/results/accuracy_trained.md]
 
 CHECKPOINT is one `benchmarks/train_reference.py` wrote (its held-out windows come from the same split).
@@ -30,6 +30,12 @@ sys.path.insert(0, str(HERE))
 from train_reference import heldout_windows  # noqa: E402
 
 SCHEMES = {"float32": (), "float16": ("--dtype", "float16"), "int8": ("--quantize", "int8"), "int4": ("--quantize", "int4")}
+
+
+def with_block_sizes(block_sizes: list[int]) -> dict:
+    """SCHEMES plus int8 and int4 at each other block size ("int4 block 128"); int8 / int4 are block 32."""
+    extra = {f"{q} block {b}": ("--quantize", q, "--block-size", str(b)) for b in block_sizes if b != 32 for q in ("int8", "int4")}
+    return SCHEMES | extra
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -68,14 +74,15 @@ def score(logits: list[np.ndarray], windows: list[list[int]], reference: list[np
     return row
 
 
-def measure(checkpoint: Path, workdir: Path, windows: list[list[int]], schemes=tuple(SCHEMES)) -> dict:
-    """{'transformers': {...}, scheme: {...}}: perplexity and top-1 agreement per scheme."""
+def measure(checkpoint: Path, workdir: Path, windows: list[list[int]], schemes=tuple(SCHEMES), arguments: dict = SCHEMES) -> dict:
+    """{'transformers': {...}, scheme: {...}}: perplexity and top-1 agreement per scheme (its export
+    arguments in `arguments`)."""
     reference = transformers_logits(checkpoint, windows)
     results = {"transformers": score(reference, windows, reference, None)}
     float32 = None
     for scheme in schemes:
-        artifact = workdir / f"artifact-{scheme}"
-        done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", "export", str(checkpoint), "-o", str(artifact), *SCHEMES[scheme]],
+        artifact = workdir / f"artifact-{scheme.replace(' ', '-')}"
+        done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", "export", str(checkpoint), "-o", str(artifact), *arguments[scheme]],
                               capture_output=True, text=True)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"export {scheme} failed:\n{done.stderr[-2000:]}")
@@ -94,13 +101,15 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--block-sizes", default="32", help="comma-separated: int8 and int4 rows at each (32 is the default block)")
     ap.add_argument("--out", default="benchmarks/results/accuracy_trained.md")
     args = ap.parse_args()
     if not (args.checkpoint / "reference.json").is_file():
         raise SystemExit(f"{args.checkpoint}: no reference.json; expected a checkpoint benchmarks/train_reference.py wrote")
     windows = heldout_windows(args.checkpoint, args.windows, args.length)
     with tempfile.TemporaryDirectory(prefix="quant-accuracy-", dir=args.workdir) as tmp:
-        results = measure(args.checkpoint, Path(tmp), windows)
+        schemes = with_block_sizes([int(b) for b in args.block_sizes.split(",")])
+        results = measure(args.checkpoint, Path(tmp), windows, tuple(schemes), schemes)
     info = json.loads((args.checkpoint / "reference.json").read_text())
     Path(args.out).write_text(render(results, info, args))
     print(Path(args.out).read_text())
@@ -115,7 +124,7 @@ def render(results: dict, info: dict, args) -> str:
         f"parameters, every layer kind, 32 experts top-4; {info['steps']} steps in {info['seconds'] / 60:.0f} min on this machine; "
         f"transformers' held-out loss {info['heldout_loss']:.3f}). `python benchmarks/quant_accuracy.py`: {args.windows} held-out windows "
         f"of {args.length} tokens (Python standard library files the model never saw), teacher-forced, every position scored "
-        f"({args.windows * (args.length - 1)} positions); int8/int4: block 32, symmetric RTN (docs/quantization.md).", "",
+        f"({args.windows * (args.length - 1)} positions); int8/int4: block 32 unless named, symmetric RTN (docs/quantization.md).", "",
         "| weights | weights.data MiB | held-out perplexity | x transformers | top-1 = transformers | top-1 = float32 artifact |",
         "| --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
