@@ -52,7 +52,8 @@ def dynamic_shapes(cfg, graph: str):
     dyn = torch.export.Dim.DYNAMIC
     states = tuple({0: dyn, 2: dyn} if s.role in ("key", "value") else {0: dyn} for s in io_spec.state_specs(cfg, "past"))
     ids_dims = {0: dyn} if graph == "decode" else {0: dyn, 1: dyn}
-    return (ids_dims, {0: dyn, 1: dyn}, states)
+    # the states are the forward's *states: none at all (a model of MoE / MLP layers only) is no element
+    return (ids_dims, {0: dyn, 1: dyn}, states) if states else (ids_dims, {0: dyn, 1: dyn})
 
 
 def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):

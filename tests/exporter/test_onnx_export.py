@@ -74,3 +74,24 @@ def test_existing_output_is_never_overwritten(hf_checkpoints, tmp_path):
     assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
     with pytest.raises(NemotronDeployError, match="--target 'openvino'"):
         onnx_export.export_artifact(ckpt, tmp_path / "new", target="openvino", progress=False)
+
+
+def test_a_model_without_recurrent_state_exports_and_decodes(tmp_path):
+    """MoE and MLP layers only: the step graphs take and return no state at all (the trace's dynamic
+    shapes then have no states element); greedy tokens still equal transformers'."""
+    import torch
+
+    from hf_oracle import hf_logits, make_checkpoint
+    from nemotron_deploy.runtime.session import Session
+
+    def greedy(ref, prompt, n):  # transformers' generate wants an attention layer for its cache: no cache
+        ids = list(prompt)
+        for _ in range(n):
+            ids.append(int(hf_logits(ref, torch.tensor([ids]))[0, -1].argmax()))
+        return ids[len(prompt) :]
+
+    ref, ckpt = make_checkpoint("hybrid_moe_groups", tmp_path / "ckpt", layers_block_type=["moe", "mlp"], intermediate_size=24)
+    artifact = onnx_export.export_artifact(ckpt, tmp_path / "artifact", progress=False)
+    assert read_manifest(artifact).states == ()
+    out = Session(artifact).generate([[5, 17, 3, 9], [7]], max_new_tokens=8, ignore_eos=True)
+    assert out.new_token_ids == [greedy(ref, [5, 17, 3, 9], 8), greedy(ref, [7], 8)]
