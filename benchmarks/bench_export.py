@@ -157,7 +157,7 @@ def per_layer_kind(timings: dict, layer_types) -> dict:
     shared out in proportion to the time the tracer's Python pass spent in each layer.
     """
     seconds = [0.0] * len(layer_types)
-    for graph in ("prefill", "decode"):
+    for graph in ("prefill", "decode", "step"):  # step: the one graph of an onnxruntime float32 export
         # a graph traced in the exporter's second process has no per-layer record: use prefill's shares
         python = timings.get(f"{graph}.trace_layers") or timings.get("prefill.trace_layers", [1.0] * len(layer_types))
         total = sum(python) or 1.0
@@ -175,10 +175,15 @@ def _open_on_onnxruntime(artifact: Path, dtype: str, weights_bytes: float) -> di
     """ORT open figures, or why they are missing. onnxruntime's CPU provider keeps float32 copies of
     float16 weights (measured: 914 MiB of anonymous memory for 393 MiB of float16 weights), so a float16
     artifact needs about 2.3x its weights in memory; float32 weights stay memory-mapped."""
+    import resource
+
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]  # `prlimit --data`, which the child inherits
+    if limit != resource.RLIM_INFINITY and limit < available:
+        available = limit
     if dtype == "float16" and 2.5 * weights_bytes > available:
-        return {"skipped": f"float16 copies to float32 at load: needs ~{2.5 * weights_bytes / GiB:.0f} GiB, {available / GiB:.0f} GiB available"}
+        return {"skipped": f"float16 copies to float32 at load: needs ~{2.5 * weights_bytes / GiB:.0f} GiB, {available / GiB:.0f} GiB allowed"}
     try:
         return profile_session(artifact)
     except ChildFailed as e:
@@ -230,6 +235,7 @@ def render(results: dict, rev: str) -> str:
         ]
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
+        lines += ["", *_split(r), ""]
         lines += ["", "Export seconds per layer (weight streaming + the layer's share of tracing):", ""]
         kinds = [KIND[k] for k in "ME*-" if KIND[k] in next(iter(r["exports"].values()))["per_layer_kind"]]
         lines += ["| target dtype | " + " | ".join(kinds) + " |"]
@@ -276,15 +282,17 @@ def _split(r: dict) -> list[str]:
     disk = r.get("disk")
     measured = f"; the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s" if disk else ""
     lines = [
-        "Time split (s): tracing (with the graph passes), weights (streamed, converted, written, hashed), other (hashing",
-        f"the other files, checks, manifest){measured}.",
+        "Time split (s): tracing (with the graph passes; a graph traced in a second process meanwhile counts only the wait",
+        "for it), weights (streamed, converted, written, hashed), other (hashing the other files, checks, manifest)" + f"{measured}.",
         "",
         "| exporter | export s | trace | weights | other | disk alone: read + write s | export / disk alone |",
         "| --- " * 7 + "|",
     ]
     for label, m in r["exports"].items():
         t = m["timings"]
-        trace = sum(v for k, v in t.items() if k.endswith(".trace"))
+        # a graph traced in the exporter's second process overlaps the rest: only the wait for it counts
+        waits = {k.split(".")[0]: v for k, v in t.items() if k.endswith("waiting for its trace in a second process")}
+        trace = sum(v for k, v in t.items() if k.endswith(".trace") and k.split(".")[0] not in waits) + sum(waits.values())
         weights = sum(v for k, v in t.items() if k.endswith(".weights"))
         floor = ratio = "-"
         if disk:
