@@ -11,6 +11,8 @@ from pathlib import Path
 def baseline_env(work: Path, rev: str) -> dict:
     """An environment whose PYTHONPATH puts `rev`'s nemotron_deploy first (extracted with git archive)."""
     src = work / f"baseline-{rev}"
+    if src.exists():  # extracted earlier in this run
+        return dict(os.environ, PYTHONPATH=str(src))
     src.mkdir()
     archive = subprocess.run(["git", "archive", rev, "exporter", "runtime", "plugins"], capture_output=True, check=True).stdout
     tar_path = work / "baseline.tar"

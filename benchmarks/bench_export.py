@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the raw figures here")
     ap.add_argument("--smoke", action="store_true", help="tiny widths: checks the script, measures nothing of interest")
     ap.add_argument("--render", default=None, help="only write the report from the raw figures of an earlier --json")
+    ap.add_argument("--no-open", action="store_true", help="skip opening the artifacts on onnxruntime (export seconds only)")
+    ap.add_argument("--no-baseline", action="store_true", help="nano30b-6 and h4b: this tree only (bench-537m always compares)")
     args = ap.parse_args()
     if args.render:
         return _write_report(json.loads(Path(args.render).read_text()), args)
@@ -72,11 +74,12 @@ def main() -> None:
         tiny = dict(vocab_size=256, hidden_size=64, num_key_value_heads=2, intermediate_size=128, mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=16, head_dim=16, num_attention_heads=4,
                     moe_intermediate_size=32, moe_shared_expert_intermediate_size=32)  # fmt: skip
         NANO30B, H4B, BENCH_537M = dict(NANO30B, **tiny), dict(H4B, **tiny, hybrid_override_pattern="M-*M"), dict(BENCH_537M, **tiny)
+    rev = None if args.no_baseline else args.baseline_rev
     runs = {
-        "bench-537m": lambda work: bench_537m(work, args.baseline_rev),
+        "bench-537m": lambda work: bench_537m(work, args.baseline_rev, not args.no_open),
         "nano30b-6": lambda work: run_case(work, "nano30b-6", dict(NANO30B, hybrid_override_pattern="MEM*ME"), [
-            ("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")]),
-        "h4b": lambda work: run_case(work, "h4b", H4B, [("onnxruntime", "float32")]),
+            ("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")], rev, not args.no_open),
+        "h4b": lambda work: run_case(work, "h4b", H4B, [("onnxruntime", "float32")], rev, not args.no_open),
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-export-") as tmp:
         for case in cases:
@@ -93,7 +96,7 @@ def _write_report(results: dict, args) -> None:
     print(report)
 
 
-def bench_537m(work: Path, rev: str) -> dict:
+def bench_537m(work: Path, rev: str, open_sessions: bool = True) -> dict:
     """Both revisions at float32 and int4, alternated, and the disk's own bandwidth in the same run."""
     ckpt = write_random_checkpoint(work / "ckpt-537m", config=BENCH_537M)
     out = {"checkpoint_gib": _size(ckpt) / GiB, "pattern": BENCH_537M["hybrid_override_pattern"], "exports": {}}
@@ -103,7 +106,10 @@ def bench_537m(work: Path, rev: str) -> dict:
             artifact = work / f"537m-{label.replace(' ', '-')}"
             measured = profile_export(ckpt, artifact, env=env, quantize=quantize)
             # a quantized artifact's first open builds its pre-packed cache: benchmarks/bench_memory.py measures opens
-            measured["session"] = profile_session(artifact, env=env) if quantize is None else {"skipped": "quantized (bench_memory.py)"}
+            if not open_sessions:
+                measured["session"] = {"skipped": "--no-open"}
+            else:
+                measured["session"] = profile_session(artifact, env=env) if quantize is None else {"skipped": "quantized (bench_memory.py)"}
             out["exports"][f"{label} {quantize or 'float32'}"] = measured
             shutil.rmtree(artifact)
     out["disk"] = disk_bandwidth(ckpt, work)
@@ -134,35 +140,47 @@ def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: in
     return {"read_mb_s": read / read_s / 1e6, "write_mb_s": write_bytes / write_s / 1e6, "checkpoint_bytes": read}
 
 
-def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]]) -> dict:
+def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]], rev: str | None = None, open_sessions: bool = True) -> dict:
+    """Each export by `rev` (when given: the baseline, before this tree's, alternated) and by this tree;
+    the disk's bandwidth measured after them."""
     ckpt = write_random_checkpoint(work / f"ckpt-{name}", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
     cfg = ModelConfig.from_hf(config)
     result = {"checkpoint_gib": _size(ckpt) / GiB, "pattern": config["hybrid_override_pattern"], "largest_tensor_mib": _largest_tensor(ckpt) / 2**20, "exports": {}}
+    envs = {"this tree": None} if rev is None else {f"baseline {rev}": baseline_env(work, rev), "this tree": None}
     for target, dtype in exports:
-        artifact = work / f"{name}-{target}-{dtype}"
-        measured = profile_export(ckpt, artifact, target=target, dtype=dtype)
-        measured["per_layer_kind"] = per_layer_kind(measured["timings"], cfg.layer_types)
-        if target == "onnxruntime":
-            measured["session"] = _open_on_onnxruntime(artifact, dtype, measured["weights_mb"] * 2**20)
-        result["exports"][f"{target} {dtype}"] = measured
-        shutil.rmtree(artifact)
+        for label, env in envs.items():
+            artifact = work / f"{name}-{target}-{dtype}"
+            measured = profile_export(ckpt, artifact, target=target, dtype=dtype, env=env)
+            measured["per_layer_kind"] = per_layer_kind(measured["timings"], cfg.layer_types)
+            if target == "onnxruntime":
+                measured["session"] = _open_on_onnxruntime(artifact, dtype, measured["weights_mb"] * 2**20) if open_sessions and env is None else {"skipped": "--no-open" if not open_sessions else "baseline"}
+            result["exports"][f"{target} {dtype}" + ("" if rev is None else f", {label}")] = measured
+            shutil.rmtree(artifact)
+    result["disk"] = disk_bandwidth(ckpt, work)
     shutil.rmtree(ckpt)
     return result
 
 
 def per_layer_kind(timings: dict, layer_types) -> dict:
-    """Mean export seconds per layer of each kind: weight streaming plus the layer's share of tracing.
+    """Mean export seconds per layer of each kind: weight streaming plus the layer's share of the work
+    that grows with depth.
 
-    Tracing runs the whole model at once; its time (Python pass, decomposition, translation to ONNX) is
-    shared out in proportion to the time the tracer's Python pass spent in each layer.
+    A whole-model trace (revisions before exporter/stitch.py) grows with depth: its time is shared out
+    in proportion to the time the tracer's Python pass spent in each layer. A stitched export traces one
+    layer per kind whatever the depth (a fixed cost, not shared out); its stitch and graph passes grow
+    with the node count and are shared out evenly.
     """
     seconds = [0.0] * len(layer_types)
     for graph in ("prefill", "decode", "step"):  # step: the one graph of an onnxruntime float32 export
-        # a graph traced in the exporter's second process has no per-layer record: use prefill's shares
-        python = timings.get(f"{graph}.trace_layers") or timings.get("prefill.trace_layers", [1.0] * len(layer_types))
-        total = sum(python) or 1.0
-        for i, share in enumerate(python):
-            seconds[i] += timings.get(f"{graph}.trace", 0.0) * share / total
+        if f"{graph}.stitch" in timings:
+            for i in range(len(layer_types)):
+                seconds[i] += (timings[f"{graph}.stitch"] + timings.get(f"{graph}.passes", 0.0)) / len(layer_types)
+        else:
+            # a graph traced in the exporter's second process has no per-layer record: use prefill's shares
+            python = timings.get(f"{graph}.trace_layers") or timings.get("prefill.trace_layers", [1.0] * len(layer_types))
+            total = sum(python) or 1.0
+            for i, share in enumerate(python):
+                seconds[i] += timings.get(f"{graph}.trace", 0.0) * share / total
         for i, s in enumerate(timings.get(f"{graph}.weights_layers", [])):
             seconds[i] += s
     kinds: dict[str, list[float]] = {}
@@ -236,7 +254,7 @@ def render(results: dict, rev: str) -> str:
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
         lines += ["", *_split(r), ""]
-        lines += ["", "Export seconds per layer (weight streaming + the layer's share of tracing):", ""]
+        lines += ["", "Export seconds per layer (weight streaming + the layer's share of what grows with depth: a whole-model trace; a stitched export's stitch and passes):", ""]
         kinds = [KIND[k] for k in "ME*-" if KIND[k] in next(iter(r["exports"].values()))["per_layer_kind"]]
         lines += ["| target dtype | " + " | ".join(kinds) + " |"]
         lines += ["| --- " * (len(kinds) + 1) + "|"]
@@ -282,11 +300,13 @@ def _split(r: dict) -> list[str]:
     disk = r.get("disk")
     measured = f"; the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s" if disk else ""
     lines = [
-        "Time split (s): tracing (with the graph passes; a graph traced in a second process meanwhile counts only the wait",
-        "for it), weights (streamed, converted, written, hashed), other (hashing the other files, checks, manifest)" + f"{measured}.",
+        "Time split (s): trace (torch.onnx; a graph traced in a second process meanwhile counts only the wait for it),",
+        "stitch + passes (copying the traced layers, exporter/stitch.py, and the graph passes; '-': counted in trace by",
+        "revisions before the stitch), weights (streamed, converted, written, hashed), other (hashing the other files,",
+        "checks, manifest)" + f"{measured}.",
         "",
-        "| exporter | export s | trace | weights | other | disk alone: read + write s | export / disk alone |",
-        "| --- " * 7 + "|",
+        "| exporter | export s | trace | stitch + passes | weights | other | disk alone: read + write s | export / disk alone |",
+        "| --- " * 8 + "|",
     ]
     for label, m in r["exports"].items():
         t = m["timings"]
@@ -294,11 +314,13 @@ def _split(r: dict) -> list[str]:
         waits = {k.split(".")[0]: v for k, v in t.items() if k.endswith("waiting for its trace in a second process")}
         trace = sum(v for k, v in t.items() if k.endswith(".trace") and k.split(".")[0] not in waits) + sum(waits.values())
         weights = sum(v for k, v in t.items() if k.endswith(".weights"))
+        passes = sum(v for k, v in t.items() if k.endswith((".stitch", ".passes")) and k.split(".")[0] not in waits)
         floor = ratio = "-"
         if disk:
             seconds = disk["checkpoint_bytes"] / (disk["read_mb_s"] * 1e6) + m["weights_mb"] * 2**20 / (disk["write_mb_s"] * 1e6)
             floor, ratio = f"{seconds:.1f}", f"{m['seconds'] / seconds:.1f}x"
-        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {weights:.1f} | {m['seconds'] - trace - weights:.1f} | {floor} | {ratio} |")
+        shown = f"{passes:.1f}" if any(k.endswith(".passes") for k in t) else "-"
+        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {shown} | {weights:.1f} | {m['seconds'] - trace - passes - weights:.1f} | {floor} | {ratio} |")
     return lines
 
 

@@ -5,7 +5,8 @@ the tokens and the decode speed the same? (For a change meant to leave behaviour
 
 Per target (and onnxruntime float32 with --quantize int8 / int4): manifests equal as JSON apart from the creation time, the source path and the .onnx sizes and
 hashes; weights.data byte-identical; each graph file byte-identical, or else its non-Constant nodes (op, domain,
-name, order), inputs, outputs and external initializers equal; `generate` tokens equal (greedy batch, and
+name, order), inputs, outputs and external initializers equal, or else the same computation node for node
+(exporter/graph_equivalence.py, after common-subexpression elimination of both, node names aside); `generate` tokens equal (greedy batch, and
 sampled with chunked prefill). Then `bench` alternated between the two, `--rounds` times.
 """
 
@@ -52,6 +53,25 @@ def _graph(path: Path):
     return nodes, [i.name for i in g.input], [o.name for o in g.output], sorted(i.name for i in g.initializer if i.data_location == 1)
 
 
+def _equivalent(old: Path, new: Path) -> str:
+    """Whether two graph files compute the same thing node for node (exporter/graph_equivalence.py), each
+    after common-subexpression elimination (a revision may have run it, onnxruntime runs it at load)."""
+    import onnx
+    import onnx_ir as ir
+
+    from nemotron_deploy.exporter.graph_equivalence import signature
+    from nemotron_deploy.exporter.stitch import eliminate_common_subexpressions
+
+    signatures, counts = [], []
+    for path in (old, new):
+        model = ir.serde.deserialize_model(onnx.load(str(path), load_external_data=False))
+        counts.append(len(list(model.graph)))
+        eliminate_common_subexpressions(model)
+        signatures.append(signature(model, modules=False))
+    differences = signatures[0].differences(signatures[1])
+    return f"DIFFERENT: {differences[0][:300]}" if differences else f"equivalent ({counts[0]} -> {counts[1]} nodes)"
+
+
 def _manifest(artifact: Path) -> dict:
     raw = json.loads((artifact / "manifest.json").read_text())
     for key in ("created", "source"):
@@ -72,7 +92,10 @@ def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str, 
         result["graphs"] = f"DIFFERENT files: {graphs}"
     for graph in graphs:
         same_bytes = _sha(old / graph) == _sha(new / graph)
-        result[graph] = "byte-identical" if same_bytes else ("same nodes, names, I/O" if _graph(old / graph) == _graph(new / graph) else "DIFFERENT")
+        if same_bytes:
+            result[graph] = "byte-identical"
+        else:
+            result[graph] = "same nodes, names, I/O" if _graph(old / graph) == _graph(new / graph) else _equivalent(old / graph, new / graph)
     # the reference backend runs float32/float16 plugin graphs; tensorrt-rtx needs its engines
     backend = {"onnxruntime": "onnxruntime", "tensorrt": "reference"}.get(target)
     if backend and dtype != "bfloat16":

@@ -37,10 +37,13 @@ class ExportProgress:
         self._new(total=self.layers, desc=f"trace {graph}", unit="layer")
         per_layer = self.timings.setdefault(f"{graph}.trace_layers", [0.0] * self.layers)
 
-        def on_layer(i: int) -> None:
+        last = []
+
+        def on_layer(i: int) -> None:  # i: a traced layer (one per kind when stitched: exporter/stitch.py)
             now = time.perf_counter()
-            if i:
-                per_layer[i - 1] += now - self._mark
+            if last:
+                per_layer[last[-1]] += now - self._mark
+            last.append(i)
             self._mark = now
             self.bar.n = i + 1
             self.bar.set_postfix_str(f"layer {i + 1} of {self.layers}", refresh=True)

@@ -112,7 +112,7 @@ def name_by_module(model: ir.Model) -> None:
         if scopes:
             try:
                 names = ast.literal_eval(scopes)
-                module = names[-2] if len(names) >= 2 else ""
+                module = names[-2] if len(names) >= 2 and not names[-2].startswith("_empty_nn_module_stack") else ""
             except (ValueError, SyntaxError):
                 pass
         own = node.name.replace("node__symbolic", f"node_{node.op_type}")  # custom nodes: say which op

@@ -95,7 +95,9 @@ def export_artifact(
                     ir_model, specs, seconds = background.result()
                     bars.timings[f"{graph}.trace"] = seconds
                 else:
-                    ir_model, specs = finished_graph(ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme)
+                    ir_model, specs = finished_graph(
+                        ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
+                    )
                 proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
                 _save_onnx(proto, tmp / f"{graph}.onnx")
                 record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)

@@ -24,10 +24,15 @@ def opset(target: str) -> int:
     return ONNXRUNTIME_OPSET if target == "onnxruntime" else OPSET
 
 
-def example_inputs(model, graph: str):
+def _states(cfg, layers=None) -> list:
+    """The past states of `layers` (default: every layer), in argument order."""
+    return [s for s in io_spec.state_specs(cfg, "past") if layers is None or s.layer in layers]
+
+
+def example_inputs(model, graph: str, layers=None):
     """Tracing inputs on the model's device: batch 2, past 3, and for prefill 2 chunks + 3 tokens
     (several chunks, not a multiple of chunk_size), so no dimension is specialised to 0, 1 or a chunk
-    multiple."""
+    multiple. layers: trace only these layers' states (default all)."""
     import torch
 
     cfg = model.cfg
@@ -35,32 +40,33 @@ def example_inputs(model, graph: str):
     new = 1 if graph == "decode" else 2 * cfg.chunk_size + 3
     device = model.embeddings.weight.device
     state = model.initial_state(batch)
-    for spec in io_spec.state_specs(cfg, "past"):
+    for spec in _states(cfg, layers):
         if spec.role in ("key", "value"):
             shape = list(state[spec.name].shape)
             shape[2] = past
             state[spec.name] = torch.zeros(shape, dtype=state[spec.name].dtype, device=device)
     ids = torch.zeros(batch, new, dtype=torch.int64, device=device)
     mask = torch.ones(batch, past + new, dtype=torch.int64, device=device)
-    return (ids, mask, *(state[s.name] for s in io_spec.state_specs(cfg, "past")))
+    return (ids, mask, *(state[s.name] for s in _states(cfg, layers)))
 
 
-def dynamic_shapes(cfg, graph: str):
+def dynamic_shapes(cfg, graph: str, layers=None):
     """torch.export's dynamic dimensions, from the step contract's symbolic shapes."""
     import torch
 
     dyn = torch.export.Dim.DYNAMIC
-    states = tuple({0: dyn, 2: dyn} if s.role in ("key", "value") else {0: dyn} for s in io_spec.state_specs(cfg, "past"))
+    states = tuple({0: dyn, 2: dyn} if s.role in ("key", "value") else {0: dyn} for s in _states(cfg, layers))
     ids_dims = {0: dyn} if graph == "decode" else {0: dyn, 1: dyn}
     # the states are the forward's *states: none at all (a model of MoE / MLP layers only) is no element
     return (ids_dims, {0: dyn, 1: dyn}, states) if states else (ids_dims, {0: dyn, 1: dyn})
 
 
-def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
-    """torch.onnx (dynamo) export of one step graph (`StepGraph(model, graph, target)`) -> onnx_ir Model
-    whose initializers are the model's parameters by name (meta tensors when the model is on `meta`).
+def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, layers=None):
+    """torch.onnx (dynamo) export of one step graph (`StepGraph(model, graph, target, layers)`) -> onnx_ir
+    Model whose initializers are the model's parameters by name (meta tensors when the model is on `meta`).
 
     on_layer(i): called as the tracer enters layer i (progress).
+    layers: trace only these layers (exporter/stitch.py), their states only; default every layer.
     """
     import torch
 
@@ -77,10 +83,10 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
         warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
         try:
             program = torch.onnx.export(
-                StepGraph(model, graph, target), example_inputs(model, graph), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
-                input_names=[s.name for s in io_spec.step_inputs(cfg)],
-                output_names=[s.name for s in io_spec.step_outputs(cfg)],
-                dynamic_shapes=dynamic_shapes(cfg, graph),
+                StepGraph(model, graph, target, layers), example_inputs(model, graph, layers), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
+                input_names=[s.name for s in io_spec.step_inputs(cfg) if s.layer is None or layers is None or s.layer in layers],
+                output_names=[s.name for s in io_spec.step_outputs(cfg) if s.layer is None or layers is None or s.layer in layers],
+                dynamic_shapes=dynamic_shapes(cfg, graph, layers),
             )  # fmt: skip
         except Exception as e:  # an exporter failure is a bug of ours, but say which graph
             raise RuntimeError(f"torch.onnx.export of the {graph} graph failed: {e}") from e
@@ -88,15 +94,24 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None):
     return program.model
 
 
-def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize=None):
+def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize=None, stitched: bool = True, on_phase=None):
     """Trace one graph and run the graph passes: (onnx_ir Model, {initializer: WeightSpec}).
 
     The weights are not bound yet (see onnx_export); every weight initializer holds a placeholder.
     quantize: a `QuantScheme` for `export --quantize` (onnxruntime target), or None.
+    stitched: trace one layer of each kind and copy it for the others (exporter/stitch.py); False
+    traces every layer (the reference the stitched graph is tested against).
+    on_phase(name): called as "stitch" and then "passes" begin (the export's time split).
     """
-    from nemotron_deploy.exporter import graph_passes, quantize as quantization
+    from nemotron_deploy.exporter import graph_passes, quantize as quantization, stitch
 
-    ir_model = trace_graph(model, graph, target, on_layer=on_layer)
+    on_phase = on_phase or (lambda name: None)
+    if stitched:
+        ir_model = stitch.trace_stitched(model, graph, target, on_layer=on_layer, on_stitch=lambda: on_phase("stitch"))
+    else:
+        ir_model = trace_graph(model, graph, target, on_layer=on_layer)
+    on_phase("passes")
+    stitch.eliminate_common_subexpressions(ir_model)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     specs = graph_passes.weight_specs(ir_model, params)
     graph_passes.fold_weight_layouts(ir_model, specs)

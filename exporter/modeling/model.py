@@ -32,6 +32,14 @@ def _mixer(cfg: ModelConfig, kind: str) -> nn.Module:
     return MoE(cfg)
 
 
+class Residual(nn.Module):
+    """hidden + x, as a module so that a traced graph names the add after its layer
+    (`layers.3.residual`): exporter/stitch.py finds each layer's nodes, its output included, by name."""
+
+    def forward(self, hidden: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return hidden + x
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x))."""
 
@@ -40,6 +48,7 @@ class Block(nn.Module):
         self.kind = kind
         self.norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
         self.mixer = _mixer(cfg, kind)
+        self.residual = Residual()
 
 
 class NemotronHStepModel(nn.Module):
@@ -88,10 +97,14 @@ class StepGraph(nn.Module):
     eager step of that kind computes. It holds the model's modules, not the model, so parameter names
     and the traced graph's node names are the model's own (`layers.0.mixer.in_proj.weight`)."""
 
-    def __init__(self, model: NemotronHStepModel, kind: str, target: str | None = None):
+    def __init__(self, model: NemotronHStepModel, kind: str, target: str | None = None, layers: tuple[int, ...] | None = None):
+        """layers: the model's layers this graph runs, in order (default all). A subset is what
+        exporter/stitch.py traces: one layer of each kind, copied into the whole graph afterwards; its
+        states are those layers' only."""
         super().__init__()
         self.cfg, self.all_logits, self.lowering = model.cfg, model.all_logits, Lowering(kind, target)
         self.embeddings, self.layers, self.norm_f, self.lm_head = model.embeddings, model.layers, model.norm_f, model.lm_head
+        self.layer_ids = tuple(range(len(model.layers))) if layers is None else tuple(layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """input_ids: (B, T) int64, T = 1 for decode; attention_mask: (B, past+T) int64; states:
@@ -102,10 +115,11 @@ class StepGraph(nn.Module):
         hidden = self.embeddings(input_ids)
         new_mask = attention_mask[:, -t:]
         decode_step = _one_token_after_past(input_ids, attention_mask) if lowering.both_kinds else None
-        bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in self.cfg.layer_types else None
+        kinds = {self.layers[i].kind for i in self.layer_ids}
+        bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in kinds else None
         presents: list[torch.Tensor] = []
         it = iter(states)
-        for block in self.layers:
+        for block in (self.layers[i] for i in self.layer_ids):
             x = block.norm(hidden, lowering.fused_ops)
             if block.kind == "mamba":
                 x, conv, ssm = block.mixer(x, new_mask, next(it), next(it), lowering, decode_step)
@@ -117,7 +131,7 @@ class StepGraph(nn.Module):
                 x = block.mixer(x, lowering)
             else:
                 x = block.mixer(x)
-            hidden = hidden + x
+            hidden = block.residual(hidden, x)
         if not self.all_logits:
             hidden = hidden[:, -1:]
         logits = self.lm_head(self.norm_f(hidden, lowering.fused_ops)).float()
