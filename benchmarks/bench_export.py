@@ -12,6 +12,9 @@ session creation in a fresh child process that samples its own memory, `export_p
                float32 and float16. Extrapolated to the full 52 layers (23 M, 23 E, 6 *)
   h4b          Nemotron-H-4B's full depth and widths (52 layers M - M - ... with 4 attention layers,
                hidden 3072, MLP 12288, 112 Mamba heads), bfloat16 on disk, onnxruntime float32
+  demo         the `demo` command's model (TINY_CONFIG, 7 layers), onnxruntime float32 (its aim: 10 s)
+
+nano30b-6, h4b and demo export with --baseline-rev too, alternated (not with --no-baseline).
 
 Usage: python benchmarks/bench_export.py [--cases bench-537m,nano30b-6,h4b] [--baseline-rev REV]
        [--workdir DIR] [--out benchmarks/results/export.md]
@@ -80,6 +83,7 @@ def main() -> None:
         "nano30b-6": lambda work: run_case(work, "nano30b-6", dict(NANO30B, hybrid_override_pattern="MEM*ME"), [
             ("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")], rev, not args.no_open),
         "h4b": lambda work: run_case(work, "h4b", H4B, [("onnxruntime", "float32")], rev, not args.no_open),
+        "demo": lambda work: run_case(work, "demo", TINY_CONFIG, [("onnxruntime", "float32")], rev, not args.no_open),
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-export-") as tmp:
         for case in cases:
@@ -241,7 +245,8 @@ def render(results: dict, rev: str) -> str:
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
         lines += ["", *_split(r), ""]
-    for key, title in (("nano30b-6", "Nemotron-3-Nano-30B-A3B widths, 6 layers"), ("h4b", "Nemotron-H-4B, full depth and widths")):
+    titles = (("nano30b-6", "Nemotron-3-Nano-30B-A3B widths, 6 layers"), ("h4b", "Nemotron-H-4B, full depth and widths"), ("demo", "The demo's model (TINY_CONFIG)"))
+    for key, title in titles:
         if key not in results:
             continue
         r = results[key]

@@ -66,10 +66,29 @@ def _equivalent(old: Path, new: Path) -> str:
     for path in (old, new):
         model = ir.serde.deserialize_model(onnx.load(str(path), load_external_data=False))
         counts.append(len(list(model.graph)))
+        _merge_equal_constants(model)
         eliminate_common_subexpressions(model)
         signatures.append(signature(model, modules=False))
     differences = signatures[0].differences(signatures[1])
     return f"DIFFERENT: {differences[0][:300]}" if differences else f"equivalent ({counts[0]} -> {counts[1]} nodes)"
+
+
+def _merge_equal_constants(model) -> None:
+    """Small in-file initializers with equal contents made one (a revision that folded constants before
+    eliminating common subexpressions kept equal computations on distinct, equal constants)."""
+    import onnx_ir as ir
+
+    seen = {}
+    for name, value in list(model.graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.size > 4096:
+            continue
+        array = tensor.numpy()
+        key = (str(array.dtype), array.shape, array.tobytes())
+        if key in seen and value not in model.graph.outputs:
+            ir.convenience.replace_all_uses_with(value, seen[key])
+        else:
+            seen.setdefault(key, value)
 
 
 def _manifest(artifact: Path) -> dict:

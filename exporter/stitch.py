@@ -20,11 +20,17 @@ equals the whole trace node for node (tests/exporter/test_stitch.py).
 from __future__ import annotations
 
 import ast
+import logging
 import re
 
 import onnx_ir as ir
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
+log = logging.getLogger(__name__)
+
+
+class CannotStitch(RuntimeError):
+    """The traced graph is not one `stitch` can copy layers of (`trace_stitched` then traces every layer)."""
 
 
 def representatives(layer_types) -> tuple[int, ...]:
@@ -46,7 +52,13 @@ def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None
     traced = trace_graph(model, graph, target, on_layer=on_layer, layers=reps)
     if on_stitch is not None:
         on_stitch()
-    return traced if len(reps) == len(model.cfg.layer_types) else stitch(traced, model, reps)
+    if len(reps) == len(model.cfg.layer_types):
+        return traced
+    try:
+        return stitch(traced, model, reps)
+    except CannotStitch as e:  # never a wrong graph: the slow, whole-model trace instead
+        log.warning("%s; tracing every layer of the %s graph instead", e, graph)
+        return trace_graph(model, graph, target, on_layer=on_layer)
 
 
 def eliminate_common_subexpressions(model: ir.Model) -> None:
@@ -82,9 +94,11 @@ class _Sections:
                 (self.prologue if current is None else self.after[current]).append(node)
                 continue
             if layer not in self.layer:
-                raise RuntimeError(f"stitching: node {node.name} is in layer {layer}, which was not traced")
+                raise CannotStitch(f"stitching: node {node.name} is in layer {layer}, which was not traced")
             if layer != current and self.layer[layer]:
-                raise RuntimeError(f"stitching: the nodes of layer {layer} are not contiguous in the traced graph ({node.name})")
+                raise CannotStitch(f"stitching: the nodes of layer {layer} are not contiguous in the traced graph ({node.name})")
+            if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+                raise CannotStitch(f"stitching: {node.name} in layer {layer} has a subgraph, which copies do not rename")
             current = layer
             self.layer[layer].append(node)
         self.hidden_in = {r: self._hidden_in(r) for r in reps}
@@ -95,11 +109,11 @@ class _Sections:
         nodes = self.layer[r]
         add = nodes[-1]
         if add.op_type != "Add" or f"layers.{r}.residual" not in add.metadata_props.get(_SCOPES, ""):
-            raise RuntimeError(f"stitching: layer {r}'s last node is {add.op_type} {add.name}, not its residual add")
+            raise CannotStitch(f"stitching: layer {r}'s last node is {add.op_type} {add.name}, not its residual add")
         own = set(nodes)
         outside = [v for v in add.inputs if v is not None and v.producer() not in own]
         if len(outside) != 1:
-            raise RuntimeError(f"stitching: layer {r}'s residual add reads {len(outside)} values from outside the layer, expected the hidden state")
+            raise CannotStitch(f"stitching: layer {r}'s residual add reads {len(outside)} values from outside the layer, expected the hidden state")
         return outside[0]
 
 
@@ -147,8 +161,17 @@ def stitch(traced: ir.Model, model, reps: tuple[int, ...]) -> ir.Model:
     for node in sections.after[reps[-1]]:  # the epilogue: final norm and head on the last layer's output
         copier.emit(node)
     outputs = [copier.values[graph.outputs[0]], *(copier.presents[spec.name] for spec in io_spec.state_specs(cfg, "present"))]
-    stitched = ir.Graph(inputs, outputs, nodes=copier.nodes, initializers=copier.initializers, opset_imports=graph.opset_imports, name=graph.name)
+    initializers = _in_trace_order(copier.initializers, model)
+    stitched = ir.Graph(inputs, outputs, nodes=copier.nodes, initializers=initializers, opset_imports=graph.opset_imports, name=graph.name)
     return ir.Model(stitched, ir_version=traced.ir_version, producer_name=traced.producer_name, producer_version=traced.producer_version, functions=list(traced.functions.values()))
+
+
+def _in_trace_order(values: list[ir.Value], model) -> list[ir.Value]:
+    """The initializers in the order a whole-model trace lists them, which sets weights.data's layout:
+    torch.export lifts the parameters in the model's order, then the buffers; anything else after."""
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    rank = {name: k for k, name in enumerate(names)}
+    return sorted(values, key=lambda v: rank.get(v.name, len(rank)))
 
 
 def _check_layers_independent(graph: ir.Graph, sections: _Sections) -> None:
@@ -163,13 +186,13 @@ def _check_layers_independent(graph: ir.Graph, sections: _Sections) -> None:
                     continue
                 if v.producer() is None and v.name.startswith((f"past.{r}.", f"layers.{r}.")):
                     continue  # the layer's own state or weight
-                raise RuntimeError(f"stitching: {node.name} in layer {r} reads {v.name}, a value of another layer")
+                raise CannotStitch(f"stitching: {node.name} in layer {r} reads {v.name}, a value of another layer")
     for r, nodes in sections.after.items():
         if r == max(sections.after):
             continue
         for node in nodes:
             if any(v is not None and v in local for v in node.inputs):
-                raise RuntimeError(f"stitching: {node.name}, between layers, reads a value of a layer")
+                raise CannotStitch(f"stitching: {node.name}, between layers, reads a value of a layer")
 
 
 class _Copier:
@@ -243,7 +266,7 @@ class _Copier:
         if name in self.by_name:
             return self.by_name[name]
         if name not in self.params:
-            raise RuntimeError(f"stitching: the model has no weight {name!r} (a copy of {v.name!r})")
+            raise CannotStitch(f"stitching: the model has no weight {name!r} (a copy of {v.name!r})")
         return self._add_initializer(placeholder_value(name, v.dtype, v.shape.copy()))
 
     def emit_layer(self, sections: _Sections, source: int, layer: int, hidden: ir.Value | None) -> ir.Value:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nemotron_deploy.exporter import stitch
+from nemotron_deploy.exporter import tracing as stitch_tracing
 from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
 from nemotron_deploy.exporter.graph_equivalence import signature
 from nemotron_deploy.exporter.quantize import QuantScheme
@@ -71,6 +72,7 @@ def test_the_stitched_graph_equals_a_whole_model_trace(hybrid, graph, target, dt
     whole, whole_specs = finished_graph(None, model, graph, target, quantize=scheme, stitched=False)
     stitched, stitched_specs = finished_graph(None, model, graph, target, quantize=scheme, stitched=True)
     assert stitched_specs == whole_specs  # the same weights by name, stored the same way
+    assert list(stitched_specs) == list(whole_specs)  # in the same order: weights.data's layout
     assert len(stitched.graph.initializers) == len(whole.graph.initializers)  # folded constants: compared by value below
     assert signature(stitched).differences(signature(whole)) == []
     assert len(list(stitched.graph)) == len(list(whole.graph))
@@ -99,5 +101,24 @@ def test_a_layer_reading_another_layers_values_is_refused(hybrid):
     layer0_value = sections.layer[0][-2].outputs[0]  # computed from layer 0's hidden state
     victim = next(n for n in sections.layer[1] if n.inputs and n.inputs[0] is not None and n.op_type != "Constant")
     victim.replace_input_with(0, layer0_value)
-    with pytest.raises(RuntimeError, match="in layer 1 reads .*a value of another layer"):
+    with pytest.raises(stitch.CannotStitch, match="in layer 1 reads .*a value of another layer"):
         stitch.stitch(traced, model, reps)
+
+
+def test_a_graph_that_cannot_be_stitched_is_traced_whole(tmp_path, monkeypatch):
+    """Whatever stitching refuses costs time, never a wrong graph: every layer is traced instead."""
+    traced_layers = []
+    trace_graph = stitch_tracing.trace_graph
+
+    def counted(model, graph, target, on_layer=None, layers=None):
+        traced_layers.append(layers)
+        return trace_graph(model, graph, target, on_layer=on_layer, layers=layers)
+
+    def refuse(*args):
+        raise stitch.CannotStitch("stitching: refused for the test")
+
+    monkeypatch.setattr(stitch_tracing, "trace_graph", counted)
+    monkeypatch.setattr(stitch, "stitch", refuse)
+    ir_model = stitch.trace_stitched(_model(_checkpoint(tmp_path, "MM")), "decode", "tensorrt")
+    assert traced_layers == [(0,), None]
+    assert [v.name for v in ir_model.graph.outputs] == ["logits", "present.0.conv", "present.0.ssm", "present.1.conv", "present.1.ssm"]
