@@ -69,16 +69,21 @@ def _inputs(prompt, max_new_tokens, **extra) -> dict[str, np.ndarray]:
 class Stream:
     """One gRPC stream with one request: collects output arrays until the final response or an error."""
 
-    def __init__(self, url: str, model: str, inputs: dict[str, np.ndarray]):
-        self.client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str, model: str, inputs: dict[str, np.ndarray], send: bool = True):
+        """send=False: connect only; `send()` sends the request (streams meant to arrive together)."""
+        self.client, self.model = grpcclient.InferenceServerClient(url), model
         self.responses: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
-        tensors = []
+        self.tensors = []
         for name, value in inputs.items():
             tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype])
             tensor.set_data_from_numpy(value)
-            tensors.append(tensor)
-        self.client.async_stream_infer(model, tensors, enable_empty_final_response=True)
+            self.tensors.append(tensor)
+        if send:
+            self.send()
+
+    def send(self) -> None:
+        self.client.async_stream_infer(self.model, self.tensors, enable_empty_final_response=True)
 
     def next(self, timeout=60):
         return self.responses.get(timeout=timeout)
@@ -158,7 +163,12 @@ LENGTHS = [6, 10, 14, 18]
 def test_concurrent_greedy_streams_equal_generate_in_about_max_steps(served):
     server, artifact = served
     before = _metrics(server)
-    runs = _in_parallel(lambda p, n: Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS, LENGTHS)))
+    # connected first, then the requests sent back to back: under load, connecting in each thread after a
+    # barrier staggered their arrival by more than the shorter streams last (38 steps of 44 serial, once)
+    streams = [Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, n, ignore_eos=True), send=False) for p, n in zip(PROMPTS, LENGTHS)]
+    for stream in streams:
+        stream.send()
+    runs = [stream.collect() for stream in streams]  # each stream's responses queue up meanwhile
     for (outputs, reason, error), prompt, n in zip(runs, PROMPTS, LENGTHS):
         assert error is None and reason == "length"
         assert all(o.shape == (1, 1, 1) for o in outputs)  # one new token per streamed response
