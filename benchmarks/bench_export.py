@@ -128,11 +128,15 @@ def _largest_weights(exports: dict) -> int:
 def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: int = 64 * 2**20) -> dict:
     """MB/s of this machine's disk as an export sees it: the checkpoint's files read sequentially in
     `block`s (as they were just read, partly from the page cache), and `write_bytes` written in `block`s
-    (no fsync: an export does not sync either). Pass the export's own weights.data size: the kernel takes
-    the first few GB into its page cache at memory speed (dirty_ratio) and the rest at the disk's
-    sustained rate (measured here 2026-12-06: 2 GiB at 1.6 GB/s unsynced, 4 GiB at 262 MB/s synced), so a
-    smaller probe overstates the bandwidth a large export gets."""
+    twice: through the page cache (no fsync: what exports before 2026-12-07 did) and with O_DIRECT as
+    exporter/append_file.py writes weights.data now. Pass the export's own weights.data size: the kernel
+    takes the first few GB of a buffered write into its page cache at memory speed (dirty_ratio) and the
+    rest at the disk's sustained rate, so a smaller probe overstates it. Also SHA-256 MB/s on one core:
+    the export hashes every byte it writes, a CPU floor beside the disk's."""
+    import hashlib
     import time
+
+    from nemotron_deploy.exporter.append_file import AppendFile
 
     start = time.perf_counter()
     read = 0
@@ -142,13 +146,33 @@ def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: in
                 read += len(chunk)
     read_s = time.perf_counter() - start
     data = os.urandom(block)
+    seconds = {}
+    for mode in ("buffered", "direct"):
+        start = time.perf_counter()
+        if mode == "buffered":
+            with open(work / "disk-probe", "wb") as f:
+                for _ in range(write_bytes // block):
+                    f.write(data)
+        else:
+            out = AppendFile(work / "disk-probe")
+            for _ in range(write_bytes // block):
+                out.write(data)
+            out.close()
+        seconds[mode] = time.perf_counter() - start
+        (work / "disk-probe").unlink()
     start = time.perf_counter()
-    with open(work / "disk-probe", "wb") as f:
-        for _ in range(write_bytes // block):
-            f.write(data)
-    write_s = time.perf_counter() - start
-    (work / "disk-probe").unlink()
-    return {"read_mb_s": read / read_s / 1e6, "write_mb_s": write_bytes / write_s / 1e6, "checkpoint_bytes": read, "write_bytes": write_bytes}
+    for _ in range(8):
+        hashlib.sha256(data)
+    sha_s = time.perf_counter() - start
+    return {
+        "read_mb_s": read / read_s / 1e6,
+        "write_mb_s": write_bytes / seconds["buffered"] / 1e6,
+        "write_direct_mb_s": write_bytes / seconds["direct"] / 1e6,
+        "direct": out.direct,
+        "sha256_mb_s": 8 * block / sha_s / 1e6,
+        "checkpoint_bytes": read,
+        "write_bytes": write_bytes,
+    }
 
 
 def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]], rev: str | None = None, open_sessions: bool = True) -> dict:
@@ -308,18 +332,19 @@ def _pattern_params(pattern: str) -> float:
 
 def _split(r: dict) -> list[str]:
     """Where each export's seconds went, against what the disk alone needs (read the checkpoint once,
-    write weights.data once, at the bandwidths measured in the same run)."""
+    write weights.data once, at the bandwidths measured in the same run) and what hashing alone needs."""
     disk = r.get("disk")
-    size = f" ({disk['write_bytes'] / GiB:.1f} GiB, the largest weights.data of the case)" if disk and "write_bytes" in disk else ""
-    measured = f"; the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s{size}" if disk else ""
     lines = [
         "Time split (s): trace (torch.onnx; a graph traced in a second process meanwhile counts only the wait for it),",
         "stitch + passes (copying the traced layers, exporter/stitch.py, and the graph passes; '-': counted in trace by",
         "revisions before the stitch), weights (streamed, converted, written, hashed), other (hashing the other files,",
-        "checks, manifest)" + f"{measured}.",
+        "checks, manifest)" + (f"; {_disk_line(disk)}" if disk else "") + ".",
+        "Weights' threads (s, from revisions that report them): make (read the checkpoint's map, convert, lay out: the",
+        "exporting thread), hash (SHA-256, a second thread), write (a third thread), wait (the exporting thread waiting",
+        "for the other two); on 2 cores the three share the machine.",
         "",
-        "| exporter | export s | trace | stitch + passes | weights | other | disk alone: read + write s | export / disk alone |",
-        "| --- " * 8 + "|",
+        "| exporter | export s | trace | stitch + passes | weights | weights' threads: make / hash / write / wait | other | disk alone: read + write s | export / disk alone | SHA-256 alone s |",
+        "| --- " * 10 + "|",
     ]
     for label, m in r["exports"].items():
         t = m["timings"]
@@ -328,13 +353,28 @@ def _split(r: dict) -> list[str]:
         trace = sum(v for k, v in t.items() if k.endswith(".trace") and k.split(".")[0] not in waits) + sum(waits.values())
         weights = sum(v for k, v in t.items() if k.endswith(".weights"))
         passes = sum(v for k, v in t.items() if k.endswith((".stitch", ".passes")) and k.split(".")[0] not in waits)
-        floor = ratio = "-"
+        threads = " / ".join(f"{t[f'weights.{part}']:.1f}" for part in ("make", "hash", "write", "wait")) if "weights.make" in t else "-"
+        floor = ratio = sha = "-"
         if disk:
-            seconds = disk["checkpoint_bytes"] / (disk["read_mb_s"] * 1e6) + m["weights_mb"] * 2**20 / (disk["write_mb_s"] * 1e6)
+            write_mb_s = max(disk["write_mb_s"], disk.get("write_direct_mb_s", 0.0))
+            seconds = disk["checkpoint_bytes"] / (disk["read_mb_s"] * 1e6) + m["weights_mb"] * 2**20 / (write_mb_s * 1e6)
             floor, ratio = f"{seconds:.1f}", f"{m['seconds'] / seconds:.1f}x"
+            sha = f"{m['weights_mb'] * 2**20 / (disk['sha256_mb_s'] * 1e6):.1f}" if "sha256_mb_s" in disk else "-"
         shown = f"{passes:.1f}" if any(k.endswith(".passes") for k in t) else "-"
-        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {shown} | {weights:.1f} | {m['seconds'] - trace - passes - weights:.1f} | {floor} | {ratio} |")
+        other = m["seconds"] - trace - passes - weights
+        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {shown} | {weights:.1f} | {threads} | {other:.1f} | {floor} | {ratio} | {sha} |")
     return lines
+
+
+def _disk_line(disk: dict) -> str:
+    size = f" ({disk['write_bytes'] / GiB:.1f} GiB, the largest weights.data of the case)" if "write_bytes" in disk else ""
+    line = f"the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s through the page cache"
+    if "write_direct_mb_s" in disk:
+        line += f", {disk['write_direct_mb_s']:.0f} MB/s with O_DIRECT{'' if disk['direct'] else ' (refused: buffered)'}"
+    line += size + "; disk alone takes the faster write"
+    if "sha256_mb_s" in disk:
+        line += f"; SHA-256 on one core {disk['sha256_mb_s']:.0f} MB/s"
+    return line
 
 
 def _header(first: str) -> list[str]:

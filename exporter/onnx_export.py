@@ -80,30 +80,13 @@ def export_artifact(
     bars = background = None
     try:
         with new_directory(out, staging) as tmp:
-            from nemotron_deploy.exporter.weight_stream import WeightsFile
-
             model = meta_model(ckpt, model_dtype)
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
             if len(traced) > 1 and _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
-            weights = WeightsFile(tmp / WEIGHTS_FILE, ckpt)
-            graphs = {}
-            for graph in traced:
-                if background is not None and graph == background.graph:
-                    bars.step(f"{graph}: waiting for its trace in a second process")
-                    ir_model, specs, seconds = background.result()
-                    bars.timings[f"{graph}.trace"] = seconds
-                else:
-                    ir_model, specs = finished_graph(
-                        ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
-                    )
-                proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
-                _save_onnx(proto, tmp / f"{graph}.onnx")
-                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
-                graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
-                del proto, ir_model
-            weights.close()
+            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background)
+            bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
             bars.step("checking graphs")
             for graph in traced:
                 _check(tmp / f"{graph}.onnx")
@@ -121,6 +104,35 @@ def export_artifact(
             if timings is not None:
                 timings.update(bars.timings)
     return out
+
+
+def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background):
+    """Each graph traced (or taken from the second process), its weights streamed into weights.data
+    (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx; returns ({graph kind: record}, the
+    weights file)."""
+    from nemotron_deploy.exporter.block_heap import blocks_reused
+    from nemotron_deploy.exporter.weight_stream import BLOCK_BYTES, WeightsFile
+
+    weights, graphs = WeightsFile(tmp / WEIGHTS_FILE, ckpt), {}
+    try:
+        with blocks_reused(BLOCK_BYTES):  # a block's pages faulted in once, not once per block
+            for graph in traced:
+                if background is not None and graph == background.graph:
+                    bars.step(f"{graph}: waiting for its trace in a second process")
+                    ir_model, specs, seconds = background.result()
+                    bars.timings[f"{graph}.trace"] = seconds
+                else:
+                    ir_model, specs = finished_graph(
+                        ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
+                    )
+                proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
+                _save_onnx(proto, tmp / f"{graph}.onnx")
+                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
+                graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
+                del proto, ir_model
+    finally:
+        weights.close()  # also after a failure: no thread left writing into the staging folder
+    return graphs, weights
 
 
 def traced_graphs(target: str, model_dtype: str) -> tuple[str, ...]:

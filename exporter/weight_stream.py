@@ -18,17 +18,22 @@ Layouts (applied in order, each on a block of rows):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.exporter.append_file import AppendFile
 from nemotron_deploy.exporter.checkpoint import Checkpoint
 from nemotron_deploy.exporter.safetensors_mmap import MappedFiles
 
 ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
-_BLOCK_BYTES = 64 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
+BLOCK_BYTES = 32 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
+_IN_FLIGHT = 3  # blocks queued for writing behind the one being made (WeightsFile)
 _SAMPLE_BYTES = 64 * 2**10  # a tensor's leading bytes in its fingerprint (WeightsFile)
 
 
@@ -96,7 +101,7 @@ class WeightSource:
             if layouts[0][0] != "transpose" or len(layouts) > 1:
                 raise ValueError(f"unsupported layout chain {layouts}")
             full, layouts = full.permute(perm), ()
-        rows = max(1, _BLOCK_BYTES // max(1, full[0].numel() * full.element_size())) if full.shape[0] else 1
+        rows = max(1, BLOCK_BYTES // max(1, full[0].numel() * full.element_size())) if full.shape[0] else 1
         for start in range(0, full.shape[0], rows):
             yield _apply(full[start : start + rows], layouts).to(dtype).contiguous()
         if full.shape[0] == 0:
@@ -125,27 +130,39 @@ class WeightsFile:
 
     `add(spec)` streams a spec from the checkpoint and returns (offset, length) in the file. A spec
     seen before is not read again; a new spec whose bytes equal earlier ones (e.g. tied embeddings,
-    identical norms) is written and rolled back to point at the earlier copy. The file is read and
-    written once: each block is written and hashed at the same time (two threads: both release the GIL)
-    while the next block is converted, so the whole file's SHA-256 (`sha256`, after `close`) needs no
-    second read. Equal content is found without hashing every tensor: a tensor's fingerprint is its length
-    and the SHA-256 of its first `_SAMPLE_BYTES`, and a fingerprint seen before is confirmed (or not) by
-    comparing the two ranges byte for byte, so a distinct tensor is never merged.
+    identical norms) points at the earlier copy and writes nothing.
+
+    The file is read and written once, as a pipeline that never drains between tensors: the calling
+    thread makes blocks (reads the checkpoint's map, converts, lays out) while one worker thread writes
+    the blocks made before, in order, and another hashes them (both release the GIL), so the whole file's
+    SHA-256 (`sha256`, after `close`) needs no second read and the disk is never left waiting for the
+    next tensor. At most `_IN_FLIGHT` blocks are queued behind the one being made.
+
+    Equal content is found without hashing every tensor: a tensor's fingerprint is the SHA-256 of its
+    first `_SAMPLE_BYTES`, known before any of its bytes are written. A fingerprint seen before is
+    confirmed (or not) byte for byte, so a distinct tensor is never merged: a tensor no longer than the
+    sample against the earlier one's bytes kept in memory; a longer one by streaming it again against the
+    file (after the queued writes land), which only tensors sharing their leading bytes pay.
     """
 
     def __init__(self, path: Path, ckpt: Checkpoint):
         self.path = path
         self.ckpt = ckpt
         self.files = MappedFiles()
-        self.file = open(path, "w+b")  # read back to confirm an equal fingerprint
+        self.sink = AppendFile(path)  # O_DIRECT where the filesystem has it (exporter/append_file.py)
         self.by_spec: dict[WeightSpec, tuple[int, int]] = {}
-        self.by_fingerprint: dict[tuple[int, bytes], list[tuple[int, int]]] = {}
+        self.by_fingerprint: dict[bytes, list[tuple[int, int]]] = {}
+        self.small: dict[int, bytes] = {}  # offset -> bytes of each stored tensor no longer than the sample
         self.written = 0  # bytes streamed (before de-duplication), for progress
-        self._end = 0  # bytes in the file
-        self._file_digest = hashlib.sha256()  # of the bytes in the file so far
-        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="weights")  # one writes, one hashes
+        self._end = 0  # bytes in the file once the queued writes land
+        self._digest = hashlib.sha256()  # of the bytes queued so far (updated by the hashing worker)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights-write")  # one thread: in order
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights-hash")
+        self._queued: deque = deque()  # (write job, hash job) per block, oldest first
         self._kept: tuple[WeightSpec, list] | None = None  # a quantized weight's other part (_quantized_blocks)
         self.sha256: str | None = None  # the file's hex SHA-256, once closed
+        # seconds spent: making blocks (read, convert, lay out), waiting for the queue, writing, hashing
+        self.seconds = dict.fromkeys(("make", "wait", "write", "hash"), 0.0)
 
     def has(self, spec: WeightSpec) -> bool:
         return spec in self.by_spec
@@ -153,52 +170,81 @@ class WeightsFile:
     def add(self, spec: WeightSpec) -> tuple[int, int]:
         if spec in self.by_spec:
             return self.by_spec[spec]
-        padding = b"\0" * (-self._end % ALIGN)
-        self.file.write(padding)
-        self._file_digest.update(padding)  # stays even if the tensor is rolled back
-        start = self._end = self._end + len(padding)
-        file_digest = self._file_digest.copy()
-        length, sample = self._stream(self._blocks(spec), file_digest)
-        fingerprint = (length, hashlib.sha256(sample).digest())
-        earlier = next((r for r in self.by_fingerprint.get(fingerprint, ()) if self._equal(r[0], start, length)), None)
-        if earlier is not None:  # same bytes as an earlier tensor: keep one copy
-            self.file.truncate(start)
-            self.file.seek(start)
-            self.by_spec[spec] = earlier
-        else:
-            self.by_fingerprint.setdefault(fingerprint, []).append((start, length))
-            self._file_digest = file_digest
-            self._end = start + length
-            self.by_spec[spec] = (start, length)
-        return self.by_spec[spec]
+        blocks = self._timed_blocks(spec)
+        head, sample = [], b""
+        for data in blocks:  # the blocks holding the sample: the fingerprint before any byte is written
+            head.append(data)
+            sample += data[: max(0, _SAMPLE_BYTES - len(sample))]
+            if len(sample) >= _SAMPLE_BYTES:
+                break
+        whole = len(sample) < _SAMPLE_BYTES  # the tensor ended within the sample: `sample` is all of it
+        fingerprint = hashlib.sha256(sample).digest()
+        for earlier in self.by_fingerprint.get(fingerprint, ()):
+            if self._equals(earlier, sample, whole, spec):
+                self.by_spec[spec] = earlier
+                return earlier
+        self._queue(b"\0" * (-self._end % ALIGN))
+        start = self._end
+        for data in itertools.chain(head, blocks):
+            self._queue(data)
+        stored = self.by_spec[spec] = (start, self._end - start)
+        self.by_fingerprint.setdefault(fingerprint, []).append(stored)
+        if whole:
+            self.small[start] = sample
+        return stored
 
-    def _stream(self, blocks: Iterator, digest) -> tuple[int, bytes]:
-        """Write and hash each block in the workers while the next one is made; returns (bytes written,
-        the first `_SAMPLE_BYTES` of them). At most two blocks are alive at a time."""
-        length, sample, pending = 0, bytearray(), ()
-        try:
-            for block in blocks:
-                data = _bytes(block)
-                for job in pending:  # the previous block written and hashed: keep the file in order
-                    job.result()
-                pending = (self._workers.submit(self.file.write, data), self._workers.submit(digest.update, data))
-                sample += data[: max(0, _SAMPLE_BYTES - len(sample))]
-                length += len(data)
-                self.written += len(data)
-        finally:
-            for job in pending:  # nothing left writing if a block failed (the caller removes the file)
-                job.result()
-        return length, bytes(sample)
+    def _equals(self, earlier: tuple[int, int], sample: bytes, whole: bool, spec: WeightSpec) -> bool:
+        """Whether `spec`, whose fingerprint is the stored `earlier` (offset, length)'s, has its bytes."""
+        if whole:
+            return self.small.get(earlier[0]) == sample
+        return earlier[1] >= len(sample) and self._file_equals(earlier, spec)
 
-    def _equal(self, a: int, b: int, length: int) -> bool:
-        """Whether the file's bytes at offsets a and b are equal for `length` bytes."""
-        self.file.flush()
-        fd = self.file.fileno()
-        for done in range(0, length, _BLOCK_BYTES):
-            n = min(_BLOCK_BYTES, length - done)
-            if os.pread(fd, n, a + done) != os.pread(fd, n, b + done):
-                return False
-        return True
+    def _timed_blocks(self, spec: WeightSpec) -> Iterator[memoryview]:
+        """`_blocks(spec)` as raw bytes, the time to make each counted."""
+        clock = time.perf_counter()
+        for block in self._blocks(spec):
+            data = _bytes(block)
+            self.seconds["make"] += time.perf_counter() - clock
+            yield data
+            clock = time.perf_counter()
+
+    def _queue(self, data) -> None:
+        """Queue `data` to be written and hashed after everything queued before. Waits while
+        `_IN_FLIGHT` blocks are queued (peak memory: that many blocks and the one being made)."""
+        if not len(data):
+            return
+        while len(self._queued) >= _IN_FLIGHT:
+            self._wait_oldest()
+        self._queued.append((self._writer.submit(self._timed, "write", self.sink.write, data), self._hasher.submit(self._timed, "hash", self._digest.update, data)))
+        self._end += len(data)
+        self.written += len(data)
+
+    def _wait_oldest(self) -> None:
+        clock = time.perf_counter()
+        for job in self._queued.popleft():
+            job.result()  # a failed write (disk full) raises here, in the exporting thread
+        self.seconds["wait"] += time.perf_counter() - clock
+
+    def _drain(self) -> None:
+        while self._queued:
+            self._wait_oldest()
+
+    def _timed(self, what: str, fn, data) -> None:
+        clock = time.perf_counter()
+        fn(data)
+        self.seconds[what] += time.perf_counter() - clock  # one thread per kind: no race
+
+    def _file_equals(self, stored: tuple[int, int], spec: WeightSpec) -> bool:
+        """Whether `spec`'s bytes, streamed again, equal the file's `stored` (offset, length) range."""
+        self._drain()
+        self.sink.make_readable()
+        (offset, length), done = stored, 0
+        with open(self.path, "rb", buffering=0) as file:
+            for data in self._timed_blocks(spec):
+                if done + len(data) > length or os.pread(file.fileno(), len(data), offset + done) != data:
+                    return False
+                done += len(data)
+        return done == length
 
     def materialize(self, spec: WeightSpec):
         """The whole tensor in memory (for the few small initializers kept inside the .onnx)."""
@@ -217,7 +263,7 @@ class WeightsFile:
     def _quantized_blocks(self, spec: WeightSpec) -> Iterator:
         """One part of a quantized weight (packed integers or scales). Quantizing makes both: the other
         part's blocks are kept for its spec, which comes next (the graph pass registers the two together),
-        unless they would hold more than `_BLOCK_BYTES`."""
+        unless they would hold more than `BLOCK_BYTES`."""
         import torch
 
         from nemotron_deploy.exporter.quantize import quantize_rows
@@ -235,7 +281,7 @@ class WeightsFile:
             packed, scales = quantize_rows(block, bits, size)
             mine, theirs = (packed, scales) if part == "weights" else (scales, packed)
             kept_bytes += theirs.numel() * theirs.element_size()
-            if kept is not None and kept_bytes <= _BLOCK_BYTES:
+            if kept is not None and kept_bytes <= BLOCK_BYTES:
                 kept.append(theirs)
             else:
                 kept = None
@@ -244,9 +290,14 @@ class WeightsFile:
             self._kept = (sibling, kept)
 
     def close(self) -> None:
-        self._workers.shutdown()
-        self.file.close()
-        self.sha256 = self._file_digest.hexdigest()
+        """Wait for the queued writes and close the file (also after a failed `add`: nothing left writing)."""
+        try:
+            self._drain()
+        finally:
+            self._writer.shutdown()
+            self._hasher.shutdown()
+            self.sink.close()
+        self.sha256 = self._digest.hexdigest()
 
 
 def _bytes(block) -> memoryview:

@@ -39,7 +39,7 @@ def test_equal_content_is_stored_once_and_a_shared_fingerprint_is_not_merged(tmp
         assert data[offset : offset + length] == tensors[name].numpy().tobytes(), name
     stored = {ranges[n] for n in ("a", "late", "ones")}
     assert len(data) == max(o + n for o, n in stored) and len(data) < sum(n for _, n in stored) + 3 * ALIGN
-    assert weights.sha256 == hashlib.sha256(data).hexdigest()  # rolled-back tensors are not in the digest
+    assert weights.sha256 == hashlib.sha256(data).hexdigest()  # de-duplicated tensors are never written
 
 
 def test_a_spec_seen_before_is_not_streamed_again(tmp_path):
