@@ -28,6 +28,7 @@ from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_checkpoint
 from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.modeling.lowering import STEP
+from nemotron_deploy.exporter.read_ahead import ReadAhead
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
 from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.integrity import file_records
@@ -77,15 +78,16 @@ def export_artifact(
     if scheme is not None:
         _check_quantizable(ckpt, model_dtype, scheme)
     staging = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
-    bars = background = None
+    bars = background = ahead = None
     try:
         with new_directory(out, staging) as tmp:
             model = meta_model(ckpt, model_dtype)
+            ahead = ReadAhead(ckpt, (name for name, _ in model.named_parameters()))  # the disk reads while we trace
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
             if len(traced) > 1 and _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
-            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background)
+            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead)
             bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
             bars.step("checking graphs")
             for graph in traced:
@@ -99,6 +101,8 @@ def export_artifact(
     finally:
         if background is not None:
             background.cancel()
+        if ahead is not None:
+            ahead.stop()
         if bars is not None:
             bars.close()
             if timings is not None:
@@ -106,10 +110,10 @@ def export_artifact(
     return out
 
 
-def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background):
+def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead):
     """Each graph traced (or taken from the second process), its weights streamed into weights.data
     (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx; returns ({graph kind: record}, the
-    weights file)."""
+    weights file). `ahead` (ReadAhead) stops when the first weight is streamed."""
     from nemotron_deploy.exporter.block_heap import blocks_reused
     from nemotron_deploy.exporter.weight_stream import BLOCK_BYTES, WeightsFile
 
@@ -125,6 +129,7 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
                     ir_model, specs = finished_graph(
                         ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
                     )
+                ahead.stop()  # the stream reads from here on, and needs every core
                 proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
                 _save_onnx(proto, tmp / f"{graph}.onnx")
                 record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
