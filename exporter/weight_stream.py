@@ -101,7 +101,8 @@ class WeightSource:
             if layouts[0][0] != "transpose" or len(layouts) > 1:
                 raise ValueError(f"unsupported layout chain {layouts}")
             full, layouts = full.permute(perm), ()
-        rows = max(1, BLOCK_BYTES // max(1, full[0].numel() * full.element_size())) if full.shape[0] else 1
+        row_bytes = full[0].numel() * max(full.element_size(), dtype.itemsize)  # the larger of a row read and a row made
+        rows = max(1, BLOCK_BYTES // max(1, row_bytes)) if full.shape[0] else 1
         for start in range(0, full.shape[0], rows):
             yield _apply(full[start : start + rows], layouts).to(dtype).contiguous()
         if full.shape[0] == 0:
