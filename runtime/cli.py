@@ -237,13 +237,14 @@ _PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxrun
 @click.option("--stream", is_flag=True, help="Print text as it is generated (one prompt); with --json, one JSON line per token.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (with --stream: a JSON line per token, then that object).")
 @click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the manifest first.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads (default: all cores).")
 @_BACKEND
 @_PROVIDER
 @_one_line_errors
 @_CACHE
 def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, template_kwargs, max_new_tokens, greedy, temperature, top_k, top_p, seed,
              repetition_penalty, presence_penalty, frequency_penalty, stops, ignore_eos, prefill_chunk, state_in, state_out, stream, as_json, verify,
-             backend, engine, plugins_lib, providers, cache):  # fmt: skip
+             threads, backend, engine, plugins_lib, providers, cache):  # fmt: skip
     """Generate continuations of one or more prompts with an exported artifact, or the reply to a chat
     message (--chat, with the artifact's chat template).
 
@@ -261,7 +262,9 @@ def generate(artifact_dir, prompts, prompt_ids, chat_message, system_message, te
     require("generate", *_backend_extras(backend))
     from nemotron_deploy.runtime.session import Session
 
-    session = Session(artifact_dir, backend=backend, providers=list(providers) or None, engine=engine, plugins=plugins_lib, verify=verify, cache=cache)
+    session = Session(
+        artifact_dir, backend=backend, providers=list(providers) or None, threads=threads, engine=engine, plugins=plugins_lib, verify=verify, cache=cache
+    )
     if chat is not None:
         messages, kwargs = chat
         inputs = [session.chat_prompt(messages, **kwargs)]

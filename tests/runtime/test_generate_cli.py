@@ -31,6 +31,15 @@ def test_generate_json_batch_of_prompt_ids(artifacts):
     assert "text" not in out  # no tokenizer in this artifact
 
 
+def test_generate_threads(artifacts):
+    ref, _, artifact = artifacts("hybrid_moe_groups")
+    result = _run("generate", artifact, "--prompt-ids", "5,17,3", "--max-new-tokens", 8, "--ignore-eos", "--json", "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["new_token_ids"] == [hf_greedy(ref, [5, 17, 3], 8)]
+    refused = _run("generate", artifact, "--prompt-ids", "5", "--threads", 0)
+    assert refused.exit_code == 2 and "--threads" in refused.output and "x>=1" in refused.output, refused.output
+
+
 def test_sampling_is_seeded(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
     args = ("generate", artifact, "--prompt-ids", "5,6,7", "--max-new-tokens", 10, "--ignore-eos", "--json", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9")
