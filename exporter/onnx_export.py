@@ -114,27 +114,25 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
     """Each graph traced (or taken from the second process), its weights streamed into weights.data
     (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx; returns ({graph kind: record}, the
     weights file). `ahead` (ReadAhead) stops when the first weight is streamed."""
-    from nemotron_deploy.exporter.block_heap import blocks_reused
-    from nemotron_deploy.exporter.weight_stream import BLOCK_BYTES, WeightsFile
+    from nemotron_deploy.exporter.weight_stream import WeightsFile
 
     weights, graphs = WeightsFile(tmp / WEIGHTS_FILE, ckpt), {}
     try:
-        with blocks_reused(BLOCK_BYTES):  # a block's pages faulted in once, not once per block
-            for graph in traced:
-                if background is not None and graph == background.graph:
-                    bars.step(f"{graph}: waiting for its trace in a second process")
-                    ir_model, specs, seconds = background.result()
-                    bars.timings[f"{graph}.trace"] = seconds
-                else:
-                    ir_model, specs = finished_graph(
-                        ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
-                    )
-                ahead.stop()  # the stream reads from here on, and needs every core
-                proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
-                _save_onnx(proto, tmp / f"{graph}.onnx")
-                record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
-                graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
-                del proto, ir_model
+        for graph in traced:
+            if background is not None and graph == background.graph:
+                bars.step(f"{graph}: waiting for its trace in a second process")
+                ir_model, specs, seconds = background.result()
+                bars.timings[f"{graph}.trace"] = seconds
+            else:
+                ir_model, specs = finished_graph(
+                    ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
+                )
+            ahead.stop()  # the stream reads from here on, and needs every core
+            proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
+            _save_onnx(proto, tmp / f"{graph}.onnx")
+            record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
+            graphs.update({kind: record for kind in (GRAPHS if graph == STEP else (graph,))})
+            del proto, ir_model
     finally:
         weights.close()  # also after a failure: no thread left writing into the staging folder
     return graphs, weights

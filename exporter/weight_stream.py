@@ -32,7 +32,7 @@ from nemotron_deploy.exporter.checkpoint import Checkpoint
 from nemotron_deploy.exporter.safetensors_mmap import MappedFiles
 
 ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
-BLOCK_BYTES = 32 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
+_BLOCK_BYTES = 32 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
 _IN_FLIGHT = 3  # blocks queued for writing behind the one being made (WeightsFile)
 _SAMPLE_BYTES = 64 * 2**10  # a tensor's leading bytes in its fingerprint (WeightsFile)
 
@@ -101,8 +101,11 @@ class WeightSource:
             if layouts[0][0] != "transpose" or len(layouts) > 1:
                 raise ValueError(f"unsupported layout chain {layouts}")
             full, layouts = full.permute(perm), ()
-        row_bytes = full[0].numel() * max(full.element_size(), dtype.itemsize)  # the larger of a row read and a row made
-        rows = max(1, BLOCK_BYTES // max(1, row_bytes)) if full.shape[0] else 1
+        # rows counted at the larger of a row read and a row made: a block stays within 32 MiB, which
+        # glibc's heap reuses (a 64 MiB float32 block of a bfloat16 weight was a fresh mmap each time,
+        # every page faulted in and zeroed anew: Nemotron-H-4B's weights phase 26 -> 21 s)
+        row_bytes = full[0].numel() * max(full.element_size(), dtype.itemsize)
+        rows = max(1, _BLOCK_BYTES // max(1, row_bytes)) if full.shape[0] else 1
         for start in range(0, full.shape[0], rows):
             yield _apply(full[start : start + rows], layouts).to(dtype).contiguous()
         if full.shape[0] == 0:
@@ -264,7 +267,7 @@ class WeightsFile:
     def _quantized_blocks(self, spec: WeightSpec) -> Iterator:
         """One part of a quantized weight (packed integers or scales). Quantizing makes both: the other
         part's blocks are kept for its spec, which comes next (the graph pass registers the two together),
-        unless they would hold more than `BLOCK_BYTES`."""
+        unless they would hold more than `_BLOCK_BYTES`."""
         import torch
 
         from nemotron_deploy.exporter.quantize import quantize_rows
@@ -282,7 +285,7 @@ class WeightsFile:
             packed, scales = quantize_rows(block, bits, size)
             mine, theirs = (packed, scales) if part == "weights" else (scales, packed)
             kept_bytes += theirs.numel() * theirs.element_size()
-            if kept is not None and kept_bytes <= BLOCK_BYTES:
+            if kept is not None and kept_bytes <= _BLOCK_BYTES:
                 kept.append(theirs)
             else:
                 kept = None
