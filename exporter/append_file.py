@@ -87,11 +87,10 @@ class AppendFile:
 def _open_direct(path: Path) -> int | None:
     """A descriptor of the new file opened with O_DIRECT, or None where the filesystem refuses it (a
     refusal can come at open or at the first write, so one aligned block is written and cut)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0)
-    if flags == os.O_WRONLY | os.O_CREAT | os.O_TRUNC:  # no O_DIRECT on this platform
+    if not hasattr(os, "O_DIRECT"):  # not on this platform
         return None
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
