@@ -29,7 +29,7 @@ def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int,
 
     from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.decode import left_pad, prefill
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     manifest = read_manifest(artifact)
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ from pathlib import Path
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.exporter.parameters import parameter_shapes
 from nemotron_deploy.exporter.safetensors_mmap import MappedFiles, TensorInfo, list_tensors
-from nemotron_deploy.runtime.errors import CheckpointError
+from nemotron_deploy.runtime.artifact.errors import CheckpointError
 
 _PER_EXPERT = re.compile(r"layers\.(\d+)\.mixer\.experts\.(\d+)\.(up|down)_proj\.weight")
 _FUSED_EXPERT = re.compile(r"layers\.(\d+)\.mixer\.experts\.(up|down)_proj(?:\.weight)?")

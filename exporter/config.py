@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_deploy.runtime.dtypes import FLOAT_DTYPES
-from nemotron_deploy.runtime.errors import ConfigError, read_json_object
+from nemotron_deploy.runtime.artifact.dtypes import FLOAT_DTYPES
+from nemotron_deploy.runtime.artifact.errors import ConfigError, read_json_object
 
 LAYER_KINDS = ("mamba", "attention", "mlp", "moe")
 LAYER_LETTERS = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}  # hybrid_override_pattern's

@@ -93,7 +93,7 @@ def _export_child(argv: list[str]) -> dict:
     import torch.onnx  # noqa: F401
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
-    from nemotron_deploy.runtime.manifest import WEIGHTS_FILE
+    from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE
 
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -131,7 +131,7 @@ def _session_child(artifact: str) -> dict:
     handed to onnxruntime over one read-only memory map of weights.data)."""
     import time
 
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
     from nemotron_deploy.runtime.onnx_backend import OnnxRuntimeBackend
 
     manifest = read_manifest(artifact)

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.plugin_nodes import LAYOUT_DOMAIN
 from nemotron_deploy.exporter.weight_stream import WeightSpec, layout_shape
-from nemotron_deploy.runtime.dtypes import DTYPES, FLOAT_DTYPES, from_onnx
+from nemotron_deploy.runtime.artifact.dtypes import DTYPES, FLOAT_DTYPES, from_onnx
 
 
 

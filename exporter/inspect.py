@@ -7,7 +7,7 @@ from pathlib import Path
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import open_checkpoint
 from nemotron_deploy.exporter.parameters import active_parameters, num_parameters
-from nemotron_deploy.runtime.dtypes import dtype_bytes
+from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
 
 
 def inspect_checkpoint(path: str | Path) -> dict:

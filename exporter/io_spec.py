@@ -12,8 +12,8 @@ Shape symbols: `batch` (B), `new_tokens` (T), `past_len` (tokens already in the 
 from __future__ import annotations
 
 from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.runtime import dtypes
-from nemotron_deploy.runtime.manifest import TensorSpec  # the manifest records these, dtype resolved
+from nemotron_deploy.runtime.artifact import dtypes
+from nemotron_deploy.runtime.artifact.manifest import TensorSpec  # the manifest records these, dtype resolved
 
 # state kinds per layer kind, in argument order
 STATE_KINDS = {"mamba": ("conv", "ssm"), "attention": ("key", "value")}

@@ -30,12 +30,12 @@ from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.modeling.lowering import STEP
 from nemotron_deploy.exporter.read_ahead import ReadAhead
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
-from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
-from nemotron_deploy.runtime.integrity import file_records
-from nemotron_deploy.runtime.manifest import (
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError, read_json_object
+from nemotron_deploy.runtime.artifact.integrity import file_records
+from nemotron_deploy.runtime.artifact.manifest import (
     GRAPHS, WEIGHTS_FILE, GenerationRecord, GraphRecord, Manifest, ModelRecord, PluginRecord, StateRecord, write_manifest,
 )  # fmt: skip
-from nemotron_deploy.runtime.atomic import new_directory, staging_dir
+from nemotron_deploy.runtime.artifact.atomic import new_directory, staging_dir
 
 # onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
 # as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer).

@@ -14,9 +14,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, MOE_DISPATCH, PluginOp, run_reference
-from nemotron_deploy.runtime.manifest import GRAPHS, ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.artifact.manifest import GRAPHS, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.onnx_backend import graph_inputs
-from nemotron_deploy.runtime.step_binding import StepBinding
+from nemotron_deploy.runtime.artifact.step_binding import StepBinding
 
 
 def _torch(x) -> torch.Tensor:

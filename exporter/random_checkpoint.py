@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from nemotron_deploy.runtime.atomic import new_directory
+from nemotron_deploy.runtime.artifact.atomic import new_directory
 
 TINY_CONFIG = {
     "architectures": ["NemotronHForCausalLM"],

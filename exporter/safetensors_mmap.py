@@ -17,12 +17,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.dtypes import dtype_bytes
-from nemotron_deploy.runtime.errors import CheckpointError
+from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
+from nemotron_deploy.runtime.artifact.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 
-# safetensors dtype tag -> dtype name (runtime/dtypes.py)
+# safetensors dtype tag -> dtype name (runtime/artifact/dtypes.py)
 DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
 

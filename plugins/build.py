@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.atomic import copy_file, new_directory
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.atomic import copy_file, new_directory
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 SOURCE_DIR = Path(__file__).resolve().parent
 DEFAULT_CUDA_ARCHITECTURES = "80;86;89;90"  # A100, RTX 30xx/A10, L4/RTX 40xx, H100/H200

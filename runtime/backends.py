@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nemotron_deploy.runtime.manifest import ArtifactError, Manifest
+from nemotron_deploy.runtime.artifact.manifest import ArtifactError, Manifest
 
 BACKENDS = ("onnxruntime", "tensorrt", "reference")
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 TEMPLATE_FILE, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = "chat_template.jinja", "tokenizer_config.json", "special_tokens_map.json"
 # transformers' named special tokens (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES)

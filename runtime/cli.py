@@ -12,7 +12,7 @@ import warnings
 
 import click
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 # the packages each optional extra of pyproject.toml brings, as the commands import them
 EXTRAS = {
@@ -165,7 +165,7 @@ def _sampling(greedy, temperature, top_k, top_p, seed, penalties=None):
 def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, max_prefill_tokens, compute_capability) -> None:
     """Build TensorRT engines (.plan) for the prefill and decode graphs of an exported artifact."""
     from nemotron_deploy.exporter.engine_build import Limits, build_engines, default_engine
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     manifest = read_manifest(artifact_dir)
     engine = engine or default_engine(manifest)
@@ -374,7 +374,7 @@ def bench(artifact_dir, prompt_len, new_tokens, batch, past_lengths, threads, as
     require("bench", *_backend_extras(backend))
     from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.bench import run_bench
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
     from nemotron_deploy.runtime.memory import PeakMemory
 
     manifest = read_manifest(artifact_dir)
@@ -461,7 +461,7 @@ def _make_demo(root, seed: int) -> None:
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
-    from nemotron_deploy.runtime.atomic import make_staging, new_directory
+    from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
     previous = root.with_name(f".{root.name}.previous")
     with new_directory(root, make_staging(root)) as staging:
@@ -480,7 +480,7 @@ def _make_demo(root, seed: int) -> None:
 @_one_line_errors
 def verify(artifact_dir: str) -> None:
     """Check every file of an artifact against the SHA-256 its manifest records (engines included)."""
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     checked = _verify(read_manifest(artifact_dir))
     click.echo(f"ok: {checked} files match {artifact_dir}/manifest.json")
@@ -500,7 +500,7 @@ def optimize(artifact_dir: str, cache_dir: str | None) -> None:
     require("optimize", "onnxruntime")
     from pathlib import Path
 
-    from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, read_manifest
     from nemotron_deploy.runtime.onnx_prepacked import CachePolicy, ensure_entry, graph_files, packs, stored_bytes
 
     manifest = read_manifest(artifact_dir)
@@ -519,7 +519,7 @@ def optimize(artifact_dir: str, cache_dir: str | None) -> None:
 
 
 def _verify(manifest) -> int:
-    from nemotron_deploy.runtime.integrity import bytes_to_verify, verify_artifact
+    from nemotron_deploy.runtime.artifact.integrity import bytes_to_verify, verify_artifact
 
     try:
         from tqdm.auto import tqdm
@@ -571,7 +571,7 @@ def triton(artifact_dir, out_dir, kind, instances, max_batch, backend, threads, 
     if kind == "generate":
         click.echo(f"serve it: nemotron-deploy serve {artifact_dir}   (or tritonserver --model-repository={repo}, docs/triton.md)")
     elif (repo / "nemotron_step" / "1" / "model.plan").is_file():
-        from nemotron_deploy.runtime.manifest import read_manifest
+        from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
         built = read_manifest(artifact_dir).engines["tensorrt"].plugins or {}
         library = built.get("library") or "libnemotron_deploy_plugins.so"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nemotron_deploy.runtime import decode, snapshot, state_rows
-from nemotron_deploy.runtime.manifest import StateRecord
+from nemotron_deploy.runtime.artifact.manifest import StateRecord
 from nemotron_deploy.runtime.prefix_cache import PrefixCache
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.snapshot import StateSnapshot

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nemotron_deploy.runtime import snapshot, state_rows
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.snapshot import StateSnapshot
 from nemotron_deploy.runtime.stop_text import StopText

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from nemotron_deploy.runtime import onnx_prepacked, resident
-from nemotron_deploy.runtime.dtypes import from_onnx
+from nemotron_deploy.runtime.artifact.dtypes import from_onnx
 from nemotron_deploy.runtime.prefill_budget import PrefillBudget
-from nemotron_deploy.runtime.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
-from nemotron_deploy.runtime.step_binding import StepBinding
+from nemotron_deploy.runtime.artifact.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
+from nemotron_deploy.runtime.artifact.step_binding import StepBinding
 
 
 

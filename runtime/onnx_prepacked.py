@@ -48,8 +48,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest
 from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
@@ -237,7 +237,7 @@ def _free_bytes(path: Path) -> int:
 
 def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
     """Build `entry` in a child process; atomic: the directory appears whole, with entry.json."""
-    from nemotron_deploy.runtime.atomic import make_staging, new_directory
+    from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
     need, free = _needed_bytes(manifest), _free_bytes(entry.parent)
     if free < need + _DISK_RESERVE:

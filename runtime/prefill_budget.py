@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, Manifest
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, Manifest
 
 MIN_BUDGET_BYTES = 32 * 2**20
 WEIGHTS_SHARE = 1 / 20

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from nemotron_deploy.runtime import decode, snapshot
 from nemotron_deploy.runtime.chat_template import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.stop_text import StopText
@@ -34,7 +34,7 @@ class Session:
         (`runtime.onnx_prepacked.CachePolicy`; default: on, beside the artifact or in the user's cache)."""
         self.manifest = read_manifest(artifact_dir)
         if verify:
-            from nemotron_deploy.runtime.integrity import verify_artifact
+            from nemotron_deploy.runtime.artifact.integrity import verify_artifact
 
             verify_artifact(self.manifest)
         self.backend = open_backend(self.manifest, backend, providers, threads, engine=engine, plugins=plugins, cache=cache)

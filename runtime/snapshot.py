@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from nemotron_deploy.runtime import state_rows
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import Manifest, StateRecord
-from nemotron_deploy.runtime.dtypes import numpy_dtype
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import Manifest, StateRecord
+from nemotron_deploy.runtime.artifact.dtypes import numpy_dtype
 
 FORMAT = "nemotron-deploy-state"
 FORMAT_VERSION = "1"
@@ -53,7 +53,7 @@ class StateSnapshot:
     """The state of one sequence after `tokens`.
 
     states: past.* name -> host array with batch 1 (K/V: (1, kv_heads, len(tokens), head_dim), the
-    sequence's own columns only; bfloat16 as raw uint16, as runtime/dtypes.py carries it).
+    sequence's own columns only; bfloat16 as raw uint16, as runtime/artifact/dtypes.py carries it).
     logits: (vocab,) float32 after the last token. model: `model_identity` of the artifact it came from."""
 
     model: str
@@ -69,7 +69,7 @@ class StateSnapshot:
         """Write it as a safetensors file, atomically."""
         from safetensors.numpy import save
 
-        from nemotron_deploy.runtime.atomic import write_file
+        from nemotron_deploy.runtime.artifact.atomic import write_file
 
         tensors = {_STATE + name: np.ascontiguousarray(x) for name, x in self.states.items()}
         tensors["tokens"] = np.asarray(self.tokens, dtype=np.int64)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nemotron_deploy.runtime.dtypes import from_tensorrt
-from nemotron_deploy.runtime.manifest import GRAPHS, ArtifactError, EngineRecord, Manifest, initial_state_shapes
+from nemotron_deploy.runtime.artifact.dtypes import from_tensorrt
+from nemotron_deploy.runtime.artifact.manifest import GRAPHS, ArtifactError, EngineRecord, Manifest, initial_state_shapes
 from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
 
 

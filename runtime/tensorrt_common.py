@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, Manifest
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, Manifest
 
 
 class TensorRTError(NemotronDeployError):

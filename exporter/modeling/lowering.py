@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nemotron_deploy.runtime.manifest import GRAPHS
+from nemotron_deploy.runtime.artifact.manifest import GRAPHS
 
 STEP = "step"  # the graph kind that serves both GRAPHS (`Lowering.both_kinds`)
 

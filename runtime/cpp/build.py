@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron_deploy.plugins.build import PluginBuildError, _require_tool, _run, find_tensorrt_headers
-from nemotron_deploy.runtime.atomic import copy_file
+from nemotron_deploy.runtime.artifact.atomic import copy_file
 
 SOURCE_DIR = Path(__file__).resolve().parent
 LIBRARY = "libnemotron_deploy_runtime.so"

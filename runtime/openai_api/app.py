@@ -30,8 +30,8 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the gene
 def model_info(artifact_dir, name: str) -> ModelInfo:
     """What the endpoints serve of an artifact: its tokenizer, chat template and generation defaults."""
     from nemotron_deploy.runtime.chat_template import ChatTemplate
-    from nemotron_deploy.runtime.errors import NemotronDeployError
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
     from nemotron_deploy.runtime.tokenizer import Tokenizer
 
     manifest = read_manifest(artifact_dir)

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import threading
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.openai_api.protocol import ModelInfo
 
 

@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import WEIGHTS_FILE, Manifest, read_manifest
-from nemotron_deploy.runtime.atomic import new_directory
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest, read_manifest
+from nemotron_deploy.runtime.artifact.atomic import new_directory
 from nemotron_deploy.runtime.onnx_prepacked import CACHE_OFF, CachePolicy, graph_files, packs, prepacked_model
 from nemotron_deploy.runtime.triton import configs
 

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 TEMP_PREFIX = "nemotron-triton-"  # the temporary folders of a server: its backend folder, serve's repository
 OWNER_FILE = ".owner-pid"

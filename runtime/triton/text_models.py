@@ -10,7 +10,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
 
-from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.tokenizer import Tokenizer
 
 

@@ -13,8 +13,8 @@ from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.dtypes import dtype_bytes
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest, to_json
+from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest, to_json
 from nemotron_deploy.runtime.sampling import Sampling, filtered_probabilities
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_oracle import hf_logits, hf_model, make_checkpoint, save_checkpoint
 from nemotron_deploy.exporter.checkpoint import load_model, open_checkpoint
-from nemotron_deploy.runtime.errors import CheckpointError
+from nemotron_deploy.runtime.artifact.errors import CheckpointError
 
 IDS = torch.tensor([[5, 17, 3, 99, 42, 8, 61, 23, 7, 70, 11, 2, 64]])
 

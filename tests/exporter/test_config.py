@@ -7,7 +7,7 @@ import pytest
 
 from hf_oracle import hf_config
 from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.runtime.errors import ConfigError
+from nemotron_deploy.runtime.artifact.errors import ConfigError
 
 HUB_STYLE = {  # as in the hub's Nemotron-H / Nano-v2 configs
     "model_type": "nemotron_h", "vocab_size": 100, "hidden_size": 32, "hybrid_override_pattern": "M-M*ME",

@@ -7,8 +7,8 @@ import pytest
 
 from nemotron_deploy.exporter import io_spec, onnx_export
 from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.runtime.errors import NemotronDeployError
-from nemotron_deploy.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, to_json
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, to_json
 
 
 @pytest.mark.parametrize("name,dtype,target", [("latent_moe_tied_odd", "float32", "onnxruntime"), ("hybrid_moe_groups", "bfloat16", "tensorrt")])
@@ -47,7 +47,7 @@ def test_artifact_layout_and_manifest(artifacts):
     assert (artifact / "generation_config.json").is_file()
     # weights.data's SHA-256 is computed as it is written (tied embeddings: a tensor written, then rolled
     # back as a duplicate): it must be the file's own
-    from nemotron_deploy.runtime.integrity import file_sha256
+    from nemotron_deploy.runtime.artifact.integrity import file_sha256
 
     record = next(f for f in manifest.files if f.name == "weights.data")
     assert record.sha256 == file_sha256(artifact / "weights.data") and record.bytes == data

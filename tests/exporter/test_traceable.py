@@ -11,7 +11,7 @@ import torch
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.checkpoint import load_model
-from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
 
 def _inputs(model, batch, past, new):

@@ -13,7 +13,7 @@ from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import cli
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.session import Session
 

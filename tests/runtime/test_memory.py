@@ -22,7 +22,7 @@ from hf_oracle import relative_error
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime import onnx_prepacked
-from nemotron_deploy.runtime.manifest import read_manifest
+from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.prefill_budget import MIN_TOKENS, PrefillBudget
 from nemotron_deploy.runtime.session import Session

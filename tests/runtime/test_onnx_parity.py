@@ -107,7 +107,7 @@ def test_half_precision_exports(artifacts, dtype):
 
 
 def test_bfloat16_is_refused_for_onnxruntime(hf_checkpoints, tmp_path):
-    from nemotron_deploy.runtime.errors import NemotronDeployError
+    from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
     _, ckpt = hf_checkpoints("dense_mlp_biases")
     with pytest.raises(NemotronDeployError, match="no bfloat16 kernels"):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nemotron_deploy.runtime.manifest import ArtifactError, read_manifest
+from nemotron_deploy.runtime.artifact.manifest import ArtifactError, read_manifest
 from nemotron_deploy.runtime.onnx_backend import _check_version
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 
 LOGITS = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05], [0.05, 0.1, 0.15, 0.2, 0.5]], dtype=np.float32))

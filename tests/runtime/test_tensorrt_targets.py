@@ -19,7 +19,7 @@ from hf_oracle import random_prompt, relative_error
 from nemotron_deploy.exporter.engine_build import Limits, build_engines
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.manifest import ArtifactError, EngineRecord, PluginRecord, read_manifest, to_json
+from nemotron_deploy.runtime.artifact.manifest import ArtifactError, EngineRecord, PluginRecord, read_manifest, to_json
 from nemotron_deploy.runtime.session import Session
 
 def _prompts():

@@ -28,7 +28,7 @@ int64_t file_size(const std::string& path) {
   return static_cast<int64_t>(st.st_size);
 }
 
-// The checks of runtime/manifest.py's _validate, for the fields read here: one message style,
+// The checks of runtime/artifact/manifest.py's _validate, for the fields read here: one message style,
 // "FILE: field 'F' is VALUE, expected WHAT".
 class Checker {
  public:

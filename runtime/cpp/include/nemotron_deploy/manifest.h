@@ -1,5 +1,5 @@
 // An artifact's manifest.json: what the C++ runtime needs of it, checked when read (the same checks
-// and messages as runtime/manifest.py for every field read here).
+// and messages as runtime/artifact/manifest.py for every field read here).
 #pragma once
 
 #include <cstdint>

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nemotron_deploy.runtime.dtypes import FLOAT_DTYPES, numpy_dtype
-from nemotron_deploy.runtime.errors import NemotronDeployError, read_json_object
+from nemotron_deploy.runtime.artifact.dtypes import FLOAT_DTYPES, numpy_dtype
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError, read_json_object
 
 FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
@@ -197,7 +197,7 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
 
 def write_manifest(manifest: Manifest) -> Path:
     """Write (or replace) `manifest.json` in the artifact directory, atomically."""
-    from nemotron_deploy.runtime.atomic import write_file
+    from nemotron_deploy.runtime.artifact.atomic import write_file
 
     return write_file(manifest.path / MANIFEST_FILE, json.dumps(to_json(manifest), indent=2).encode())
 

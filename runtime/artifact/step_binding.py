@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, Manifest, StateRecord
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, ArtifactError, Manifest, StateRecord
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from nemotron_deploy.runtime.manifest import MANIFEST_FILE, ArtifactError, FileRecord, Manifest
+from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, ArtifactError, FileRecord, Manifest
 
 _CHUNK = 16 * 2**20
 

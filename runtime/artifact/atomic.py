@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from nemotron_deploy.runtime.errors import NemotronDeployError
+from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 
 def staging_dir(out: str | Path) -> Path:

@@ -78,7 +78,7 @@ def test_cli_plugins_build_bad_header_dir_is_one_line(tmp_path):
 def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build, tmp_path):
     """The check `build` and the TensorRT backend run after loading the library, here over the creators the
     library exposes through getCreators (TensorRT's registry is not available on this machine)."""
-    from nemotron_deploy.runtime.manifest import Manifest, PluginRecord
+    from nemotron_deploy.runtime.artifact.manifest import Manifest, PluginRecord
     from nemotron_deploy.runtime.tensorrt_common import TensorRTError, check_plugin_versions
 
     creators = {(c["name"], c["version"], c["namespace"]) for c in PluginHarness(emulated_build.harness, emulated_build.library).creators()}

@@ -22,7 +22,7 @@ ONNX_TO_TORCH = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16
 OTHER_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32]
 # the graphs' symbolic dims, set small: batch 2, 3 new tokens in prefill (decode's is the constant 1), 4 past
 SYMBOLS = {"prefill": dict(batch=2, new_tokens=3, past_len=4, total_len=7), "decode": dict(batch=2, new_tokens=1, past_len=4, total_len=5)}
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def _tensor_types(model: onnx.ModelProto, symbols: dict) -> dict[str, tuple[torc
 
 
 def _plugin_nodes(artifact: Path, graph: str):
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     model = onnx.load(str(read_manifest(artifact).graph_path(graph)), load_external_data=False)
     types = _tensor_types(model, SYMBOLS[graph])
@@ -100,7 +100,7 @@ def test_mamba2_core_reads_and_writes_the_graph_states_in_place(tiny_artifacts, 
     """The states pass between steps in the dtypes the manifest declares (conv in the model dtype, SSM
     float32): Mamba2Core's state ports must be the graph's past/present tensors themselves, with no cast
     between, which holds only while the contract's state dtypes are the export's."""
-    from nemotron_deploy.runtime.manifest import read_manifest
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     names = [p.name for p in PLUGIN_OPS["Mamba2Core"].inputs + PLUGIN_OPS["Mamba2Core"].outputs]
     n_in = len(PLUGIN_OPS["Mamba2Core"].inputs)
