@@ -32,11 +32,11 @@ import tempfile
 from pathlib import Path
 
 from nemotron_deploy.exporter.config import LAYER_LETTERS, ModelConfig
-from nemotron_deploy.exporter.export_profile import ChildFailed, profile_export, profile_session
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baseline import baseline_env  # noqa: E402
+from export_profile import ChildFailed, profile_export, profile_session  # noqa: E402
 from bench_vs_transformers import CONFIG as BENCH_537M, cpu_name as _cpu  # noqa: E402
 
 NANO30B = dict(

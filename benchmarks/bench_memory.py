@@ -118,7 +118,7 @@ def serve_case(work: Path) -> dict:
     import numpy as np
     from triton_stream import stream
 
-    from nemotron_deploy.runtime.triton.server import TritonServer
+    from nemotron_deploy.runtime.serving.triton.server import TritonServer
 
     ckpt = write_random_checkpoint(work / "ckpt-serve", config=BENCH)
     rows = []

@@ -33,7 +33,7 @@ from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
 from triton_stream import stream  # noqa: E402
 
 from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint  # noqa: E402
-from nemotron_deploy.runtime.triton.server import TritonServer  # noqa: E402
+from nemotron_deploy.runtime.serving.triton.server import TritonServer  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from nemotron_deploy.runtime.artifact.atomic import new_files, write_file
 from nemotron_deploy.runtime.artifact.integrity import file_records
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, EngineRecord, Manifest, PlanRecord, read_manifest, write_manifest
-from nemotron_deploy.runtime.tensorrt_common import (
+from nemotron_deploy.plugins.tensorrt_common import (
     ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
 )  # fmt: skip
 

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.plugin_nodes import LAYOUT_DOMAIN
-from nemotron_deploy.exporter.weight_stream import WeightSpec, layout_shape
+from nemotron_deploy.exporter.weight_spec import WeightSpec, layout_shape, placeholder_value
 from nemotron_deploy.runtime.artifact.dtypes import DTYPES, FLOAT_DTYPES, from_onnx
 
 
@@ -78,16 +78,6 @@ def fold_weight_layouts(model: ir.Model, specs: dict[str, WeightSpec]) -> None:
             del specs[source.name]
         graph.register_initializer(value)
         specs[name] = folded
-
-
-def placeholder_value(name: str, dtype: ir.DataType, shape: ir.Shape) -> ir.Value:
-    """An initializer value whose data is bound later from the checkpoint (see onnx_export)."""
-
-    def unbound():
-        raise RuntimeError(f"weight {name!r} was not bound to the checkpoint before use")
-
-    tensor = ir.LazyTensor(unbound, dtype=dtype, shape=shape, name=name)
-    return ir.Value(name=name, shape=shape, type=ir.TensorType(dtype), const_value=tensor)
 
 
 def fold_small_constants(model: ir.Model, weights: set[str]) -> None:

@@ -30,6 +30,7 @@ from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.modeling.lowering import STEP
 from nemotron_deploy.exporter.read_ahead import ReadAhead
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
+from nemotron_deploy.plugins.contract import CONTRACTS
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.artifact.integrity import file_records
 from nemotron_deploy.runtime.artifact.manifest import (
@@ -215,12 +216,11 @@ def _finish_plugin_graph(proto):
     (10.7 - 10.14 would prefer a same-name function, 10.15+ a namespaced plugin) always takes the plugin."""
     import onnx_graphsurgeon as gs
 
-    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # not its notes on bfloat16 or colours
     graph = gs.import_onnx(proto)
     for node in graph.nodes:
-        op = PLUGIN_OPS.get(node.op)
+        op = CONTRACTS.get(node.op)
         if op is None or node.domain != op.namespace:
             continue
         want = {a.name for a in op.attributes} | {"plugin_version", "plugin_namespace"}
@@ -238,10 +238,9 @@ def _plugin_records(proto) -> tuple[PluginRecord, ...]:
     """A graph's entry in the manifest's `plugins`: each plugin it uses, with its node count."""
     import collections
 
-    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
 
-    counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in PLUGIN_OPS and n.domain == PLUGIN_OPS[n.op_type].namespace)
-    return tuple(PluginRecord(name, PLUGIN_OPS[name].version, PLUGIN_OPS[name].namespace, n) for name, n in sorted(counts.items()))
+    counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in CONTRACTS and n.domain == CONTRACTS[n.op_type].namespace)
+    return tuple(PluginRecord(name, CONTRACTS[name].version, CONTRACTS[name].namespace, n) for name, n in sorted(counts.items()))
 
 
 def _save_onnx(proto, path: Path) -> None:

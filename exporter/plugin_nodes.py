@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-MAMBA2_CORE = "Mamba2Core"  # the contracts' names (plugins/*/contract.json), keys of plugin_ops.PLUGIN_OPS
+from nemotron_deploy.plugins.contract import CONTRACTS
+
+MAMBA2_CORE = "Mamba2Core"  # the contracts' names (plugins/*/contract.json), keys of CONTRACTS
 MOE_DISPATCH = "MoeDispatch"
 
 
@@ -25,9 +27,7 @@ def plugin_node(name: str, inputs: Sequence[torch.Tensor], attributes: dict, out
     """One node of plugin `name`, typed by its contract: each input cast to its port's dtype, each output
     given its port's dtype ("T" = the activation dtype: that of the first "T" input); `output_shapes`
     gives each output's shape for the tracer. A cast to the dtype a tensor has exports as nothing."""
-    from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS  # here: plugin_ops imports the model modules
-
-    op = PLUGIN_OPS[name]
+    op = CONTRACTS[name]
     activation = next(x.dtype for x, port in zip(inputs, op.inputs) if port.dtype == "T")
     dtype = lambda port: activation if port.dtype == "T" else getattr(torch, port.dtype)  # noqa: E731
     inputs = [x.to(dtype(port)) for x, port in zip(inputs, op.inputs, strict=True)]

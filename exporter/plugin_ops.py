@@ -1,78 +1,23 @@
-"""The contract of the TensorRT plugin ops, read from plugins/<plugin>/contract.json, and their torch references.
+"""The TensorRT plugin ops: each plugin's contract (plugins/contract.py) with its torch reference.
 
-Each contract file (name, version, namespace, inputs and outputs in port order with dtype and shape,
-attributes with kinds and ranges) is the one source of both languages: the C++ plugins are compiled
-from a header generated from it (plugins/contract_header.py), and this module gives it to the
-exporter's plugin nodes (`plugin_nodes.plugin_node`), the reference execution of plugin graphs, the
-plugin tests and docs/plugins.md.
-
-Dtype letters: "T" is the activation dtype (float32, float16 or bfloat16; one per node), "float32"
-is fixed. The shape letters are the legend of plugins/dimensions.json (`DIMENSIONS`).
+The references are the model's own functions (`mamba2_core`, `moe_dispatch` in modeling/): the CUDA
+kernels are tested against them (tests/plugins/), the reference backend runs plugin graphs with them
+(runtime/backends), and the model calls them itself wherever it does not write a plugin node.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 
-from nemotron_deploy.exporter.modeling.mamba import mamba2_core, mamba2_core_attributes  # noqa: F401 (re-exported)
-from nemotron_deploy.exporter.modeling.mlp import moe_dispatch, moe_dispatch_attributes  # noqa: F401
-from nemotron_deploy.plugins.contract_header import load
-
-_PLUGINS = resources.files("nemotron_deploy.plugins")
-DIMENSIONS: dict[str, str] = json.loads((_PLUGINS / "dimensions.json").read_text())
+from nemotron_deploy.exporter.modeling.mamba import mamba2_core
+from nemotron_deploy.exporter.modeling.mlp import moe_dispatch
+from nemotron_deploy.plugins import contract
 
 
 @dataclass(frozen=True)
-class Port:
-    name: str
-    dtype: str  # "T" or "float32"
-    shape: str  # e.g. "[B, T, C]"
-    rank: int
-    meaning: str
-
-
-@dataclass(frozen=True)
-class Attribute:
-    name: str
-    kind: str  # "int" (ONNX INT -> PluginField kINT32) | "float" (FLOAT -> kFLOAT32)
-    meaning: str
-    min: float | None = None  # inclusive bounds the creator enforces (None: unbounded)
-    max: float | None = None
-    at_most: str | None = None  # another attribute this one must not exceed
-
-
-@dataclass(frozen=True)
-class DimensionLimit:
-    dim: str  # a letter of DIMENSIONS
-    min: int
-    max: int
-    meaning: str
-
-
-@dataclass(frozen=True)
-class PluginOp:
-    name: str  # ONNX op_type == TensorRT plugin name
-    version: str
-    namespace: str  # TensorRT plugin namespace == ONNX domain of the node
-    inputs: tuple[Port, ...]
-    outputs: tuple[Port, ...]
-    attributes: tuple[Attribute, ...]
-    dimension_limits: tuple[DimensionLimit, ...]  # sizes the kernels are written for
-    reference: Callable
-
-
-def _op(folder: str, reference: Callable) -> PluginOp:
-    contract = load(_PLUGINS / folder / "contract.json")
-    ports = lambda key: tuple(Port(**p) for p in contract[key])  # noqa: E731
-    return PluginOp(
-        name=contract["name"], version=contract["version"], namespace=contract["namespace"],
-        inputs=ports("inputs"), outputs=ports("outputs"),
-        attributes=tuple(Attribute(**a) for a in contract["attributes"]),
-        dimension_limits=tuple(DimensionLimit(**lim) for lim in contract.get("dimension_limits", ())), reference=reference,
-    )  # fmt: skip
+class PluginOp(contract.PluginContract):
+    reference: Callable  # (*inputs in port order, **node attributes) -> output or tuple of outputs
 
 
 def mamba2_core_as_the_kernels(*inputs, **attributes):
@@ -82,8 +27,8 @@ def mamba2_core_as_the_kernels(*inputs, **attributes):
     return mamba2_core(*inputs, **attributes, recurrent=inputs[0].shape[1] == 1)
 
 
-MAMBA2_CORE = _op("mamba2_core", mamba2_core_as_the_kernels)
-MOE_DISPATCH = _op("moe_dispatch", moe_dispatch)
+MAMBA2_CORE = PluginOp(**contract.MAMBA2_CORE.fields(), reference=mamba2_core_as_the_kernels)
+MOE_DISPATCH = PluginOp(**contract.MOE_DISPATCH.fields(), reference=moe_dispatch)
 PLUGIN_OPS = {op.name: op for op in (MAMBA2_CORE, MOE_DISPATCH)}
 
 

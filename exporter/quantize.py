@@ -223,8 +223,7 @@ def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: 
     in (out, in) layout; `flat` packs each row as one axis (QMoE) rather than (blocks, bytes) (MatMulNBits)."""
     import onnx_ir as ir
 
-    from nemotron_deploy.exporter.graph_passes import placeholder_value
-    from nemotron_deploy.exporter.weight_stream import WeightSpec
+    from nemotron_deploy.exporter.weight_spec import WeightSpec, placeholder_value
 
     *lead, k = shape
     blocks = k // scheme.block_size

@@ -25,6 +25,8 @@ import re
 
 import onnx_ir as ir
 
+from nemotron_deploy.exporter.weight_spec import placeholder_value
+
 _SCOPES = "pkg.torch.onnx.name_scopes"
 log = logging.getLogger(__name__)
 
@@ -41,24 +43,6 @@ def representatives(layer_types) -> tuple[int, ...]:
     for i, kind in enumerate(layer_types):
         first.setdefault(kind, i)
     return tuple(sorted(first.values()))
-
-
-def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None) -> ir.Model:
-    """The step graph `tracing.trace_graph` would trace, from one trace of `representatives` only.
-    on_layer(i): as the tracer enters layer i; on_stitch(): as stitching begins."""
-    from nemotron_deploy.exporter.tracing import trace_graph
-
-    reps = representatives(model.cfg.layer_types)
-    traced = trace_graph(model, graph, target, on_layer=on_layer, layers=reps)
-    if on_stitch is not None:
-        on_stitch()
-    if len(reps) == len(model.cfg.layer_types):
-        return traced
-    try:
-        return stitch(traced, model, reps)
-    except CannotStitch as e:  # never a wrong graph: the slow, whole-model trace instead
-        log.warning("%s; tracing every layer of the %s graph instead", e, graph)
-        return trace_graph(model, graph, target, on_layer=on_layer)
 
 
 def eliminate_common_subexpressions(model: ir.Model) -> None:
@@ -261,8 +245,6 @@ class _Copier:
     def _renamed(self, v: ir.Value, name: str) -> ir.Value:
         """Layer N's own weight or state in place of its source layer's: an input made in `input`, or a
         weight initializer (a placeholder bound to the checkpoint later, like every weight)."""
-        from nemotron_deploy.exporter.graph_passes import placeholder_value
-
         if name in self.by_name:
             return self.by_name[name]
         if name not in self.params:

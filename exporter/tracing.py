@@ -12,8 +12,14 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nemotron_deploy.exporter import io_spec
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+log = logging.getLogger(__name__)
 
 OPSET = 18
 ONNXRUNTIME_OPSET = 23  # RMSNormalization (opset 23) is one fused kernel in onnxruntime
@@ -94,6 +100,24 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, l
     return program.model
 
 
+def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None) -> ir.Model:
+    """The step graph `trace_graph` would trace, from one trace of `representatives` only.
+    on_layer(i): as the tracer enters layer i; on_stitch(): as stitching begins."""
+    from nemotron_deploy.exporter import stitch
+
+    reps = stitch.representatives(model.cfg.layer_types)
+    traced = trace_graph(model, graph, target, on_layer=on_layer, layers=reps)
+    if on_stitch is not None:
+        on_stitch()
+    if len(reps) == len(model.cfg.layer_types):
+        return traced
+    try:
+        return stitch.stitch(traced, model, reps)
+    except stitch.CannotStitch as e:  # never a wrong graph: the slow, whole-model trace instead
+        log.warning("%s; tracing every layer of the %s graph instead", e, graph)
+        return trace_graph(model, graph, target, on_layer=on_layer)
+
+
 def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize=None, stitched: bool = True, on_phase=None):
     """Trace one graph and run the graph passes: (onnx_ir Model, {initializer: WeightSpec}).
 
@@ -107,7 +131,7 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize
 
     on_phase = on_phase or (lambda name: None)
     if stitched:
-        ir_model = stitch.trace_stitched(model, graph, target, on_layer=on_layer, on_stitch=lambda: on_phase("stitch"))
+        ir_model = trace_stitched(model, graph, target, on_layer=on_layer, on_stitch=lambda: on_phase("stitch"))
     else:
         ir_model = trace_graph(model, graph, target, on_layer=on_layer)
     on_phase("passes")
@@ -147,7 +171,7 @@ class BackgroundTrace:
         import onnx
         import onnx_ir as ir
 
-        from nemotron_deploy.exporter.weight_stream import WeightSpec
+        from nemotron_deploy.exporter.weight_spec import WeightSpec
 
         _, err = self._proc.communicate()
         if self._proc.returncode != 0:

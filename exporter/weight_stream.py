@@ -7,12 +7,7 @@ first dimension (one expert of a stacked expert tensor, or a few MiB of rows), c
 applies the layout and appends the bytes. Peak memory is a few blocks, whatever the model's size;
 the file pages of the mapped checkpoint are reclaimable page cache, not process memory.
 
-Layouts (applied in order, each on a block of rows):
-    ("transpose", perm)   a permutation of the axes (torch.permute semantics)
-    ("repeat_rows", r)    every row of axis 1 repeated r times, interleaved (torch.repeat_interleave)
-    ("quantize", (bits, block, part))
-                          block-wise integers along the last axis (exporter/quantize.py); `part` is
-                          "weights" (packed uint8) or "scales" (float32): one stored tensor each
+The layouts are listed in exporter/weight_spec.py.
 """
 
 from __future__ import annotations
@@ -24,53 +19,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron_deploy.exporter.append_file import AppendFile
 from nemotron_deploy.exporter.checkpoint import Checkpoint
 from nemotron_deploy.exporter.safetensors_mmap import MappedFiles
+from nemotron_deploy.exporter.weight_spec import WeightSpec, layout_shape
 
 ALIGN = 64  # byte alignment of each tensor in weights.data (lets runtimes map it without copies)
 _BLOCK_BYTES = 32 * 2**20  # rows converted at a time (a stacked expert tensor goes one expert at a time)
 _IN_FLIGHT = 3  # blocks queued for writing behind the one being made (WeightsFile)
 _SAMPLE_BYTES = 64 * 2**10  # a tensor's leading bytes in its fingerprint (WeightsFile)
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One initializer, described: model parameter `param` in `dtype` (torch name) after `layouts`."""
-
-    param: str
-    dtype: str
-    layouts: tuple[tuple, ...] = ()
-
-    def with_layout(self, *layout) -> "WeightSpec":
-        return WeightSpec(self.param, self.dtype, (*self.layouts, tuple(layout)))
-
-    def with_dtype(self, dtype: str) -> "WeightSpec":
-        return WeightSpec(self.param, dtype, self.layouts)  # a cast commutes with every layout here
-
-    def to_json(self) -> dict:
-        return {"param": self.param, "dtype": self.dtype, "layouts": [list(layout) for layout in self.layouts]}
-
-    @classmethod
-    def from_json(cls, raw: dict) -> "WeightSpec":
-        return cls(raw["param"], raw["dtype"], tuple((kind, tuple(arg) if isinstance(arg, list) else arg) for kind, arg in raw["layouts"]))
-
-
-def layout_shape(shape: tuple[int, ...], layouts: tuple[tuple, ...]) -> tuple[int, ...]:
-    for kind, arg in layouts:
-        if kind == "transpose":
-            shape = tuple(shape[i] for i in arg)
-        elif kind == "repeat_rows":
-            shape = (shape[0], shape[1] * arg, *shape[2:])
-        elif kind == "quantize":
-            bits, block, part = arg
-            shape = (*shape[:-1], shape[-1] // block, *((block * bits // 8,) if part == "weights" else ()))
-        else:
-            raise ValueError(f"unknown weight layout {kind!r}")
-    return shape
 
 
 class WeightSource:

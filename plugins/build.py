@@ -30,7 +30,11 @@ _SYSTEM_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-li
 
 
 class PluginBuildError(NemotronDeployError):
-    pass
+    """A build step failed; `log` holds the tool's whole output (the message quotes its error lines)."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ def _fetch_headers(dest: Path) -> Path:
     return dest
 
 
-def _require_tool(name: str, hint: str) -> str:
+def require_tool(name: str, hint: str) -> str:
+    """The path of program `name`, or a one-line error with `hint` on how to install it."""
     path = shutil.which(name)
     if path is None:
         raise PluginBuildError(f"`{name}` not found on PATH: {hint}")
@@ -109,9 +114,9 @@ def build_plugins(
     if bad or not cuda_architectures:
         raise PluginBuildError(f"--cuda-arch {cuda_architectures!r}: expected CUDA architectures like '90' or '80;86;89;90' "
                                "(CMake's CUDA_ARCHITECTURES: digits, optional a/f suffix, -real/-virtual, or native)")  # fmt: skip
-    cmake = _require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
+    cmake = require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
     if not emulated:
-        _require_tool("nvcc", "install the CUDA toolkit (nvcc >= 12.0), or build the CPU emulation")
+        require_tool("nvcc", "install the CUDA toolkit (nvcc >= 12.0), or build the CPU emulation")
     headers = find_tensorrt_headers(tensorrt_include)
     out = Path(out_dir).resolve()
     build_dir = out / ("build-emulated" if emulated else "build")
@@ -124,17 +129,18 @@ def build_plugins(
     ]  # fmt: skip
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []
-    _run(configure, "configuring the plugin library", verbose)
-    _run([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)],
+    run_step(configure, "configuring the plugin library", verbose)
+    run_step([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)],
          "compiling the plugin library", verbose)  # fmt: skip
     placed = [copy_file(build_dir / name, out / name) for name in (library_name(emulated), "libnemotron_deploy_plugin_harness.so")]
     return PluginBuild(library=placed[0], harness=placed[1], emulated=emulated)
 
 
-def _run(cmd: list[str], what: str, verbose: bool) -> None:
+def run_step(cmd: list[str], what: str, verbose: bool) -> None:
+    """Run one CMake step; on failure a one-line error quoting the first error lines of its output."""
     done = subprocess.run(cmd, capture_output=not verbose, text=True)
     if done.returncode != 0:
         log = (done.stdout or "") + (done.stderr or "")
         errors = [line for line in log.splitlines() if "error" in line.lower()][:5]
-        raise PluginBuildError(f"{what} failed (exit {done.returncode}): " + (" | ".join(errors) or log[-400:]))
+        raise PluginBuildError(f"{what} failed (exit {done.returncode}): " + (" | ".join(errors) or log[-400:]), log)
 

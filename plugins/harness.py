@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nemotron_deploy.exporter.plugin_ops import PluginOp
+from nemotron_deploy.plugins.contract import PluginContract
 
 MAX_DIMS = 8
 # nvinfer1::DataType values
@@ -23,12 +23,6 @@ TORCH_DTYPE = {v: k for k, v in TRT_DTYPE.items()}
 
 class HarnessError(RuntimeError):
     pass
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want|, on the CPU in float32."""
-    got, want = got.detach().float().cpu(), want.detach().float().cpu()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
 def _int_array(values):
@@ -42,7 +36,7 @@ def _dims_array(shapes):
     return (ctypes.c_int64 * max(len(flat), 1))(*flat)
 
 
-def attribute_spec(op: PluginOp, attributes: dict) -> str:
+def attribute_spec(op: PluginContract, attributes: dict) -> str:
     """"name=i:3;x=f:0.5": node attributes as the ONNX parser turns them into PluginFields."""
     kinds = {a.name: a.kind for a in op.attributes}
     parts = []
@@ -50,19 +44,6 @@ def attribute_spec(op: PluginOp, attributes: dict) -> str:
         kind = kinds.get(name, "float" if isinstance(value, float) else "int")
         parts.append(f"{name}={'i' if kind == 'int' else 'f'}:{int(value) if kind == 'int' else repr(float(value))}")
     return ";".join(parts)
-
-
-def assert_matches_reference(harness: "PluginHarness", op: PluginOp, inputs: list[torch.Tensor], attributes: dict, tolerance: float) -> None:
-    """Run `op` through the plugin (on the inputs' device) and its torch reference (on the CPU); every
-    output must have the reference's shape and dtype and a relative error within `tolerance`."""
-    from nemotron_deploy.exporter.plugin_ops import run_reference
-
-    outputs = harness.create(op, attributes).run(inputs)
-    expected = run_reference(op, [x.cpu() for x in inputs], attributes)
-    for port, got, want in zip(op.outputs, outputs, expected):
-        assert got.shape == want.shape and got.dtype == want.dtype, f"{op.name}.{port.name}: {got.shape} {got.dtype}"
-        err = relative_error(got, want)
-        assert err <= tolerance, f"{op.name}.{port.name}: relative error {err:.2e} > {tolerance:.0e}"
 
 
 class PluginHarness:
@@ -101,7 +82,7 @@ class PluginHarness:
                             fields=[tuple(f.split(":")) for f in fields.split(",") if f]))  # fmt: skip
         return out
 
-    def create(self, op: PluginOp, attributes: dict, spec: str | None = None) -> "Plugin":
+    def create(self, op: PluginContract, attributes: dict, spec: str | None = None) -> "Plugin":
         """createPlugin with these node attributes (or a raw `spec`, to send wrongly typed fields);
         HarnessError carries what the plugin logged."""
         self.take_log()
@@ -120,7 +101,7 @@ class Built:
 
 
 class Plugin:
-    def __init__(self, harness: PluginHarness, handle: int, op: PluginOp):
+    def __init__(self, harness: PluginHarness, handle: int, op: PluginContract):
         self._h = harness
         self._handle = handle
         self.op = op

@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 
-from nemotron_deploy.runtime.decode import generate, left_pad, prefill
 from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError
+from nemotron_deploy.runtime.decode import generate, left_pad, prefill
 from nemotron_deploy.runtime.memory import PeakMemory, process_peak_rss_mib
 
 

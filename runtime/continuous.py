@@ -98,7 +98,7 @@ class Counters:
 
 
 class ContinuousBatcher:
-    """Runs up to `max_batch` sequences at once on `backend` (see runtime/backends.py).
+    """Runs up to `max_batch` sequences at once on `backend` (see runtime/backends/__init__.py).
 
     max_length: the model's maximum sequence length (prompt + generated); pad_token_id fills padded
     positions; prefill_chunk_size: prompt tokens per prefill call, one call per step between the
@@ -234,7 +234,7 @@ class ContinuousBatcher:
         decode step: `decode.piece_end`)."""
         if self.prefix_cache is None:
             return None
-        one_is_decode = getattr(self.backend, "one_token_is_decode", False)
+        one_is_decode = self.backend.one_token_is_decode
         return self.prefix_cache.longest(prompt, lambda n: not (one_is_decode and len(prompt) - n == 1))
 
     def _cancel(self, request: Request) -> None:

@@ -52,12 +52,11 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, max_length:
 
 def prefill_limit(backend, chunk_size: int | None, batch: int = 1, past_len: int = 0) -> int | None:
     """Prompt tokens for the next prefill call of `batch` sequences after `past_len` tokens: `chunk_size`
-    if given, else the backend's own choice (its optional `prefill_tokens(batch, past_len)`, e.g. what
+    if given, else the backend's own choice (its `prefill_tokens(batch, past_len)`, e.g. what
     keeps onnxruntime's attention scratch bounded), and never more than the backend takes in one call
-    (its optional `max_prefill_tokens`, e.g. a TensorRT engine's profile). None: the whole prompt."""
-    own = getattr(backend, "prefill_tokens", None)
-    wanted = chunk_size or (own(batch, past_len) if own else None)
-    return min((n for n in (wanted, getattr(backend, "max_prefill_tokens", None)) if n), default=None)
+    (its `max_prefill_tokens`, e.g. a TensorRT engine's profile). None: the whole prompt."""
+    wanted = chunk_size or backend.prefill_tokens(batch, past_len)
+    return min((n for n in (wanted, backend.max_prefill_tokens) if n), default=None)
 
 
 def piece_end(backend, chunk_size: int | None, batch: int, start: int, total: int) -> int:
@@ -69,7 +68,7 @@ def piece_end(backend, chunk_size: int | None, batch: int, start: int, total: in
     piece takes the last one too. Only `chunk_size` 1 asks for one-token pieces. Other backends (separate
     prefill and decode graphs: TensorRT engines, as the C++ runtime's loop) split at `prefill_limit`."""
     end = min(start + (prefill_limit(backend, chunk_size, batch, start) or total), total)
-    if getattr(backend, "one_token_is_decode", False) and total - end == 1 and end - start >= 2:
+    if backend.one_token_is_decode and total - end == 1 and end - start >= 2:
         return end - 1 if end - start >= 3 else total
     return end
 

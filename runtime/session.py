@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nemotron_deploy.runtime import decode, snapshot
-from nemotron_deploy.runtime.chat_template import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
+from nemotron_deploy.runtime.chat_template import TEMPLATE_FILE, TOKENIZER_CONFIG, ChatTemplate
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.stop_text import StopText
 from nemotron_deploy.runtime.tokenizer import Tokenizer

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from nemotron_deploy.runtime import state_rows
+from nemotron_deploy.runtime.artifact.dtypes import numpy_dtype
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import Manifest, StateRecord
-from nemotron_deploy.runtime.artifact.dtypes import numpy_dtype
 
 FORMAT = "nemotron-deploy-state"
 FORMAT_VERSION = "1"
@@ -106,13 +106,11 @@ def take(state: dict, mask: np.ndarray, row: int, tokens: Sequence[int], logits:
 
 
 def restore(backend, snapshots: Sequence[StateSnapshot], kv: set[str]) -> tuple[dict, np.ndarray]:
-    """A batch of the snapshots' sequences, in order: state in the backend's kind (its optional
+    """A batch of the snapshots' sequences, in order: state in the backend's kind (its
     `state_from_host`) and mask (B, widest) int64, K/V left-padded to the widest."""
-    to_backend = getattr(backend, "state_from_host", None)
     parts = []
     for snap in snapshots:
-        state = dict(snap.states)
-        parts.append((to_backend(state) if to_backend else state, np.ones((1, len(snap.tokens)), dtype=np.int64)))
+        parts.append((backend.state_from_host(dict(snap.states)), np.ones((1, len(snap.tokens)), dtype=np.int64)))
     return state_rows.stack(parts, kv)
 
 

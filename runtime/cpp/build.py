@@ -9,13 +9,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from nemotron_deploy.plugins.build import PluginBuildError, _require_tool, _run, find_tensorrt_headers
+from nemotron_deploy.plugins.build import PluginBuildError, find_tensorrt_headers, require_tool, run_step
 from nemotron_deploy.runtime.artifact.atomic import copy_file
 
 SOURCE_DIR = Path(__file__).resolve().parent
 LIBRARY = "libnemotron_deploy_runtime.so"
 PRODUCTS = (LIBRARY, "nemotron-generate", "nemotron_runtime_probe")
-JSON_HEADER_HINT = "nlohmann/json (>= 3.10) not found: apt-get install nlohmann-json3-dev, or pass -Dnlohmann_json_DIR via CMAKE_PREFIX_PATH"
+MISSING_JSON = (
+    "the C++ runtime reads manifests with nlohmann/json (>= 3.10), and CMake found no nlohmann_json package: install it "
+    "(Debian/Ubuntu: apt-get install nlohmann-json3-dev; Fedora: dnf install json-devel; macOS: brew install nlohmann-json; "
+    "conda: conda install -c conda-forge nlohmann_json), or add its prefix to CMAKE_PREFIX_PATH"
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class RuntimeBuild:
 
 def build_runtime(out_dir: str | Path, *, tensorrt_include: str | Path | None = None, jobs: int | None = None, verbose: bool = False) -> RuntimeBuild:
     """Build into `out_dir`/build and place the library and programs in `out_dir`."""
-    cmake = _require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
+    cmake = require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
     headers = find_tensorrt_headers(tensorrt_include)
     out = Path(out_dir).resolve()
     build_dir = out / "build"
@@ -38,9 +42,16 @@ def build_runtime(out_dir: str | Path, *, tensorrt_include: str | Path | None = 
     if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
         configure += ["-G", "Ninja"]
     try:
-        _run(configure, "configuring the C++ runtime", verbose)
+        run_step(configure, "configuring the C++ runtime", verbose)
     except PluginBuildError as e:
-        raise PluginBuildError(f"{e}{' | ' + JSON_HEADER_HINT if 'nlohmann_json' in str(e) else ''}") from None
-    _run([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)], "compiling the C++ runtime", verbose)
+        if _json_not_found(e.log):
+            raise PluginBuildError(MISSING_JSON, e.log) from None
+        raise
+    run_step([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)], "compiling the C++ runtime", verbose)
     placed = {name: copy_file(build_dir / name, out / name) for name in PRODUCTS}
     return RuntimeBuild(placed[LIBRARY], placed["nemotron-generate"], placed["nemotron_runtime_probe"], SOURCE_DIR / "include")
+
+
+def _json_not_found(cmake_log: str) -> bool:
+    """CMake's configure output says its find_package(nlohmann_json) failed (not found, or disabled)."""
+    return "find_package" in cmake_log and "nlohmann_json" in cmake_log

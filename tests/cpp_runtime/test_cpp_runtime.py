@@ -3,6 +3,7 @@ the CUDA runtime, no GPU) and run: its probe and example program against the Pyt
 the reference for manifests, the sampler's distributions and the decode loop's bookkeeping."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -12,9 +13,10 @@ from click.testing import CliRunner
 from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import decode
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE, ArtifactError, initial_state_shapes, read_manifest, to_json
+from nemotron_deploy.runtime.backends.interface import Backend
+from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.sampling import Sampling, filtered_probabilities
 
 
@@ -134,7 +136,7 @@ def test_sampler_errors(built):
         assert failed and message in out
 
 
-class CountingBackend:
+class CountingBackend(Backend):
     """The probe's test engine, in Python: each row's next token is (its last input token + 1) % vocab."""
 
     def __init__(self, vocab):
@@ -209,7 +211,7 @@ def test_example_program_errors_without_a_gpu(built, artifacts, tmp_path):
 
 def test_engine_checks_before_the_gpu_equal_python(built, artifacts, tmp_path):
     """Which engine, the TensorRT version and the GPU a plan was built for: the Python backend's checks and messages."""
-    from nemotron_deploy.runtime.tensorrt_backend import check_gpu, check_trt_version, pick_engine
+    from nemotron_deploy.runtime.backends.tensorrt_backend import check_gpu, check_trt_version, pick_engine
 
     _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     copy = shutil.copytree(artifact, tmp_path / "a")
@@ -264,3 +266,25 @@ def test_cpp_build_errors(tmp_path):
     result = CliRunner().invoke(main, ["cpp", "build", "-o", str(tmp_path / "out"), "--tensorrt-include", str(tmp_path)])
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: TensorRT include directory {tmp_path} has no NvInferRuntime.h"
     assert not (tmp_path / "out").exists()
+
+
+def test_cpp_build_without_nlohmann_json_names_the_package_to_install(tmp_path, monkeypatch):
+    """Real CMake, told that no nlohmann_json package exists (CMAKE_DISABLE_FIND_PACKAGE): the one error
+    line names the package and how to install it, not CMake's find_package line."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not on PATH: the C++ runtime cannot be configured")
+    wrapper = tmp_path / "bin" / "cmake"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" -S "*) exec {cmake} -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=TRUE "$@";; esac\n'
+        f'exec {cmake} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    result = CliRunner().invoke(main, ["cpp", "build", "-o", str(tmp_path / "out")])
+    last = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2, result.output
+    assert last.startswith("error: the C++ runtime reads manifests with nlohmann/json (>= 3.10), and CMake found no nlohmann_json package")
+    assert "apt-get install nlohmann-json3-dev" in last and "CMake Error" not in last

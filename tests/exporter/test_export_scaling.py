@@ -4,10 +4,15 @@ Each export runs in a fresh child process (`export_profile`) that samples its ow
 (RssAnon), so the figures are the export's alone, not pytest's.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from nemotron_deploy.exporter.export_profile import profile_export
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from export_profile import profile_export  # noqa: E402 (the benchmarks' measuring child process)
 
 # Mamba, MoE and attention layers; small widths so the graphs trace quickly.
 BASE = dict(TINY_CONFIG, hybrid_override_pattern="ME*", vocab_size=64, hidden_size=32, mamba_num_heads=2,

@@ -10,9 +10,9 @@ import torch
 from hf_oracle import hf_model
 
 from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.exporter.plugin_ops import (
-    MAMBA2_CORE, MOE_DISPATCH, mamba2_core_attributes, moe_dispatch_attributes, run_reference,
-)  # fmt: skip
+from nemotron_deploy.exporter.modeling.mamba import mamba2_core_attributes
+from nemotron_deploy.exporter.modeling.mlp import moe_dispatch_attributes
+from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, MOE_DISPATCH, run_reference
 
 
 def _layers(model, kind_class: str):

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.quantize import QuantScheme, dequantize_rows, embedding_scheme, quantize_rows
 from nemotron_deploy.runtime.accuracy import compare
-from nemotron_deploy.runtime.backends import open_backend
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
+from nemotron_deploy.runtime.backends import open_backend
 
 from hf_oracle import hf_model, save_checkpoint
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nemotron_deploy.exporter import stitch
-from nemotron_deploy.exporter import tracing as stitch_tracing
+from nemotron_deploy.exporter import tracing
 from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
 from nemotron_deploy.exporter.graph_equivalence import signature
 from nemotron_deploy.exporter.quantize import QuantScheme
@@ -108,7 +108,7 @@ def test_a_layer_reading_another_layers_values_is_refused(hybrid):
 def test_a_graph_that_cannot_be_stitched_is_traced_whole(tmp_path, monkeypatch):
     """Whatever stitching refuses costs time, never a wrong graph: every layer is traced instead."""
     traced_layers = []
-    trace_graph = stitch_tracing.trace_graph
+    trace_graph = tracing.trace_graph
 
     def counted(model, graph, target, on_layer=None, layers=None):
         traced_layers.append(layers)
@@ -117,8 +117,8 @@ def test_a_graph_that_cannot_be_stitched_is_traced_whole(tmp_path, monkeypatch):
     def refuse(*args):
         raise stitch.CannotStitch("stitching: refused for the test")
 
-    monkeypatch.setattr(stitch_tracing, "trace_graph", counted)
+    monkeypatch.setattr(tracing, "trace_graph", counted)
     monkeypatch.setattr(stitch, "stitch", refuse)
-    ir_model = stitch.trace_stitched(_model(_checkpoint(tmp_path, "MM")), "decode", "tensorrt")
+    ir_model = tracing.trace_stitched(_model(_checkpoint(tmp_path, "MM")), "decode", "tensorrt")
     assert traced_layers == [(0,), None]
     assert [v.name for v in ir_model.graph.outputs] == ["logits", "present.0.conv", "present.0.ssm", "present.1.conv", "present.1.ssm"]

@@ -6,7 +6,8 @@ import hashlib
 import torch
 
 from nemotron_deploy.exporter import weight_stream
-from nemotron_deploy.exporter.weight_stream import ALIGN, WeightSpec, WeightsFile
+from nemotron_deploy.exporter.weight_spec import WeightSpec
+from nemotron_deploy.exporter.weight_stream import ALIGN, WeightsFile
 
 
 class _Tensors(WeightsFile):

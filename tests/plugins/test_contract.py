@@ -15,7 +15,8 @@ import onnx
 import pytest
 import torch
 
-from nemotron_deploy.exporter.plugin_ops import DIMENSIONS, PLUGIN_OPS, PluginOp
+from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS, PluginOp
+from nemotron_deploy.plugins.contract import DIMENSIONS
 from nemotron_deploy.plugins.harness import PluginHarness
 
 ONNX_TO_TORCH = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16}

@@ -79,7 +79,7 @@ def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build
     """The check `build` and the TensorRT backend run after loading the library, here over the creators the
     library exposes through getCreators (TensorRT's registry is not available on this machine)."""
     from nemotron_deploy.runtime.artifact.manifest import Manifest, PluginRecord
-    from nemotron_deploy.runtime.tensorrt_common import TensorRTError, check_plugin_versions
+    from nemotron_deploy.plugins.tensorrt_common import TensorRTError, check_plugin_versions
 
     creators = {(c["name"], c["version"], c["namespace"]) for c in PluginHarness(emulated_build.harness, emulated_build.library).creators()}
     find = lambda name, version, namespace: (name, version, namespace) if (name, version, namespace) in creators else None  # noqa: E731

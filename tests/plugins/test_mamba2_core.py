@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
+from reference_check import assert_matches_reference
+
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE
-from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, assert_matches_reference, attribute_spec
+from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, attribute_spec
 
 # B batch, T new tokens, H heads, P head dim, G groups, S state, K conv kernel, L chunk; pads[b] = left pads of row b
 CASES = {

@@ -8,8 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reference_check import assert_matches_reference
+
 from nemotron_deploy.exporter.plugin_ops import MOE_DISPATCH
-from nemotron_deploy.plugins.harness import HarnessError, PluginHarness, assert_matches_reference
+from nemotron_deploy.plugins.harness import HarnessError, PluginHarness
 
 # N tokens, X experts, I expert width, D input width, k top_k, G n_group, TG topk_group, skew: bias towards few experts
 CASES = {

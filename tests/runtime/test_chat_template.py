@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from transformers import PreTrainedTokenizerFast
 
 from chat_fixtures import CHAT_TOKENS, NEMOTRON_STYLE, TOOLS_TEMPLATE, export_chat_artifact, write_tokenizer_files
-from nemotron_deploy.runtime.chat_template import ChatTemplate, ChatTemplateError
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.chat_template import ChatTemplate, ChatTemplateError
 from nemotron_deploy.runtime.session import Session
 
 CONVERSATIONS = [

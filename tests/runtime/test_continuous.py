@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hf_oracle import hf_greedy
+from nemotron_deploy.runtime.backends.interface import Backend
 from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.session import Session
@@ -144,7 +145,7 @@ def test_cancelled_sequences_leave_and_others_continue(session):
 def test_backend_failure_ends_its_sequences_not_the_batcher(session):
     ref, sess = session
 
-    class Failing:
+    class Failing(Backend):
         """Fails the first decode step, then behaves."""
 
         def __init__(self, backend):

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import cli
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
+from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.session import Session
 
@@ -120,7 +120,7 @@ def test_demo_reruns_and_is_atomic(demo_dir, tmp_path, monkeypatch):
 def test_building_the_package_prints_no_warnings(tmp_path):
     from pathlib import Path
 
-    repo = Path(cli.__file__).resolve().parents[1]
+    repo = Path(cli.__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(repo)],
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from hf_oracle import hf_greedy
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
+from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.session import Session
 
 

@@ -25,8 +25,8 @@ from nemotron_deploy.runtime import onnx_prepacked
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.prefill_budget import MIN_TOKENS, PrefillBudget
+from nemotron_deploy.runtime.serving.triton.configs import GENERATE_MODEL
 from nemotron_deploy.runtime.session import Session
-from nemotron_deploy.runtime.triton.configs import GENERATE_MODEL
 
 CHILD = Path(__file__).parents[2] / "benchmarks" / "memory_child.py"
 MiB = 2**20

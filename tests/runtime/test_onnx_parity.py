@@ -6,6 +6,7 @@ import torch
 
 from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error, make_checkpoint
 from nemotron_deploy.exporter.onnx_export import export_artifact
+from nemotron_deploy.runtime.backends.interface import Backend
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.session import Session
 
@@ -69,7 +70,7 @@ def test_prefill_pieces_respect_the_backends_limit(artifacts):
     want = session.generate(prompts, 8, ignore_eos=True).new_token_ids
     inner, calls = session.backend, []
 
-    class Limited:
+    class Limited(Backend):
         max_prefill_tokens = 4
         one_token_is_decode = inner.one_token_is_decode  # the float32 artifact's one step graph: True
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nemotron_deploy.runtime.artifact.manifest import ArtifactError, read_manifest
-from nemotron_deploy.runtime.onnx_backend import _check_version
+from nemotron_deploy.runtime.backends.onnxruntime_backend import _check_version
 
 
 def test_onnxruntime_artifact_records_its_minimum_and_older_versions_are_refused(artifacts):
@@ -37,7 +37,7 @@ def test_a_damaged_requirement_is_named(artifacts, tmp_path):
 
 
 def test_float16_on_the_cpu_provider_warns(artifacts):
-    from nemotron_deploy.runtime.onnx_backend import OnnxRuntimeBackend
+    from nemotron_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     _, _, artifact = artifacts("dense_mlp_biases", "float16")
     with pytest.warns(UserWarning, match="float16 artifact on onnxruntime's CPU provider decodes slower"):

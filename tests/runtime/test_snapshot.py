@@ -25,14 +25,14 @@ class CountingSteps:
     """Wraps a backend, counting the prompt tokens its prefill calls compute."""
 
     def __init__(self, backend):
-        self.inner, self.prefill_tokens = backend, 0
+        self.inner, self.prompt_tokens = backend, 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def step(self, graph, ids, mask, state):
         if graph == "prefill":
-            self.prefill_tokens += ids.shape[0] * ids.shape[1]
+            self.prompt_tokens += ids.shape[0] * ids.shape[1]
         return self.inner.step(graph, ids, mask, state)
 
 
@@ -45,7 +45,7 @@ def test_continuing_from_a_snapshot_equals_transformers(session, chunk, monkeypa
     monkeypatch.setattr(sess, "backend", counting)
     out = sess.generate([TURN], 6, start=snap, prefill_chunk_size=chunk)
     assert out.new_token_ids[0] == hf_greedy(ref, TURN, 6)
-    assert counting.prefill_tokens == len(TURN) - len(HISTORY)  # only the new tokens
+    assert counting.prompt_tokens == len(TURN) - len(HISTORY)  # only the new tokens
 
 
 def test_a_whole_prompt_snapshot_needs_no_prefill(session, monkeypatch):
@@ -54,7 +54,7 @@ def test_a_whole_prompt_snapshot_needs_no_prefill(session, monkeypatch):
     counting = CountingSteps(sess.backend)
     monkeypatch.setattr(sess, "backend", counting)
     out = sess.generate([TURN], 5, start=snap)
-    assert out.new_token_ids[0] == hf_greedy(ref, TURN, 5) and counting.prefill_tokens == 0
+    assert out.new_token_ids[0] == hf_greedy(ref, TURN, 5) and counting.prompt_tokens == 0
 
 
 def test_restored_and_new_rows_share_a_batch(session):

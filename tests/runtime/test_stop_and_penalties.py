@@ -16,8 +16,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenalty
 from hf_oracle import random_prompt
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
-from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
+from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
 from nemotron_deploy.runtime.sampling import Sampler, Sampling, penalize
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.stop_text import StopText

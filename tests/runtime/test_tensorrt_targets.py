@@ -18,8 +18,8 @@ from hf_oracle import random_prompt, relative_error
 
 from nemotron_deploy.exporter.engine_build import Limits, build_engines
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.artifact.manifest import ArtifactError, EngineRecord, PluginRecord, read_manifest, to_json
+from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.session import Session
 
 def _prompts():
@@ -164,7 +164,7 @@ def test_plan_of_another_tensorrt_version_is_refused(rtx_built):
 
 
 def test_plan_for_another_gpu_is_refused(tmp_path):
-    from nemotron_deploy.runtime.tensorrt_backend import check_gpu
+    from nemotron_deploy.runtime.backends.tensorrt_backend import check_gpu
 
     record = EngineRecord("10.14", "float16", "86", None, 8, 4096, 2048, None, {})
     with pytest.raises(ArtifactError, match=r"built for compute capability 86, this GPU \(NVIDIA H100\) is 90; rebuild"):

@@ -18,8 +18,8 @@ import pytest
 from chat_fixtures import export_chat_artifact
 from http_wait import wait_for_http
 from nemotron_deploy.runtime.sampling import Sampling
+from nemotron_deploy.runtime.serving.triton.server import free_port
 from nemotron_deploy.runtime.session import Session
-from nemotron_deploy.runtime.triton.server import free_port
 
 MODEL = "nemotron-test"
 HELLO = [{"role": "system", "content": "/no_think"}, {"role": "user", "content": "Write a haiku about GPUs"}]

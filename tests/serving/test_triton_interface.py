@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nemotron_deploy.runtime.sampling import Sampling
-from nemotron_deploy.runtime.triton.interface import RequestError, parse_generate_request
+from nemotron_deploy.runtime.serving.triton.interface import RequestError, parse_generate_request
 
 LIMITS = dict(vocab_size=100, max_length=16, eos_token_ids=(2,))
 

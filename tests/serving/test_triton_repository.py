@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.triton import configs
-from nemotron_deploy.runtime.triton.interface import GENERATE_INPUTS, TEXT_INPUTS, TEXT_TO_GENERATE
+from nemotron_deploy.runtime.serving.triton import configs
+from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, TEXT_INPUTS, TEXT_TO_GENERATE
 
 ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 7: "TYPE_INT64"}
 

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from click.testing import CliRunner
 
 from nemotron_deploy.runtime.cli import main
-from nemotron_deploy.runtime.triton.server import SHM_PREFIX, TritonServer
+from nemotron_deploy.runtime.serving.triton.server import SHM_PREFIX, TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DTYPES = {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.bool_): "BOOL",
@@ -328,7 +328,7 @@ def test_serve_command_runs_until_interrupted(tmp_path):
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
-    from nemotron_deploy.runtime.triton.server import free_port
+    from nemotron_deploy.runtime.serving.triton.server import free_port
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -370,7 +370,7 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path):
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
     from http_wait import wait_for_http
-    from nemotron_deploy.runtime.triton.server import OWNER_FILE, TEMP_PREFIX, free_port, remove_stale_temp_dirs
+    from nemotron_deploy.runtime.serving.triton.server import OWNER_FILE, TEMP_PREFIX, free_port, remove_stale_temp_dirs
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt", config=TINY_CONFIG), tmp_path / "art", progress=False)
     http, grpc = free_port(), free_port()

@@ -15,8 +15,9 @@ from onnx.reference.op_run import OpRun
 
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE, MOE_DISPATCH, PluginOp, run_reference
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, ArtifactError, Manifest, check_graph_inputs, zero_state
-from nemotron_deploy.runtime.onnx_backend import graph_inputs
 from nemotron_deploy.runtime.artifact.step_binding import StepBinding
+from nemotron_deploy.runtime.backends.interface import Backend
+from nemotron_deploy.runtime.backends.onnxruntime_backend import graph_inputs
 
 
 def _torch(x) -> torch.Tensor:
@@ -40,7 +41,7 @@ def _reference_op(op: PluginOp) -> type[OpRun]:
 PLUGIN_OP_CLASSES = [_reference_op(MAMBA2_CORE), _reference_op(MOE_DISPATCH)]
 
 
-class PluginReferenceBackend:
+class PluginReferenceBackend(Backend):
     """step(graph, input_ids, attention_mask, state) over a tensorrt-target artifact; states are numpy."""
 
     name = "reference"

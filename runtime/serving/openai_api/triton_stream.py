@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nemotron_deploy.runtime.openai_api.protocol import ApiError, Plan
-from nemotron_deploy.runtime.triton.configs import GENERATE_MODEL
-from nemotron_deploy.runtime.triton.interface import GENERATE_INPUTS
+from nemotron_deploy.runtime.serving.openai_api.protocol import ApiError, Plan
+from nemotron_deploy.runtime.serving.triton.configs import GENERATE_MODEL
+from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS
 
 _DTYPES = {f.name: f.dtype for f in GENERATE_INPUTS}
 _ids = itertools.count()

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from nemotron_deploy.runtime.artifact.dtypes import DTYPES
-from nemotron_deploy.runtime.triton.interface import GENERATE_INPUTS, GENERATE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS, TEXT_TO_GENERATE, Field
+from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, GENERATE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS, TEXT_TO_GENERATE, Field
 
 GENERATE_MODEL = "tensorrt_llm"
 TEXT_MODELS = ("preprocessing", "ensemble")

@@ -6,9 +6,9 @@
     POST /v1/chat/completions   messages, rendered with the checkpoint's chat template
 
 Triton stays the engine: each request is tokenized here (its chat template rendered) and streamed
-through the generate model over gRPC (runtime/openai_api/triton_stream.py), which batches it with the
+through the generate model over gRPC (runtime/serving/openai_api/triton_stream.py), which batches it with the
 others and applies sampling, penalties and stop strings. Streaming answers are server-sent events ending
-with `data: [DONE]`. Bad requests get the API's error object (runtime/openai_api/protocol.py).
+with `data: [DONE]`. Bad requests get the API's error object (runtime/serving/openai_api/protocol.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request  # the triton extra; module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from nemotron_deploy.runtime.openai_api.protocol import ApiError, ModelInfo, Plan, chat_plan, completion_plan
-from nemotron_deploy.runtime.openai_api.triton_stream import Piece, generate
+from nemotron_deploy.runtime.serving.openai_api.protocol import ApiError, ModelInfo, Plan, chat_plan, completion_plan
+from nemotron_deploy.runtime.serving.openai_api.triton_stream import Piece, generate
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the generate model's -> the API's
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from nemotron_deploy.runtime import onnx_prepacked, resident
 from nemotron_deploy.runtime.artifact.dtypes import from_onnx
-from nemotron_deploy.runtime.prefill_budget import PrefillBudget
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.artifact.step_binding import StepBinding
+from nemotron_deploy.runtime.backends.interface import Backend
+from nemotron_deploy.runtime.prefill_budget import PrefillBudget
 
 
 
@@ -87,7 +88,7 @@ def _check_version(manifest: Manifest, installed: str) -> None:
         )
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """step(graph, input_ids, attention_mask, state) on onnxruntime; states are numpy arrays.
 
     One session per graph file: a float32 artifact's one `step` graph serves prefill and decode, so its

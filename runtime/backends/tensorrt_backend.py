@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nemotron_deploy.plugins.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
 from nemotron_deploy.runtime.artifact.dtypes import from_tensorrt
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, ArtifactError, EngineRecord, Manifest, initial_state_shapes
-from nemotron_deploy.runtime.tensorrt_common import ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path
+from nemotron_deploy.runtime.backends.interface import Backend
 
 
 def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, EngineRecord]:
@@ -49,7 +50,7 @@ def check_gpu(record: EngineRecord, device_capability: str, device_name: str, pl
         )
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """step(graph, input_ids, attention_mask, state) on TensorRT engines; states are torch CUDA tensors."""
 
     name = "tensorrt"

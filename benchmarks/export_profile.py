@@ -5,8 +5,8 @@ memory: copies, what can run a machine out of memory) and `VmRSS` (that plus fil
 memory-mapped checkpoint, which the kernel can evict). Peaks are reported over the child's baseline
 after its imports, so they measure the export, not the interpreter. Linux only.
 
-    python -m nemotron_deploy.exporter.export_profile CHECKPOINT OUT [--target T] [--dtype D]
-    python -m nemotron_deploy.exporter.export_profile --session ARTIFACT   (onnxruntime session creation)
+    python benchmarks/export_profile.py CHECKPOINT OUT [--target T] [--dtype D]
+    python benchmarks/export_profile.py --session ARTIFACT   (onnxruntime session creation)
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _session_child(artifact: str) -> dict:
     import time
 
     from nemotron_deploy.runtime.artifact.manifest import read_manifest
-    from nemotron_deploy.runtime.onnx_backend import OnnxRuntimeBackend
+    from nemotron_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     manifest = read_manifest(artifact)
     base = _status_kb()

@@ -56,7 +56,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Plan:
-    """One request for the generate model (runtime/triton/interface.py's inputs)."""
+    """One request for the generate model (runtime/serving/triton/interface.py's inputs)."""
 
     prompt_ids: list[int]
     max_tokens: int

@@ -1,6 +1,6 @@
 """The torch step model behind the runtime's one decode loop (runtime/decode.py).
 
-`TorchBackend` offers what every runtime backend offers (runtime/backends.py), so a torch run and an
+`TorchBackend` offers what every runtime backend offers (runtime/backends/__init__.py), so a torch run and an
 exported artifact take the same prefill pieces and decode steps; the tests check the step contract
 against transformers' `generate` through it.
 """
@@ -15,9 +15,10 @@ import torch
 
 from nemotron_deploy.exporter.modeling.model import NemotronHStepModel
 from nemotron_deploy.runtime import decode
+from nemotron_deploy.runtime.backends.interface import Backend
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """step(graph, input_ids, attention_mask, state) on the torch model; states are torch tensors."""
 
     name = "torch"

@@ -21,12 +21,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend's stub
 
 from nemotron_deploy.runtime.continuous import CANCELLED, ContinuousBatcher, Request
-from nemotron_deploy.runtime.prefix_cache import MIB, PrefixCache, default_budget_mb
 from nemotron_deploy.runtime.onnx_prepacked import cache_policy
+from nemotron_deploy.runtime.prefix_cache import MIB, PrefixCache, default_budget_mb
+from nemotron_deploy.runtime.serving.triton.interface import GenerateRequest, RequestError, parse_generate_request
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.stop_text import StopText
 from nemotron_deploy.runtime.tokenizer import Tokenizer
-from nemotron_deploy.runtime.triton.interface import GenerateRequest, RequestError, parse_generate_request
 
 CANCEL_POLL_S = 0.05  # how often an active request asks the server whether its client is gone
 METRICS_PERIOD_S = 0.1
@@ -162,8 +162,8 @@ class TritonPythonModel:
         chunk = params.get("prefill_chunk_size")
         backend = self.session.backend
         # a TensorRT engine's profile bounds the batch and the sequence length
-        max_batch = min(int(params.get("max_active_sequences", "8")), getattr(backend, "max_batch", 1 << 30))
-        max_length = min(self.session.max_length, getattr(backend, "max_seq_len", 1 << 30))
+        max_batch = min(int(params.get("max_active_sequences", "8")), backend.max_batch or 1 << 30)
+        max_length = min(self.session.max_length, backend.max_seq_len or 1 << 30)
         self.limits["max_length"] = max_length
         self.batcher = ContinuousBatcher(backend, self.session.manifest.states, max_batch=max_batch, max_length=max_length,
                                          pad_token_id=gen.pad_token_id or 0, prefill_chunk_size=int(chunk) if chunk else None,

@@ -12,11 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
+from nemotron_deploy.runtime.artifact.atomic import new_directory
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest, read_manifest
-from nemotron_deploy.runtime.artifact.atomic import new_directory
 from nemotron_deploy.runtime.onnx_prepacked import CACHE_OFF, CachePolicy, graph_files, packs, prepacked_model
-from nemotron_deploy.runtime.triton import configs
+from nemotron_deploy.runtime.serving.triton import configs
 
 KINDS = ("generate", "step")
 
@@ -27,8 +27,8 @@ _MODEL_PY = """\
 from {module} import {cls} as TritonPythonModel  # noqa: F401
 """
 _PYTHON_MODELS = {
-    configs.GENERATE_MODEL: ("nemotron_deploy.runtime.triton.generate_model", "TritonPythonModel"),
-    "preprocessing": ("nemotron_deploy.runtime.triton.text_models", "Preprocessing"),
+    configs.GENERATE_MODEL: ("nemotron_deploy.runtime.serving.triton.generate_model", "TritonPythonModel"),
+    "preprocessing": ("nemotron_deploy.runtime.serving.triton.text_models", "Preprocessing"),
 }
 
 

@@ -7,7 +7,7 @@ import subprocess
 import threading
 
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
-from nemotron_deploy.runtime.openai_api.protocol import ModelInfo
+from nemotron_deploy.runtime.serving.openai_api.protocol import ModelInfo
 
 
 STOP_GRACE_S = 5
@@ -29,7 +29,7 @@ class OpenAIServer:
         started us with SIGINT ignored) or until `triton` exits; returns its exit status then, else None."""
         import uvicorn
 
-        from nemotron_deploy.runtime.openai_api.app import create_app
+        from nemotron_deploy.runtime.serving.openai_api.app import create_app
 
         # a stop waits this long for answers in flight (then cancels them: their requests are cancelled in Triton)
         config = uvicorn.Config(create_app(self.model, grpc_url), host=self.host, port=self.port, log_level="warning", lifespan="off",

@@ -1,0 +1,62 @@
+"""What the traced graph says about each weight before its bytes exist: a `WeightSpec` (which model
+parameter, which dtype, which layout changes) and a placeholder initializer bound to the checkpoint later.
+
+Layouts (applied in order, each on a block of rows by exporter/weight_stream.py):
+    ("transpose", perm)   a permutation of the axes (torch.permute semantics)
+    ("repeat_rows", r)    every row of axis 1 repeated r times, interleaved (torch.repeat_interleave)
+    ("quantize", (bits, block, part))
+                          block-wise integers along the last axis (exporter/quantize.py); `part` is
+                          "weights" (packed uint8) or "scales" (float32): one stored tensor each
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One initializer, described: model parameter `param` in `dtype` (torch name) after `layouts`."""
+
+    param: str
+    dtype: str
+    layouts: tuple[tuple, ...] = ()
+
+    def with_layout(self, *layout) -> "WeightSpec":
+        return WeightSpec(self.param, self.dtype, (*self.layouts, tuple(layout)))
+
+    def with_dtype(self, dtype: str) -> "WeightSpec":
+        return WeightSpec(self.param, dtype, self.layouts)  # a cast commutes with every layout here
+
+    def to_json(self) -> dict:
+        return {"param": self.param, "dtype": self.dtype, "layouts": [list(layout) for layout in self.layouts]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "WeightSpec":
+        return cls(raw["param"], raw["dtype"], tuple((kind, tuple(arg) if isinstance(arg, list) else arg) for kind, arg in raw["layouts"]))
+
+
+def layout_shape(shape: tuple[int, ...], layouts: tuple[tuple, ...]) -> tuple[int, ...]:
+    for kind, arg in layouts:
+        if kind == "transpose":
+            shape = tuple(shape[i] for i in arg)
+        elif kind == "repeat_rows":
+            shape = (shape[0], shape[1] * arg, *shape[2:])
+        elif kind == "quantize":
+            bits, block, part = arg
+            shape = (*shape[:-1], shape[-1] // block, *((block * bits // 8,) if part == "weights" else ()))
+        else:
+            raise ValueError(f"unknown weight layout {kind!r}")
+    return shape
+
+
+def placeholder_value(name: str, dtype: ir.DataType, shape: ir.Shape) -> ir.Value:
+    """An initializer value whose data is bound later from the checkpoint (see onnx_export)."""
+
+    def unbound():
+        raise RuntimeError(f"weight {name!r} was not bound to the checkpoint before use")
+
+    tensor = ir.LazyTensor(unbound, dtype=dtype, shape=shape, name=name)
+    return ir.Value(name=name, shape=shape, type=ir.TensorType(dtype), const_value=tensor)
