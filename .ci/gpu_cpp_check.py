@@ -48,17 +48,42 @@ def main() -> None:
             cli("export", ckpt, "-o", trt, "--target", "tensorrt")
             cli("build", trt, "--plugins", plugins)
             expected = tokens(ort, "--prompt-ids", prompt, "--max-new-tokens", n, "--ignore-eos")
-            python_trt = tokens(trt, "--prompt-ids", prompt, "--max-new-tokens", n, "--ignore-eos", "--backend", "tensorrt", "--plugins", plugins)
+            python_trt = tokens(
+                trt, "--prompt-ids", prompt, "--max-new-tokens", n, "--ignore-eos", "--backend", "tensorrt", "--plugins", plugins
+            )
             start = time.perf_counter()
-            done = subprocess.run([cpp["example"], "--artifact", trt, "--prompt-ids", prompt, "--max-new-tokens", str(n), "--ignore-eos",
-                                   "--greedy", "--plugins", plugins], capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [
+                    cpp["example"],
+                    "--artifact",
+                    trt,
+                    "--prompt-ids",
+                    prompt,
+                    "--max-new-tokens",
+                    str(n),
+                    "--ignore-eos",
+                    "--greedy",
+                    "--plugins",
+                    plugins,
+                ],
+                capture_output=True,
+                text=True,
+            )
             cpp_seconds = time.perf_counter() - start
             cpp_tokens = [int(t) for t in done.stdout.strip().split(",")] if done.returncode == 0 else done.stderr.strip()
-            bench = json.loads(cli("bench", trt, "--backend", "tensorrt", "--plugins", plugins, "--prompt-len", 6, "--new-tokens", n, "--json"))
-            results[name] = {"onnxruntime": expected, "python_tensorrt": python_trt, "cpp": cpp_tokens,
-                             "cpp_equals_python_tensorrt": cpp_tokens == python_trt, "cpp_equals_onnxruntime": cpp_tokens == expected,
-                             "cpp_wall_seconds_incl_load": cpp_seconds, "python_tensorrt_decode_tokens_per_s": bench["decode_tokens_per_s"],
-                             "snapshot_resume_equals_python_tensorrt": resumed_from_snapshot(trt, plugins, prompt, n, work) == python_trt}  # fmt: skip
+            bench = json.loads(
+                cli("bench", trt, "--backend", "tensorrt", "--plugins", plugins, "--prompt-len", 6, "--new-tokens", n, "--json")
+            )
+            results[name] = {
+                "onnxruntime": expected,
+                "python_tensorrt": python_trt,
+                "cpp": cpp_tokens,
+                "cpp_equals_python_tensorrt": cpp_tokens == python_trt,
+                "cpp_equals_onnxruntime": cpp_tokens == expected,
+                "cpp_wall_seconds_incl_load": cpp_seconds,
+                "python_tensorrt_decode_tokens_per_s": bench["decode_tokens_per_s"],
+                "snapshot_resume_equals_python_tensorrt": resumed_from_snapshot(trt, plugins, prompt, n, work) == python_trt,
+            }
     print(json.dumps(results, indent=2))
     ok = all(r["cpp_equals_python_tensorrt"] and r["snapshot_resume_equals_python_tensorrt"] for r in results.values())
     sys.exit(0 if ok else 1)

@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_memory import _cache_bytes  # noqa: E402
-from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
+from bench_memory import _cache_bytes
+from bench_vs_transformers import CONFIG, cli, cpu_name
 
-from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
 
 TOKENS = ("--prompt-ids", "5,6,7,8,9,10,11,12", "--max-new-tokens", "8", "--ignore-eos", "--json")
 
@@ -58,14 +57,16 @@ def main() -> None:
         rows = []
         for (precision, block), path in arts.items():
             best = max(runs[precision, block], key=lambda r: r["decode_tokens_per_s"])
-            rows.append({
-                **best,
-                "precision": precision,
-                "block_size": block,
-                "prefill_tokens_per_s": max(r["prefill_tokens_per_s"] for r in runs[precision, block]),
-                "cache_mb": _cache_bytes(path) / 2**20,
-                "parameters": json.loads((path / "manifest.json").read_text())["model"]["num_parameters"],
-            })
+            rows.append(
+                {
+                    **best,
+                    "precision": precision,
+                    "block_size": block,
+                    "prefill_tokens_per_s": max(r["prefill_tokens_per_s"] for r in runs[precision, block]),
+                    "cache_mb": _cache_bytes(path) / 2**20,
+                    "parameters": json.loads((path / "manifest.json").read_text())["model"]["num_parameters"],
+                }
+            )
     Path(args.out).write_text(render(rows, args))
     print(Path(args.out).read_text())
 
@@ -82,7 +83,11 @@ def render(rows: list[dict], args) -> str:
         "| --- " * 12 + "|",
     ]
     for r in rows:
-        base = next(b for b in rows if b["precision"] == r["precision"] and b["block_size"] == 32) if any(b["block_size"] == 32 for b in rows) else r
+        base = (
+            next(b for b in rows if b["precision"] == r["precision"] and b["block_size"] == 32)
+            if any(b["block_size"] == 32 for b in rows)
+            else r
+        )
         lines.append(
             f"| {r['precision']} | {r['block_size']} | {r['weights_mb']:.0f} | {r['weights_mb'] * 2**20 / r['parameters']:.2f} | {r['cache_mb']:.0f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f} | {r['prefill_tokens_per_s']:.0f} | "

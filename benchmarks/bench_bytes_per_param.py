@@ -23,13 +23,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from baseline import baseline_env  # noqa: E402
-from bench_export import NANO30B  # noqa: E402
-from bench_vs_transformers import CONFIG as BENCH, cli, cpu_name  # noqa: E402
+from baseline import baseline_env
+from bench_export import NANO30B
+from bench_vs_transformers import CONFIG as BENCH
+from bench_vs_transformers import cli, cpu_name
 
-from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
 
-CASES = {"bench": ("benchmark model (537 M)", BENCH, "float32"), "nano30b-6": ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), "bfloat16")}
+CASES = {
+    "bench": ("benchmark model (537 M)", BENCH, "float32"),
+    "nano30b-6": ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), "bfloat16"),
+}
 PRECISIONS = ("int8", "int4")
 MiB = 2**20
 
@@ -80,18 +84,22 @@ def main() -> None:
 
 def render(rows: list[dict], rev: str) -> str:
     lines = [
-        f"# Bytes per parameter of quantized artifacts ({datetime.date.today().isoformat()})", "",
+        f"# Bytes per parameter of quantized artifacts ({datetime.date.today().isoformat()})",
+        "",
         f"Machine: {cpu_name()}. `python benchmarks/bench_bytes_per_param.py --baseline-rev {rev}`: random checkpoints, one export "
         f"each; 'before' is revision {rev}'s exporter, 'after' this tree's. Shares of weights.data: the embedding table (and its "
-        "scales), the routed experts (integers and scales), the rest (every other matrix, lm_head included, norms, conv, SSM).", "",
+        "scales), the routed experts (integers and scales), the rest (every other matrix, lm_head included, norms, conv, SSM).",
+        "",
         "| model | precision | revision | parameters | weights.data MiB | bytes/param | embedding | experts | rest |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in rows:
         total = r["weights_bytes"]
         share = lambda key: f"{r[key] / MiB:.0f} MiB ({r[key] / total:.0%})"  # noqa: E731
-        lines.append(f"| {r['model']} | {r['precision']} | {r['revision']} | {r['parameters'] / 1e9:.2f} B | {total / MiB:.0f} | "
-                     f"{total / r['parameters']:.2f} | {share('embedding')} | {share('experts')} | {share('rest')} |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['revision']} | {r['parameters'] / 1e9:.2f} B | {total / MiB:.0f} | "
+            f"{total / r['parameters']:.2f} | {share('embedding')} | {share('experts')} | {share('rest')} |"
+        )
     lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from baseline import baseline_env  # noqa: E402
-from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
+from baseline import baseline_env
+from bench_vs_transformers import CONFIG, cli, cpu_name
 
-from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
 
 QUANTIZE = {"float32": (), "int8": ("--quantize", "int8"), "int4": ("--quantize", "int4")}
 TOKENS = ("--prompt-ids", "5,6,7,8,9,10,11,12", "--max-new-tokens", "16", "--ignore-eos", "--json")
@@ -50,14 +50,18 @@ def main() -> None:
             for label, env in envs.items():
                 arts[label] = work / f"{label}-{precision}"
                 cli("export", ckpt, "-o", arts[label], *QUANTIZE[precision], env=env)
-            tokens = {label: json.loads(cli("generate", arts[label], *TOKENS, env=env).strip().splitlines()[-1])["new_token_ids"]
-                      for label, env in envs.items()}  # fmt: skip
+            tokens = {
+                label: json.loads(cli("generate", arts[label], *TOKENS, env=env).strip().splitlines()[-1])["new_token_ids"]
+                for label, env in envs.items()
+            }
             runs = {label: [] for label in envs}
             for _ in range(args.rounds):
                 for label, env in envs.items():
                     out = cli("bench", arts[label], "--prompt-len", 128, "--new-tokens", 64, "--threads", args.threads, "--json", env=env)
                     runs[label].append(json.loads(out.strip().splitlines()[-1]))
-            best = {label: {k: max(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s")} for label, rs in runs.items()}
+            best = {
+                label: {k: max(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s")} for label, rs in runs.items()
+            }
             rows.append({"precision": precision, "same_tokens": tokens["before"] == tokens["after"], "best": best, "runs": runs})
             print(json.dumps(rows[-1]["best"] | {"precision": precision}), flush=True)
             for path in arts.values():
@@ -68,18 +72,22 @@ def main() -> None:
 
 def render(rows: list[dict], args) -> str:
     lines = [
-        f"# Decode and prefill, revision {args.baseline_rev} against this tree, onnxruntime CPU ({datetime.date.today().isoformat()})", "",
+        f"# Decode and prefill, revision {args.baseline_rev} against this tree, onnxruntime CPU ({datetime.date.today().isoformat()})",
+        "",
         f"Machine: {cpu_name()}, no GPU, {args.threads} threads. `python benchmarks/bench_decode_revisions.py --baseline-rev "
         f"{args.baseline_rev}`: one run; the benchmark model ({CONFIG['hybrid_override_pattern']}, 537 M parameters) exported by each "
-        f"revision; `bench` (prompt 128, 64 new tokens) alternated {args.rounds} times, best round of each.", "",
+        f"revision; `bench` (prompt 128, 64 new tokens) alternated {args.rounds} times, best round of each.",
+        "",
         "| precision | same greedy tokens | decode tok/s before | after | ratio | prefill tok/s before | after | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in rows:
         b, a = r["best"]["before"], r["best"]["after"]
-        lines.append(f"| {r['precision']} | {'yes' if r['same_tokens'] else 'no'} | {b['decode_tokens_per_s']:.1f} | {a['decode_tokens_per_s']:.1f} | "
-                     f"{a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f} | {b['prefill_tokens_per_s']:.0f} | {a['prefill_tokens_per_s']:.0f} | "
-                     f"{a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['precision']} | {'yes' if r['same_tokens'] else 'no'} | {b['decode_tokens_per_s']:.1f} | {a['decode_tokens_per_s']:.1f} | "
+            f"{a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f} | {b['prefill_tokens_per_s']:.0f} | {a['prefill_tokens_per_s']:.0f} | "
+            f"{a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f} |"
+        )
     lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -35,23 +35,52 @@ from nemotron_deploy.exporter.config import LAYER_LETTERS, ModelConfig
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline import baseline_env  # noqa: E402
-from export_profile import ChildFailed, profile_export, profile_session  # noqa: E402
-from bench_vs_transformers import CONFIG as BENCH_537M, cpu_name as _cpu  # noqa: E402
+from baseline import baseline_env
+from bench_vs_transformers import CONFIG as BENCH_537M
+from bench_vs_transformers import cpu_name as _cpu
+from export_profile import ChildFailed, profile_export, profile_session
 
 NANO30B = dict(
-    TINY_CONFIG, vocab_size=131072, hidden_size=2688, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
-    mamba_num_heads=64, mamba_head_dim=64, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
-    n_routed_experts=128, num_experts_per_tok=6, moe_intermediate_size=1856, moe_shared_expert_intermediate_size=3712,
-    n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5, max_position_embeddings=262144,
-)  # fmt: skip
+    TINY_CONFIG,
+    vocab_size=131072,
+    hidden_size=2688,
+    num_attention_heads=32,
+    num_key_value_heads=2,
+    head_dim=128,
+    mamba_num_heads=64,
+    mamba_head_dim=64,
+    n_groups=8,
+    ssm_state_size=128,
+    conv_kernel=4,
+    chunk_size=128,
+    n_routed_experts=128,
+    num_experts_per_tok=6,
+    moe_intermediate_size=1856,
+    moe_shared_expert_intermediate_size=3712,
+    n_group=1,
+    topk_group=1,
+    norm_topk_prob=True,
+    routed_scaling_factor=2.5,
+    max_position_embeddings=262144,
+)
 NANO30B_FULL_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"  # 23 M, 23 E, 6 *
 H4B = dict(
-    TINY_CONFIG, vocab_size=131072, hidden_size=3072, intermediate_size=12288, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=128, mamba_num_heads=112, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
-    conv_kernel=4, chunk_size=128, max_position_embeddings=8192,
+    TINY_CONFIG,
+    vocab_size=131072,
+    hidden_size=3072,
+    intermediate_size=12288,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    mamba_num_heads=112,
+    mamba_head_dim=64,
+    n_groups=8,
+    ssm_state_size=128,
+    conv_kernel=4,
+    chunk_size=128,
+    max_position_embeddings=8192,
     hybrid_override_pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
-)  # fmt: skip
+)
 KIND = {letter: kind for kind, letter in LAYER_LETTERS.items()}
 GiB = 2**30
 
@@ -74,17 +103,34 @@ def main() -> None:
     results: dict = {}
     global NANO30B, H4B, BENCH_537M
     if args.smoke:
-        tiny = dict(vocab_size=256, hidden_size=64, num_key_value_heads=2, intermediate_size=128, mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=16, head_dim=16, num_attention_heads=4,
-                    moe_intermediate_size=32, moe_shared_expert_intermediate_size=32)  # fmt: skip
+        tiny = dict(
+            vocab_size=256,
+            hidden_size=64,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            mamba_num_heads=8,
+            mamba_head_dim=8,
+            ssm_state_size=16,
+            head_dim=16,
+            num_attention_heads=4,
+            moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=32,
+        )
         NANO30B, H4B, BENCH_537M = dict(NANO30B, **tiny), dict(H4B, **tiny, hybrid_override_pattern="M-*M"), dict(BENCH_537M, **tiny)
     rev = None if args.no_baseline else args.baseline_rev
     runs = {
         "bench-537m": lambda work: bench_537m(work, args.baseline_rev, not args.no_open),
-        "nano30b-6": lambda work: run_case(work, "nano30b-6", dict(NANO30B, hybrid_override_pattern="MEM*ME"), [
-            ("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")], rev, not args.no_open),
+        "nano30b-6": lambda work: run_case(
+            work,
+            "nano30b-6",
+            dict(NANO30B, hybrid_override_pattern="MEM*ME"),
+            [("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")],
+            rev,
+            not args.no_open,
+        ),
         "h4b": lambda work: run_case(work, "h4b", H4B, [("onnxruntime", "float32")], rev, not args.no_open),
         "demo": lambda work: run_case(work, "demo", TINY_CONFIG, [("onnxruntime", "float32")], rev, not args.no_open),
-    }  # fmt: skip
+    }
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-export-") as tmp:
         for case in cases:
             results[case] = runs[case](Path(tmp)) | {"measured": f"{datetime.date.today()}"}
@@ -175,12 +221,19 @@ def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: in
     }
 
 
-def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]], rev: str | None = None, open_sessions: bool = True) -> dict:
+def run_case(
+    work: Path, name: str, config: dict, exports: list[tuple[str, str]], rev: str | None = None, open_sessions: bool = True
+) -> dict:
     """Each export by `rev` (when given: the baseline, before this tree's, alternated) and by this tree;
     the disk's bandwidth measured after them."""
     ckpt = write_random_checkpoint(work / f"ckpt-{name}", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
     cfg = ModelConfig.from_hf(config)
-    result = {"checkpoint_gib": _size(ckpt) / GiB, "pattern": config["hybrid_override_pattern"], "largest_tensor_mib": _largest_tensor(ckpt) / 2**20, "exports": {}}
+    result = {
+        "checkpoint_gib": _size(ckpt) / GiB,
+        "pattern": config["hybrid_override_pattern"],
+        "largest_tensor_mib": _largest_tensor(ckpt) / 2**20,
+        "exports": {},
+    }
     envs = {"this tree": None} if rev is None else {f"baseline {rev}": baseline_env(work, rev), "this tree": None}
     for target, dtype in exports:
         for label, env in envs.items():
@@ -188,7 +241,11 @@ def run_case(work: Path, name: str, config: dict, exports: list[tuple[str, str]]
             measured = profile_export(ckpt, artifact, target=target, dtype=dtype, env=env)
             measured["per_layer_kind"] = per_layer_kind(measured["timings"], cfg.layer_types)
             if target == "onnxruntime":
-                measured["session"] = _open_on_onnxruntime(artifact, dtype, measured["weights_mb"] * 2**20) if open_sessions and env is None else {"skipped": "--no-open" if not open_sessions else "baseline"}
+                measured["session"] = (
+                    _open_on_onnxruntime(artifact, dtype, measured["weights_mb"] * 2**20)
+                    if open_sessions and env is None
+                    else {"skipped": "--no-open" if not open_sessions else "baseline"}
+                )
             result["exports"][f"{target} {dtype}" + ("" if rev is None else f", {label}")] = measured
             shutil.rmtree(artifact)
     result["disk"] = disk_bandwidth(ckpt, work, _largest_weights(result["exports"]))
@@ -236,7 +293,9 @@ def _open_on_onnxruntime(artifact: Path, dtype: str, weights_bytes: float) -> di
     if limit != resource.RLIM_INFINITY and limit < available:
         available = limit
     if dtype == "float16" and 2.5 * weights_bytes > available:
-        return {"skipped": f"float16 copies to float32 at load: needs ~{2.5 * weights_bytes / GiB:.0f} GiB, {available / GiB:.0f} GiB allowed"}
+        return {
+            "skipped": f"float16 copies to float32 at load: needs ~{2.5 * weights_bytes / GiB:.0f} GiB, {available / GiB:.0f} GiB allowed"
+        }
     try:
         return profile_session(artifact)
     except ChildFailed as e:
@@ -276,7 +335,11 @@ def render(results: dict, rev: str) -> str:
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
         lines += ["", *_split(r), ""]
-    titles = (("nano30b-6", "Nemotron-3-Nano-30B-A3B widths, 6 layers"), ("h4b", "Nemotron-H-4B, full depth and widths"), ("demo", "The demo's model (TINY_CONFIG)"))
+    titles = (
+        ("nano30b-6", "Nemotron-3-Nano-30B-A3B widths, 6 layers"),
+        ("h4b", "Nemotron-H-4B, full depth and widths"),
+        ("demo", "The demo's model (TINY_CONFIG)"),
+    )
     for key, title in titles:
         if key not in results:
             continue
@@ -290,7 +353,11 @@ def render(results: dict, rev: str) -> str:
         for label, m in r["exports"].items():
             lines.append(_row(label, m))
         lines += ["", *_split(r), ""]
-        lines += ["", "Export seconds per layer (weight streaming + the layer's share of what grows with depth: a whole-model trace; a stitched export's stitch and passes):", ""]
+        lines += [
+            "",
+            "Export seconds per layer (weight streaming + the layer's share of what grows with depth: a whole-model trace; a stitched export's stitch and passes):",
+            "",
+        ]
         kinds = [KIND[k] for k in "ME*-" if KIND[k] in next(iter(r["exports"].values()))["per_layer_kind"]]
         lines += ["| target dtype | " + " | ".join(kinds) + " |"]
         lines += ["| --- " * (len(kinds) + 1) + "|"]
@@ -362,13 +429,17 @@ def _split(r: dict) -> list[str]:
             sha = f"{m['weights_mb'] * 2**20 / (disk['sha256_mb_s'] * 1e6):.1f}" if "sha256_mb_s" in disk else "-"
         shown = f"{passes:.1f}" if any(k.endswith(".passes") for k in t) else "-"
         other = m["seconds"] - trace - passes - weights
-        lines.append(f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {shown} | {weights:.1f} | {threads} | {other:.1f} | {floor} | {ratio} | {sha} |")
+        lines.append(
+            f"| {label} | {m['seconds']:.1f} | {trace:.1f} | {shown} | {weights:.1f} | {threads} | {other:.1f} | {floor} | {ratio} | {sha} |"
+        )
     return lines
 
 
 def _disk_line(disk: dict) -> str:
     size = f" ({disk['write_bytes'] / GiB:.1f} GiB, the largest weights.data of the case)" if "write_bytes" in disk else ""
-    line = f"the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s through the page cache"
+    line = (
+        f"the disk, measured in the same run: read {disk['read_mb_s']:.0f} MB/s, write {disk['write_mb_s']:.0f} MB/s through the page cache"
+    )
     if "write_direct_mb_s" in disk:
         line += f", {disk['write_direct_mb_s']:.0f} MB/s with O_DIRECT{'' if disk['direct'] else ' (refused: buffered)'}"
     line += size + "; disk alone takes the faster write"
@@ -378,7 +449,16 @@ def _disk_line(disk: dict) -> str:
 
 
 def _header(first: str) -> list[str]:
-    columns = [first, "export s", "peak anon MiB", "peak RSS MiB", "weights.data MiB", "nodes prefill / decode", "ORT open s", "ORT open peak anon / RSS MiB"]
+    columns = [
+        first,
+        "export s",
+        "peak anon MiB",
+        "peak RSS MiB",
+        "weights.data MiB",
+        "nodes prefill / decode",
+        "ORT open s",
+        "ORT open peak anon / RSS MiB",
+    ]
     return ["| " + " | ".join(columns) + " |", "| --- " * len(columns) + "|"]
 
 

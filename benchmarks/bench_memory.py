@@ -30,9 +30,10 @@ from pathlib import Path
 from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline import baseline_env  # noqa: E402
-from bench_export import H4B, NANO30B  # noqa: E402
-from bench_vs_transformers import CONFIG as BENCH, cpu_name  # noqa: E402
+from baseline import baseline_env
+from bench_export import H4B, NANO30B
+from bench_vs_transformers import CONFIG as BENCH
+from bench_vs_transformers import cpu_name
 
 CHILD = Path(__file__).parent / "memory_child.py"
 PRECISIONS = {"float32": (), "int8": ("--quantize", "int8"), "int4": ("--quantize", "int4")}
@@ -48,7 +49,9 @@ def cli(*args, env=None) -> None:
 
 def child(artifact: Path, prompt_len: int, new_tokens: int, env=None, hold: bool = False):
     """memory_child.py's JSON (and, with hold, the still running process)."""
-    cmd = [sys.executable, str(CHILD), str(artifact), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)] + (["--hold"] * hold)
+    cmd = [sys.executable, str(CHILD), str(artifact), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)] + (
+        ["--hold"] * hold
+    )
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     if not line:
@@ -77,7 +80,9 @@ def bench_case(work: Path, rev: str) -> dict:
         for prompt in PROMPTS:
             for label, env in envs.items():
                 measured, _ = child(artifacts[label, precision], prompt, 32, env=env)
-                rows.append({"revision": label, "precision": precision, "prompt": prompt, **measured, **_sizes(artifacts[label, precision])})
+                rows.append(
+                    {"revision": label, "precision": precision, "prompt": prompt, **measured, **_sizes(artifacts[label, precision])}
+                )
     second = []
     for precision in ("float32", "int4"):
         for label, env in envs.items():
@@ -90,7 +95,10 @@ def bench_case(work: Path, rev: str) -> dict:
 
 
 def real_scale_case(work: Path) -> dict:
-    cases = (("Nemotron-H-4B", H4B, ("int8", "int4")), ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)))
+    cases = (
+        ("Nemotron-H-4B", H4B, ("int8", "int4")),
+        ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)),
+    )
     out = []
     for name, config, precisions in cases:
         ckpt = write_random_checkpoint(work / "ckpt-real", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
@@ -131,8 +139,12 @@ def serve_case(work: Path) -> dict:
 
             def client(i: int) -> None:
                 one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
-                inputs = {"input_ids": prompts[i : i + 1], "request_output_len": one(16, np.int32), "streaming": one(True, np.bool_),
-                          "ignore_eos": one(True, np.bool_)}  # fmt: skip
+                inputs = {
+                    "input_ids": prompts[i : i + 1],
+                    "request_output_len": one(16, np.int32),
+                    "streaming": one(True, np.bool_),
+                    "ignore_eos": one(True, np.bool_),
+                }
                 for _ in stream(server.endpoints.grpc_url, "tensorrt_llm", inputs, "output_ids", timeout=600):
                     pass
 
@@ -184,69 +196,113 @@ def _cache_bytes(artifact: Path) -> int:
 def _sizes(artifact: Path) -> dict:
     manifest = json.loads((artifact / "manifest.json").read_text())
     weights = (artifact / "weights.data").stat().st_size
-    return {"num_parameters": manifest["model"]["num_parameters"], "weights_bytes": weights,
-            "bytes_per_parameter": weights / manifest["model"]["num_parameters"]}  # fmt: skip
+    return {
+        "num_parameters": manifest["model"]["num_parameters"],
+        "weights_bytes": weights,
+        "bytes_per_parameter": weights / manifest["model"]["num_parameters"],
+    }
 
 
 def render(results: dict, rev: str) -> str:
     date = datetime.date.today().isoformat()
-    lines = [f"# Memory of open + prefill + decode, onnxruntime CPU ({date})", "",
-             f"Machine: {cpu_name()}, 2 threads, no GPU. `python benchmarks/bench_memory.py`: one run; every configuration in a fresh "
-             f"process (benchmarks/memory_child.py); 'before' is revision {rev}'s export run by its own runtime, 'after' this tree's. "
-             "Memory over the process's baseline after its imports, except peak RSS (the whole process, VmHWM). "
-             "Bounds (issue 31): peak PSS <= 1.15x weights.data + 128 MiB (the whole process, /proc/self/smaps_rollup sampled), "
-             "peak anonymous <= 0.1x weights.data + 128 MiB (over the baseline).", ""]  # fmt: skip
+    lines = [
+        f"# Memory of open + prefill + decode, onnxruntime CPU ({date})",
+        "",
+        f"Machine: {cpu_name()}, 2 threads, no GPU. `python benchmarks/bench_memory.py`: one run; every configuration in a fresh "
+        f"process (benchmarks/memory_child.py); 'before' is revision {rev}'s export run by its own runtime, 'after' this tree's. "
+        "Memory over the process's baseline after its imports, except peak RSS (the whole process, VmHWM). "
+        "Bounds (issue 31): peak PSS <= 1.15x weights.data + 128 MiB (the whole process, /proc/self/smaps_rollup sampled), "
+        "peak anonymous <= 0.1x weights.data + 128 MiB (over the baseline).",
+        "",
+    ]
     bench = results.get("bench")
     if bench:
-        lines += ["## The benchmark model (" + _params(bench["rows"][0]) + ", pattern " + bench["checkpoint"]["hybrid_override_pattern"] + ")", "",
-                  "| precision | prompt | revision | weights.data MiB | bytes/param | open s | prefill tok/s | decode tok/s | peak PSS MiB | x weights | PSS bound | peak RSS MiB | x weights | peak anon MiB | x weights | anon bound | tokens = before |",
-                  "| --- " * 17 + "|"]  # fmt: skip
+        lines += [
+            "## The benchmark model (" + _params(bench["rows"][0]) + ", pattern " + bench["checkpoint"]["hybrid_override_pattern"] + ")",
+            "",
+            "| precision | prompt | revision | weights.data MiB | bytes/param | open s | prefill tok/s | decode tok/s | peak PSS MiB | x weights | PSS bound | peak RSS MiB | x weights | peak anon MiB | x weights | anon bound | tokens = before |",
+            "| --- " * 17 + "|",
+        ]
         before = {(r["precision"], r["prompt"]): r for r in bench["rows"] if r["revision"] == "before"}
         for r in bench["rows"]:
             lines.append(_row(r, before.get((r["precision"], r["prompt"]))))
-        lines += ["", "First open of this tree's quantized artifacts (packs the weights once into the cache): "
-                  + ", ".join(f"{p} {b.get('open_s', 0):.1f} s (builder peak RSS {b.get('builder_peak_rss_mb', 0):.0f} MiB; cache "
-                              f"{b.get('cache_bytes', 0) / 2**20:.0f} MiB = {b.get('cache_bytes', 0) / 2**20 / b.get('weights_mb', 1):.2f}x weights.data)"
-                              for p, b in bench["cache_builds"].items()), ""]  # fmt: skip
-        lines += ["### A second process opening the same artifact", "",
-                  "| precision | revision | first: peak anon MiB | second: peak anon MiB | second: open s | second: peak RSS MiB | second: peak PSS MiB |", "| --- " * 7 + "|"]  # fmt: skip
+        lines += [
+            "",
+            "First open of this tree's quantized artifacts (packs the weights once into the cache): "
+            + ", ".join(
+                f"{p} {b.get('open_s', 0):.1f} s (builder peak RSS {b.get('builder_peak_rss_mb', 0):.0f} MiB; cache "
+                f"{b.get('cache_bytes', 0) / 2**20:.0f} MiB = {b.get('cache_bytes', 0) / 2**20 / b.get('weights_mb', 1):.2f}x weights.data)"
+                for p, b in bench["cache_builds"].items()
+            ),
+            "",
+        ]
+        lines += [
+            "### A second process opening the same artifact",
+            "",
+            "| precision | revision | first: peak anon MiB | second: peak anon MiB | second: open s | second: peak RSS MiB | second: peak PSS MiB |",
+            "| --- " * 7 + "|",
+        ]
         for s in bench["second_process"]:
             a, b = s["first"], s["second"]
-            lines.append(f"| {s['precision']} | {s['revision']} | {a.get('peak_anon_mb', float('nan')):.0f} | {b.get('peak_anon_mb', float('nan')):.0f} | "
-                         f"{b.get('open_s', float('nan')):.2f} | {b.get('peak_rss_mb', float('nan')):.0f} | {b.get('peak_pss_mb') or float('nan'):.0f} |")  # fmt: skip
+            lines.append(
+                f"| {s['precision']} | {s['revision']} | {a.get('peak_anon_mb', float('nan')):.0f} | {b.get('peak_anon_mb', float('nan')):.0f} | "
+                f"{b.get('open_s', float('nan')):.2f} | {b.get('peak_rss_mb', float('nan')):.0f} | {b.get('peak_pss_mb') or float('nan'):.0f} |"
+            )
         lines.append("")
     real = results.get("real-scale")
     if real:
-        lines += [f"## Real scale ({real.get('revision', 'this tree')}; random bfloat16 checkpoints)", "",
-                  "| model | precision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | later open s | decode tok/s | peak PSS GiB | x weights | peak RSS GiB | x weights | peak anon MiB | x weights |",
-                  "| --- " * 15 + "|"]  # fmt: skip
+        lines += [
+            f"## Real scale ({real.get('revision', 'this tree')}; random bfloat16 checkpoints)",
+            "",
+            "| model | precision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | later open s | decode tok/s | peak PSS GiB | x weights | peak RSS GiB | x weights | peak anon MiB | x weights |",
+            "| --- " * 15 + "|",
+        ]
         for r in real["rows"]:
             w = r["weights_bytes"] / 2**20
             if "failed" in r:
-                lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | | {r['failed']} |" + " |" * 6)
+                lines.append(
+                    f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | | {r['failed']} |"
+                    + " |" * 6
+                )
                 continue
             build = r.get("cache_build", {}).get("open_s")
             cache = r.get("cache_bytes")
-            lines.append(f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | "
-                         f"{'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | "
-                         f"{r['decode_tokens_per_s']:.2f} | {r['peak_pss_mb'] / 1024:.2f} | {r['peak_pss_mb'] / w:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
-                         f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | "
+                f"{'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {r['open_s']:.1f} | "
+                f"{r['decode_tokens_per_s']:.2f} | {r['peak_pss_mb'] / 1024:.2f} | {r['peak_pss_mb'] / w:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
+                f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |"
+            )
         done = [r for r in real["rows"] if "failed" not in r]
-        lines += ["", "Where the anonymous peak is: during the open (onnxruntime packs each weight again to check it against the "
-                  "cache's blob, then frees it): " + ", ".join(f"{r['model']} {r['precision']} {r['open_peak_anon_mb']:.0f} MiB during the open, "
-                  f"{r['open_anon_mb']:.0f} MiB after it" for r in done) + ". First open (builds the cache in a child process): builder peak RSS "
-                  + ", ".join(f"{r['cache_build'].get('builder_peak_rss_mb', 0) / 1024:.1f} GiB" for r in done if "cache_build" in r) + "."]  # fmt: skip
+        lines += [
+            "",
+            "Where the anonymous peak is: during the open (onnxruntime packs each weight again to check it against the "
+            "cache's blob, then frees it): "
+            + ", ".join(
+                f"{r['model']} {r['precision']} {r['open_peak_anon_mb']:.0f} MiB during the open, {r['open_anon_mb']:.0f} MiB after it"
+                for r in done
+            )
+            + ". First open (builds the cache in a child process): builder peak RSS "
+            + ", ".join(f"{r['cache_build'].get('builder_peak_rss_mb', 0) / 1024:.1f} GiB" for r in done if "cache_build" in r)
+            + ".",
+        ]
         lines.append("")
     served = results.get("serve")
     if served:
-        lines += [f"## `serve --instances 2` ({served.get('revision', 'this tree')}; the benchmark model; after two concurrent 128 + 16-token streams, one per instance)", "",
-                  "| precision | weights.data MiB | process | PSS MiB | RSS MiB | anonymous MiB |", "| --- " * 6 + "|"]  # fmt: skip
+        lines += [
+            f"## `serve --instances 2` ({served.get('revision', 'this tree')}; the benchmark model; after two concurrent 128 + 16-token streams, one per instance)",
+            "",
+            "| precision | weights.data MiB | process | PSS MiB | RSS MiB | anonymous MiB |",
+            "| --- " * 6 + "|",
+        ]
         for r in served["rows"]:
             w = r["weights_bytes"] / 2**20
             for p in r["processes"]:
                 lines.append(f"| {r['precision']} | {w:.0f} | {p['name']} | {p['pss_mb']:.0f} | {p['rss_mb']:.0f} | {p['anon_mb']:.0f} |")
             total = {k: sum(p[k] for p in r["processes"]) for k in ("pss_mb", "rss_mb", "anon_mb")}
-            lines.append(f"| {r['precision']} | {w:.0f} | all ({total['pss_mb'] / w:.2f}x weights.data in PSS) | {total['pss_mb']:.0f} | {total['rss_mb']:.0f} | {total['anon_mb']:.0f} |")
+            lines.append(
+                f"| {r['precision']} | {w:.0f} | all ({total['pss_mb'] / w:.2f}x weights.data in PSS) | {total['pss_mb']:.0f} | {total['rss_mb']:.0f} | {total['anon_mb']:.0f} |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n```json\n" + json.dumps(results, indent=1) + "\n```\n"
 
@@ -263,9 +319,11 @@ def _row(r: dict, before: dict | None) -> str:
     pss_ok = "ok" if r["peak_pss_mb"] <= 1.15 * w + 128 else "over"
     anon_ok = "ok" if r["peak_anon_mb"] <= 0.1 * w + 128 else "over"
     same = "" if before is None or r is before or "tokens" not in before else ("yes" if before["tokens"] == r["tokens"] else "no")
-    return (head + f" {r['open_s']:.2f} | {r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['peak_pss_mb']:.0f} | "
-            f"{r['peak_pss_mb'] / w:.2f} | {pss_ok} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / w:.2f} | "
-            f"{r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.2f} | {anon_ok} | {same} |")  # fmt: skip
+    return (
+        head + f" {r['open_s']:.2f} | {r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['peak_pss_mb']:.0f} | "
+        f"{r['peak_pss_mb'] / w:.2f} | {pss_ok} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / w:.2f} | "
+        f"{r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.2f} | {anon_ok} | {same} |"
+    )
 
 
 def main() -> None:
@@ -285,7 +343,11 @@ def main() -> None:
             for case in args.cases.split(","):
                 work = Path(tmp) / case
                 work.mkdir()
-                results[case] = {"bench": lambda: bench_case(work, args.baseline_rev), "real-scale": lambda: real_scale_case(work), "serve": lambda: serve_case(work)}[case]()
+                results[case] = {
+                    "bench": lambda: bench_case(work, args.baseline_rev),
+                    "real-scale": lambda: real_scale_case(work),
+                    "serve": lambda: serve_case(work),
+                }[case]()
                 shutil.rmtree(work)
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))

@@ -46,24 +46,34 @@ def gather_model(din: int, inter: int, experts: int, k: int):
         helper.make_node("MatMul", ["down_sel", "a"], ["yk"]),  # (N, k, Din, 1)
         helper.make_node("ReduceSum", ["yk", "axes13"], ["y"], keepdims=0),
     ]
-    inits = [helper.make_tensor("axes12", TensorProto.INT64, [1], [1]), helper.make_tensor("axes3", TensorProto.INT64, [1], [3]),
-             helper.make_tensor("axes13", TensorProto.INT64, [2], [1, 3])]  # fmt: skip
+    inits = [
+        helper.make_tensor("axes12", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes3", TensorProto.INT64, [1], [3]),
+        helper.make_tensor("axes13", TensorProto.INT64, [2], [1, 3]),
+    ]
     inputs = [("h", ["N", din]), ("idx", ["N", k]), ("up", [experts, inter, din]), ("down", [experts, din, inter])]
     return _model(nodes, inputs, din, inits, {"idx": TensorProto.INT64})
 
 
 def matmul_model(din: int, inter: int, k: int):
-    nodes = [helper.make_node("MatMul", ["h", "w1"], ["u"]), helper.make_node("Relu", ["u"], ["r"]),
-             helper.make_node("Mul", ["r", "r"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["y"])]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["h", "w1"], ["u"]),
+        helper.make_node("Relu", ["u"], ["r"]),
+        helper.make_node("Mul", ["r", "r"], ["a"]),
+        helper.make_node("MatMul", ["a", "w2"], ["y"]),
+    ]
     return _model(nodes, [("h", ["N", din]), ("w1", [din, k * inter]), ("w2", [k * inter, din])], din)
 
 
 def _model(nodes, inputs, din, inits=(), types=None):
     types = types or {}
     graph = helper.make_graph(
-        nodes, "moe", [helper.make_tensor_value_info(n, types.get(n, F32), s) for n, s in inputs],
-        [helper.make_tensor_value_info("y", F32, None)], initializer=list(inits),
-    )  # fmt: skip
+        nodes,
+        "moe",
+        [helper.make_tensor_value_info(n, types.get(n, F32), s) for n, s in inputs],
+        [helper.make_tensor_value_info("y", F32, None)],
+        initializer=list(inits),
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -89,8 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     x, k, din, inter = args.experts, args.top_k, args.hidden, args.inter
     rng = np.random.default_rng(0)
-    up = (rng.standard_normal((x, inter, din), dtype=np.float32) * 0.02)
-    down = (rng.standard_normal((x, din, inter), dtype=np.float32) * 0.02)
+    up = rng.standard_normal((x, inter, din), dtype=np.float32) * 0.02
+    down = rng.standard_normal((x, din, inter), dtype=np.float32) * 0.02
     fc1 = np.repeat(up, 2, axis=1)
     w1 = np.ascontiguousarray(up[:k].reshape(k * inter, din).T)
     w2 = np.ascontiguousarray(down[:k].transpose(0, 2, 1).reshape(k * inter, din))
@@ -98,9 +108,16 @@ def main() -> None:
     for threads in (1, 2):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.log_severity_level = threads, 3
-        sessions = {name: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for name, m in (
-            ("moe node", moe_node_model(din, inter, x, k)), ("gather", gather_model(din, inter, x, k)), ("matmul", matmul_model(din, inter, k)))}  # fmt: skip
+        sessions = {
+            name: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            for name, m in (
+                ("moe node", moe_node_model(din, inter, x, k)),
+                ("gather", gather_model(din, inter, x, k)),
+                ("matmul", matmul_model(din, inter, k)),
+            )
+        }
         for n in map(int, args.tokens.split(",")):
+
             def routing():
                 idx = np.stack([rng.choice(x, k, replace=False) for _ in range(n)])
                 return idx, rng.random((n, k), dtype=np.float32) + 0.1
@@ -114,9 +131,19 @@ def main() -> None:
             repeats = 7 if n == 1 else 3
             row = {"threads": threads, "tokens": n, "moe node": timed(sessions["moe node"], moe_feeds, repeats)}
             if n * k * 2 * inter * din * 4 < 4 * 2**30:  # the gather copies N*k expert matrices
-                row["gather"] = timed(sessions["gather"], lambda: {"h": rng.standard_normal((n, din), dtype=np.float32),
-                                      "idx": routing()[0].astype(np.int64), "up": up, "down": down}, repeats)  # fmt: skip
-            row["matmul"] = timed(sessions["matmul"], lambda: {"h": rng.standard_normal((n, din), dtype=np.float32), "w1": w1, "w2": w2}, repeats)
+                row["gather"] = timed(
+                    sessions["gather"],
+                    lambda: {
+                        "h": rng.standard_normal((n, din), dtype=np.float32),
+                        "idx": routing()[0].astype(np.int64),
+                        "up": up,
+                        "down": down,
+                    },
+                    repeats,
+                )
+            row["matmul"] = timed(
+                sessions["matmul"], lambda: {"h": rng.standard_normal((n, din), dtype=np.float32), "w1": w1, "w2": w2}, repeats
+            )
             rows.append(row)
             print(row)
     lines = [
@@ -127,7 +154,10 @@ def main() -> None:
         "",
         "| threads | tokens | moe node | gather k experts + MatMul | plain MatMul over k experts' bytes |",
         "| --- | --- | --- | --- | --- |",
-        *[f"| {r['threads']} | {r['tokens']} | {r['moe node']:.1f} | {r.get('gather', float('nan')):.1f} | {r['matmul']:.1f} |" for r in rows],
+        *[
+            f"| {r['threads']} | {r['tokens']} | {r['moe node']:.1f} | {r.get('gather', float('nan')):.1f} | {r['matmul']:.1f} |"
+            for r in rows
+        ],
         "",
         "gather at many tokens is not run (it would copy tokens x k expert matrices).",
     ]

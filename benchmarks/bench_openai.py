@@ -31,11 +31,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "docs" / "examples"))
-from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
-from triton_stream import stream  # noqa: E402
+from bench_vs_transformers import CONFIG, cli, cpu_name
+from triton_stream import stream
 
-from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint  # noqa: E402
-from nemotron_deploy.runtime.serving.triton.server import free_port  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+from nemotron_deploy.runtime.serving.triton.server import free_port
 
 CONCURRENCY = (1, 4, 16)
 MODEL = "bench"
@@ -69,8 +69,12 @@ def _run(clients: int, one) -> dict:
 def via_grpc(grpc_url: str, prompts, new_tokens: int) -> dict:
     def one(i: int) -> list[float]:
         scalar = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
-        inputs = {"input_ids": np.array([prompts[i]], dtype=np.int32), "request_output_len": scalar(new_tokens, np.int32),
-                  "streaming": scalar(True, np.bool_), "ignore_eos": scalar(True, np.bool_)}  # fmt: skip
+        inputs = {
+            "input_ids": np.array([prompts[i]], dtype=np.int32),
+            "request_output_len": scalar(new_tokens, np.int32),
+            "streaming": scalar(True, np.bool_),
+            "ignore_eos": scalar(True, np.bool_),
+        }
         times = []
         for ids in stream(grpc_url, "tensorrt_llm", inputs, "output_ids", timeout=600):
             times.extend([time.perf_counter()] * ids.size)
@@ -86,8 +90,15 @@ def via_openai(base_url: str, prompts, new_tokens: int) -> dict:
 
     def one(i: int) -> list[float]:
         times = []
-        chunks = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=new_tokens, temperature=0, stream=True,
-                                           stream_options={"include_usage": True}, extra_body={"ignore_eos": True})  # fmt: skip
+        chunks = client.completions.create(
+            model=MODEL,
+            prompt=prompts[i],
+            max_tokens=new_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
         for chunk in chunks:
             if chunk.usage is not None:  # the last chunk: how many tokens the text chunks carried
                 times.extend([times[-1]] * (chunk.usage.completion_tokens - len(times)))
@@ -123,8 +134,19 @@ def _serve(artifact: Path, log: Path, *options: str) -> tuple[subprocess.Popen, 
     """`nemotron-deploy serve` (with `options`) on free ports, once healthy: (process, gRPC address,
     OpenAI base URL); the process's `metrics_url` is its Triton metrics."""
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "openai")}
-    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--served-model-name", MODEL, "--max-batch", "16",
-           *(x for name, port in ports.items() for x in (f"--{name}-port", str(port))), *options]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nemotron_deploy.runtime.cli",
+        "serve",
+        str(artifact),
+        "--served-model-name",
+        MODEL,
+        "--max-batch",
+        "16",
+        *(x for name, port in ports.items() for x in (f"--{name}-port", str(port))),
+        *options,
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     proc.metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
     base = f"http://127.0.0.1:{ports['openai']}"
@@ -163,7 +185,16 @@ def main() -> None:
                     runs["openai"].append(via_openai(base_url, prompts, args.new_tokens))
                 for path, measured in runs.items():
                     assert all(m["tokens"] == clients * args.new_tokens for m in measured), measured
-                rows.append({"streams": clients, **{f"{path}_{key}": [m[key] for m in measured] for path, measured in runs.items() for key in ("tokens_per_s", "ttft_s")}})
+                rows.append(
+                    {
+                        "streams": clients,
+                        **{
+                            f"{path}_{key}": [m[key] for m in measured]
+                            for path, measured in runs.items()
+                            for key in ("tokens_per_s", "ttft_s")
+                        },
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             proc.terminate()
@@ -177,14 +208,16 @@ def render(rows: list[dict], args, config: dict) -> str:
     best = lambda values: max(values)  # noqa: E731
     low = lambda values: min(values)  # noqa: E731
     lines = [
-        f"# OpenAI endpoint overhead, onnxruntime CPU ({date})", "",
+        f"# OpenAI endpoint overhead, onnxruntime CPU ({date})",
+        "",
         f"Machine: {cpu_name()}, no GPU. `python benchmarks/bench_openai.py --model {args.model}`: one run, one `serve` "
         f"(--max-batch 16); model {args.model} ({config['hybrid_override_pattern']}, hidden {config['hidden_size']}); prompt "
         f"{args.prompt_len} token ids, {args.new_tokens} greedy new tokens per stream (ignore_eos), streamed. Per cell the best of "
-        f"{args.rounds} rounds (tokens/s: highest; time to first token: lowest); the two paths alternate. Ratios: endpoint / gRPC.", "",
+        f"{args.rounds} rounds (tokens/s: highest; time to first token: lowest); the two paths alternate. Ratios: endpoint / gRPC.",
+        "",
         "| streams | gRPC tok/s | OpenAI tok/s | tok/s ratio | gRPC TTFT ms | OpenAI TTFT ms | TTFT ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in rows:
         g, o = best(r["grpc_tokens_per_s"]), best(r["openai_tokens_per_s"])
         gt, ot = low(r["grpc_ttft_s"]) * 1000, low(r["openai_ttft_s"]) * 1000

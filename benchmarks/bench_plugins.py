@@ -69,17 +69,28 @@ def mamba_inputs(b, t, sizes, dtype, device):
     c = h * p + 2 * g * s
     f32 = torch.float32
     return [
-        torch.randn(b, t, c, device=device).to(dtype), torch.randn(b, t, h, device=device).to(dtype),
-        torch.ones(b, t, device=device), torch.randn(b, c, k - 1, device=device).to(dtype),
-        torch.randn(b, h, p, s, device=device, dtype=f32), (torch.randn(c, k, device=device) * 0.5).to(dtype),
-        torch.zeros(c, device=device).to(dtype), (torch.randn(h, device=device) - 3).to(dtype),
-        torch.log(torch.rand(h, device=device) * 15 + 1).to(dtype), torch.randn(h, device=device).to(dtype),
-    ]  # fmt: skip
+        torch.randn(b, t, c, device=device).to(dtype),
+        torch.randn(b, t, h, device=device).to(dtype),
+        torch.ones(b, t, device=device),
+        torch.randn(b, c, k - 1, device=device).to(dtype),
+        torch.randn(b, h, p, s, device=device, dtype=f32),
+        (torch.randn(c, k, device=device) * 0.5).to(dtype),
+        torch.zeros(c, device=device).to(dtype),
+        (torch.randn(h, device=device) - 3).to(dtype),
+        torch.log(torch.rand(h, device=device) * 15 + 1).to(dtype),
+        torch.randn(h, device=device).to(dtype),
+    ]
 
 
 def mamba_attrs(sizes, decode: bool) -> dict:
-    return dict(n_groups=sizes["G"], head_dim=sizes["P"], state_size=sizes["S"], chunk_size=sizes["L"],
-                dt_min=0.0 if decode else 0.001, dt_max=math.inf)  # fmt: skip
+    return dict(
+        n_groups=sizes["G"],
+        head_dim=sizes["P"],
+        state_size=sizes["S"],
+        chunk_size=sizes["L"],
+        dt_min=0.0 if decode else 0.001,
+        dt_max=math.inf,
+    )
 
 
 def bench_decode(harness, device, sizes, dtype, batches, copy_bw, iters):
@@ -112,33 +123,64 @@ def bench_moe(harness, device, sizes, dtype, token_counts, iters):
     attrs = dict(top_k=sizes["k"], n_group=1, topk_group=1, norm_topk_prob=1, routed_scaling_factor=2.5)
     for n in token_counts:
         x, d, i = sizes["X"], sizes["D"], sizes["I"]
-        inputs = [torch.randn(n, d, device=device).to(dtype), torch.randn(n, x, device=device),
-                  torch.randn(x, device=device) * 0.05, (torch.randn(x, i, d, device=device) / d**0.5).to(dtype),
-                  (torch.randn(x, d, i, device=device) / i**0.5).to(dtype)]  # fmt: skip
+        inputs = [
+            torch.randn(n, d, device=device).to(dtype),
+            torch.randn(n, x, device=device),
+            torch.randn(x, device=device) * 0.05,
+            (torch.randn(x, i, d, device=device) / d**0.5).to(dtype),
+            (torch.randn(x, d, i, device=device) / i**0.5).to(dtype),
+        ]
         launch = harness.create(MOE_DISPATCH, attrs).prepare(inputs)
         plugin_s = timed(launch, device, iters)
         indices, weights = route(inputs[1], inputs[2], top_k=sizes["k"], n_group=1, topk_group=1, norm_topk_prob=True, scaling=2.5)
         with torch.no_grad():
             loop_s = timed(lambda: routed_experts_loop(inputs[0], indices, weights, inputs[3], inputs[4]), device, max(iters // 4, 1))
             ref_s = timed(lambda: run_reference(MOE_DISPATCH, inputs, attrs), device, max(iters // 4, 1))
-        rows.append(dict(tokens=n, plugin_us=plugin_s * 1e6, loop_us=loop_s * 1e6, reference_us=ref_s * 1e6,
-                         vs_loop=loop_s / plugin_s, vs_reference=ref_s / plugin_s))  # fmt: skip
+        rows.append(
+            dict(
+                tokens=n,
+                plugin_us=plugin_s * 1e6,
+                loop_us=loop_s * 1e6,
+                reference_us=ref_s * 1e6,
+                vs_loop=loop_s / plugin_s,
+                vs_reference=ref_s / plugin_s,
+            )
+        )
     return rows
 
 
 def markdown(meta, results) -> str:
-    lines = [f"# Plugin kernel benchmarks ({meta['device']}, {meta['date']})", "",
-             f"Command: `{meta['command']}`. dtype {meta['dtype']}. Copy bandwidth measured: "
-             f"{meta['copy_gbps']:.0f} GB/s (device-to-device, read + write).", "",
-             "## Mamba2Core decode (T = 1), Nano-30B mixer sizes", "",
-             "| batch | us/call | bytes moved | GB/s | of copy bandwidth |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Plugin kernel benchmarks ({meta['device']}, {meta['date']})",
+        "",
+        f"Command: `{meta['command']}`. dtype {meta['dtype']}. Copy bandwidth measured: "
+        f"{meta['copy_gbps']:.0f} GB/s (device-to-device, read + write).",
+        "",
+        "## Mamba2Core decode (T = 1), Nano-30B mixer sizes",
+        "",
+        "| batch | us/call | bytes moved | GB/s | of copy bandwidth |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {r['batch']} | {r['us']:.1f} | {r['bytes']:,} | {r['gbps']:.0f} | {r['of_copy']:.0%} |" for r in results["decode"]]
-    lines += ["", "## Mamba2Core prefill, batch 1", "", "| tokens | plugin tokens/s | torch reference tokens/s | speedup |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Mamba2Core prefill, batch 1",
+        "",
+        "| tokens | plugin tokens/s | torch reference tokens/s | speedup |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['tokens']} | {r['plugin_tok_s']:,.0f} | {r['torch_tok_s']:,.0f} | {r['speedup']:.1f}x |" for r in results["prefill"]]
-    lines += ["", "## MoeDispatch, Nano-30B MoE sizes", "",
-              "| tokens | plugin us | per-expert torch loop us | torch reference (routing + loop) us | vs loop | vs reference |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['tokens']} | {r['plugin_us']:.0f} | {r['loop_us']:.0f} | {r['reference_us']:.0f} | {r['vs_loop']:.1f}x | {r['vs_reference']:.1f}x |" for r in results["moe"]]
+    lines += [
+        "",
+        "## MoeDispatch, Nano-30B MoE sizes",
+        "",
+        "| tokens | plugin us | per-expert torch loop us | torch reference (routing + loop) us | vs loop | vs reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['tokens']} | {r['plugin_us']:.0f} | {r['loop_us']:.0f} | {r['reference_us']:.0f} | {r['vs_loop']:.1f}x | {r['vs_reference']:.1f}x |"
+        for r in results["moe"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -175,9 +217,13 @@ def main() -> int:
         prefill=bench_prefill(harness, device, sizes, dtype, lengths, max(iters // 5, 2)),
         moe=bench_moe(harness, device, sizes, dtype, tokens, max(iters // 5, 2)),
     )
-    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU emulation ({platform.processor() or 'cpu'})",
-                date=datetime.date.today().isoformat(), dtype=args.dtype, copy_gbps=copy_bw / 1e9,
-                command="python " + " ".join(sys.argv))  # fmt: skip
+    meta = dict(
+        device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU emulation ({platform.processor() or 'cpu'})",
+        date=datetime.date.today().isoformat(),
+        dtype=args.dtype,
+        copy_gbps=copy_bw / 1e9,
+        command="python " + " ".join(sys.argv),
+    )
     print(json.dumps(dict(meta=meta, results=results), indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

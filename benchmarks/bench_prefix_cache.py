@@ -29,10 +29,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_openai import MODEL, _serve, bench_artifact  # noqa: E402
-from bench_vs_transformers import CONFIG, cpu_name  # noqa: E402
+from bench_openai import MODEL, _serve, bench_artifact
+from bench_vs_transformers import CONFIG, cpu_name
 
-from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG
 
 
 def metric(url: str, name: str) -> float:
@@ -54,8 +54,9 @@ def turn(client, prompt: list[int], new_tokens: int) -> tuple[float, str]:
     """(seconds to the first streamed token, the text) of one completion."""
     start = time.perf_counter()
     first, text = None, []
-    chunks = client.completions.create(model=MODEL, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True,
-                                       extra_body={"ignore_eos": True})  # fmt: skip
+    chunks = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     for chunk in chunks:
         for choice in chunk.choices:
             if choice.text and first is None:
@@ -97,7 +98,9 @@ def main() -> None:
                 for name, (proc, client) in servers.items():
                     before = {m: metric(proc.metrics_url, m) for m in ("prefill_tokens_total", "prefix_cache_hits_total")}
                     row[f"{name}_ttft_s"], texts[name] = turn(client, prompt, args.reply_tokens)
-                    row[f"{name}_prefill_tokens"] = settled(proc.metrics_url, "prefill_tokens_total", before["prefill_tokens_total"]) - before["prefill_tokens_total"]
+                    row[f"{name}_prefill_tokens"] = (
+                        settled(proc.metrics_url, "prefill_tokens_total", before["prefill_tokens_total"]) - before["prefill_tokens_total"]
+                    )
                     row[f"{name}_hits"] = metric(proc.metrics_url, "prefix_cache_hits_total") - before["prefix_cache_hits_total"]
                 row["cache_bytes"] = metric(servers["cached"][0].metrics_url, "prefix_cache_bytes")
                 row["same_text"] = texts["cached"] == texts["uncached"]
@@ -117,26 +120,34 @@ def render(rows: list[dict], args, config: dict) -> str:
     date = datetime.date.today().isoformat()
     first, last = rows[0], rows[-1]
     lines = [
-        f"# Multi-turn time to first token with the prefix cache, onnxruntime CPU ({date})", "",
+        f"# Multi-turn time to first token with the prefix cache, onnxruntime CPU ({date})",
+        "",
         f"Machine: {cpu_name()}, no GPU. `python benchmarks/bench_prefix_cache.py --model {args.model}`: one run; two `serve` "
         f"processes of one float32 artifact side by side (prefix cache at its default; `--prefix-cache-mb 0`), 2 threads each, "
         f"taking turns; model {args.model} ({config['hybrid_override_pattern']}, hidden {config['hidden_size']}). One conversation of "
         f"{args.turns} turns: the whole history plus {args.user_tokens} new token ids per turn, {args.reply_tokens} greedy tokens "
         "streamed back (ignore_eos) through `/v1/completions`; both servers streamed the same text every turn. Prefill tokens: what "
-        "each server's prefill computed for the turn (`nemotron_prefill_tokens_total`).", "",
+        "each server's prefill computed for the turn (`nemotron_prefill_tokens_total`).",
+        "",
         "| turn | prompt tokens | TTFT cached ms | TTFT uncached ms | uncached / cached | prefill tokens cached | prefill tokens uncached | cache hit | cache MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in rows:
         c, u = r["cached_ttft_s"] * 1000, r["uncached_ttft_s"] * 1000
-        lines.append(f"| {r['turn']} | {r['prompt_tokens']} | {c:.0f} | {u:.0f} | {u / c:.2f} | {r['cached_prefill_tokens']:.0f} | "
-                     f"{r['uncached_prefill_tokens']:.0f} | {'yes' if r['cached_hits'] else 'no'} | {r['cache_bytes'] / 2**20:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['turn']} | {r['prompt_tokens']} | {c:.0f} | {u:.0f} | {u / c:.2f} | {r['cached_prefill_tokens']:.0f} | "
+            f"{r['uncached_prefill_tokens']:.0f} | {'yes' if r['cached_hits'] else 'no'} | {r['cache_bytes'] / 2**20:.0f} |"
+        )
     lines += [
         "",
         f"Turn {last['turn']} / turn 1 time to first token: cached {last['cached_ttft_s'] / first['cached_ttft_s']:.2f}x, "
         f"uncached {last['uncached_ttft_s'] / first['uncached_ttft_s']:.2f}x.",
-        "", "```json", json.dumps(rows, indent=1), "```", "",
-    ]  # fmt: skip
+        "",
+        "```json",
+        json.dumps(rows, indent=1),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -29,18 +29,20 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "docs" / "examples"))
-from bench_vs_transformers import CONFIG, cli, cpu_name  # noqa: E402
-from triton_stream import stream  # noqa: E402
+from bench_vs_transformers import CONFIG, cli, cpu_name
+from triton_stream import stream
 
-from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint  # noqa: E402
-from nemotron_deploy.runtime.serving.triton.server import TritonServer  # noqa: E402
+from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+from nemotron_deploy.runtime.serving.triton.server import TritonServer
 
 CONCURRENCY = (1, 4, 16)
 
 
 def _decode_steps(server) -> float:
     with urllib.request.urlopen(server.endpoints.metrics_url, timeout=10) as response:
-        return sum(float(line.split()[-1]) for line in response.read().decode().splitlines() if line.startswith("nemotron_decode_steps_total{"))
+        return sum(
+            float(line.split()[-1]) for line in response.read().decode().splitlines() if line.startswith("nemotron_decode_steps_total{")
+        )
 
 
 def through_server(server, streams: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
@@ -51,8 +53,12 @@ def through_server(server, streams: int, prompt_len: int, new_tokens: int, vocab
 
     def client(i: int) -> None:
         one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
-        inputs = {"input_ids": prompts[i : i + 1], "request_output_len": one(new_tokens, np.int32), "streaming": one(True, np.bool_),
-                  "ignore_eos": one(True, np.bool_)}  # fmt: skip
+        inputs = {
+            "input_ids": prompts[i : i + 1],
+            "request_output_len": one(new_tokens, np.int32),
+            "streaming": one(True, np.bool_),
+            "ignore_eos": one(True, np.bool_),
+        }
         barrier.wait()
         for ids in stream(server.endpoints.grpc_url, "tensorrt_llm", inputs, "output_ids", timeout=600):
             stamps[i].extend([time.perf_counter()] * ids.size)
@@ -87,7 +93,11 @@ def run(args, work: Path) -> dict:
     cli("triton", artifact, "-o", work / "repo", "--max-batch", max(CONCURRENCY))
     in_process = {}
     for batch in CONCURRENCY:
-        out = json.loads(cli("bench", artifact, "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--batch", batch, "--json").strip().splitlines()[-1])
+        out = json.loads(
+            cli("bench", artifact, "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--batch", batch, "--json")
+            .strip()
+            .splitlines()[-1]
+        )
         in_process[batch] = out["decode_tokens_per_s"]
     served = []
     with TritonServer(work / "repo", log_file=work / "server.log") as server:
@@ -95,8 +105,15 @@ def run(args, work: Path) -> dict:
         for streams in CONCURRENCY:
             served.append(through_server(server, streams, args.prompt_len, args.new_tokens, CONFIG["vocab_size"]))
             served[-1]["in_process_decode_tokens_per_s"] = in_process[streams]
-    return {"date": datetime.date.today().isoformat(), "machine": cpu_name(), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-            "pattern": CONFIG["hybrid_override_pattern"], "hidden_size": CONFIG["hidden_size"], "rows": served}  # fmt: skip
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": cpu_name(),
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "pattern": CONFIG["hybrid_override_pattern"],
+        "hidden_size": CONFIG["hidden_size"],
+        "rows": served,
+    }
 
 
 def render(results: dict) -> str:
@@ -118,8 +135,11 @@ def render(results: dict) -> str:
             f"{r['steady_decode_tokens_per_s'] / r['in_process_decode_tokens_per_s']:.2f} | {r['decode_steps']:.0f} | "
             f"{r['time_to_first_token_ms']:.0f} | {r['inter_token_ms']:.1f} |"
         )
-    lines += ["", f"Decode steps: {results['new_tokens']} tokens per stream take {results['new_tokens'] - 1} steps however many streams share them "
-              "(continuous batching; more where a stream joined late)."]  # fmt: skip
+    lines += [
+        "",
+        f"Decode steps: {results['new_tokens']} tokens per stream take {results['new_tokens'] - 1} steps however many streams share them "
+        "(continuous batching; more where a stream joined late).",
+    ]
     return "\n".join(lines) + "\n"
 
 

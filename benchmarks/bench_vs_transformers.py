@@ -31,16 +31,29 @@ import numpy as np
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline import baseline_env  # noqa: E402
+from baseline import baseline_env
 
 CONFIG = dict(
     TINY_CONFIG,
-    vocab_size=32000, hidden_size=1024, hybrid_override_pattern="MEMEM*EMEMEM*E",
-    num_attention_heads=16, num_key_value_heads=2, head_dim=64,
-    mamba_num_heads=32, mamba_head_dim=64, n_groups=8, ssm_state_size=128, chunk_size=128,
-    n_routed_experts=64, num_experts_per_tok=6, moe_intermediate_size=512,
-    moe_shared_expert_intermediate_size=1024, n_group=1, topk_group=1, max_position_embeddings=4096,
-)  # fmt: skip
+    vocab_size=32000,
+    hidden_size=1024,
+    hybrid_override_pattern="MEMEM*EMEMEM*E",
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    head_dim=64,
+    mamba_num_heads=32,
+    mamba_head_dim=64,
+    n_groups=8,
+    ssm_state_size=128,
+    chunk_size=128,
+    n_routed_experts=64,
+    num_experts_per_tok=6,
+    moe_intermediate_size=512,
+    moe_shared_expert_intermediate_size=1024,
+    n_group=1,
+    topk_group=1,
+    max_position_embeddings=4096,
+)
 PRECISIONS = {"float32": [], "float16": ["--dtype", "float16"], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
 PAST = (128, 1024, 4000)
 THREADS = (1, 2)
@@ -57,7 +70,20 @@ def cli(*args, env=None) -> str:
 
 def bench(artifact: Path, threads: int, batch: int, prompt_len: int, new_tokens: int, past=()) -> dict:
     past_args = [a for p in past for a in ("--past", p)]
-    out = cli("bench", artifact, "--prompt-len", prompt_len, "--new-tokens", new_tokens, "--batch", batch, "--threads", threads, *past_args, "--json")
+    out = cli(
+        "bench",
+        artifact,
+        "--prompt-len",
+        prompt_len,
+        "--new-tokens",
+        new_tokens,
+        "--batch",
+        batch,
+        "--threads",
+        threads,
+        *past_args,
+        "--json",
+    )
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -113,13 +139,19 @@ def cpu_name() -> str:
 def run(args, work: Path) -> dict:
     ckpt = write_random_checkpoint(work / "ckpt", config=CONFIG)
     before = baseline_env(work, args.baseline_rev)
-    artifacts = {f"before ({args.baseline_rev}) {name}": (work / f"before-{name}", before, PRECISIONS[name]) for name in args.baseline_precisions.split(",")}
+    artifacts = {
+        f"before ({args.baseline_rev}) {name}": (work / f"before-{name}", before, PRECISIONS[name])
+        for name in args.baseline_precisions.split(",")
+    }
     artifacts |= {name: (work / name, None, extra) for name, extra in PRECISIONS.items()}
     results = {"configs": {}, "transformers": {}}
     for name, (path, env, extra) in artifacts.items():
         start = time.perf_counter()
         cli("export", ckpt, "-o", path, *extra, env=env)
-        entry = results["configs"][name] = {"export_s": time.perf_counter() - start, "weights_mb": (path / "weights.data").stat().st_size / 2**20}
+        entry = results["configs"][name] = {
+            "export_s": time.perf_counter() - start,
+            "weights_mb": (path / "weights.data").stat().st_size / 2**20,
+        }
         # every artifact runs on this tree's runtime and `bench` (one measurement for all; what differs
         # between 'before' and 'float32' is only the exported graphs)
         for threads in THREADS:
@@ -149,7 +181,8 @@ def render(results: dict, args, plot_name: str) -> str:
         "",
         f"![decode tokens/s against past length]({plot_name})",
         "",
-        "| configuration | threads | prefill tok/s | vs eager | decode tok/s | vs eager | " + " | ".join(f"decode after {p}" for p in PAST)
+        "| configuration | threads | prefill tok/s | vs eager | decode tok/s | vs eager | "
+        + " | ".join(f"decode after {p}" for p in PAST)
         + " | MB read / token | floor tok/s | of floor | peak RSS MiB |",
         "| --- " * (10 + len(PAST)) + "|",
     ]
@@ -165,16 +198,36 @@ def render(results: dict, args, plot_name: str) -> str:
     for threads in THREADS:
         e = eager[f"threads_{threads}"]
         at = " | ".join(f"{e['decode_tokens_per_s_at_past'][str(p)]:.1f}" for p in PAST)
-        lines.append(f"| transformers 5.23 eager float32 | {threads} | {e['prefill_tokens_per_s']:.0f} | 1.00x | {e['decode_tokens_per_s']:.1f} | 1.00x | {at} | | | | |")
+        lines.append(
+            f"| transformers 5.23 eager float32 | {threads} | {e['prefill_tokens_per_s']:.0f} | 1.00x | {e['decode_tokens_per_s']:.1f} | 1.00x | {at} | | | | |"
+        )
     fp32 = results["configs"]["float32"][f"threads_{max(THREADS)}"]["decode_tokens_per_s"]
-    lines += ["", f"Decode speed-up over this tree's float32 at {max(THREADS)} threads: "
-              + ", ".join(f"{name} {entry[f'threads_{max(THREADS)}']['decode_tokens_per_s'] / fp32:.2f}x" for name, entry in results["configs"].items()) + "."]  # fmt: skip
-    lines += ["", f"Batched decode ({max(THREADS)} threads, prompt 128, {args.new_tokens // 2} steps), tokens/s summed over the batch:", "",
-              "| configuration | batch 1 | " + " | ".join(f"batch {b}" for b in BATCHES) + " |", "| --- " * (2 + len(BATCHES)) + "|"]  # fmt: skip
+    lines += [
+        "",
+        f"Decode speed-up over this tree's float32 at {max(THREADS)} threads: "
+        + ", ".join(
+            f"{name} {entry[f'threads_{max(THREADS)}']['decode_tokens_per_s'] / fp32:.2f}x" for name, entry in results["configs"].items()
+        )
+        + ".",
+    ]
+    lines += [
+        "",
+        f"Batched decode ({max(THREADS)} threads, prompt 128, {args.new_tokens // 2} steps), tokens/s summed over the batch:",
+        "",
+        "| configuration | batch 1 | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
+        "| --- " * (2 + len(BATCHES)) + "|",
+    ]
     for name, entry in results["configs"].items():
         single = entry[f"threads_{max(THREADS)}"]["decode_tokens_per_s"]
-        lines.append(f"| {name} | {single:.1f} | " + " | ".join(f"{entry[f'batch_{b}']['decode_tokens_per_s']:.1f}" for b in BATCHES) + " |")
-    lines += ["", "Exports: " + "; ".join(f"{name} {e['export_s']:.0f} s, weights.data {e['weights_mb']:.0f} MiB" for name, e in results["configs"].items()) + "."]
+        lines.append(
+            f"| {name} | {single:.1f} | " + " | ".join(f"{entry[f'batch_{b}']['decode_tokens_per_s']:.1f}" for b in BATCHES) + " |"
+        )
+    lines += [
+        "",
+        "Exports: "
+        + "; ".join(f"{name} {e['export_s']:.0f} s, weights.data {e['weights_mb']:.0f} MiB" for name, e in results["configs"].items())
+        + ".",
+    ]
     lines += ["", "```json", json.dumps(results, indent=1), "```"]
     return "\n".join(lines) + "\n"
 
@@ -195,7 +248,12 @@ def plot(results: dict, path: Path) -> None:
         (line,) = left.plot(xs, ys, marker="o", label=name, color=f"C{i}")
         if "decode_floor_tokens_per_s" in r:
             left.axhline(r["decode_floor_tokens_per_s"], color=line.get_color(), linestyle="--", linewidth=0.8)
-    left.set(xscale="log", xlabel="past length (tokens)", ylabel="decode tokens/s (batch 1)", title=f"decode, {threads} threads (dashed: each one's floor)")
+    left.set(
+        xscale="log",
+        xlabel="past length (tokens)",
+        ylabel="decode tokens/s (batch 1)",
+        title=f"decode, {threads} threads (dashed: each one's floor)",
+    )
     left.set_xticks(list(PAST), [str(p) for p in PAST])
     left.minorticks_off()
     left.legend(fontsize=8)
@@ -216,7 +274,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/bench_onnxruntime_cpu.md")
     ap.add_argument("--baseline-rev", default="e0164e0", help="the revision 'before' is exported and run with")
-    ap.add_argument("--baseline-precisions", default="float32", help="comma-separated: which of float32,float16,int8,int4 the baseline also exports")
+    ap.add_argument(
+        "--baseline-precisions", default="float32", help="comma-separated: which of float32,float16,int8,int4 the baseline also exports"
+    )
     ap.add_argument("--workdir", default=".", help="where the checkpoint and artifacts are written (several GB), deleted after")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=48, help="decode steps per measurement (timed as the best of 3 equal rounds)")

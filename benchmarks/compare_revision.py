@@ -24,14 +24,34 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline import baseline_env  # noqa: E402
-from bench_vs_transformers import cpu_name  # noqa: E402
+from baseline import baseline_env
+from bench_vs_transformers import cpu_name
 
-TARGETS = (("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "bfloat16"), ("tensorrt-rtx", "float16"))
+TARGETS = (
+    ("onnxruntime", "float32"),
+    ("onnxruntime", "float16"),
+    ("tensorrt", "float32"),
+    ("tensorrt", "bfloat16"),
+    ("tensorrt-rtx", "float16"),
+)
 QUANTIZED = ("int8", "int4")  # onnxruntime float32 with --quantize (block 16: the tiny widths)
 GREEDY = ["--prompt-ids", "5,6,7,8,9,10,11", "--prompt-ids", "12,13,14", "--max-new-tokens", "24", "--ignore-eos", "--json"]
-SAMPLED = ["--prompt-ids", "5,6,7,8,9,10,11", "--max-new-tokens", "16", "--temperature", "0.8", "--top-k", "20", "--seed", "4",
-           "--ignore-eos", "--json", "--prefill-chunk", "3"]  # fmt: skip
+SAMPLED = [
+    "--prompt-ids",
+    "5,6,7,8,9,10,11",
+    "--max-new-tokens",
+    "16",
+    "--temperature",
+    "0.8",
+    "--top-k",
+    "20",
+    "--seed",
+    "4",
+    "--ignore-eos",
+    "--json",
+    "--prefill-chunk",
+    "3",
+]
 
 
 def cli(env, *args) -> str:
@@ -103,9 +123,23 @@ def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str, 
     arts = {}
     for name, env in envs.items():
         arts[name] = work / f"{name}-{target}-{dtype}{'-' + quantize if quantize else ''}"
-        cli(env, "export", ckpt, "-o", arts[name], "--target", target, "--dtype", dtype, *(["--quantize", quantize, "--block-size", "16"] if quantize else []))
+        cli(
+            env,
+            "export",
+            ckpt,
+            "-o",
+            arts[name],
+            "--target",
+            target,
+            "--dtype",
+            dtype,
+            *(["--quantize", quantize, "--block-size", "16"] if quantize else []),
+        )
     old, new = arts["baseline"], arts["this tree"]
-    result = {"manifest_equal": _manifest(old) == _manifest(new), "weights_data_identical": _sha(old / "weights.data") == _sha(new / "weights.data")}
+    result = {
+        "manifest_equal": _manifest(old) == _manifest(new),
+        "weights_data_identical": _sha(old / "weights.data") == _sha(new / "weights.data"),
+    }
     graphs = sorted(p.name for p in old.glob("*.onnx"))  # prefill.onnx and decode.onnx, or one step.onnx
     if graphs != sorted(p.name for p in new.glob("*.onnx")):
         result["graphs"] = f"DIFFERENT files: {graphs}"
@@ -114,7 +148,9 @@ def compare_target(work: Path, ckpt: Path, envs: dict, target: str, dtype: str, 
         if same_bytes:
             result[graph] = "byte-identical"
         else:
-            result[graph] = "same nodes, names, I/O" if _graph(old / graph) == _graph(new / graph) else _equivalent(old / graph, new / graph)
+            result[graph] = (
+                "same nodes, names, I/O" if _graph(old / graph) == _graph(new / graph) else _equivalent(old / graph, new / graph)
+            )
     # the reference backend runs float32/float16 plugin graphs; tensorrt-rtx needs its engines
     backend = {"onnxruntime": "onnxruntime", "tensorrt": "reference"}.get(target)
     if backend and dtype != "bfloat16":
@@ -135,16 +171,40 @@ def main() -> None:
         work = Path(tmp)
         envs = {"baseline": baseline_env(work, args.baseline_rev), "this tree": dict(os.environ)}
         ckpt = work / "checkpoint"
-        subprocess.run([sys.executable, "-c", f"from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint; write_random_checkpoint({str(ckpt)!r}, seed=3)"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint; write_random_checkpoint({str(ckpt)!r}, seed=3)",
+            ],
+            check=True,
+        )
         targets = {f"{t} {d}": compare_target(work, ckpt, envs, t, d) for t, d in TARGETS}
         targets |= {f"onnxruntime float32 {q}": compare_target(work, ckpt, envs, "onnxruntime", "float32", q) for q in QUANTIZED}
         bench = {name: [] for name in envs}
         for _ in range(args.rounds):
             for name, env in envs.items():
-                out = json.loads(cli(env, "bench", work / f"{name}-onnxruntime-float32", "--prompt-len", "64", "--new-tokens", "32", "--threads", "2", "--json"))
+                out = json.loads(
+                    cli(
+                        env,
+                        "bench",
+                        work / f"{name}-onnxruntime-float32",
+                        "--prompt-len",
+                        "64",
+                        "--new-tokens",
+                        "32",
+                        "--threads",
+                        "2",
+                        "--json",
+                    )
+                )
                 bench[name].append({k: out[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_bytes_per_token")})
-    meta = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
-            "baseline": args.baseline_rev, "this_tree": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}  # fmt: skip
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
+        "baseline": args.baseline_rev,
+        "this_tree": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    }
     report = {"meta": meta, "targets": targets, "bench_onnxruntime_float32": bench}
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     Path(args.out).write_text(_markdown(report))
@@ -153,20 +213,38 @@ def main() -> None:
 
 def _markdown(report: dict) -> str:
     m = report["meta"]
-    lines = [f"# {m['baseline']} against {m['this_tree']}: artifacts, tokens, speed", "",
-             f"{m['date']}, {m['machine']}; random TINY_CONFIG checkpoint (seed 3); `benchmarks/compare_revision.py`.", "",
-             "| target | manifest equal | weights.data | graphs | greedy tokens | sampled tokens |", "| --- " * 6 + "|"]  # fmt: skip
+    lines = [
+        f"# {m['baseline']} against {m['this_tree']}: artifacts, tokens, speed",
+        "",
+        f"{m['date']}, {m['machine']}; random TINY_CONFIG checkpoint (seed 3); `benchmarks/compare_revision.py`.",
+        "",
+        "| target | manifest equal | weights.data | graphs | greedy tokens | sampled tokens |",
+        "| --- " * 6 + "|",
+    ]
     for name, r in report["targets"].items():
         graphs = r.get("graphs") or ", ".join(f"{g}: {r[g]}" for g in r if g.endswith(".onnx"))
-        cells = [r["manifest_equal"], r["weights_data_identical"], graphs, r.get("greedy_tokens_equal", "-"), r.get("sampled_tokens_equal", "-")]
+        cells = [
+            r["manifest_equal"],
+            r["weights_data_identical"],
+            graphs,
+            r.get("greedy_tokens_equal", "-"),
+            r.get("sampled_tokens_equal", "-"),
+        ]
         lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
     bench = report["bench_onnxruntime_float32"]
     old, new = bench["baseline"], bench["this tree"]
-    lines += ["", "`bench` (onnxruntime float32, prompt 64, 32 new tokens, 2 threads), alternated; ratio = this tree / baseline:", "",
-              "| round | decode tok/s baseline | this tree | ratio | prefill tok/s baseline | this tree | ratio |", "| --- " * 7 + "|"]  # fmt: skip
+    lines += [
+        "",
+        "`bench` (onnxruntime float32, prompt 64, 32 new tokens, 2 threads), alternated; ratio = this tree / baseline:",
+        "",
+        "| round | decode tok/s baseline | this tree | ratio | prefill tok/s baseline | this tree | ratio |",
+        "| --- " * 7 + "|",
+    ]
     for i, (o, n) in enumerate(zip(old, new)):
         d, p = n["decode_tokens_per_s"] / o["decode_tokens_per_s"], n["prefill_tokens_per_s"] / o["prefill_tokens_per_s"]
-        lines.append(f"| {i + 1} | {o['decode_tokens_per_s']:.0f} | {n['decode_tokens_per_s']:.0f} | {d:.2f} | {o['prefill_tokens_per_s']:.0f} | {n['prefill_tokens_per_s']:.0f} | {p:.2f} |")
+        lines.append(
+            f"| {i + 1} | {o['decode_tokens_per_s']:.0f} | {n['decode_tokens_per_s']:.0f} | {d:.2f} | {o['prefill_tokens_per_s']:.0f} | {n['prefill_tokens_per_s']:.0f} | {p:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

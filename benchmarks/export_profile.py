@@ -22,12 +22,19 @@ class ChildFailed(RuntimeError):
 
 
 def profile_export(
-    checkpoint: str | Path, out: str | Path, target: str = "onnxruntime", dtype: str = "float32", env: dict | None = None, quantize: str | None = None
+    checkpoint: str | Path,
+    out: str | Path,
+    target: str = "onnxruntime",
+    dtype: str = "float32",
+    env: dict | None = None,
+    quantize: str | None = None,
 ) -> dict:
     """Run the export in a child process and return its measurements (see `_export_child`).
     env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first).
     quantize: "int8" | "int4" (`export --quantize`), or None."""
-    return _run_child([str(checkpoint), str(out), "--target", target, "--dtype", dtype, *(["--quantize", quantize] if quantize else [])], env)
+    return _run_child(
+        [str(checkpoint), str(out), "--target", target, "--dtype", dtype, *(["--quantize", quantize] if quantize else [])], env
+    )
 
 
 def profile_session(artifact: str | Path, env: dict | None = None) -> dict:

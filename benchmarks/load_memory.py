@@ -53,9 +53,18 @@ def main() -> None:
     from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
     # hidden 1024, vocab sized to reach the requested checkpoint size with the tiny layer pattern
-    config = dict(TINY_CONFIG, hidden_size=1024, intermediate_size=2048, mamba_num_heads=16, mamba_head_dim=64,
-                  head_dim=64, num_attention_heads=16, num_key_value_heads=4, moe_intermediate_size=512,
-                  moe_shared_expert_intermediate_size=1024)
+    config = dict(
+        TINY_CONFIG,
+        hidden_size=1024,
+        intermediate_size=2048,
+        mamba_num_heads=16,
+        mamba_head_dim=64,
+        head_dim=64,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        moe_intermediate_size=512,
+        moe_shared_expert_intermediate_size=1024,
+    )
     layers_mb = 40
     config["vocab_size"] = max(1024, int((args.size_mb - layers_mb) * 2**20 / 4 / 1024 / 2))
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,7 +52,9 @@ def main() -> None:
     arrivals: list[float] = []
     start = time.perf_counter()
     with memory.PeakMemory(pss=True) as running:
-        generation = session.generate([prompt], max_new_tokens=args.new_tokens, ignore_eos=True, on_token=lambda row, token: arrivals.append(time.perf_counter()))
+        generation = session.generate(
+            [prompt], max_new_tokens=args.new_tokens, ignore_eos=True, on_token=lambda row, token: arrivals.append(time.perf_counter())
+        )
     weights = Path(args.artifact, "weights.data").stat().st_size / 2**20
     mib = lambda kib: kib / 1024  # noqa: E731
     result = {

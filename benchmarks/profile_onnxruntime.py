@@ -27,9 +27,9 @@ import numpy as np
 def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int, threads: int | None = None) -> dict:
     import onnxruntime as ort
 
+    from nemotron_deploy.runtime.artifact.manifest import read_manifest
     from nemotron_deploy.runtime.backends import open_backend
     from nemotron_deploy.runtime.decode import left_pad, prefill
-    from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
     manifest = read_manifest(artifact)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,8 +67,13 @@ def profile(artifact: Path, prompt_len: int, steps: int, repeats: int, top: int,
             logits, state = backend.step("decode", token, mask, state)
             token = logits.argmax(-1)[:, None].astype(np.int64)
         # one session serves both step kinds in a one-graph artifact (step.onnx): its runs are told apart by phase
-        events = {key: json.loads(Path(session.end_profiling()).read_text()) for key, session in {id(s): s for s in backend.sessions.values()}.items()}
-        return {name: _summary(events, phases, name, top, per_run=repeats if name == "prefill" else steps) for name in ("prefill", "decode")}
+        events = {
+            key: json.loads(Path(session.end_profiling()).read_text())
+            for key, session in {id(s): s for s in backend.sessions.values()}.items()
+        }
+        return {
+            name: _summary(events, phases, name, top, per_run=repeats if name == "prefill" else steps) for name in ("prefill", "decode")
+        }
 
 
 def _summary(events: dict, phases: dict, name: str, top: int, per_run: int) -> dict:
@@ -80,7 +85,11 @@ def _summary(events: dict, phases: dict, name: str, top: int, per_run: int) -> d
         mine = [r for r, tag in zip(runs, phases[key]) if tag == name]
         run_us += sum(r["dur"] for r in mine)
         for e in session_events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in mine):
+            if (
+                e.get("cat") == "Node"
+                and e["name"].endswith("_kernel_time")
+                and any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in mine)
+            ):
                 by_op[e["args"]["op_name"]] += e["dur"]
                 total += e["dur"]
     n = max(1, per_run)

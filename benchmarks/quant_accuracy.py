@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_reference import heldout_windows  # noqa: E402
+from train_reference import heldout_windows
 
 SCHEMES = {"float32": (), "float16": ("--dtype", "float16"), "int8": ("--quantize", "int8"), "int4": ("--quantize", "int4")}
 
@@ -68,7 +68,10 @@ def artifact_logits(artifact: Path, windows: list[list[int]]) -> list[np.ndarray
 def score(logits: list[np.ndarray], windows: list[list[int]], reference: list[np.ndarray], float32: list[np.ndarray] | None) -> dict:
     nll = np.concatenate([-_log_softmax(lg)[np.arange(len(w) - 1), w[1:]] for lg, w in zip(logits, windows)])
     picks = np.concatenate([lg.argmax(-1) for lg in logits])
-    row = {"perplexity": math.exp(float(nll.mean())), "top1_vs_transformers": float((picks == np.concatenate([r.argmax(-1) for r in reference])).mean())}
+    row = {
+        "perplexity": math.exp(float(nll.mean())),
+        "top1_vs_transformers": float((picks == np.concatenate([r.argmax(-1) for r in reference])).mean()),
+    }
     if float32 is not None:
         row["top1_vs_float32"] = float((picks == np.concatenate([f.argmax(-1) for f in float32])).mean())
     return row
@@ -82,8 +85,11 @@ def measure(checkpoint: Path, workdir: Path, windows: list[list[int]], schemes=t
     float32 = None
     for scheme in schemes:
         artifact = workdir / f"artifact-{scheme.replace(' ', '-')}"
-        done = subprocess.run([sys.executable, "-m", "nemotron_deploy.runtime.cli", "export", str(checkpoint), "-o", str(artifact), *arguments[scheme]],
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "nemotron_deploy.runtime.cli", "export", str(checkpoint), "-o", str(artifact), *arguments[scheme]],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"export {scheme} failed:\n{done.stderr[-2000:]}")
         logits = artifact_logits(artifact, windows)
@@ -119,20 +125,24 @@ def render(results: dict, info: dict, args) -> str:
     from bench_vs_transformers import cpu_name
 
     lines = [
-        f"# Accuracy on trained weights, onnxruntime CPU ({datetime.date.today().isoformat()})", "",
+        f"# Accuracy on trained weights, onnxruntime CPU ({datetime.date.today().isoformat()})",
+        "",
         f"Machine: {cpu_name()}. Checkpoint: `benchmarks/train_reference.py --size {info['size']}` ({info['parameters'] / 1e6:.1f} M "
         f"parameters, every layer kind, 32 experts top-4; {info['steps']} steps in {info['seconds'] / 60:.0f} min on this machine; "
         f"transformers' held-out loss {info['heldout_loss']:.3f}). `python benchmarks/quant_accuracy.py`: {args.windows} held-out windows "
         f"of {args.length} tokens (Python standard library files the model never saw), teacher-forced, every position scored "
-        f"({args.windows * (args.length - 1)} positions); int8/int4: block 32 unless named, symmetric RTN (docs/quantization.md).", "",
+        f"({args.windows * (args.length - 1)} positions); int8/int4: block 32 unless named, symmetric RTN (docs/quantization.md).",
+        "",
         "| weights | weights.data MiB | held-out perplexity | x transformers | top-1 = transformers | top-1 = float32 artifact |",
         "| --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     base = results["transformers"]["perplexity"]
     for name, r in results.items():
         size = f"{r['weights_mib']:.1f}" if "weights_mib" in r else ""
         vs32 = f"{100 * r['top1_vs_float32']:.1f} %" if "top1_vs_float32" in r else ""
-        lines.append(f"| {name} | {size} | {r['perplexity']:.3f} | {r['perplexity'] / base:.4f} | {100 * r['top1_vs_transformers']:.1f} % | {vs32} |")
+        lines.append(
+            f"| {name} | {size} | {r['perplexity']:.3f} | {r['perplexity'] / base:.4f} | {100 * r['top1_vs_transformers']:.1f} % | {vs32} |"
+        )
     lines += ["", "```json", json.dumps({"reference": info, "results": results}, indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -33,20 +33,54 @@ EOS = 2
 
 SIZES = {
     "small": dict(
-        vocab_size=4096, seq_len=256, batch=8, lr=3e-3, text_mb=24,
-        model=dict(layers=["mamba", "moe", "attention", "mamba", "mlp", "moe", "mamba", "moe"],
-                   hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64, intermediate_size=768,
-                   mamba_num_heads=8, mamba_head_dim=64, n_groups=2, ssm_state_size=64, chunk_size=64,
-                   n_routed_experts=32, num_experts_per_tok=4, moe_intermediate_size=128, moe_shared_expert_intermediate_size=256),
+        vocab_size=4096,
+        seq_len=256,
+        batch=8,
+        lr=3e-3,
+        text_mb=24,
+        model=dict(
+            layers=["mamba", "moe", "attention", "mamba", "mlp", "moe", "mamba", "moe"],
+            hidden_size=256,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            intermediate_size=768,
+            mamba_num_heads=8,
+            mamba_head_dim=64,
+            n_groups=2,
+            ssm_state_size=64,
+            chunk_size=64,
+            n_routed_experts=32,
+            num_experts_per_tok=4,
+            moe_intermediate_size=128,
+            moe_shared_expert_intermediate_size=256,
+        ),
     ),
     "tiny": dict(
-        vocab_size=512, seq_len=128, batch=8, lr=4e-3, text_mb=2,
-        model=dict(layers=["mamba", "moe", "attention", "mlp"],
-                   hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32, intermediate_size=128,
-                   mamba_num_heads=4, mamba_head_dim=32, n_groups=1, ssm_state_size=32, chunk_size=32,
-                   n_routed_experts=32, num_experts_per_tok=4, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64),
+        vocab_size=512,
+        seq_len=128,
+        batch=8,
+        lr=4e-3,
+        text_mb=2,
+        model=dict(
+            layers=["mamba", "moe", "attention", "mlp"],
+            hidden_size=64,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            intermediate_size=128,
+            mamba_num_heads=4,
+            mamba_head_dim=32,
+            n_groups=1,
+            ssm_state_size=32,
+            chunk_size=32,
+            n_routed_experts=32,
+            num_experts_per_tok=4,
+            moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=64,
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def corpus_files() -> tuple[list[Path], list[Path]]:
@@ -79,8 +113,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(texts, trainer)
     return tok
 
@@ -110,8 +145,18 @@ def model_config(size: str):
     spec = SIZES[size]
     kw = dict(spec["model"])
     kw["layers_block_type"] = [_HF_KIND[k] for k in kw.pop("layers")]
-    cfg = NemotronHConfig(vocab_size=spec["vocab_size"], max_position_embeddings=4 * spec["seq_len"], tie_word_embeddings=False,
-                          n_group=1, topk_group=1, norm_topk_prob=True, bos_token_id=1, eos_token_id=EOS, pad_token_id=0, **kw)  # fmt: skip
+    cfg = NemotronHConfig(
+        vocab_size=spec["vocab_size"],
+        max_position_embeddings=4 * spec["seq_len"],
+        tie_word_embeddings=False,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        **kw,
+    )
     cfg._attn_implementation = "eager"
     cfg._experts_implementation = "eager"
     return cfg
@@ -168,12 +213,32 @@ def train(out: Path, size: str = "small", minutes: float = 25.0, steps: int | No
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                                                           "tokenizer_class": "PreTrainedTokenizerFast"}))  # fmt: skip
-    info = {"size": size, "parameters": params, "steps": step, "seconds": round(time.monotonic() - started, 1), "seed": seed,
-            "train_loss_last_50": float(np.mean(losses[-50:])), "heldout_loss": heldout, "heldout_perplexity": math.exp(heldout),
-            "seq_len": seq, "batch": batch, "corpus": "Python standard library sources, held out by path hash (1 in 20)",
-            "train_tokens": int(len(stream)), "heldout_mb": 1}  # fmt: skip
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
+    info = {
+        "size": size,
+        "parameters": params,
+        "steps": step,
+        "seconds": round(time.monotonic() - started, 1),
+        "seed": seed,
+        "train_loss_last_50": float(np.mean(losses[-50:])),
+        "heldout_loss": heldout,
+        "heldout_perplexity": math.exp(heldout),
+        "seq_len": seq,
+        "batch": batch,
+        "corpus": "Python standard library sources, held out by path hash (1 in 20)",
+        "train_tokens": int(len(stream)),
+        "heldout_mb": 1,
+    }
     (out / "reference.json").write_text(json.dumps(info, indent=1))
     log(json.dumps(info))
     return info

@@ -49,7 +49,10 @@ def _canonical(key: str) -> tuple[str, int | None] | None:
 
 def hf_key(name: str, expert: int | str | None = None) -> str:
     """Our parameter name -> the hub checkpoint key (per-expert keys need `expert`, default "{j}")."""
-    for ours, theirs in (("mixer.router_weight", "mixer.gate.weight"), ("mixer.e_score_correction_bias", "mixer.gate.e_score_correction_bias")):
+    for ours, theirs in (
+        ("mixer.router_weight", "mixer.gate.weight"),
+        ("mixer.e_score_correction_bias", "mixer.gate.e_score_correction_bias"),
+    ):
         if name.endswith(ours):
             name = name[: -len(ours)] + theirs
     if m := re.fullmatch(r"layers\.(\d+)\.mixer\.experts_(up|down)", name):
@@ -126,17 +129,23 @@ def _check_shapes(name: str, shape: tuple[int, ...], parts: dict[int | None, Ten
             raise CheckpointError(f"{parts[None].file}: experts of '{hf_key(name)}' stored both fused and per expert")
         info = parts[None]
         if info.shape != shape:
-            raise CheckpointError(f"{info.file}: tensor '{info.name}' has shape {list(info.shape)}, expected {list(shape)} from config.json")
+            raise CheckpointError(
+                f"{info.file}: tensor '{info.name}' has shape {list(info.shape)}, expected {list(shape)} from config.json"
+            )
         return
     missing = sorted(set(range(cfg.n_routed_experts)) - set(parts))
     if missing:
         raise CheckpointError(f"missing tensor '{hf_key(name, missing[0])}' (config.json says n_routed_experts={cfg.n_routed_experts})")
     extra = sorted(set(parts) - set(range(cfg.n_routed_experts)))
     if extra:
-        raise CheckpointError(f"{parts[extra[0]].file}: unexpected tensor '{parts[extra[0]].name}' (config.json says n_routed_experts={cfg.n_routed_experts})")
+        raise CheckpointError(
+            f"{parts[extra[0]].file}: unexpected tensor '{parts[extra[0]].name}' (config.json says n_routed_experts={cfg.n_routed_experts})"
+        )
     for info in parts.values():
         if info.shape != shape[1:]:
-            raise CheckpointError(f"{info.file}: tensor '{info.name}' has shape {list(info.shape)}, expected {list(shape[1:])} from config.json")
+            raise CheckpointError(
+                f"{info.file}: tensor '{info.name}' has shape {list(info.shape)}, expected {list(shape[1:])} from config.json"
+            )
 
 
 def parameter_dtype(name: str, dtype: str) -> str:

@@ -42,7 +42,6 @@ _FIELD_ALIASES = {
 }
 
 
-
 def _decode_float(value: Any, field_name: str) -> float:
     """transformers >= 5.2x writes infinity as {"__float__": "Infinity"}; the hub as a bare Infinity."""
     if isinstance(value, dict) and "__float__" in value:
@@ -242,9 +241,7 @@ class ModelConfig:
 
         need(self.num_layers > 0, "field 'layers_block_type' is empty: expected at least one layer")
         if self.mamba_ssm_cache_dtype not in FLOAT_DTYPES:
-            raise ConfigError(
-                f"field 'mamba_ssm_cache_dtype' is {self.mamba_ssm_cache_dtype!r}, expected one of {FLOAT_DTYPES}"
-            )
+            raise ConfigError(f"field 'mamba_ssm_cache_dtype' is {self.mamba_ssm_cache_dtype!r}, expected one of {FLOAT_DTYPES}")
         if "attention" in kinds:
             need(
                 self.num_attention_heads % self.num_key_value_heads == 0,
@@ -254,8 +251,7 @@ class ModelConfig:
         if "mamba" in kinds:
             need(
                 self.mamba_num_heads % self.n_groups == 0,
-                f"field 'mamba_num_heads' ({self.mamba_num_heads}) must be a multiple of "
-                f"'n_groups' ({self.n_groups})",
+                f"field 'mamba_num_heads' ({self.mamba_num_heads}) must be a multiple of 'n_groups' ({self.n_groups})",
             )
             need(self.conv_kernel >= 2, f"field 'conv_kernel' is {self.conv_kernel}, expected >= 2")
             lo, hi = self.time_step_limit
@@ -316,7 +312,9 @@ def _layer_types(raw: dict[str, Any]) -> tuple[str, ...]:
     kinds = []
     for i, item in enumerate(items):
         if item not in _KIND_ALIASES:
-            spellings = sorted(k for k in _KIND_ALIASES if len(k) > 1) if source != "hybrid_override_pattern" else list(LAYER_LETTERS.values())
+            spellings = (
+                sorted(k for k in _KIND_ALIASES if len(k) > 1) if source != "hybrid_override_pattern" else list(LAYER_LETTERS.values())
+            )
             raise ConfigError(f"field '{source}' has unknown layer kind {item!r} at layer {i}, expected one of {spellings}")
         kinds.append(_KIND_ALIASES[item])
     return tuple(kinds)

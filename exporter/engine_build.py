@@ -16,13 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.plugins.tensorrt_common import (
+    ENGINES,
+    TensorRTError,
+    import_engine,
+    load_plugins,
+    make_logger,
+    plugin_library_path,
+)
 from nemotron_deploy.runtime.artifact.atomic import new_files, write_file
 from nemotron_deploy.runtime.artifact.integrity import file_records
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, EngineRecord, Manifest, PlanRecord, read_manifest, write_manifest
-from nemotron_deploy.plugins.tensorrt_common import (
-    ENGINES, TensorRTError, import_engine, load_plugins, make_logger, plugin_library_path,
-)  # fmt: skip
-
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TIMING_CACHE = "timing.cache"
@@ -35,8 +39,9 @@ class Limits:
     max_new_tokens: int  # tokens per prefill call (the runtime splits longer prompts)
 
     @classmethod
-    def default(cls, max_position_embeddings: int, max_batch: int = 8, max_seq_len: int | None = None,
-                max_new_tokens: int | None = None) -> "Limits":
+    def default(
+        cls, max_position_embeddings: int, max_batch: int = 8, max_seq_len: int | None = None, max_new_tokens: int | None = None
+    ) -> "Limits":
         """The limits `build` uses for what it is not given: 4096 tokens (or the model's maximum), 2048
         of them per prefill call."""
         seq = max_seq_len or min(4096, max_position_embeddings)
@@ -144,7 +149,9 @@ def build_engines(
             for name, (lo, opt, hi) in shapes.items():
                 profile.set_shape(name, lo, opt, hi)
             config.add_optimization_profile(profile)
-            progress(f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})")
+            progress(
+                f"{graph}: building ({engine}, {PRECISIONS_BY_DTYPE[dtype]}, batch <= {limits.max_batch}, tokens <= {limits.max_seq_len})"
+            )
             serialized = builder.build_serialized_network(network, config)
             if serialized is None:
                 raise TensorRTError(f"{manifest.graph_path(graph)}: the {engine} builder failed: {logger.last_error() or 'no message'}")
@@ -169,9 +176,12 @@ def _precision(manifest: Manifest, engine: str, precision: str | None) -> str:
     if dtype != manifest.dtype and (engine == "tensorrt-rtx" or manifest.dtype != "float32"):
         raise TensorRTError(
             f"--precision {precision} for an artifact exported as {manifest.dtype}: "
-            + ("TensorRT for RTX takes the precision of the graph; re-export with --dtype " + dtype
-               if engine == "tensorrt-rtx" else "lower precision is only built from a float32 export")
-        )  # fmt: skip
+            + (
+                "TensorRT for RTX takes the precision of the graph; re-export with --dtype " + dtype
+                if engine == "tensorrt-rtx"
+                else "lower precision is only built from a float32 export"
+            )
+        )
     return dtype
 
 
@@ -212,7 +222,11 @@ def _check_target_gpu(trt, engine: str, compute_capability: str | None) -> None:
             choices = sorted((c for c in dir(trt.ComputeCapability) if c.startswith("SM") and c[2:].isdigit()), key=lambda c: int(c[2:]))
             raise TensorRTError(f"--compute-capability {compute_capability}: {engine} {trt.__version__} builds for {', '.join(choices)}")
     elif gpu_count() == 0:
-        hint = "give --compute-capability (e.g. 86) to build ahead of time for that GPU" if engine == "tensorrt-rtx" else "TensorRT builds on the GPU it targets"
+        hint = (
+            "give --compute-capability (e.g. 86) to build ahead of time for that GPU"
+            if engine == "tensorrt-rtx"
+            else "TensorRT builds on the GPU it targets"
+        )
         raise TensorRTError(f"no CUDA GPU here: {hint}")
 
 
@@ -234,14 +248,19 @@ def _save_timing_cache(config, path: Path) -> None:
         write_file(path, bytes(cache.serialize()))
 
 
-
-
 def _record(manifest: Manifest, engine: str, trt, dtype: str, limits: Limits, compute_capability, library, records) -> None:
     """Add the engines to the manifest (and its file list), rewriting it atomically."""
     record = EngineRecord(
-        version=trt.__version__, precision=dtype, compute_capability=compute_capability or "native", built_on=_gpu_capability(),
-        max_batch=limits.max_batch, max_seq_len=limits.max_seq_len, max_new_tokens=limits.max_new_tokens, plugins=library, graphs=records,
-    )  # fmt: skip
+        version=trt.__version__,
+        precision=dtype,
+        compute_capability=compute_capability or "native",
+        built_on=_gpu_capability(),
+        max_batch=limits.max_batch,
+        max_seq_len=limits.max_seq_len,
+        max_new_tokens=limits.max_new_tokens,
+        plugins=library,
+        graphs=records,
+    )
     plans = [plan.file for plan in records.values()]
     files = tuple(f for f in manifest.files if f.name not in plans) + file_records(manifest.path, plans)
     write_manifest(dataclasses.replace(manifest, engines={**manifest.engines, engine: record}, files=files))

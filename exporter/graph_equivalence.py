@@ -35,8 +35,10 @@ class Signature:
             out.append("outputs differ: " + "; ".join(f"{a} vs {b}" for a, b in zip(self.outputs, other.outputs) if a != b)[:2000])
         only_a, only_b = self.nodes - other.nodes, other.nodes - self.nodes
         if only_a or only_b:
-            out.append(f"{sum(only_a.values())} nodes only in the first, {sum(only_b.values())} only in the second: "
-                       f"{list(only_a)[:limit]} / {list(only_b)[:limit]}")  # fmt: skip
+            out.append(
+                f"{sum(only_a.values())} nodes only in the first, {sum(only_b.values())} only in the second: "
+                f"{list(only_a)[:limit]} / {list(only_b)[:limit]}"
+            )
         return out
 
 

@@ -1,14 +1,14 @@
 """Passes over a traced graph (onnx_ir) before its weights are written.
 
-    fold_weight_layouts   Transpose / Cast / layout-marker nodes applied to a weight become the
-                          weight's stored layout (a `WeightSpec`), so runtimes read weights as their
-                          consumers want them and no session re-folds them at load time
-    fold_small_constants  shape arithmetic and other constant sub-graphs folded (weights untouched)
-    name_by_module        node names say which layer and module they came from (provenance)
-    name_dims             the step contract's dimension names (batch, past_len, ...) in the graph
-    ssm_states_in_kernel_layout
-                          the onnxruntime step graph's SSM states as LinearAttention keeps them: the
-                          Transposes around it at the graph's inputs and outputs removed
+fold_weight_layouts   Transpose / Cast / layout-marker nodes applied to a weight become the
+                      weight's stored layout (a `WeightSpec`), so runtimes read weights as their
+                      consumers want them and no session re-folds them at load time
+fold_small_constants  shape arithmetic and other constant sub-graphs folded (weights untouched)
+name_by_module        node names say which layer and module they came from (provenance)
+name_dims             the step contract's dimension names (batch, past_len, ...) in the graph
+ssm_states_in_kernel_layout
+                      the onnxruntime step graph's SSM states as LinearAttention keeps them: the
+                      Transposes around it at the graph's inputs and outputs removed
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.plugin_nodes import LAYOUT_DOMAIN
 from nemotron_deploy.exporter.weight_spec import WeightSpec, layout_shape, placeholder_value
 from nemotron_deploy.runtime.artifact.dtypes import DTYPES, FLOAT_DTYPES, from_onnx
-
 
 
 def weight_specs(model: ir.Model, params: dict) -> dict[str, WeightSpec]:
@@ -130,7 +129,10 @@ def name_dims(model: ir.Model, cfg, graph_kind: str, ssm_kernel_layout: bool = F
     def rename(shape: ir.Shape | None) -> ir.Shape | None:
         if shape is None:
             return None
-        dims = [ir.SymbolicDim(_SYMBOL.sub(lambda m: symbols.get(m[0], m[0]), d.value)) if isinstance(d, ir.SymbolicDim) and d.value else d for d in shape]
+        dims = [
+            ir.SymbolicDim(_SYMBOL.sub(lambda m: symbols.get(m[0], m[0]), d.value)) if isinstance(d, ir.SymbolicDim) and d.value else d
+            for d in shape
+        ]
         return ir.Shape(dims)
 
     for node in graph:

@@ -31,12 +31,20 @@ from nemotron_deploy.exporter.modeling.lowering import STEP
 from nemotron_deploy.exporter.read_ahead import ReadAhead
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
 from nemotron_deploy.plugins.contract import CONTRACTS
+from nemotron_deploy.runtime.artifact.atomic import new_directory, staging_dir
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError, read_json_object
 from nemotron_deploy.runtime.artifact.integrity import file_records
 from nemotron_deploy.runtime.artifact.manifest import (
-    GRAPHS, WEIGHTS_FILE, GenerationRecord, GraphRecord, Manifest, ModelRecord, PluginRecord, StateRecord, write_manifest,
-)  # fmt: skip
-from nemotron_deploy.runtime.artifact.atomic import new_directory, staging_dir
+    GRAPHS,
+    WEIGHTS_FILE,
+    GenerationRecord,
+    GraphRecord,
+    Manifest,
+    ModelRecord,
+    PluginRecord,
+    StateRecord,
+    write_manifest,
+)
 
 # onnxruntime: standard ops + com.microsoft.MoE, run by onnxruntime. tensorrt: Mamba2 core and MoE dispatch
 # as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops only, for TensorRT for RTX (no plugin layer).
@@ -126,7 +134,13 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
                 bars.timings[f"{graph}.trace"] = seconds
             else:
                 ir_model, specs = finished_graph(
-                    ckpt, model, graph, target, on_layer=bars.tracing(graph), quantize=scheme, on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}")
+                    ckpt,
+                    model,
+                    graph,
+                    target,
+                    on_layer=bars.tracing(graph),
+                    quantize=scheme,
+                    on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}"),
                 )
             ahead.stop()  # the stream reads from here on, and needs every core
             proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
@@ -153,7 +167,9 @@ def _quant_scheme(quantize: str | None, block_size: int | None, target: str, dty
 
     if quantize is None:
         if block_size is not None:
-            raise NemotronDeployError(f"--block-size {block_size} without --quantize: it sets the quantization block; add --quantize int8|int4")
+            raise NemotronDeployError(
+                f"--block-size {block_size} without --quantize: it sets the quantization block; add --quantize int8|int4"
+            )
         return None
     if target != "onnxruntime":
         raise NemotronDeployError(
@@ -161,7 +177,9 @@ def _quant_scheme(quantize: str | None, block_size: int | None, target: str, dty
             "export --target onnxruntime to quantize"
         )
     if dtype != "float32":
-        raise NemotronDeployError(f"--quantize {quantize} with --dtype {dtype}: quantized artifacts compute in float32; use --dtype float32")
+        raise NemotronDeployError(
+            f"--quantize {quantize} with --dtype {dtype}: quantized artifacts compute in float32; use --dtype float32"
+        )
     try:
         return QuantScheme.parse(quantize, block_size)
     except ValueError as e:
@@ -202,7 +220,9 @@ def _bind_weights(ir_model, specs: dict, graph: str, target: str, weights, bars)
             value.const_value = TorchTensor(weights.materialize(spec), name=name)
         else:
             offset, length = weights.add(spec)
-            value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, value.dtype, shape=value.shape, name=name, base_dir=weights.path.parent)
+            value.const_value = ir.ExternalTensor(
+                WEIGHTS_FILE, offset, length, value.dtype, shape=value.shape, name=name, base_dir=weights.path.parent
+            )
         bars.wrote(name, nbytes if not seen else 0)
     proto = ir.serde.serialize_model(ir_model)
     if target == "tensorrt":
@@ -215,7 +235,6 @@ def _finish_plugin_graph(proto):
     attributes plus `plugin_version` / `plugin_namespace`; local functions are dropped, so that TensorRT
     (10.7 - 10.14 would prefer a same-name function, 10.15+ a namespaced plugin) always takes the plugin."""
     import onnx_graphsurgeon as gs
-
 
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # not its notes on bfloat16 or colours
     graph = gs.import_onnx(proto)
@@ -238,8 +257,9 @@ def _plugin_records(proto) -> tuple[PluginRecord, ...]:
     """A graph's entry in the manifest's `plugins`: each plugin it uses, with its node count."""
     import collections
 
-
-    counts = collections.Counter(n.op_type for n in proto.graph.node if n.op_type in CONTRACTS and n.domain == CONTRACTS[n.op_type].namespace)
+    counts = collections.Counter(
+        n.op_type for n in proto.graph.node if n.op_type in CONTRACTS and n.domain == CONTRACTS[n.op_type].namespace
+    )
     return tuple(PluginRecord(name, CONTRACTS[name].version, CONTRACTS[name].namespace, n) for name, n in sorted(counts.items()))
 
 
@@ -316,12 +336,20 @@ def _manifest(path: Path, ckpt, model, dtype: str, target: str, graphs: dict, fi
     layout = any(io_spec.ssm_kernel_layout(target, g) for g in traced_graphs(target, model_dtype))  # one graph, or none of them
     states = tuple(
         StateRecord(past.name, present.name, past.role, past.layer, model_dtype if past.dtype == "model" else past.dtype, past.shape)
-        for past, present in zip(io_spec.state_specs(cfg, "past", ssm_kernel_layout=layout), io_spec.state_specs(cfg, "present", "total_len", layout))
+        for past, present in zip(
+            io_spec.state_specs(cfg, "past", ssm_kernel_layout=layout), io_spec.state_specs(cfg, "present", "total_len", layout)
+        )
     )
     model_record = ModelRecord(
-        tuple(cfg.layer_types), cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.chunk_size,
-        num_parameters=sum(p.numel() for p in model.parameters()), decode_weight_bytes=decode_weight_bytes(model, scheme), config=cfg.to_dict(),
-    )  # fmt: skip
+        tuple(cfg.layer_types),
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.max_position_embeddings,
+        cfg.chunk_size,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        decode_weight_bytes=decode_weight_bytes(model, scheme),
+        config=cfg.to_dict(),
+    )
     side_names = [f.name for f in files["side_files"]]
     return Manifest(
         path=path,

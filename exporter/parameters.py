@@ -50,16 +50,27 @@ def _mixer(cfg: ModelConfig, kind: str) -> dict[str, tuple[int, ...]]:
         h, c = cfg.mamba_num_heads, cfg.conv_dim
         return {
             **_linear("in_proj", cfg.in_proj_size, e, cfg.use_bias),
-            "conv1d.weight": (c, 1, cfg.conv_kernel), **({"conv1d.bias": (c,)} if cfg.use_conv_bias else {}),
-            "dt_bias": (h,), "A_log": (h,), "D": (h,),
+            "conv1d.weight": (c, 1, cfg.conv_kernel),
+            **({"conv1d.bias": (c,)} if cfg.use_conv_bias else {}),
+            "dt_bias": (h,),
+            "A_log": (h,),
+            "D": (h,),
             "norm.weight": (cfg.mamba_intermediate,),
             **_linear("out_proj", e, cfg.mamba_intermediate, cfg.use_bias),
-        }  # fmt: skip
+        }
     if kind == "attention":
         q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        return {**_linear("q_proj", q, e, False), **_linear("k_proj", kv, e, False), **_linear("v_proj", kv, e, False), **_linear("o_proj", e, q, False)}
+        return {
+            **_linear("q_proj", q, e, False),
+            **_linear("k_proj", kv, e, False),
+            **_linear("v_proj", kv, e, False),
+            **_linear("o_proj", e, q, False),
+        }
     if kind == "mlp":
-        return {**_linear("up_proj", cfg.intermediate_size, e, cfg.mlp_bias), **_linear("down_proj", e, cfg.intermediate_size, cfg.mlp_bias)}
+        return {
+            **_linear("up_proj", cfg.intermediate_size, e, cfg.mlp_bias),
+            **_linear("down_proj", e, cfg.intermediate_size, cfg.mlp_bias),
+        }
     x, inter, din = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.moe_input_size
     shapes = {"router_weight": (x, e), "e_score_correction_bias": (x,), "experts_up": (x, inter, din), "experts_down": (x, din, inter)}
     if cfg.moe_latent_size is not None:

@@ -33,9 +33,13 @@ def plugin_node(name: str, inputs: Sequence[torch.Tensor], attributes: dict, out
     inputs = [x.to(dtype(port)) for x, port in zip(inputs, op.inputs, strict=True)]
     attrs = dict(attributes, plugin_version=op.version, plugin_namespace=op.namespace)
     results = torch.onnx.ops.symbolic_multi_out(
-        f"{op.namespace}::{name}", inputs, attrs,
-        dtypes=[dtype(port) for port in op.outputs], shapes=[list(shape) for shape in output_shapes], version=1,
-    )  # fmt: skip
+        f"{op.namespace}::{name}",
+        inputs,
+        attrs,
+        dtypes=[dtype(port) for port in op.outputs],
+        shapes=[list(shape) for shape in output_shapes],
+        version=1,
+    )
     return [r.to(inputs[0].device) for r in results]  # see _on_device
 
 
@@ -56,12 +60,16 @@ def stored_repeat_rows(weight: torch.Tensor, repeats: int) -> torch.Tensor:
     if not torch.onnx.is_in_onnx_export():
         return weight.repeat_interleave(repeats, dim=1)
     shape = [weight.shape[0], weight.shape[1] * repeats, *weight.shape[2:]]
-    out = torch.onnx.ops.symbolic(f"{LAYOUT_DOMAIN}::RepeatRows", [weight], {"repeats": repeats}, dtype=weight.dtype, shape=shape, version=1)
+    out = torch.onnx.ops.symbolic(
+        f"{LAYOUT_DOMAIN}::RepeatRows", [weight], {"repeats": repeats}, dtype=weight.dtype, shape=shape, version=1
+    )
     return out.to(weight.device)  # see _on_device
 
 
 # com.microsoft.MoE attributes that make its interleaved SwiGLU compute relu2 (see onnxruntime_moe)
-ONNXRUNTIME_MOE_RELU2 = dict(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1e4, activation_beta=0.0, normalize_routing_weights=0)
+ONNXRUNTIME_MOE_RELU2 = dict(
+    activation_type="swiglu", swiglu_fusion=1, activation_alpha=1e4, activation_beta=0.0, normalize_routing_weights=0
+)
 
 
 def onnxruntime_moe(hidden: torch.Tensor, router_probs: torch.Tensor, fc1: torch.Tensor, fc2: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -92,7 +100,9 @@ def onnxruntime_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> t
     return out.to(x.device)  # see _on_device
 
 
-def onnxruntime_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def onnxruntime_causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """onnxruntime's `com.microsoft.CausalConvWithState` with SiLU: `causal_conv_step` in one node.
 
     x: (B, C, T) float32; weight: (C, K) float32; bias: (C,) float32 or None; state: (B, C, K-1) float32.
@@ -102,9 +112,13 @@ def onnxruntime_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
     inputs = [x, weight.unsqueeze(1), bias, state]
     out, new_state = torch.onnx.ops.symbolic_multi_out(
-        "com.microsoft::CausalConvWithState", inputs, {"activation": "silu"},
-        dtypes=[x.dtype, state.dtype], shapes=[list(x.shape), list(state.shape)], version=1,
-    )  # fmt: skip
+        "com.microsoft::CausalConvWithState",
+        inputs,
+        {"activation": "silu"},
+        dtypes=[x.dtype, state.dtype],
+        shapes=[list(x.shape), list(state.shape)],
+        version=1,
+    )
     return out.to(x.device), new_state.to(x.device)  # see _on_device
 
 
@@ -128,7 +142,11 @@ def onnxruntime_linear_attention(
     decay = dt * A  # (B, T, H): log of the per-head decay
     attrs = dict(update_rule="gated", q_num_heads=g, kv_num_heads=h, scale=1.0)
     y, new_state = torch.onnx.ops.symbolic_multi_out(
-        "com.microsoft::LinearAttention", [query, key, value, state.transpose(-1, -2), decay], attrs,
-        dtypes=[x.dtype, state.dtype], shapes=[[b, t, h * p], [b, h, n, p]], version=1,
-    )  # fmt: skip
+        "com.microsoft::LinearAttention",
+        [query, key, value, state.transpose(-1, -2), decay],
+        attrs,
+        dtypes=[x.dtype, state.dtype],
+        shapes=[[b, t, h * p], [b, h, n, p]],
+        version=1,
+    )
     return y.to(x.device).unflatten(-1, (h, p)), new_state.to(x.device).transpose(-1, -2)

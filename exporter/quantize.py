@@ -52,8 +52,13 @@ class QuantScheme:
         return self.bits / 8 + 4 / self.block_size
 
     def to_json(self) -> dict:
-        return {"method": "block-wise weight-only RTN, symmetric", "bits": self.bits, "block_size": self.block_size,
-                "scale_dtype": "float32", "accuracy_level": ACCURACY_LEVEL}  # fmt: skip
+        return {
+            "method": "block-wise weight-only RTN, symmetric",
+            "bits": self.bits,
+            "block_size": self.block_size,
+            "scale_dtype": "float32",
+            "accuracy_level": ACCURACY_LEVEL,
+        }
 
 
 def quantize_rows(w, bits: int, block_size: int):
@@ -167,7 +172,9 @@ def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str
             attrs = {name: attr.value for name, attr in node.attributes.items()}
             attrs.update(expert_weight_bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
             _replace(graph, node, "QMoE", [hidden, probs, q1, s1, None, q2, s2], attrs, specs)
-    left = sorted({spec.param for spec in specs.values() if spec.param in quantizable and not any(l[0] == "quantize" for l in spec.layouts)})
+    left = sorted(
+        {spec.param for spec in specs.values() if spec.param in quantizable and not any(layout[0] == "quantize" for layout in spec.layouts)}
+    )
     if left:
         raise RuntimeError(f"--quantize: {', '.join(left)} stayed in float (traced in a form the quantization pass does not rewrite)")
 
@@ -233,7 +240,9 @@ def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: 
         ("weights", ir.DataType.UINT8, (*lead, k * scheme.bits // 8) if flat else (*lead, blocks, scheme.block_size * scheme.bits // 8)),
         ("scales", ir.DataType.FLOAT, (*lead, blocks)),
     ):
-        qspec = WeightSpec(spec.param, "uint8" if part == "weights" else "float32", (*base, ("quantize", (scheme.bits, scheme.block_size, part))))
+        qspec = WeightSpec(
+            spec.param, "uint8" if part == "weights" else "float32", (*base, ("quantize", (scheme.bits, scheme.block_size, part)))
+        )
         name = f"{spec.param}.{scheme.name}_{part}" + ("" if not base else "." + "_".join(layout[0] for layout in base))
         if name not in graph.initializers:
             graph.register_initializer(placeholder_value(name, dtype, ir.Shape(dims)))

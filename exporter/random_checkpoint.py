@@ -124,10 +124,13 @@ sequences and returns every recurrent state. The runtime decodes on onnxruntime 
 
 # A plain-text chat template (the demo tokenizer has no chat tokens): "user: Hi\nassistant:"
 DEMO_TOKENIZER_CONFIG = {
-    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
     "chat_template": "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-                     "{% if add_generation_prompt %}assistant:{% endif %}",
-}  # fmt: skip
+    "{% if add_generation_prompt %}assistant:{% endif %}",
+}
 
 
 def write_demo_tokenizer(path: Path, vocab_size: int) -> None:

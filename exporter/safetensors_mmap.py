@@ -23,8 +23,18 @@ from nemotron_deploy.runtime.artifact.errors import CheckpointError
 INDEX_FILE = "model.safetensors.index.json"
 
 # safetensors dtype tag -> dtype name (runtime/artifact/dtypes.py)
-DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64", "I32": "int32",
-          "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
+DTYPES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,7 @@ def _tensor_info(path: Path, name: str, entry: dict, data_start: int, size: int)
     if end - begin != numel * dtype_bytes(DTYPES[dtype]) or begin < 0:
         raise CheckpointError(f"{path}: tensor '{name}' byte range {begin}..{end} does not fit shape {list(shape)} {dtype}")
     if data_start + end > size:
-        raise CheckpointError(
-            f"{path}: truncated file: tensor '{name}' ends at byte {data_start + end}, file has {size} bytes"
-        )
+        raise CheckpointError(f"{path}: truncated file: tensor '{name}' ends at byte {data_start + end}, file has {size} bytes")
     return TensorInfo(name, path, dtype, shape, data_start + begin, data_start + end)
 
 

@@ -97,7 +97,9 @@ class _Sections:
         own = set(nodes)
         outside = [v for v in add.inputs if v is not None and v.producer() not in own]
         if len(outside) != 1:
-            raise CannotStitch(f"stitching: layer {r}'s residual add reads {len(outside)} values from outside the layer, expected the hidden state")
+            raise CannotStitch(
+                f"stitching: layer {r}'s residual add reads {len(outside)} values from outside the layer, expected the hidden state"
+            )
         return outside[0]
 
 
@@ -147,7 +149,13 @@ def stitch(traced: ir.Model, model, reps: tuple[int, ...]) -> ir.Model:
     outputs = [copier.values[graph.outputs[0]], *(copier.presents[spec.name] for spec in io_spec.state_specs(cfg, "present"))]
     initializers = _in_trace_order(copier.initializers, model)
     stitched = ir.Graph(inputs, outputs, nodes=copier.nodes, initializers=initializers, opset_imports=graph.opset_imports, name=graph.name)
-    return ir.Model(stitched, ir_version=traced.ir_version, producer_name=traced.producer_name, producer_version=traced.producer_version, functions=list(traced.functions.values()))
+    return ir.Model(
+        stitched,
+        ir_version=traced.ir_version,
+        producer_name=traced.producer_name,
+        producer_version=traced.producer_version,
+        functions=list(traced.functions.values()),
+    )
 
 
 def _in_trace_order(values: list[ir.Value], model) -> list[ir.Value]:
@@ -224,9 +232,16 @@ class _Copier:
             scopes = node.metadata_props[_SCOPES]
             metadata[_SCOPES] = re.sub(rf"'layers\.{source}(?=[.'])", f"'layers.{layer}", scopes) if copy else scopes
         new = ir.Node(
-            node.domain, node.op_type, inputs, node.attributes.values(), overload=node.overload,
-            num_outputs=len(node.outputs), version=node.version, name=node.name, metadata_props=metadata,
-        )  # fmt: skip
+            node.domain,
+            node.op_type,
+            inputs,
+            node.attributes.values(),
+            overload=node.overload,
+            num_outputs=len(node.outputs),
+            version=node.version,
+            name=node.name,
+            metadata_props=metadata,
+        )
         for old, out in zip(node.outputs, new.outputs):
             out.name = f"{old.name}.{layer}" if copy else old.name
             out.type, out.shape = old.type, old.shape.copy() if old.shape is not None else None

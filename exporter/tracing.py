@@ -89,11 +89,16 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, l
         warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
         try:
             program = torch.onnx.export(
-                StepGraph(model, graph, target, layers), example_inputs(model, graph, layers), dynamo=True, opset_version=opset(target), optimize=False, verbose=False,
+                StepGraph(model, graph, target, layers),
+                example_inputs(model, graph, layers),
+                dynamo=True,
+                opset_version=opset(target),
+                optimize=False,
+                verbose=False,
                 input_names=[s.name for s in io_spec.step_inputs(cfg) if s.layer is None or layers is None or s.layer in layers],
                 output_names=[s.name for s in io_spec.step_outputs(cfg) if s.layer is None or layers is None or s.layer in layers],
                 dynamic_shapes=dynamic_shapes(cfg, graph, layers),
-            )  # fmt: skip
+            )
         except Exception as e:  # an exporter failure is a bug of ours, but say which graph
             raise RuntimeError(f"torch.onnx.export of the {graph} graph failed: {e}") from e
     program.model.graph.name = f"nemotron_h_{graph}"
@@ -127,7 +132,8 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize
     traces every layer (the reference the stitched graph is tested against).
     on_phase(name): called as "stitch" and then "passes" begin (the export's time split).
     """
-    from nemotron_deploy.exporter import graph_passes, quantize as quantization, stitch
+    from nemotron_deploy.exporter import graph_passes, stitch
+    from nemotron_deploy.exporter import quantize as quantization
 
     on_phase = on_phase or (lambda name: None)
     if stitched:

@@ -178,7 +178,12 @@ class WeightsFile:
             return
         while len(self._queued) >= _IN_FLIGHT:
             self._wait_oldest()
-        self._queued.append((self._writer.submit(self._timed, "write", self.sink.write, data), self._hasher.submit(self._timed, "hash", self._digest.update, data)))
+        self._queued.append(
+            (
+                self._writer.submit(self._timed, "write", self.sink.write, data),
+                self._hasher.submit(self._timed, "hash", self._digest.update, data),
+            )
+        )
         self._end += len(data)
         self.written += len(data)
 
@@ -238,7 +243,9 @@ class WeightsFile:
         self._kept = None
         bits, size, part = spec.layouts[-1][1]
         other = "scales" if part == "weights" else "weights"
-        sibling = WeightSpec(spec.param, "float32" if other == "scales" else "uint8", (*spec.layouts[:-1], ("quantize", (bits, size, other))))
+        sibling = WeightSpec(
+            spec.param, "float32" if other == "scales" else "uint8", (*spec.layouts[:-1], ("quantize", (bits, size, other)))
+        )
         kept, kept_bytes = [], 0
         for block in WeightSource(self.ckpt, self.files, spec.param).blocks(torch.float32, spec.layouts[:-1]):
             packed, scales = quantize_rows(block, bits, size)

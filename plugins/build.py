@@ -25,8 +25,13 @@ DEFAULT_CUDA_ARCHITECTURES = "80;86;89;90"  # A100, RTX 30xx/A10, L4/RTX 40xx, H
 # TensorRT 10.14's C++ headers, from PyPI (TensorRT's own wheels download from NVIDIA's index).
 HEADERS_WHEEL = "kernel-lens==2.0.1"
 HEADERS_IN_WHEEL = "kernel_lens/include/tensorrt/"
-_SYSTEM_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
-                       "/usr/local/tensorrt/include", "/opt/tensorrt/include")  # fmt: skip
+_SYSTEM_HEADER_DIRS = (
+    "/usr/include/x86_64-linux-gnu",
+    "/usr/include/aarch64-linux-gnu",
+    "/usr/include",
+    "/usr/local/tensorrt/include",
+    "/opt/tensorrt/include",
+)
 
 
 class PluginBuildError(NemotronDeployError):
@@ -112,8 +117,10 @@ def build_plugins(
     """Configure and build into `out_dir`/build, then place the libraries in `out_dir` atomically."""
     bad = [a for a in cuda_architectures.split(";") if not re.fullmatch(r"\d{2,3}[af]?(-real|-virtual)?|native|all|all-major", a)]
     if bad or not cuda_architectures:
-        raise PluginBuildError(f"--cuda-arch {cuda_architectures!r}: expected CUDA architectures like '90' or '80;86;89;90' "
-                               "(CMake's CUDA_ARCHITECTURES: digits, optional a/f suffix, -real/-virtual, or native)")  # fmt: skip
+        raise PluginBuildError(
+            f"--cuda-arch {cuda_architectures!r}: expected CUDA architectures like '90' or '80;86;89;90' "
+            "(CMake's CUDA_ARCHITECTURES: digits, optional a/f suffix, -real/-virtual, or native)"
+        )
     cmake = require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
     if not emulated:
         require_tool("nvcc", "install the CUDA toolkit (nvcc >= 12.0), or build the CPU emulation")
@@ -122,16 +129,21 @@ def build_plugins(
     build_dir = out / ("build-emulated" if emulated else "build")
     build_dir.mkdir(parents=True, exist_ok=True)
     configure = [
-        cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-        f"-DTENSORRT_INCLUDE_DIR={headers}", f"-DNDP_EMULATE={'ON' if emulated else 'OFF'}",
+        cmake,
+        "-S",
+        str(SOURCE_DIR),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DTENSORRT_INCLUDE_DIR={headers}",
+        f"-DNDP_EMULATE={'ON' if emulated else 'OFF'}",
         f"-DNDP_CUDA_ARCHITECTURES={cuda_architectures}",
         f"-DPython3_EXECUTABLE={sys.executable}",  # runs contract_header.py
-    ]  # fmt: skip
+    ]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []
     run_step(configure, "configuring the plugin library", verbose)
-    run_step([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)],
-         "compiling the plugin library", verbose)  # fmt: skip
+    run_step([cmake, "--build", str(build_dir), "--parallel", str(jobs or os.cpu_count() or 2)], "compiling the plugin library", verbose)
     placed = [copy_file(build_dir / name, out / name) for name in (library_name(emulated), "libnemotron_deploy_plugin_harness.so")]
     return PluginBuild(library=placed[0], harness=placed[1], emulated=emulated)
 
@@ -143,4 +155,3 @@ def run_step(cmd: list[str], what: str, verbose: bool) -> None:
         log = (done.stdout or "") + (done.stderr or "")
         errors = [line for line in log.splitlines() if "error" in line.lower()][:5]
         raise PluginBuildError(f"{what} failed (exit {done.returncode}): " + (" | ".join(errors) or log[-400:]), log)
-

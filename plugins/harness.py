@@ -37,7 +37,7 @@ def _dims_array(shapes):
 
 
 def attribute_spec(op: PluginContract, attributes: dict) -> str:
-    """"name=i:3;x=f:0.5": node attributes as the ONNX parser turns them into PluginFields."""
+    """ "name=i:3;x=f:0.5": node attributes as the ONNX parser turns them into PluginFields."""
     kinds = {a.name: a.kind for a in op.attributes}
     parts = []
     for name, value in attributes.items():
@@ -57,11 +57,15 @@ class PluginHarness:
         lib.ndh_destroy.argtypes = [ctypes.c_void_p]
         lib.ndh_creators.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         lib.ndh_supports.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        lib.ndh_build.argtypes = [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p]
+        lib.ndh_build.argtypes = (
+            [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p]
+        )
         lib.ndh_runtime.restype = ctypes.c_void_p
         lib.ndh_runtime.argtypes = [ctypes.c_void_p]
         lib.ndh_runtime_destroy.argtypes = [ctypes.c_void_p]
-        lib.ndh_enqueue.argtypes = [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p] * 4
+        lib.ndh_enqueue.argtypes = (
+            [ctypes.c_void_p] + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] * 2 + [ctypes.c_void_p] * 4
+        )
         self._lib = lib
         self._handle = lib.ndh_open(str(plugin_library).encode())
         if not self._handle:
@@ -78,8 +82,7 @@ class PluginHarness:
         out = []
         for line in buf.value.decode().splitlines():
             name, version, namespace, fields = line.split("|")
-            out.append(dict(name=name, version=version, namespace=namespace,
-                            fields=[tuple(f.split(":")) for f in fields.split(",") if f]))  # fmt: skip
+            out.append(dict(name=name, version=version, namespace=namespace, fields=[tuple(f.split(":")) for f in fields.split(",") if f]))
         return out
 
     def create(self, op: PluginContract, attributes: dict, spec: str | None = None) -> "Plugin":
@@ -122,9 +125,17 @@ class Plugin:
         workspace = ctypes.c_size_t(0)
         self._h.take_log()
         status = self._h._lib.ndh_build(
-            self._handle, n_in, _int_array([TRT_DTYPE[t.dtype] for t in inputs]), _int_array([t.dim() for t in inputs]),
-            _dims_array([t.shape for t in inputs]), n_out, out_types, out_ranks, out_dims, ctypes.byref(workspace),
-        )  # fmt: skip
+            self._handle,
+            n_in,
+            _int_array([TRT_DTYPE[t.dtype] for t in inputs]),
+            _int_array([t.dim() for t in inputs]),
+            _dims_array([t.shape for t in inputs]),
+            n_out,
+            out_types,
+            out_ranks,
+            out_dims,
+            ctypes.byref(workspace),
+        )
         if status != 0:
             raise HarnessError(f"build step {status} failed: {self._h.take_log()}")
         shapes = [tuple(out_dims[i * MAX_DIMS + j] for j in range(out_ranks[i])) for i in range(n_out)]
@@ -157,14 +168,23 @@ class Launch:
         self._h, self._runtime = harness, runtime
         self.inputs, self.outputs, self.workspace = inputs, outputs, workspace
         self._device = inputs[0].device
-        descs = lambda ts: (len(ts), _int_array([TRT_DTYPE[t.dtype] for t in ts]), _int_array([t.dim() for t in ts]),
-                            _dims_array([t.shape for t in ts]))  # fmt: skip
+
+        def descs(ts):
+            return (
+                len(ts),
+                _int_array([TRT_DTYPE[t.dtype] for t in ts]),
+                _int_array([t.dim() for t in ts]),
+                _dims_array([t.shape for t in ts]),
+            )
+
         self._args = (
-            *descs(inputs), *descs(outputs),
+            *descs(inputs),
+            *descs(outputs),
             (ctypes.c_void_p * len(inputs))(*[t.data_ptr() for t in inputs]),
             (ctypes.c_void_p * len(outputs))(*[t.data_ptr() for t in outputs]),
-            ctypes.c_void_p(workspace.data_ptr()), ctypes.c_void_p(stream),
-        )  # fmt: skip
+            ctypes.c_void_p(workspace.data_ptr()),
+            ctypes.c_void_p(stream),
+        )
 
     def __call__(self) -> None:
         status = self._h._lib.ndh_enqueue(self._runtime, *self._args)

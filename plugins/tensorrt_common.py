@@ -24,10 +24,13 @@ class EngineKind:
 
 
 ENGINES = {
-    "tensorrt": EngineKind("tensorrt", "pip install tensorrt-cu13 (or tensorrt-cu12; from NVIDIA's index https://pypi.nvidia.com)",
-                           ("tensorrt", "tensorrt-rtx")),
+    "tensorrt": EngineKind(
+        "tensorrt",
+        "pip install tensorrt-cu13 (or tensorrt-cu12; from NVIDIA's index https://pypi.nvidia.com)",
+        ("tensorrt", "tensorrt-rtx"),
+    ),
     "tensorrt-rtx": EngineKind("tensorrt_rtx", "pip install tensorrt-rtx-cu13", ("tensorrt-rtx",)),
-}  # fmt: skip
+}
 PLUGINS_ENV = "NEMOTRON_DEPLOY_PLUGINS"
 
 
@@ -63,8 +66,10 @@ def plugin_library_path(manifest: Manifest, given: str | Path | None, recorded: 
     needed = ", ".join(f"{p.name} v{p.version}" for p in manifest.plugins)
     path = given or os.environ.get(PLUGINS_ENV) or recorded
     if not path:
-        raise TensorRTError(f"{manifest.path}: its graphs use plugins ({needed}); pass --plugins PATH "
-                            f"(`nemotron-deploy plugins build` prints it) or set {PLUGINS_ENV}")  # fmt: skip
+        raise TensorRTError(
+            f"{manifest.path}: its graphs use plugins ({needed}); pass --plugins PATH "
+            f"(`nemotron-deploy plugins build` prints it) or set {PLUGINS_ENV}"
+        )
     path = Path(path)
     if not path.is_file():
         raise TensorRTError(f"plugin library {path}: no such file (build it with `nemotron-deploy plugins build`)")

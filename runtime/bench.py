@@ -85,7 +85,15 @@ def _decode_rate(backend, prompts: list[list[int]], steps: int, rounds: int = 3)
 
 
 def run_bench(
-    backend, manifest, prompt_len: int, new_tokens: int, batch: int, past_lengths=(), repeats: int = 3, seed: int = 0, memory: PeakMemory | None = None
+    backend,
+    manifest,
+    prompt_len: int,
+    new_tokens: int,
+    batch: int,
+    past_lengths=(),
+    repeats: int = 3,
+    seed: int = 0,
+    memory: PeakMemory | None = None,
 ) -> dict:
     """Prefill and decode throughput and peak memory (see `memory_figures`) of `backend`."""
     rng = np.random.default_rng(seed)

@@ -51,15 +51,23 @@ class ChatTemplate:
             try:
                 source = {item["name"]: item["template"] for item in source}
             except (TypeError, KeyError):
-                raise NemotronDeployError(f"{folder / TOKENIZER_CONFIG}: chat_template: expected a string or a list of {{name, template}}") from None
+                raise NemotronDeployError(
+                    f"{folder / TOKENIZER_CONFIG}: chat_template: expected a string or a list of {{name, template}}"
+                ) from None
         if source is None:
             return None
         if not isinstance(source, (str, dict)):
             raise NemotronDeployError(f"{folder / TOKENIZER_CONFIG}: chat_template: expected a string or a list of {{name, template}}")
         return cls(source, specials, folder / TOKENIZER_CONFIG)
 
-    def render(self, messages: Sequence[Mapping], add_generation_prompt: bool = True, tools: list | None = None,
-               documents: list | None = None, **kwargs) -> str:  # fmt: skip
+    def render(
+        self,
+        messages: Sequence[Mapping],
+        add_generation_prompt: bool = True,
+        tools: list | None = None,
+        documents: list | None = None,
+        **kwargs,
+    ) -> str:
         """The prompt text for `messages` ([{"role": ..., "content": ...}, ...]); kwargs: what else the
         template reads (e.g. enable_thinking). Raises ChatTemplateError naming the message or the template."""
         chat = [_aliased(_plain(m)) for m in _checked(messages)]
@@ -67,8 +75,13 @@ class ChatTemplate:
         import jinja2
 
         try:
-            return template.render(messages=chat, tools=_plain(tools), documents=_plain(documents), add_generation_prompt=add_generation_prompt,
-                                   **{**self.special_tokens, **_plain(kwargs)})  # fmt: skip
+            return template.render(
+                messages=chat,
+                tools=_plain(tools),
+                documents=_plain(documents),
+                add_generation_prompt=add_generation_prompt,
+                **{**self.special_tokens, **_plain(kwargs)},
+            )
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"{self.origin}: the chat template refused the conversation: {e}") from None
 

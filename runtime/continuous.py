@@ -109,8 +109,18 @@ class ContinuousBatcher:
     model: the snapshots' `model_identity`.
     """
 
-    def __init__(self, backend, states: Sequence[StateRecord], *, max_batch: int, max_length: int, pad_token_id: int = 0,
-                 prefill_chunk_size: int | None = None, prefix_cache: PrefixCache | None = None, model: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        backend,
+        states: Sequence[StateRecord],
+        *,
+        max_batch: int,
+        max_length: int,
+        pad_token_id: int = 0,
+        prefill_chunk_size: int | None = None,
+        prefix_cache: PrefixCache | None = None,
+        model: str = "",
+    ):
         self.backend = backend
         self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.budget > 0 else None
         self.model = model

@@ -86,8 +86,13 @@ def prefill(backend, ids: np.ndarray, mask: np.ndarray, chunk_size: int | None =
     return logits, state
 
 
-def prefill_rows(backend, prompts: Sequence[Sequence[int]], pad_token_id: int, chunk_size: int | None = None,
-                 starts: Sequence[StateSnapshot | None] | None = None) -> tuple[np.ndarray, dict, np.ndarray]:  # fmt: skip
+def prefill_rows(
+    backend,
+    prompts: Sequence[Sequence[int]],
+    pad_token_id: int,
+    chunk_size: int | None = None,
+    starts: Sequence[StateSnapshot | None] | None = None,
+) -> tuple[np.ndarray, dict, np.ndarray]:
     """Prefill a batch of prompts, each from the start or from a snapshot of its first tokens
     (runtime/snapshot.py; its tokens must begin the prompt). Prompts from the start are prefilled
     together, left-padded; each restored one alone (a Mamba state cannot take padding after its
@@ -130,7 +135,9 @@ def check_starts(prompts: Sequence[Sequence[int]], starts: Sequence[StateSnapsho
         if snap.model != model:
             raise snapshot.SnapshotError(f"prompt {i}: its start snapshot is of another model or artifact")
         if len(snap.tokens) > len(prompt) or tuple(int(t) for t in prompt[: len(snap.tokens)]) != snap.tokens:
-            raise snapshot.SnapshotError(f"prompt {i}: its start snapshot's {len(snap.tokens)} tokens are not the first tokens of the prompt")
+            raise snapshot.SnapshotError(
+                f"prompt {i}: its start snapshot's {len(snap.tokens)} tokens are not the first tokens of the prompt"
+            )
 
 
 def generate(

@@ -128,7 +128,9 @@ def ensure_entry(manifest: Manifest, graph_file: str, policy: CachePolicy) -> Pa
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / f".{entry.name}.lock", "a")
     except OSError as e:
-        raise CacheUnavailable(f"{root}: cannot write the pre-packed weights cache there ({e.strerror}); choose another with --cache-dir") from None
+        raise CacheUnavailable(
+            f"{root}: cannot write the pre-packed weights cache there ({e.strerror}); choose another with --cache-dir"
+        ) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per entry; the others wait and then use its result
         if _valid(entry, key):
@@ -218,7 +220,10 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             record = json.loads(other.read_text())
             if record["artifact"] == str(manifest.path.resolve()) and record["graph"] == graph_file and record["key"] != key:
-                warnings.warn(f"{other.parent}: stale pre-packed weights cache entry of {manifest.path} (built for another onnxruntime, CPU or export); replacing it", stacklevel=5)
+                warnings.warn(
+                    f"{other.parent}: stale pre-packed weights cache entry of {manifest.path} (built for another onnxruntime, CPU or export); replacing it",
+                    stacklevel=5,
+                )
                 shutil.rmtree(other.parent, ignore_errors=True)
                 (root / f".{other.parent.name}.lock").unlink(missing_ok=True)
 
@@ -241,8 +246,10 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
 
     need, free = _needed_bytes(manifest), _free_bytes(entry.parent)
     if free < need + _DISK_RESERVE:
-        raise CacheUnavailable(f"{entry.parent}: the pre-packed weights cache needs about {need / 2**30:.1f} GiB and "
-                               f"{free / 2**30:.1f} GiB are free (keeping {_DISK_RESERVE / 2**30:.0f} GiB); choose another with --cache-dir")  # fmt: skip
+        raise CacheUnavailable(
+            f"{entry.parent}: the pre-packed weights cache needs about {need / 2**30:.1f} GiB and "
+            f"{free / 2**30:.1f} GiB are free (keeping {_DISK_RESERVE / 2**30:.0f} GiB); choose another with --cache-dir"
+        )
     try:
         with new_directory(entry, make_staging(entry)) as staging:
             cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
@@ -250,7 +257,9 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
             if done.returncode != 0:
                 how = "was killed (out of memory?)" if done.returncode < 0 else f"exited with {done.returncode}"
                 tail = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
-                raise CacheUnavailable(f"{manifest.path / graph_file}: building its pre-packed weights in {entry} failed: the builder {how}: {tail}")
+                raise CacheUnavailable(
+                    f"{manifest.path / graph_file}: building its pre-packed weights in {entry} failed: the builder {how}: {tail}"
+                )
             files = {name: (staging / name).stat().st_size for name in (MODEL_FILE, DATA_FILE, SHARED_FILE) if (staging / name).exists()}
             for name in files:  # on disk before entry.json vouches for them (and clean pages: resident.random_access)
                 _sync(staging / name)

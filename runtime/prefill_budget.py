@@ -38,7 +38,9 @@ class PrefillBudget:
         def size(key: str) -> int:
             value = manifest.model.config.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: field 'model.config.{key}' is {value!r}, expected a size (an integer >= 0)")
+                raise ArtifactError(
+                    f"{manifest.path / MANIFEST_FILE}: field 'model.config.{key}' is {value!r}, expected a size (an integer >= 0)"
+                )
             return value
 
         weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
@@ -48,7 +50,9 @@ class PrefillBudget:
             heads, p, g, n = size("mamba_num_heads"), size("mamba_head_dim"), size("n_groups"), size("ssm_state_size")
             widths.append(2 * heads * p + 2 * g * n + heads + heads * n + heads * p)
         if "moe" in kinds:  # each token's k routed rows (up stored twice: the MoE node's layout) and outputs
-            widths.append(size("num_experts_per_tok") * (2 * size("moe_intermediate_size") + e) + size("moe_shared_expert_intermediate_size"))
+            widths.append(
+                size("num_experts_per_tok") * (2 * size("moe_intermediate_size") + e) + size("moe_shared_expert_intermediate_size")
+            )
         if "mlp" in kinds:
             widths.append(size("intermediate_size"))
         if "attention" in kinds:

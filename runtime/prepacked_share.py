@@ -28,7 +28,9 @@ _ALIGN = 4096
 _COPY_CHUNK = 16 * 2**20
 
 
-def share_with_artifact(entry: Path, artifact_graph: Path, artifact_weights: Path, model_file: str = "model.onnx", data_file: str = "model.data") -> int:
+def share_with_artifact(
+    entry: Path, artifact_graph: Path, artifact_weights: Path, model_file: str = "model.onnx", data_file: str = "model.data"
+) -> int:
     """Rewrite the entry in `entry` (model_file + data_file, as onnxruntime saved them) so that every
     initializer without a packed blob whose bytes equal a tensor of `artifact_weights` is read from a hard
     link of that file. Returns the bytes saved (0 when nothing matched or no hard link can be made)."""

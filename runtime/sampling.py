@@ -68,8 +68,9 @@ class Sampler:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
 
-    def __call__(self, logits: np.ndarray, prompts: Sequence[Sequence[int]] | None = None,
-                 outputs: Sequence[Sequence[int]] | None = None) -> np.ndarray:  # fmt: skip
+    def __call__(
+        self, logits: np.ndarray, prompts: Sequence[Sequence[int]] | None = None, outputs: Sequence[Sequence[int]] | None = None
+    ) -> np.ndarray:
         """logits: (B, V) float32 -> token ids (B,) int64. prompts / outputs: each row's prompt and the
         tokens generated so far (what the penalties count; needed only when the config has some)."""
         if self.config.penalized:

@@ -51,7 +51,9 @@ class Session:
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            raise NemotronDeployError(f"{self.manifest.path}: text prompts need a tokenizer, and this artifact has no tokenizer.json (use token ids)")
+            raise NemotronDeployError(
+                f"{self.manifest.path}: text prompts need a tokenizer, and this artifact has no tokenizer.json (use token ids)"
+            )
         return self.tokenizer.encode(text)
 
     @property
@@ -60,8 +62,10 @@ class Session:
         if self._chat_template is None:
             template = ChatTemplate.of(self.manifest.path)
             if template is None:
-                raise NemotronDeployError(f"{self.manifest.path}: no chat template (no {TEMPLATE_FILE}, no chat_template in {TOKENIZER_CONFIG}): "
-                                          "chat needs one; plain text prompts still work")  # fmt: skip
+                raise NemotronDeployError(
+                    f"{self.manifest.path}: no chat template (no {TEMPLATE_FILE}, no chat_template in {TOKENIZER_CONFIG}): "
+                    "chat needs one; plain text prompts still work"
+                )
             self._chat_template = template
         return self._chat_template
 
@@ -74,8 +78,15 @@ class Session:
             raise NemotronDeployError(f"{self.manifest.path}: chat needs a tokenizer, and this artifact has no tokenizer.json")
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def chat(self, messages: Sequence[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(), *,
-             chat_template_kwargs: dict | None = None, **generate_options) -> decode.Generation:  # fmt: skip
+    def chat(
+        self,
+        messages: Sequence[dict],
+        max_new_tokens: int = 64,
+        sampling: Sampling = Sampling(),
+        *,
+        chat_template_kwargs: dict | None = None,
+        **generate_options,
+    ) -> decode.Generation:
         """Generate the assistant's reply to one conversation ([{"role", "content"}, ...]); the other
         options as `generate` takes them (stop, ignore_eos, on_token, on_text, ...)."""
         prompt = self.chat_prompt(messages, **(chat_template_kwargs or {}))
@@ -110,7 +121,9 @@ class Session:
         texts = None
         if stop or on_text:
             if self.tokenizer is None:
-                raise NemotronDeployError(f"{self.manifest.path}: stop strings and streamed text need a tokenizer, and this artifact has no tokenizer.json")
+                raise NemotronDeployError(
+                    f"{self.manifest.path}: stop strings and streamed text need a tokenizer, and this artifact has no tokenizer.json"
+                )
             texts = [StopText(self.tokenizer, stop) for _ in ids]
         decode.check_prompts(ids, self.vocab_size, self.max_length)
         if max_new_tokens < 1:
@@ -119,18 +132,27 @@ class Session:
             raise NemotronDeployError(f"prefill chunk size {prefill_chunk_size}: expected >= 1")
         gen = self.manifest.generation
         result = decode.generate(
-            self.backend, ids, max_new_tokens=max_new_tokens, sampling=sampling,
+            self.backend,
+            ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
             eos_token_ids=() if ignore_eos else gen.eos_token_ids,
-            pad_token_id=gen.pad_token_id or 0, max_length=self.max_length,
-            prefill_chunk_size=prefill_chunk_size, on_token=on_token, texts=texts, on_text=on_text, starts=starts,
-        )  # fmt: skip
+            pad_token_id=gen.pad_token_id or 0,
+            max_length=self.max_length,
+            prefill_chunk_size=prefill_chunk_size,
+            on_token=on_token,
+            texts=texts,
+            on_text=on_text,
+            starts=starts,
+        )
         if self.tokenizer is not None:  # a stopped sequence's text ends before its stop string
             result.text = [texts[i].text if texts and texts[i].stopped else self.decode(ids) for i, ids in enumerate(result.new_token_ids)]
         return result
 
     # -- snapshots ----------------------------------------------------------------------------------
-    def snapshot(self, prompt: str | Sequence[int], prefill_chunk_size: int | None = None,
-                 start: snapshot.StateSnapshot | None = None) -> snapshot.StateSnapshot:  # fmt: skip
+    def snapshot(
+        self, prompt: str | Sequence[int], prefill_chunk_size: int | None = None, start: snapshot.StateSnapshot | None = None
+    ) -> snapshot.StateSnapshot:
         """Prefill one prompt (text or ids; from `start`, a snapshot of its first tokens, if given) and
         return the state after its last token, on the host: `generate(..., start=it)` continues from
         it, `save_state` writes it."""

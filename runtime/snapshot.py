@@ -129,11 +129,15 @@ def load(path: str | Path, manifest: Manifest) -> StateSnapshot:
     except (SafetensorError, OSError, ValueError) as e:
         raise SnapshotError(f"{path}: not a readable snapshot file (safetensors: {e})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise SnapshotError(f"{path}: metadata format {meta.get('format')!r} version {meta.get('format_version')!r}, "
-                            f"expected {FORMAT!r} version {FORMAT_VERSION}")  # fmt: skip
+        raise SnapshotError(
+            f"{path}: metadata format {meta.get('format')!r} version {meta.get('format_version')!r}, "
+            f"expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
     model = model_identity(manifest)
     if meta.get("model") != model:
-        raise SnapshotError(f"{path}: saved from another model or artifact (model {str(meta.get('model'))[:12]}), {manifest.path} is {model[:12]}")
+        raise SnapshotError(
+            f"{path}: saved from another model or artifact (model {str(meta.get('model'))[:12]}), {manifest.path} is {model[:12]}"
+        )
     tokens, logits = tensors.pop("tokens", None), tensors.pop("logits", None)
     vocab = manifest.model.vocab_size
     if tokens is None or tokens.dtype != np.int64 or tokens.ndim != 1 or not 1 <= tokens.size <= manifest.model.max_position_embeddings:
@@ -155,8 +159,10 @@ def _checked_state(path: Path, x: np.ndarray | None, record: StateRecord, n: int
     if x is None:
         raise SnapshotError(f"{path}: tensor {name!r} missing")
     expected = [1 if d == "batch" else n if record.grows and i == state_rows.KV_PAST_AXIS else d for i, d in enumerate(record.shape)]
-    if x.dtype != numpy_dtype(record.dtype) or len(x.shape) != len(expected) or any(
-        isinstance(e, int) and e != s for e, s in zip(expected, x.shape)
+    if (
+        x.dtype != numpy_dtype(record.dtype)
+        or len(x.shape) != len(expected)
+        or any(isinstance(e, int) and e != s for e, s in zip(expected, x.shape))
     ):
         raise SnapshotError(f"{path}: tensor {name!r} is {x.dtype} {list(x.shape)}, expected {record.dtype} {expected}")
     return x

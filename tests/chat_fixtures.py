@@ -45,6 +45,7 @@ TOOLS_TEMPLATE = """{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.co
 {% endfor %}{% if tools %}tools: {{ tools | tojson(indent=2) }}
 {% endif %}{% if add_generation_prompt %}[assistant] {% endif %}year {{ strftime_now('%Y') }}"""
 
+
 def write_tokenizer_files(folder, template_config):
     """The demo BPE tokenizer with the chat tokens added (ids below TINY_CONFIG's vocabulary), and a
     tokenizer_config.json with the named special tokens and `template_config`."""
@@ -56,7 +57,6 @@ def write_tokenizer_files(folder, template_config):
     tok.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", **template_config}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-
 
 
 def export_chat_artifact(root: Path) -> Path:

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for hf_oracle
 
-from hf_oracle import CONFIGS, make_checkpoint  # noqa: E402
+from hf_oracle import CONFIGS, make_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -18,27 +18,62 @@ CONFIGS = {
     # Nano-30B-like hybrid: mamba, grouped-routed MoE (n_group and topk_group > 1), attention, chunked scan.
     "hybrid_moe_groups": dict(
         layers_block_type=["mamba", "moe", "attention", "mamba", "moe", "mamba"],
-        hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
-        mamba_num_heads=6, mamba_head_dim=8, n_groups=2, ssm_state_size=8, chunk_size=8,
-        n_routed_experts=12, num_experts_per_tok=3, moe_intermediate_size=20,
-        moe_shared_expert_intermediate_size=28, n_group=4, topk_group=2, norm_topk_prob=True,
+        hidden_size=48,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=8,
+        mamba_num_heads=6,
+        mamba_head_dim=8,
+        n_groups=2,
+        ssm_state_size=8,
+        chunk_size=8,
+        n_routed_experts=12,
+        num_experts_per_tok=3,
+        moe_intermediate_size=20,
+        moe_shared_expert_intermediate_size=28,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
         routed_scaling_factor=2.5,
     ),
     # Latent MoE, tied embeddings, odd sizes, conv kernel 3, chunk of 5, no norm of top-k weights.
     "latent_moe_tied_odd": dict(
         layers_block_type=["mamba", "attention", "moe", "mamba"],
-        hidden_size=36, num_attention_heads=3, num_key_value_heads=1, head_dim=10,
-        mamba_num_heads=6, mamba_head_dim=6, n_groups=3, ssm_state_size=5, conv_kernel=3, chunk_size=5,
-        n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=14, moe_latent_size=22,
-        moe_shared_expert_intermediate_size=18, n_group=1, topk_group=1, norm_topk_prob=False,
+        hidden_size=36,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=10,
+        mamba_num_heads=6,
+        mamba_head_dim=6,
+        n_groups=3,
+        ssm_state_size=5,
+        conv_kernel=3,
+        chunk_size=5,
+        n_routed_experts=6,
+        num_experts_per_tok=2,
+        moe_intermediate_size=14,
+        moe_latent_size=22,
+        moe_shared_expert_intermediate_size=18,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=False,
         tie_word_embeddings=True,
     ),
     # Nemotron-H-8B / Nano-9B-v2-like: mamba, dense relu2 MLP, attention; projection and MLP biases.
     "dense_mlp_biases": dict(
         layers_block_type=["mamba", "mlp", "mamba", "attention", "mlp", "mamba"],
-        hidden_size=40, num_attention_heads=4, num_key_value_heads=4, head_dim=10, intermediate_size=56,
-        mamba_num_heads=4, mamba_head_dim=10, n_groups=1, ssm_state_size=12, chunk_size=6,
-        use_bias=True, mlp_bias=True,
+        hidden_size=40,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=10,
+        intermediate_size=56,
+        mamba_num_heads=4,
+        mamba_head_dim=10,
+        n_groups=1,
+        ssm_state_size=12,
+        chunk_size=6,
+        use_bias=True,
+        mlp_bias=True,
     ),
 }
 
@@ -96,7 +131,9 @@ def save_checkpoint(model, path: Path, dtype: torch.dtype = torch.float32, max_s
     return path
 
 
-def make_checkpoint(name: str, path: Path, seed: int = 0, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None, **overrides):
+def make_checkpoint(
+    name: str, path: Path, seed: int = 0, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None, **overrides
+):
     """(transformers model in fp32 with exactly the saved weights, checkpoint directory)."""
     model = hf_model(name, seed, **overrides)
     save_checkpoint(model, path, dtype, max_shard_size)  # the round trip leaves the oracle with the saved (rounded) weights
@@ -114,8 +151,13 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own generate (chunked prefill, then recurrent single-token steps)."""
     ids = torch.tensor([prompt])
     out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-        do_sample=False, pad_token_id=0, eos_token_id=None,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
     )
     return out[0, len(prompt) :].tolist()
 

@@ -95,7 +95,12 @@ LAYERS = [
 def layer_of(module: str) -> int:
     """Index in LAYERS of the layer holding `module` (its longest matching prefix)."""
     best = max(
-        ((len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes if module == prefix or module.startswith(prefix + ".")),
+        (
+            (len(prefix), i)
+            for i, (_, prefixes) in enumerate(LAYERS)
+            for prefix in prefixes
+            if module == prefix or module.startswith(prefix + ".")
+        ),
         default=None,
     )
     if best is None:
@@ -111,7 +116,9 @@ def test_imports_only_go_down():
             continue
         for line, name in imported_modules(path):
             if ours(name) and name != "nemotron_deploy" and layer_of(name) > layer_of(module):
-                climbing.append(f"{path.relative_to(ROOT)}:{line}: {LAYERS[layer_of(module)][0]} imports {name} ({LAYERS[layer_of(name)][0]})")
+                climbing.append(
+                    f"{path.relative_to(ROOT)}:{line}: {LAYERS[layer_of(module)][0]} imports {name} ({LAYERS[layer_of(name)][0]})"
+                )
     assert climbing == []
 
 

@@ -16,9 +16,15 @@ import tritonclient.grpc as grpcclient
 
 
 def _input(name: str, value: np.ndarray) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else
-                                   {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64",
-                                    np.dtype(np.bool_): "BOOL"}[value.dtype])  # fmt: skip
+    tensor = grpcclient.InferInput(
+        name,
+        list(value.shape),
+        "BYTES"
+        if value.dtype == np.object_
+        else {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.bool_): "BOOL"}[
+            value.dtype
+        ],
+    )
     tensor.set_data_from_numpy(value)
     return tensor
 
@@ -58,19 +64,30 @@ def main() -> None:
     args = parser.parse_args()
 
     one = lambda value, dtype: np.array([[value]], dtype=dtype)  # noqa: E731  (batch of 1, one value)
-    sampling = {"temperature": (args.temperature, np.float32), "runtime_top_k": (args.top_k, np.int32),
-                "runtime_top_p": (args.top_p, np.float32), "random_seed": (args.seed, np.uint64)}  # fmt: skip
+    sampling = {
+        "temperature": (args.temperature, np.float32),
+        "runtime_top_k": (args.top_k, np.int32),
+        "runtime_top_p": (args.top_p, np.float32),
+        "random_seed": (args.seed, np.uint64),
+    }
     if args.prompt_ids:
         ids = np.array([[int(t) for t in args.prompt_ids.split(",")]], dtype=np.int32)
-        inputs = {"input_ids": ids, "input_lengths": one(ids.shape[1], np.int32), "request_output_len": one(args.max_new_tokens, np.int32),
-                  "streaming": one(True, np.bool_)}  # fmt: skip
+        inputs = {
+            "input_ids": ids,
+            "input_lengths": one(ids.shape[1], np.int32),
+            "request_output_len": one(args.max_new_tokens, np.int32),
+            "streaming": one(True, np.bool_),
+        }
         inputs.update({name: one(v, dtype) for name, (v, dtype) in sampling.items() if v is not None})
         for ids in stream(args.url, "tensorrt_llm", inputs, "output_ids"):
             print(*ids.reshape(-1).tolist(), end=" ", flush=True)
     else:
         renamed = {"runtime_top_k": "top_k", "runtime_top_p": "top_p"}
-        inputs = {"text_input": np.array([[args.text.encode()]], dtype=np.object_), "max_tokens": one(args.max_new_tokens, np.int32),
-                  "stream": one(True, np.bool_)}  # fmt: skip
+        inputs = {
+            "text_input": np.array([[args.text.encode()]], dtype=np.object_),
+            "max_tokens": one(args.max_new_tokens, np.int32),
+            "stream": one(True, np.bool_),
+        }
         inputs.update({renamed.get(name, name): one(v, dtype) for name, (v, dtype) in sampling.items() if v is not None})
         for text in stream(args.url, "ensemble", inputs, "text_output"):
             print(text.reshape(-1)[0].decode(), end="", flush=True)

@@ -45,7 +45,9 @@ class Lowering:
         if self.decode and new_tokens != 1:
             raise ValueError(f"a decode step takes one token per sequence, not {new_tokens}")
         if (self.plugin_nodes or self.fused_ops) and not torch.onnx.is_in_onnx_export():
-            raise RuntimeError(f"the {self.target} graph holds custom nodes that only an ONNX export writes; run it eagerly without a target")
+            raise RuntimeError(
+                f"the {self.target} graph holds custom nodes that only an ONNX export writes; run it eagerly without a target"
+            )
 
     @property
     def decode(self) -> bool:

@@ -126,14 +126,21 @@ def ssd_chunked(
     return y, final.reshape(b, h, p, n)
 
 
-def _conv_and_split(xbc, mask, conv_state, conv_weight, conv_bias, heads: int, head_dim: int, n_groups: int, state_size: int, fused_conv: bool):
+def _conv_and_split(
+    xbc, mask, conv_state, conv_weight, conv_bias, heads: int, head_dim: int, n_groups: int, state_size: int, fused_conv: bool
+):
     """Masked conv + SiLU, then the conv output split into x (B, T, H, P), B and C (B, T, G, N), fp32;
     and the new conv state. Padding enters the conv window as zeros (see `mamba2_core`)."""
     m = mask.to(xbc.dtype)[..., None]
     conv_out, new_conv_state = causal_conv_step(xbc * m, conv_state, conv_weight, conv_bias, fused_conv)
     conv_out = conv_out * m
     x, Bm, Cm = conv_out.float().split([heads * head_dim, n_groups * state_size, n_groups * state_size], dim=-1)
-    return x.unflatten(-1, (heads, head_dim)), Bm.unflatten(-1, (n_groups, state_size)), Cm.unflatten(-1, (n_groups, state_size)), new_conv_state
+    return (
+        x.unflatten(-1, (heads, head_dim)),
+        Bm.unflatten(-1, (n_groups, state_size)),
+        Cm.unflatten(-1, (n_groups, state_size)),
+        new_conv_state,
+    )
 
 
 def mamba2_core(
@@ -170,7 +177,9 @@ def mamba2_core(
     (any T; the prefill graph); the two agree to fp32 rounding. fused_conv: see `causal_conv_step`.
     """
     heads = dt.shape[-1]
-    x, Bm, Cm, new_conv_state = _conv_and_split(xbc, mask, conv_state, conv_weight, conv_bias, heads, head_dim, n_groups, state_size, fused_conv)
+    x, Bm, Cm, new_conv_state = _conv_and_split(
+        xbc, mask, conv_state, conv_weight, conv_bias, heads, head_dim, n_groups, state_size, fused_conv
+    )
     dt = F.softplus(dt.float() + dt_bias.float()).clamp(dt_min, dt_max) * mask.float()[..., None]
     A = -torch.exp(A_log.float())
     state = ssm_state.float()
@@ -238,9 +247,13 @@ def mamba2_core_attributes(cfg: ModelConfig, decode: bool) -> dict:
     its T (docs/step-contract.md)."""
     dt_min, dt_max = cfg.dt_clamp_decode if decode else cfg.dt_clamp
     return dict(
-        n_groups=cfg.n_groups, head_dim=cfg.mamba_head_dim, state_size=cfg.ssm_state_size,
-        chunk_size=cfg.chunk_size, dt_min=float(dt_min), dt_max=float(dt_max),
-    )  # fmt: skip
+        n_groups=cfg.n_groups,
+        head_dim=cfg.mamba_head_dim,
+        state_size=cfg.ssm_state_size,
+        chunk_size=cfg.chunk_size,
+        dt_min=float(dt_min),
+        dt_max=float(dt_max),
+    )
 
 
 class Mamba2Mixer(nn.Module):
@@ -300,5 +313,5 @@ class Mamba2Mixer(nn.Module):
             [xbc, dt, mask, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, a_log, d],
             attrs,
             [(b, t, self.cfg.mamba_intermediate), conv_state.shape, ssm_state.shape],
-        )  # fmt: skip
+        )
         return y, conv, ssm.to(ssm_state.dtype)

@@ -70,13 +70,25 @@ def _best_groups_only(choice: torch.Tensor, n_group: int, topk_group: int) -> to
 
 
 def route_by_attributes(
-    logits: torch.Tensor, correction_bias: torch.Tensor, *, top_k: int, n_group: int, topk_group: int, norm_topk_prob: int, routed_scaling_factor: float
+    logits: torch.Tensor,
+    correction_bias: torch.Tensor,
+    *,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: int,
+    routed_scaling_factor: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`route` with the MoeDispatch node's attribute names (`moe_dispatch_attributes`)."""
     return route(
-        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        norm_topk_prob=bool(norm_topk_prob), scaling=routed_scaling_factor,
-    )  # fmt: skip
+        logits,
+        correction_bias,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=bool(norm_topk_prob),
+        scaling=routed_scaling_factor,
+    )
 
 
 def routed_experts_gather(
@@ -100,7 +112,9 @@ def routed_experts_gather(
     return (out.float() * weights[..., None]).sum(1)
 
 
-def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def routed_experts_loop(
+    h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor
+) -> torch.Tensor:
     """The same sum, expert by expert over only the tokens routed to it: the prefill formulation.
 
     Shapes as `routed_experts_gather`. Exactly N*k token-expert products; the per-expert token count
@@ -118,7 +132,9 @@ def routed_experts_loop(h: torch.Tensor, indices: torch.Tensor, weights: torch.T
     return out
 
 
-def routed_experts_dense(h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def routed_experts_dense(
+    h: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, up: torch.Tensor, down: torch.Tensor
+) -> torch.Tensor:
     """The same sum with every expert computed on every token and all but the top-k weighted by zero.
 
     Shapes as `routed_experts_gather`. X/k times the FLOPs, but static shapes and no gathers: the
@@ -158,14 +174,26 @@ def moe_dispatch(
     The shared expert and the latent projections stay outside (plain matmuls).
     """
     indices, weights = route_by_attributes(
-        logits, correction_bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        norm_topk_prob=norm_topk_prob, routed_scaling_factor=routed_scaling_factor,
-    )  # fmt: skip
+        logits,
+        correction_bias,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob,
+        routed_scaling_factor=routed_scaling_factor,
+    )
     return ROUTED_EXPERTS[experts](h, indices, weights, up, down)
 
 
 def moe_dispatch_onnxruntime(
-    h: torch.Tensor, logits: torch.Tensor, correction_bias: torch.Tensor, up: torch.Tensor, down: torch.Tensor, *, decode: bool = False, **attributes
+    h: torch.Tensor,
+    logits: torch.Tensor,
+    correction_bias: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    *,
+    decode: bool = False,
+    **attributes,
 ) -> torch.Tensor:
     """`moe_dispatch` as the onnxruntime target exports it: the same routing (traced ops), then the
     routed experts as one `com.microsoft.MoE` node, so the graph does not grow with the expert count.
@@ -190,9 +218,12 @@ def moe_dispatch_onnxruntime(
 def moe_dispatch_attributes(cfg: ModelConfig) -> dict:
     """The MoeDispatch node's attributes (the routing hyper-parameters of `moe_dispatch`)."""
     return dict(
-        top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
-        norm_topk_prob=int(cfg.norm_topk_prob), routed_scaling_factor=float(cfg.routed_scaling_factor),
-    )  # fmt: skip
+        top_k=cfg.num_experts_per_tok,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        norm_topk_prob=int(cfg.norm_topk_prob),
+        routed_scaling_factor=float(cfg.routed_scaling_factor),
+    )
 
 
 class MoE(nn.Module):

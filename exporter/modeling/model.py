@@ -68,7 +68,9 @@ class NemotronHStepModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embeddings.weight.dtype
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor, graph: str = "prefill") -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *states: torch.Tensor, graph: str = "prefill"
+    ) -> tuple[torch.Tensor, ...]:
         """`graph`'s step computed eagerly (see `StepGraph`)."""
         return StepGraph(self, graph)(input_ids, attention_mask, *states)
 

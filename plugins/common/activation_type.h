@@ -2,14 +2,8 @@
 // host-side plugins and the kernel launchers.
 #pragma once
 
-namespace ndp
-{
+namespace ndp {
 
-enum class ActivationType
-{
-    kFLOAT,
-    kHALF,
-    kBF16
-};
+enum class ActivationType { kFLOAT, kHALF, kBF16 };
 
-} // namespace ndp
+}  // namespace ndp

@@ -10,11 +10,12 @@
 // Device memory is host memory; a stream is ignored and every launch completes before it returns.
 #pragma once
 
+#include <cuda_runtime_api.h>  // dim3, cudaStream_t, cudaError_t only: nothing from the runtime is called
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <cuda_runtime_api.h> // dim3, cudaStream_t, cudaError_t only: nothing from the runtime is called
-#include <algorithm>
 #include <functional>
 
 #undef __global__
@@ -30,18 +31,16 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 
-using std::max; // CUDA's device min/max
+using std::max;  // CUDA's device min/max
 using std::min;
 
-namespace ndp_emu
-{
+namespace ndp_emu {
 
-struct ThreadContext
-{
-    uint3 threadIdx;
-    uint3 blockIdx;
-    dim3 blockDim;
-    dim3 gridDim;
+struct ThreadContext {
+  uint3 threadIdx;
+  uint3 blockIdx;
+  dim3 blockDim;
+  dim3 gridDim;
 };
 
 extern thread_local ThreadContext const* gContext;
@@ -58,26 +57,24 @@ void warpStep();
 double& exchangeSlot(uint32_t flatThread);
 
 template <typename V>
-V shflXor(V value, int laneMask)
-{
-    ThreadContext const& c = *gContext;
-    uint32_t const tid = c.threadIdx.x + c.blockDim.x * (c.threadIdx.y + c.blockDim.y * c.threadIdx.z);
-    exchangeSlot(tid) = static_cast<double>(value);
-    warpStep();
-    V const other = static_cast<V>(exchangeSlot(tid ^ static_cast<uint32_t>(laneMask)));
-    warpStep(); // nobody overwrites its slot before every lane has read
-    return other;
+V shflXor(V value, int laneMask) {
+  ThreadContext const& c = *gContext;
+  uint32_t const tid = c.threadIdx.x + c.blockDim.x * (c.threadIdx.y + c.blockDim.y * c.threadIdx.z);
+  exchangeSlot(tid) = static_cast<double>(value);
+  warpStep();
+  V const other = static_cast<V>(exchangeSlot(tid ^ static_cast<uint32_t>(laneMask)));
+  warpStep();  // nobody overwrites its slot before every lane has read
+  return other;
 }
 
 template <typename V>
-V atomicAddEmu(V* address, V value)
-{
-    V const old = *address; // fibers switch only at barriers, so this is atomic
-    *address = old + value;
-    return old;
+V atomicAddEmu(V* address, V value) {
+  V const old = *address;  // fibers switch only at barriers, so this is atomic
+  *address = old + value;
+  return old;
 }
 
-} // namespace ndp_emu
+}  // namespace ndp_emu
 
 #define threadIdx (::ndp_emu::gContext->threadIdx)
 #define blockIdx (::ndp_emu::gContext->blockIdx)
@@ -87,15 +84,10 @@ V atomicAddEmu(V* address, V value)
 #define __shfl_xor_sync(mask, value, laneMask) ::ndp_emu::shflXor((value), (laneMask))
 #define atomicAdd(address, value) ::ndp_emu::atomicAddEmu((address), (value))
 
-#define NDP_LAUNCH(kernel, grid, block, stream, ...)                                                                \
-    ::ndp_emu::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
+#define NDP_LAUNCH(kernel, grid, block, stream, ...) ::ndp_emu::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
 
-inline cudaError_t ndpMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t)
-{
-    std::memset(ptr, value, bytes);
-    return cudaSuccess;
+inline cudaError_t ndpMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
+  std::memset(ptr, value, bytes);
+  return cudaSuccess;
 }
-inline cudaError_t ndpGetLastError()
-{
-    return cudaSuccess;
-}
+inline cudaError_t ndpGetLastError() { return cudaSuccess; }

@@ -26,7 +26,9 @@ def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
-def file_records(folder: Path, names, on_bytes: Callable[[int], None] | None = None, known: dict[str, str] | None = None) -> tuple[FileRecord, ...]:
+def file_records(
+    folder: Path, names, on_bytes: Callable[[int], None] | None = None, known: dict[str, str] | None = None
+) -> tuple[FileRecord, ...]:
     """The manifest's `files` / `side_files` entries of files in `folder`; `known`: SHA-256s already
     computed (as a file was written), not read again."""
     known = known or {}
@@ -44,7 +46,9 @@ def verify_artifact(manifest: Manifest, on_bytes: Callable[[int], None] | None =
                 raise ArtifactError(f"{path}: missing (listed in {MANIFEST_FILE})")
             continue
         if entry.sha256 is None:
-            raise ArtifactError(f"{manifest.path / MANIFEST_FILE}: no SHA-256 recorded for {entry.name} (exported by an older nemotron-deploy; re-export to verify)")
+            raise ArtifactError(
+                f"{manifest.path / MANIFEST_FILE}: no SHA-256 recorded for {entry.name} (exported by an older nemotron-deploy; re-export to verify)"
+            )
         if path.stat().st_size != entry.bytes:
             raise ArtifactError(f"{path}: {path.stat().st_size} bytes, {MANIFEST_FILE} records {entry.bytes} (truncated or replaced)")
         if file_sha256(path, on_bytes) != entry.sha256:

@@ -168,7 +168,6 @@ class Manifest:
         return self.path / name if name else None
 
 
-
 def read_manifest(artifact_dir: str | Path) -> Manifest:
     """Read and check `manifest.json` and the files it lists (presence and sizes)."""
     path = Path(artifact_dir)
@@ -238,7 +237,9 @@ def from_json(path: Path, raw: dict) -> Manifest:
         graphs={name: _graph(graph) for name, graph in raw["graphs"].items()},
         plugins=tuple(_record(PluginRecord, p) for p in raw.get("plugins") or []),
         states=tuple(_record(StateRecord, s, shape=tuple(s["shape"])) for s in raw["states"]),
-        generation=_record(GenerationRecord, raw.get("generation") or {}, eos_token_ids=tuple((raw.get("generation") or {}).get("eos_token_ids") or ())),
+        generation=_record(
+            GenerationRecord, raw.get("generation") or {}, eos_token_ids=tuple((raw.get("generation") or {}).get("eos_token_ids") or ())
+        ),
         tokenizer=raw.get("tokenizer"),
         side_files=files("side_files"),
         files=files("files"),
@@ -256,7 +257,9 @@ def _record(cls, raw: dict, **converted):
 def _graph(raw: dict) -> GraphRecord:
     specs = lambda key: tuple(_record(TensorSpec, t, shape=tuple(t["shape"])) for t in raw[key])  # noqa: E731
     plugins = None if raw.get("plugins") is None else tuple(_record(PluginRecord, p) for p in raw["plugins"])
-    return GraphRecord(file=raw["file"], new_tokens=raw.get("new_tokens"), inputs=specs("inputs"), outputs=specs("outputs"), plugins=plugins)
+    return GraphRecord(
+        file=raw["file"], new_tokens=raw.get("new_tokens"), inputs=specs("inputs"), outputs=specs("outputs"), plugins=plugins
+    )
 
 
 def _engine(raw: dict) -> EngineRecord:
@@ -270,7 +273,7 @@ def _engine(raw: dict) -> EngineRecord:
 STATE_ROLES = ("conv_state", "ssm_state", "key", "value")
 
 
-def _validate(raw: dict, file: Path) -> None:  # noqa: C901  (one flat list of checks reads best)
+def _validate(raw: dict, file: Path) -> None:
     def fail(field: str, expected: str, value=...) -> None:
         got = "missing" if value is ... else json.dumps(value)[:60]
         raise ArtifactError(f"{file}: field '{field}' is {got}, expected {expected}")
@@ -391,10 +394,7 @@ def check_graph_inputs(manifest: Manifest, graph: str, inputs: dict[str, tuple[s
 
 def initial_state_shapes(manifest: Manifest, batch: int) -> dict[str, tuple[list[int], str]]:
     """name -> (shape, dtype name) of every state of `batch` new sequences (K/V with past length 0)."""
-    return {
-        s.name: ([batch if d == "batch" else 0 if isinstance(d, str) else d for d in s.shape], s.dtype)
-        for s in manifest.states
-    }
+    return {s.name: ([batch if d == "batch" else 0 if isinstance(d, str) else d for d in s.shape], s.dtype) for s in manifest.states}
 
 
 def zero_state(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:

@@ -31,7 +31,9 @@ class Backend(Protocol):
         """Every state of the step contract for `batch` empty sequences (zeros; K/V of past length 0)."""
         ...
 
-    def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    def step(
+        self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """One call of graph "prefill" or "decode": input_ids (B, T) int64, attention_mask (B, past + T)
         int64 (0: left padding), state as `initial_state` gives it -> (logits (B, V) float32 of the last
         position, the next state)."""

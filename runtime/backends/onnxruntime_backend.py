@@ -16,8 +16,6 @@ from nemotron_deploy.runtime.artifact.step_binding import StepBinding
 from nemotron_deploy.runtime.backends.interface import Backend
 from nemotron_deploy.runtime.prefill_budget import PrefillBudget
 
-
-
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64"}
 
 
@@ -100,8 +98,13 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, providers: list[str] | None = None, threads: int | None = None,
-                 cache: onnx_prepacked.CachePolicy | None = None):  # fmt: skip
+    def __init__(
+        self,
+        manifest: Manifest,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        cache: onnx_prepacked.CachePolicy | None = None,
+    ):
         """cache: where quantized artifacts' pre-packed weights are cached (default: `CachePolicy()`)."""
         import onnxruntime as ort
 
@@ -171,7 +174,9 @@ class OnnxRuntimeBackend(Backend):
             model = _load_graph(cached)
             # the entry's data file and its hard link to weights.data (the initializers it shares with the artifact)
             files = [name for name in (onnx_prepacked.DATA_FILE, onnx_prepacked.SHARED_FILE) if cached.with_name(name).exists()]
-            keep = {cached.with_name(name): onnx_prepacked.packed_ranges(model) if name == onnx_prepacked.DATA_FILE else [] for name in files}
+            keep = {
+                cached.with_name(name): onnx_prepacked.packed_ranges(model) if name == onnx_prepacked.DATA_FILE else [] for name in files
+            }
             try:  # what packing reads once (originals re-packed to check the blobs, scales) leaves as it goes
                 with resident.dropping(keep):
                     session = _session(ort, cached, options, providers)

@@ -29,7 +29,9 @@ def pick_engine(manifest: Manifest, engine: str | None) -> tuple[str, EngineReco
     kinds = [engine] if engine else [k for k in ENGINES if k in built]
     if not kinds or kinds[0] not in built:
         what = f"no {engine} engines" if engine else "no TensorRT engines"
-        raise ArtifactError(f"{manifest.path}: {what}; build them first: nemotron-deploy build {manifest.path} --engine {engine or 'tensorrt'}")
+        raise ArtifactError(
+            f"{manifest.path}: {what}; build them first: nemotron-deploy build {manifest.path} --engine {engine or 'tensorrt'}"
+        )
     return kinds[0], built[kinds[0]]
 
 
@@ -121,9 +123,13 @@ class TensorRTBackend(Backend):
         and the next state (on the device)."""
         total, new = attention_mask.shape[1], input_ids.shape[1]
         if total > self.max_seq_len:
-            raise TensorRTError(f"{total} tokens: the engines were built for at most {self.max_seq_len} (nemotron-deploy build --max-seq-len)")
+            raise TensorRTError(
+                f"{total} tokens: the engines were built for at most {self.max_seq_len} (nemotron-deploy build --max-seq-len)"
+            )
         if graph == "prefill" and new > self.max_prefill_tokens:
-            raise TensorRTError(f"{new} prompt tokens in one call: the prefill engine takes at most {self.max_prefill_tokens} (split by runtime.decode.prefill)")
+            raise TensorRTError(
+                f"{new} prompt tokens in one call: the prefill engine takes at most {self.max_prefill_tokens} (split by runtime.decode.prefill)"
+            )
         if graph == "decode" and self.graphable:
             return self._replay_decode(input_ids, attention_mask, state)
         with self.torch.cuda.stream(self.stream):
@@ -146,7 +152,9 @@ class TensorRTBackend(Backend):
         for name in ["logits", *self.present_names]:
             if name not in outputs:
                 shape = tuple(context.get_tensor_shape(name))
-                outputs[name] = torch.empty(shape, dtype=getattr(torch, from_tensorrt(engine.get_tensor_dtype(name)).name), device=self.device)
+                outputs[name] = torch.empty(
+                    shape, dtype=getattr(torch, from_tensorrt(engine.get_tensor_dtype(name)).name), device=self.device
+                )
             context.set_tensor_address(name, self._address(outputs[name]))
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise TensorRTError(f"{graph} engine: enqueue failed ({self.logger.last_error() or 'no message'})")
@@ -200,4 +208,3 @@ class TensorRTBackend(Backend):
                 graphs.append(graph)
                 logits.append(out)
         return graphs, ids, mask, buffers, logits
-

@@ -38,7 +38,11 @@ class TorchBackend(Backend):
         return logits[:, -1].float().cpu().numpy(), state
 
 
-def greedy_decode(model: NemotronHStepModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, prefill_chunk_size: int | None = None) -> list[list[int]]:
+def greedy_decode(
+    model: NemotronHStepModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, prefill_chunk_size: int | None = None
+) -> list[list[int]]:
     """Greedy continuation of each prompt (no EOS stop: exactly `max_new_tokens` tokens each)."""
-    result = decode.generate(TorchBackend(model), prompts, max_new_tokens=max_new_tokens, max_length=sys.maxsize, prefill_chunk_size=prefill_chunk_size)
+    result = decode.generate(
+        TorchBackend(model), prompts, max_new_tokens=max_new_tokens, max_length=sys.maxsize, prefill_chunk_size=prefill_chunk_size
+    )
     return result.new_token_ids

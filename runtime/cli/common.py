@@ -10,7 +10,6 @@ import click
 
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
-
 # the packages each optional extra of pyproject.toml brings, as the commands import them
 EXTRAS = {
     "export": ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "tqdm", "safetensors", "tokenizers"),
@@ -34,7 +33,9 @@ def require(command: str, *extras: str) -> None:
     for extra in extras:
         missing = [m for m in EXTRAS[extra] if not installed(m)]
         if missing:
-            raise NemotronDeployError(f"'nemotron-deploy {command}' needs the '{extra}' extra ({missing[0]} is not installed): pip install 'nemotron-deploy[{extra}]'")
+            raise NemotronDeployError(
+                f"'nemotron-deploy {command}' needs the '{extra}' extra ({missing[0]} is not installed): pip install 'nemotron-deploy[{extra}]'"
+            )
 
 
 def one_line_errors(fn):
@@ -53,7 +54,9 @@ def one_line_errors(fn):
             if root not in EXTRA_OF_MODULE:
                 raise
             extra = EXTRA_OF_MODULE[root]
-            click.echo(f"error: this command needs the '{extra}' extra ({root} is not installed): pip install 'nemotron-deploy[{extra}]'", err=True)
+            click.echo(
+                f"error: this command needs the '{extra}' extra ({root} is not installed): pip install 'nemotron-deploy[{extra}]'", err=True
+            )
             sys.exit(2)
 
     return wrapper
@@ -61,13 +64,27 @@ def one_line_errors(fn):
 
 def backend_options(fn):
     """--backend and the options of the tensorrt backend."""
-    fn = click.option("--plugins", "plugins_lib", type=click.Path(dir_okay=False), default=None,
-                      help="tensorrt: plugin library (default: $NEMOTRON_DEPLOY_PLUGINS, else the one recorded by `build`).")(fn)
-    fn = click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None,
-                      help="tensorrt: which built engines to run (default: the first the manifest records).")(fn)
-    return click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "reference"]), default="onnxruntime", show_default=True,
-                        help="tensorrt: the .plan engines of `nemotron-deploy build`, on a GPU. reference: a tensorrt-target "
-                             "artifact on the CPU, plugin nodes run by their torch references (slow; for checks).")(fn)  # fmt: skip
+    fn = click.option(
+        "--plugins",
+        "plugins_lib",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="tensorrt: plugin library (default: $NEMOTRON_DEPLOY_PLUGINS, else the one recorded by `build`).",
+    )(fn)
+    fn = click.option(
+        "--engine",
+        type=click.Choice(["tensorrt", "tensorrt-rtx"]),
+        default=None,
+        help="tensorrt: which built engines to run (default: the first the manifest records).",
+    )(fn)
+    return click.option(
+        "--backend",
+        type=click.Choice(["onnxruntime", "tensorrt", "reference"]),
+        default="onnxruntime",
+        show_default=True,
+        help="tensorrt: the .plan engines of `nemotron-deploy build`, on a GPU. reference: a tensorrt-target "
+        "artifact on the CPU, plugin nodes run by their torch references (slow; for checks).",
+    )(fn)
 
 
 def cache_options(fn):
@@ -83,12 +100,19 @@ def cache_options(fn):
             raise NemotronDeployError("--cache-dir and --no-cache: give one of them")
         return fn(*args, cache=CachePolicy(enabled=not no_cache, directory=Path(cache_dir) if cache_dir else None), **kwargs)
 
-    wrapper = click.option("--no-cache", is_flag=True,
-                           help="onnxruntime, quantized artifacts: pack the weights in memory in this process instead of "
-                                "mapping this machine's pre-packed weights cache (docs/export.md).")(wrapper)  # fmt: skip
-    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                        help="Where this machine's pre-packed weights cache lives (default: $NEMOTRON_DEPLOY_CACHE, else "
-                             "beside the artifact when writable, else ~/.cache/nemotron-deploy).")(wrapper)  # fmt: skip
+    wrapper = click.option(
+        "--no-cache",
+        is_flag=True,
+        help="onnxruntime, quantized artifacts: pack the weights in memory in this process instead of "
+        "mapping this machine's pre-packed weights cache (docs/export.md).",
+    )(wrapper)
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where this machine's pre-packed weights cache lives (default: $NEMOTRON_DEPLOY_CACHE, else "
+        "beside the artifact when writable, else ~/.cache/nemotron-deploy).",
+    )(wrapper)
 
 
 BACKEND = backend_options
@@ -97,7 +121,9 @@ BACKEND = backend_options
 CACHE = cache_options
 
 
-PROVIDER = click.option("--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider.")
+PROVIDER = click.option(
+    "--provider", "providers", multiple=True, help="onnxruntime execution provider (repeatable); default CPUExecutionProvider."
+)
 
 
 def backend_extras(backend: str) -> tuple[str, ...]:

@@ -9,12 +9,13 @@ import click
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.cli.common import one_line_errors, require
 
-
 DEMO_MARKER = ".nemotron-demo.json"  # what makes a directory the demo's own (reusable, replaceable)
 
 
 @click.command()
-@click.option("-o", "--output", "out_dir", default="nemotron-demo", show_default=True, help="Directory for the demo checkpoint and artifact.")
+@click.option(
+    "-o", "--output", "out_dir", default="nemotron-demo", show_default=True, help="Directory for the demo checkpoint and artifact."
+)
 @click.option("--max-new-tokens", default=24, show_default=True, type=click.IntRange(1, 512))
 @click.option("--seed", default=0, show_default=True, type=int)
 @one_line_errors
@@ -54,7 +55,9 @@ def _reusable_demo(root, seed: int) -> bool:
         return False
     marker = root / DEMO_MARKER
     if not marker.is_file():
-        raise NemotronDeployError(f"{root}: already exists and was not made by 'nemotron-deploy demo'; choose another -o (nothing was touched)")
+        raise NemotronDeployError(
+            f"{root}: already exists and was not made by 'nemotron-deploy demo'; choose another -o (nothing was touched)"
+        )
     try:
         made = json.loads(marker.read_text())
     except (OSError, ValueError):

@@ -31,12 +31,26 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
 @click.command()
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", "out_dir", required=True, help="New artifact directory to write.")
-@click.option("--target", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime", show_default=True,
-              help="onnxruntime: standard ops + onnxruntime's MoE node (docs/export.md). tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.")
+@click.option(
+    "--target",
+    type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime: standard ops + onnxruntime's MoE node (docs/export.md). tensorrt: Mamba-2 core and MoE dispatch as plugin nodes (docs/plugins.md). tensorrt-rtx: standard ops for TensorRT for RTX.",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
-@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
-              help="Block-wise integer weights for every large matrix and the experts (onnxruntime target, float32; docs/quantization.md).")
-@click.option("--block-size", type=int, default=None, help="Weights per quantization scale, a power of two >= 16 that divides every layer width.  [default: 32]")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "int4"]),
+    default=None,
+    help="Block-wise integer weights for every large matrix and the experts (onnxruntime target, float32; docs/quantization.md).",
+)
+@click.option(
+    "--block-size",
+    type=int,
+    default=None,
+    help="Weights per quantization scale, a power of two >= 16 that divides every layer width.  [default: 32]",
+)
 @one_line_errors
 def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize: str | None, block_size: int | None) -> None:
     """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
@@ -49,12 +63,28 @@ def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize:
 
 @click.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--engine", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default=None, help="Default: the artifact's target (tensorrt or tensorrt-rtx).")
-@click.option("--plugins", "plugins_lib", type=click.Path(dir_okay=False), default=None, help="Plugin library for tensorrt-target artifacts (default: $NEMOTRON_DEPLOY_PLUGINS).")
+@click.option(
+    "--engine",
+    type=click.Choice(["tensorrt", "tensorrt-rtx"]),
+    default=None,
+    help="Default: the artifact's target (tensorrt or tensorrt-rtx).",
+)
+@click.option(
+    "--plugins",
+    "plugins_lib",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Plugin library for tensorrt-target artifacts (default: $NEMOTRON_DEPLOY_PLUGINS).",
+)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Default: the export's dtype.")
 @click.option("--max-batch", default=8, show_default=True, type=int, help="Largest batch the engines accept.")
 @click.option("--max-seq-len", default=None, type=int, help="Largest past + new tokens (default: min(4096, max_position_embeddings)).")
-@click.option("--max-prefill-tokens", default=None, type=int, help="Largest number of new tokens per prefill call (default: min(2048, max-seq-len)); longer prompts are prefilled in pieces.")
+@click.option(
+    "--max-prefill-tokens",
+    default=None,
+    type=int,
+    help="Largest number of new tokens per prefill call (default: min(2048, max-seq-len)); longer prompts are prefilled in pieces.",
+)
 @click.option("--compute-capability", default=None, help="tensorrt-rtx: build ahead of time for this GPU (e.g. 86), also without a GPU.")
 @one_line_errors
 def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, max_prefill_tokens, compute_capability) -> None:
@@ -65,8 +95,15 @@ def build(artifact_dir, engine, plugins_lib, precision, max_batch, max_seq_len, 
     manifest = read_manifest(artifact_dir)
     engine = engine or default_engine(manifest)
     limits = Limits.default(manifest.model.max_position_embeddings, max_batch, max_seq_len, max_prefill_tokens)
-    plans = build_engines(artifact_dir, engine, plugins=plugins_lib, precision=precision, limits=limits,
-                          compute_capability=compute_capability, progress=lambda m: click.echo(m, err=True))  # fmt: skip
+    plans = build_engines(
+        artifact_dir,
+        engine,
+        plugins=plugins_lib,
+        precision=precision,
+        limits=limits,
+        compute_capability=compute_capability,
+        progress=lambda m: click.echo(m, err=True),
+    )
     for plan in plans:
         click.echo(str(plan))
 

@@ -15,10 +15,21 @@ def plugins() -> None:
 
 
 @plugins.command("build")
-@click.option("-o", "--output", "out_dir", default="nemotron-plugins", show_default=True, help="Directory for the library (and its CMake build tree).")
-@click.option("--cuda-arch", "cuda_arch", default=None, help="CUDA architectures, e.g. '90' or '80;86;89;90' (default: the four CI compiles).")
-@click.option("--tensorrt-include", type=click.Path(file_okay=False), default=None, help="Directory holding NvInferRuntime.h (default: $TENSORRT_INCLUDE_DIR, a system install, or TensorRT 10.14's headers from PyPI).")
-@click.option("--emulate", is_flag=True, help="Build the CPU emulation of the kernels (for tests without a GPU) instead of the CUDA library.")
+@click.option(
+    "-o", "--output", "out_dir", default="nemotron-plugins", show_default=True, help="Directory for the library (and its CMake build tree)."
+)
+@click.option(
+    "--cuda-arch", "cuda_arch", default=None, help="CUDA architectures, e.g. '90' or '80;86;89;90' (default: the four CI compiles)."
+)
+@click.option(
+    "--tensorrt-include",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory holding NvInferRuntime.h (default: $TENSORRT_INCLUDE_DIR, a system install, or TensorRT 10.14's headers from PyPI).",
+)
+@click.option(
+    "--emulate", is_flag=True, help="Build the CPU emulation of the kernels (for tests without a GPU) instead of the CUDA library."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the paths as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Show CMake's and the compilers' output.")
 @one_line_errors
@@ -30,9 +41,12 @@ def plugins_build(out_dir, cuda_arch, tensorrt_include, emulate, as_json, verbos
     if not as_json:
         click.echo("building the plugin library (first build: about a minute) ...", err=True)
     built = build_plugins(
-        out_dir, emulated=emulate, cuda_architectures=cuda_arch or DEFAULT_CUDA_ARCHITECTURES,
-        tensorrt_include=tensorrt_include, verbose=verbose,
-    )  # fmt: skip
+        out_dir,
+        emulated=emulate,
+        cuda_architectures=cuda_arch or DEFAULT_CUDA_ARCHITECTURES,
+        tensorrt_include=tensorrt_include,
+        verbose=verbose,
+    )
     if as_json:
         click.echo(json.dumps({"library": str(built.library), "harness": str(built.harness), "emulated": built.emulated}))
     else:
@@ -45,8 +59,20 @@ def cpp() -> None:
 
 
 @cpp.command("build")
-@click.option("-o", "--output", "out_dir", default="nemotron-cpp", show_default=True, help="Directory for the library, the programs and the CMake build tree.")
-@click.option("--tensorrt-include", type=click.Path(file_okay=False), default=None, help="Directory holding NvInferRuntime.h (found as for `plugins build`).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    default="nemotron-cpp",
+    show_default=True,
+    help="Directory for the library, the programs and the CMake build tree.",
+)
+@click.option(
+    "--tensorrt-include",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory holding NvInferRuntime.h (found as for `plugins build`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the paths as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Show CMake's and the compiler's output.")
 @one_line_errors

@@ -30,15 +30,25 @@ class RuntimeBuild:
     include: Path  # the public headers
 
 
-def build_runtime(out_dir: str | Path, *, tensorrt_include: str | Path | None = None, jobs: int | None = None, verbose: bool = False) -> RuntimeBuild:
+def build_runtime(
+    out_dir: str | Path, *, tensorrt_include: str | Path | None = None, jobs: int | None = None, verbose: bool = False
+) -> RuntimeBuild:
     """Build into `out_dir`/build and place the library and programs in `out_dir`."""
     cmake = require_tool("cmake", "install CMake >= 3.22 (e.g. `pip install cmake`)")
     headers = find_tensorrt_headers(tensorrt_include)
     out = Path(out_dir).resolve()
     build_dir = out / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
-    configure = [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", f"-DTENSORRT_INCLUDE_DIR={headers}",
-                 "-DNDR_BUILD_PROBE=ON"]  # fmt: skip
+    configure = [
+        cmake,
+        "-S",
+        str(SOURCE_DIR),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DTENSORRT_INCLUDE_DIR={headers}",
+        "-DNDR_BUILD_PROBE=ON",
+    ]
     if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
         configure += ["-G", "Ninja"]
     try:

@@ -29,21 +29,35 @@ def built(tmp_path_factory):
 
 
 def _probe(built, *args, stdin=None):
-    done = subprocess.run([built["probe"], *map(str, args)], input=None if stdin is None else json.dumps(stdin), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [built["probe"], *map(str, args)], input=None if stdin is None else json.dumps(stdin), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode in (0, 2) and done.stderr == "", done.stderr
     line = done.stdout.strip()
     assert "\n" not in line
     return line[len("error: ") :] if done.returncode == 2 else json.loads(line), done.returncode == 2
 
 
-@pytest.mark.parametrize("name,dtype,target", [("hybrid_moe_groups", "float32", "onnxruntime"), ("latent_moe_tied_odd", "float16", "onnxruntime"),
-                                               ("hybrid_moe_groups", "bfloat16", "tensorrt"), ("dense_mlp_biases", "float32", "onnxruntime")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,dtype,target",
+    [
+        ("hybrid_moe_groups", "float32", "onnxruntime"),
+        ("latent_moe_tied_odd", "float16", "onnxruntime"),
+        ("hybrid_moe_groups", "bfloat16", "tensorrt"),
+        ("dense_mlp_biases", "float32", "onnxruntime"),
+    ],
+)
 def test_manifest_as_python_reads_it(built, artifacts, name, dtype, target):
     _, _, artifact = artifacts(name, dtype, target)
     out, failed = _probe(built, "manifest", artifact)
     assert not failed, out
     m = read_manifest(artifact)
-    assert (out["target"], out["dtype"], out["vocab_size"], out["max_length"]) == (m.target, m.dtype, m.model.vocab_size, m.model.max_position_embeddings)
+    assert (out["target"], out["dtype"], out["vocab_size"], out["max_length"]) == (
+        m.target,
+        m.dtype,
+        m.model.vocab_size,
+        m.model.max_position_embeddings,
+    )
     assert out["layer_types"] == list(m.model.layer_types)
     assert out["eos_token_ids"] == list(m.generation.eos_token_ids) and out["pad_token_id"] == (m.generation.pad_token_id or 0)
     assert out["plugins"] == to_json(m.plugins)
@@ -68,7 +82,11 @@ def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_pat
             read_manifest(copy)
         assert message.split(" is ")[0] == str(python.value).split(" is ")[0], what
     assert refused >= 10  # the fields the C++ runtime reads
-    for text, expected in [("{", "not valid JSON"), ("[]", "expected a JSON object"), (json.dumps(dict(raw, format_version=2)), "format_version 2")]:
+    for text, expected in [
+        ("{", "not valid JSON"),
+        ("[]", "expected a JSON object"),
+        (json.dumps(dict(raw, format_version=2)), "format_version 2"),
+    ]:
         (copy / MANIFEST_FILE).write_text(text)
         message, failed = _probe(built, "manifest", copy)
         assert failed and expected in message and str(copy / MANIFEST_FILE) in message
@@ -80,8 +98,14 @@ def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_pat
     assert failed and "not a directory" in message
 
 
-SAMPLINGS = [dict(temperature=0.7), dict(top_k=5), dict(top_k=1), dict(top_p=0.8), dict(temperature=1.3, top_k=20, top_p=0.9),
-             dict(temperature=0.5, top_p=0.3, top_k=3)]  # fmt: skip
+SAMPLINGS = [
+    dict(temperature=0.7),
+    dict(top_k=5),
+    dict(top_k=1),
+    dict(top_p=0.8),
+    dict(temperature=1.3, top_k=20, top_p=0.9),
+    dict(temperature=0.5, top_p=0.3, top_k=3),
+]
 
 
 @pytest.mark.parametrize("config", SAMPLINGS)
@@ -100,8 +124,12 @@ def test_sampler_draws_from_the_python_distribution(built, config):
     assert again["draws"] == out["draws"]  # seeded
 
 
-PENALTIES = [dict(repetition_penalty=1.3), dict(repetition_penalty=0.6), dict(presence_penalty=0.5, frequency_penalty=0.8),
-             dict(repetition_penalty=1.8, presence_penalty=-1.0, frequency_penalty=2.0)]  # fmt: skip
+PENALTIES = [
+    dict(repetition_penalty=1.3),
+    dict(repetition_penalty=0.6),
+    dict(presence_penalty=0.5, frequency_penalty=0.8),
+    dict(repetition_penalty=1.8, presence_penalty=-1.0, frequency_penalty=2.0),
+]
 
 
 @pytest.mark.parametrize("config", PENALTIES)
@@ -118,20 +146,30 @@ def test_penalties_equal_python_and_transformers_processors(built, config):
     for _ in range(4):
         logits = (rng.standard_normal((1, 60)) * 3).astype(np.float32)
         prompt, output = rng.integers(0, 60, 10).tolist(), rng.integers(0, 60, 8).tolist() + [7, 7, 7]
-        out, failed = _probe(built, "penalize", stdin={"logits": logits[0].tolist(), "sampling": config, "prompt": prompt, "output": output})
+        out, failed = _probe(
+            built, "penalize", stdin={"logits": logits[0].tolist(), "sampling": config, "prompt": prompt, "output": output}
+        )
         assert not failed, out
         want = penalize(logits, Sampling(**config), [prompt], [output])[0]
         np.testing.assert_array_equal(np.array(out["logits"], dtype=np.float32), want)
         assert out["token"] == int(want.argmax()) and not np.array_equal(want, logits[0])
         if set(config) == {"repetition_penalty"}:
-            hf = RepetitionPenaltyLogitsProcessor(config["repetition_penalty"])(torch.tensor([prompt + output]), torch.from_numpy(logits.copy()))
+            hf = RepetitionPenaltyLogitsProcessor(config["repetition_penalty"])(
+                torch.tensor([prompt + output]), torch.from_numpy(logits.copy())
+            )
             np.testing.assert_array_equal(np.array(out["logits"], dtype=np.float32), hf.numpy()[0])
-    out, failed = _probe(built, "penalize", stdin={"logits": [0.0, 1.0], "sampling": dict(presence_penalty=3.0), "prompt": [0], "output": [1]})
+    out, failed = _probe(
+        built, "penalize", stdin={"logits": [0.0, 1.0], "sampling": dict(presence_penalty=3.0), "prompt": [0], "output": [1]}
+    )
     assert failed and "presence_penalty 3.0" in out
 
 
 def test_sampler_errors(built):
-    for config, message in [(dict(temperature=0.0), "temperature"), (dict(top_k=-2, temperature=0.5), "top_k -2"), (dict(top_p=1.5), "top_p 1.5")]:
+    for config, message in [
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_k=-2, temperature=0.5), "top_k -2"),
+        (dict(top_p=1.5), "top_p 1.5"),
+    ]:
         out, failed = _probe(built, "sample", stdin={"logits": [[0.0, 1.0]], "sampling": config})
         assert failed and message in out
 
@@ -147,7 +185,15 @@ class CountingBackend(Backend):
         return {}
 
     def step(self, graph, ids, mask, state):
-        self.trace.append({"call": graph, "new_tokens": ids.shape[1], "total_len": mask.shape[1], "ids": ids.ravel().tolist(), "mask": mask.ravel().tolist()})
+        self.trace.append(
+            {
+                "call": graph,
+                "new_tokens": ids.shape[1],
+                "total_len": mask.shape[1],
+                "ids": ids.ravel().tolist(),
+                "mask": mask.ravel().tolist(),
+            }
+        )
         logits = np.zeros((ids.shape[0], self.vocab), dtype=np.float32)
         logits[np.arange(ids.shape[0]), (ids[:, -1] + 1) % self.vocab] = 1.0
         return logits, state
@@ -160,7 +206,12 @@ DECODES = [
     ([[15, 16]], dict(max_new_tokens=1, eos_token_ids=[], pad_token_id=0, max_length=64)),
     ([[15, 16], [3]], dict(max_new_tokens=5, eos_token_ids=[17, 5], pad_token_id=1, max_length=64)),  # both stop early: the loop ends
     # penalties: a token already generated drops below the others (frequency), prompt tokens shrink (repetition)
-    ([[5, 6, 7], [3, 3]], dict(max_new_tokens=9, eos_token_ids=[], pad_token_id=0, max_length=64, sampling=dict(repetition_penalty=2.0, frequency_penalty=1.5))),
+    (
+        [[5, 6, 7], [3, 3]],
+        dict(
+            max_new_tokens=9, eos_token_ids=[], pad_token_id=0, max_length=64, sampling=dict(repetition_penalty=2.0, frequency_penalty=1.5)
+        ),
+    ),
 ]
 
 
@@ -171,9 +222,17 @@ def test_decode_loop_bookkeeping_equals_python(built, prompts, options):
     assert not failed, out
     backend = CountingBackend(vocab)
     streamed = []
-    py = decode.generate(backend, prompts, max_new_tokens=options["max_new_tokens"], eos_token_ids=options["eos_token_ids"],
-                         pad_token_id=options["pad_token_id"], max_length=options["max_length"], sampling=Sampling(**options.get("sampling", {})),
-                         prefill_chunk_size=options.get("prefill_chunk_size"), on_token=lambda r, t: streamed.append([r, t]))  # fmt: skip
+    py = decode.generate(
+        backend,
+        prompts,
+        max_new_tokens=options["max_new_tokens"],
+        eos_token_ids=options["eos_token_ids"],
+        pad_token_id=options["pad_token_id"],
+        max_length=options["max_length"],
+        sampling=Sampling(**options.get("sampling", {})),
+        prefill_chunk_size=options.get("prefill_chunk_size"),
+        on_token=lambda r, t: streamed.append([r, t]),
+    )
     assert out["new_token_ids"] == py.new_token_ids and out["finish_reasons"] == py.finish_reasons
     assert out["streamed"] == streamed
     assert out["trace"] == backend.trace  # same calls: padding, chunks, masks, finished rows fed the pad id
@@ -181,8 +240,12 @@ def test_decode_loop_bookkeeping_equals_python(built, prompts, options):
 
 def test_decode_loop_errors(built):
     base = {"vocab": 20, "options": dict(max_new_tokens=4, max_length=8)}
-    for prompts, message in [([[1, 20]], "prompt 0: token id 20 is outside the vocabulary (0..19)"), ([[1], []], "prompt 1 is empty"),
-                             ([[1] * 9], "prompt 0 has 9 tokens, the model's maximum is 8"), ([], "no prompt given")]:  # fmt: skip
+    for prompts, message in [
+        ([[1, 20]], "prompt 0: token id 20 is outside the vocabulary (0..19)"),
+        ([[1], []], "prompt 1 is empty"),
+        ([[1] * 9], "prompt 0 has 9 tokens, the model's maximum is 8"),
+        ([], "no prompt given"),
+    ]:
         out, failed = _probe(built, "decode", stdin=dict(base, prompts=prompts))
         assert failed and message in out, out
 
@@ -194,16 +257,29 @@ def test_example_program_errors_without_a_gpu(built, artifacts, tmp_path):
         done = subprocess.run([built["example"], *map(str, args)], capture_output=True, text=True, timeout=60)
         return done.returncode, done.stderr.strip()
 
-    assert run("--artifact", artifact, "--prompt-ids", "1,2")[1] == f"error: {artifact}: no TensorRT engines; build them first: nemotron-deploy build {artifact} --engine tensorrt"
-    assert run("--artifact", artifact, "--prompt-ids", "1,x") [0] == 2
+    assert (
+        run("--artifact", artifact, "--prompt-ids", "1,2")[1]
+        == f"error: {artifact}: no TensorRT engines; build them first: nemotron-deploy build {artifact} --engine tensorrt"
+    )
+    assert run("--artifact", artifact, "--prompt-ids", "1,x")[0] == 2
     assert "unknown option --nope" in run("--nope")[1]
     code, err = run("--artifact", tmp_path / "nowhere", "--prompt-ids", "1")
     assert code == 2 and err.startswith("error: ") and "not a directory" in err
     # an artifact with a recorded build: the runtime gets as far as the GPU and says what is missing
     copy = shutil.copytree(artifact, tmp_path / "a")
     raw = json.loads((copy / MANIFEST_FILE).read_text())
-    raw["engines"] = {"tensorrt": {"version": "10.14.1.48", "compute_capability": "native", "built_on": "90", "max_batch": 4, "max_seq_len": 256,
-                                   "max_new_tokens": 128, "plugins": None, "graphs": {"prefill": {"file": "p.plan"}, "decode": {"file": "d.plan"}}}}  # fmt: skip
+    raw["engines"] = {
+        "tensorrt": {
+            "version": "10.14.1.48",
+            "compute_capability": "native",
+            "built_on": "90",
+            "max_batch": 4,
+            "max_seq_len": 256,
+            "max_new_tokens": 128,
+            "plugins": None,
+            "graphs": {"prefill": {"file": "p.plan"}, "decode": {"file": "d.plan"}},
+        }
+    }
     (copy / MANIFEST_FILE).write_text(json.dumps(raw))
     code, err = run("--artifact", copy, "--prompt-ids", "1,2")
     assert code == 2 and err.startswith("error: cudaSetDevice(0): ") and "\n" not in err
@@ -216,8 +292,16 @@ def test_engine_checks_before_the_gpu_equal_python(built, artifacts, tmp_path):
     _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     copy = shutil.copytree(artifact, tmp_path / "a")
     raw = json.loads((copy / MANIFEST_FILE).read_text())
-    record = {"version": "10.14.1", "compute_capability": "native", "built_on": "90", "max_batch": 4, "max_seq_len": 256, "max_new_tokens": 128,
-              "plugins": None, "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}}}  # fmt: skip
+    record = {
+        "version": "10.14.1",
+        "compute_capability": "native",
+        "built_on": "90",
+        "max_batch": 4,
+        "max_seq_len": 256,
+        "max_new_tokens": 128,
+        "plugins": None,
+        "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}},
+    }
     m = read_manifest(copy)
     message, failed = _probe(built, "check-engine", copy, "", "10.14.1", "90", "H100")
     with pytest.raises(ArtifactError) as python:
@@ -254,8 +338,10 @@ def test_a_cmake_project_uses_the_installed_package(built, tmp_path):
         "cmake_minimum_required(VERSION 3.22)\nproject(app CXX)\nset(CMAKE_CXX_STANDARD 17)\n"
         "find_package(nemotron_deploy_runtime REQUIRED)\nadd_executable(app main.cpp)\ntarget_link_libraries(app PRIVATE nemotron_deploy::runtime)\n"
     )
-    for cmd in (["cmake", "-S", str(project), "-B", str(project / "build"), f"-DCMAKE_PREFIX_PATH={tmp_path / 'prefix'}"],
-                ["cmake", "--build", str(project / "build")]):  # fmt: skip
+    for cmd in (
+        ["cmake", "-S", str(project), "-B", str(project / "build"), f"-DCMAKE_PREFIX_PATH={tmp_path / 'prefix'}"],
+        ["cmake", "--build", str(project / "build")],
+    ):
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = subprocess.run([str(project / "build" / "app")], capture_output=True, text=True, timeout=60)
@@ -264,7 +350,10 @@ def test_a_cmake_project_uses_the_installed_package(built, tmp_path):
 
 def test_cpp_build_errors(tmp_path):
     result = CliRunner().invoke(main, ["cpp", "build", "-o", str(tmp_path / "out"), "--tensorrt-include", str(tmp_path)])
-    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: TensorRT include directory {tmp_path} has no NvInferRuntime.h"
+    assert (
+        result.exit_code == 2
+        and result.output.strip().splitlines()[-1] == f"error: TensorRT include directory {tmp_path} has no NvInferRuntime.h"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -277,9 +366,7 @@ def test_cpp_build_without_nlohmann_json_names_the_package_to_install(tmp_path, 
     wrapper = tmp_path / "bin" / "cmake"
     wrapper.parent.mkdir()
     wrapper.write_text(
-        "#!/bin/sh\n"
-        f'case " $* " in *" -S "*) exec {cmake} -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=TRUE "$@";; esac\n'
-        f'exec {cmake} "$@"\n'
+        f'#!/bin/sh\ncase " $* " in *" -S "*) exec {cmake} -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=TRUE "$@";; esac\nexec {cmake} "$@"\n'
     )
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")

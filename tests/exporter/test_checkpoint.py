@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from hf_oracle import hf_logits, hf_model, make_checkpoint, save_checkpoint
 from safetensors.torch import load_file, save_file
 
-from hf_oracle import hf_logits, hf_model, make_checkpoint, save_checkpoint
 from nemotron_deploy.exporter.checkpoint import load_model, open_checkpoint
 from nemotron_deploy.runtime.artifact.errors import CheckpointError
 
@@ -120,7 +120,9 @@ def test_truncated_safetensors(good_checkpoint, tmp_path):
 def test_wrong_shape_missing_and_extra_tensors(good_checkpoint, tmp_path):
     path = _copy(good_checkpoint, tmp_path / "shape")
     _rewrite(path, lambda t: dict(t, **{"backbone.layers.0.mixer.in_proj.weight": torch.zeros(7, 48)}))
-    with pytest.raises(CheckpointError, match=r"tensor 'backbone.layers.0.mixer.in_proj.weight' has shape \[7, 48\], expected \[\d+, 48\] from config.json"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'backbone.layers.0.mixer.in_proj.weight' has shape \[7, 48\], expected \[\d+, 48\] from config.json"
+    ):
         open_checkpoint(path)
     path = _copy(good_checkpoint, tmp_path / "missing")
     _rewrite(path, lambda t: {k: v for k, v in t.items() if k != "backbone.layers.3.mixer.D"})

@@ -4,18 +4,36 @@ import json
 import math
 
 import pytest
-
 from hf_oracle import hf_config
+
 from nemotron_deploy.exporter.config import ModelConfig
 from nemotron_deploy.runtime.artifact.errors import ConfigError
 
 HUB_STYLE = {  # as in the hub's Nemotron-H / Nano-v2 configs
-    "model_type": "nemotron_h", "vocab_size": 100, "hidden_size": 32, "hybrid_override_pattern": "M-M*ME",
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 40,
-    "mamba_num_heads": 4, "mamba_head_dim": 8, "mamba_n_groups": 2, "ssm_state_size": 8,
-    "mamba_d_conv": 3, "mamba_chunk_size": 16, "mamba_dt_min": 0.002, "mamba_dt_limit": [0.0, math.inf],
-    "mamba_conv_bias": True, "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-    "moe_shared_expert_intermediate_size": 16, "n_group": 2, "topk_group": 1, "torch_dtype": "bfloat16",
+    "model_type": "nemotron_h",
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "hybrid_override_pattern": "M-M*ME",
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 40,
+    "mamba_num_heads": 4,
+    "mamba_head_dim": 8,
+    "mamba_n_groups": 2,
+    "ssm_state_size": 8,
+    "mamba_d_conv": 3,
+    "mamba_chunk_size": 16,
+    "mamba_dt_min": 0.002,
+    "mamba_dt_limit": [0.0, math.inf],
+    "mamba_conv_bias": True,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 16,
+    "moe_shared_expert_intermediate_size": 16,
+    "n_group": 2,
+    "topk_group": 1,
+    "torch_dtype": "bfloat16",
     "eos_token_id": [2, 11],
 }
 

@@ -12,12 +12,23 @@ import pytest
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from export_profile import profile_export  # noqa: E402 (the benchmarks' measuring child process)
+from export_profile import profile_export
 
 # Mamba, MoE and attention layers; small widths so the graphs trace quickly.
-BASE = dict(TINY_CONFIG, hybrid_override_pattern="ME*", vocab_size=64, hidden_size=32, mamba_num_heads=2,
-            n_groups=1, ssm_state_size=8, chunk_size=8, num_attention_heads=2, head_dim=16,
-            moe_intermediate_size=16, moe_shared_expert_intermediate_size=16)  # fmt: skip
+BASE = dict(
+    TINY_CONFIG,
+    hybrid_override_pattern="ME*",
+    vocab_size=64,
+    hidden_size=32,
+    mamba_num_heads=2,
+    n_groups=1,
+    ssm_state_size=8,
+    chunk_size=8,
+    num_attention_heads=2,
+    head_dim=16,
+    moe_intermediate_size=16,
+    moe_shared_expert_intermediate_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +61,8 @@ def test_export_memory_does_not_grow_with_the_weights(exports):
     weights_mb = wide["weights_mb"] - small["weights_mb"]
     assert weights_mb > 500  # float32 experts (up stored twice for onnxruntime's MoE node): ~768 MiB
     grown = wide["peak_anon_mb"] - small["peak_anon_mb"]
-    print(f"weights +{weights_mb:.0f} MiB -> peak anonymous memory +{grown:.0f} MiB, peak RSS +{wide['peak_rss_mb'] - small['peak_rss_mb']:.0f} MiB")
+    print(
+        f"weights +{weights_mb:.0f} MiB -> peak anonymous memory +{grown:.0f} MiB, peak RSS +{wide['peak_rss_mb'] - small['peak_rss_mb']:.0f} MiB"
+    )
     # Streaming holds a few blocks (one expert: 4 MiB here); holding the weights would cost >= weights_mb.
     assert grown < 0.25 * weights_mb

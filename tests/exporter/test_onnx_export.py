@@ -11,7 +11,9 @@ from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest, to_json
 
 
-@pytest.mark.parametrize("name,dtype,target", [("latent_moe_tied_odd", "float32", "onnxruntime"), ("hybrid_moe_groups", "bfloat16", "tensorrt")])
+@pytest.mark.parametrize(
+    "name,dtype,target", [("latent_moe_tied_odd", "float32", "onnxruntime"), ("hybrid_moe_groups", "bfloat16", "tensorrt")]
+)
 def test_typed_manifest_reads_back_the_json_it_writes(artifacts, name, dtype, target):
     """The one reader and the one writer are inverses: every field the exporter writes is typed, none is lost."""
     _, _, artifact = artifacts(name, dtype, target)
@@ -80,8 +82,8 @@ def test_a_model_without_recurrent_state_exports_and_decodes(tmp_path):
     """MoE and MLP layers only: the step graphs take and return no state at all (the trace's dynamic
     shapes then have no states element); greedy tokens still equal transformers'."""
     import torch
-
     from hf_oracle import hf_logits, make_checkpoint
+
     from nemotron_deploy.runtime.session import Session
 
     def greedy(ref, prompt, n):  # transformers' generate wants an attention layer for its cache: no cache

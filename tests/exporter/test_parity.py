@@ -4,12 +4,13 @@ runtime's one decode loop (`TorchBackend`)."""
 import numpy as np
 import pytest
 import torch
-
 from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error
+
 from nemotron_deploy.exporter.checkpoint import load_model
 from nemotron_deploy.exporter.modeling.mamba import ssd_chunked, ssd_recurrent
 from nemotron_deploy.runtime.backends.torch_backend import TorchBackend, greedy_decode
 from nemotron_deploy.runtime.decode import left_pad, prefill
+
 
 def test_full_sequence_logits_match_transformers(hf_checkpoints, config_name):
     """Prompt of 23 tokens: longer than every chunk_size and a multiple of none."""

@@ -39,8 +39,18 @@ def test_mamba2_core_reference_equals_transformers_mixer(name):
             z, xbc, dt = mixer.in_proj(hidden * mask[..., None]).split([cfg.mamba_intermediate, cfg.conv_dim, cfg.mamba_num_heads], -1)
             conv_state = torch.zeros(2, cfg.conv_dim, cfg.conv_kernel - 1)
             ssm_state = torch.zeros(2, cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size)
-            inputs = [xbc, dt, mask.float(), conv_state, ssm_state, mixer.conv1d.weight[:, 0], mixer.conv1d.bias,
-                      mixer.dt_bias, mixer.A_log, mixer.D]  # fmt: skip
+            inputs = [
+                xbc,
+                dt,
+                mask.float(),
+                conv_state,
+                ssm_state,
+                mixer.conv1d.weight[:, 0],
+                mixer.conv1d.bias,
+                mixer.dt_bias,
+                mixer.A_log,
+                mixer.D,
+            ]
             y, _, _ = run_reference(MAMBA2_CORE, inputs, mamba2_core_attributes(cfg, decode=False))
             got = mixer.out_proj(mixer.norm(y, z))
         for row, (want, have) in enumerate(zip(expected, [got[0:1], got[1:2, 4:]])):
@@ -60,10 +70,8 @@ def test_moe_dispatch_reference_equals_transformers_moe(name, tokens):
             expected = moe(hidden)
             flat = hidden.flatten(0, 1)
             logits = torch.nn.functional.linear(flat.float(), moe.gate.weight.float())
-            inputs = [moe.fc1_latent_proj(flat), logits, moe.gate.e_score_correction_bias, moe.experts.up_proj,
-                      moe.experts.down_proj]  # fmt: skip
+            inputs = [moe.fc1_latent_proj(flat), logits, moe.gate.e_score_correction_bias, moe.experts.up_proj, moe.experts.down_proj]
             (routed,) = run_reference(MOE_DISPATCH, inputs, moe_dispatch_attributes(cfg))
             got = (moe.fc2_latent_proj(routed) + moe.shared_experts(flat)).view_as(hidden)
         err = (got - expected).abs().max() / expected.abs().max()
         assert err < 1e-5, f"{name}: rel err {err:.2e}"
-

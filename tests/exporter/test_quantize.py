@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from hf_oracle import hf_model, save_checkpoint
 from onnx import TensorProto, helper, numpy_helper
 
 from nemotron_deploy.exporter.onnx_export import export_artifact
@@ -27,13 +28,13 @@ from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
 
-from hf_oracle import hf_model, save_checkpoint
-
 # Widths that a block of 16 divides (the CONFIGS' own odd widths are for parity, not quantization), and
 # transformers' default initializer_range (0.02; the parity tests' 0.15 makes a chaotic network in which
 # one flipped expert choice moves every later logit: a stress test of routing, not of rounding).
 QUANTIZABLE = {
-    "hybrid_moe_groups": dict(hidden_size=64, head_dim=16, mamba_head_dim=16, moe_intermediate_size=32, moe_shared_expert_intermediate_size=48),
+    "hybrid_moe_groups": dict(
+        hidden_size=64, head_dim=16, mamba_head_dim=16, moe_intermediate_size=32, moe_shared_expert_intermediate_size=48
+    ),
     "dense_mlp_biases": dict(hidden_size=64, head_dim=16, mamba_head_dim=16, intermediate_size=96),
 }
 INIT = dict(initializer_range=0.02)
@@ -51,9 +52,12 @@ def _onnxruntime(nodes, initializers, inputs, feeds):
     import onnxruntime as ort
 
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in inputs.items()],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(v, k) for k, v in initializers.items()],
-    )  # fmt: skip
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
@@ -82,7 +86,9 @@ def test_matmulnbits_reads_our_layout(bits):
     n, k = 40, 128
     w, x = torch.randn(n, k), torch.randn(3, k)
     packed, scales = quantize_rows(w, bits, 32)
-    node = helper.make_node("MatMulNBits", ["x", "q", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=32, accuracy_level=0)
+    node = helper.make_node(
+        "MatMulNBits", ["x", "q", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=32, accuracy_level=0
+    )
     got = _onnxruntime([node], {"q": packed.numpy(), "s": scales.numpy()}, {"x": x.numpy()}, {"x": x.numpy()})
     want = (x @ dequantize_rows(packed, scales, bits).T).numpy()
     print(f"bits {bits}: max |diff| {np.abs(got - want).max():.2e}")

@@ -8,17 +8,27 @@ tests' (every export is stitched).
 import pytest
 import torch
 
-from nemotron_deploy.exporter import stitch
-from nemotron_deploy.exporter import tracing
+from nemotron_deploy.exporter import stitch, tracing
 from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
 from nemotron_deploy.exporter.graph_equivalence import signature
 from nemotron_deploy.exporter.quantize import QuantScheme
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.exporter.tracing import finished_graph
 
-SMALL = dict(TINY_CONFIG, vocab_size=64, hidden_size=32, mamba_num_heads=2, n_groups=1, ssm_state_size=8,
-             chunk_size=8, num_attention_heads=2, head_dim=16, moe_intermediate_size=16,
-             moe_shared_expert_intermediate_size=16, n_routed_experts=4)  # fmt: skip
+SMALL = dict(
+    TINY_CONFIG,
+    vocab_size=64,
+    hidden_size=32,
+    mamba_num_heads=2,
+    n_groups=1,
+    ssm_state_size=8,
+    chunk_size=8,
+    num_attention_heads=2,
+    head_dim=16,
+    moe_intermediate_size=16,
+    moe_shared_expert_intermediate_size=16,
+    n_routed_experts=4,
+)
 
 
 def _checkpoint(tmp_path, pattern: str):
@@ -64,8 +74,13 @@ def hybrid(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "graph, target, dtype, quantize",
-    [("step", "onnxruntime", "float32", None), ("step", "onnxruntime", "float32", "int4"), ("prefill", "tensorrt", "float16", None), ("decode", "tensorrt", "float32", None)],
-)  # fmt: skip
+    [
+        ("step", "onnxruntime", "float32", None),
+        ("step", "onnxruntime", "float32", "int4"),
+        ("prefill", "tensorrt", "float16", None),
+        ("decode", "tensorrt", "float32", None),
+    ],
+)
 def test_the_stitched_graph_equals_a_whole_model_trace(hybrid, graph, target, dtype, quantize):
     model = _model(hybrid, dtype)
     scheme = QuantScheme.parse(quantize, 16) if quantize else None

@@ -46,7 +46,7 @@ def _check(session, model, graph, shapes):
         _, past, new = shape
         kind = graph if graph != "step" else ("decode" if new == 1 and past > 0 else "prefill")
         got = session.run(None, {n: as_graph(n, t).contiguous().numpy() for n, t in zip(names, example)})
-        for name, g, r in zip(names[len(example):], got, model(*example, graph=kind)):
+        for name, g, r in zip(names[len(example) :], got, model(*example, graph=kind)):
             r = as_graph(name, r)
             assert g.shape == tuple(r.shape), shape
             np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=2e-5, err_msg=str(shape))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from quant_accuracy import measure  # noqa: E402
-from train_reference import SIZES, heldout_windows, train  # noqa: E402
+from quant_accuracy import measure
+from train_reference import SIZES, heldout_windows, train
 
 STEPS = 1000  # the tiny size in under a minute on 2 cores
 

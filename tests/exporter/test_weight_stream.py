@@ -27,7 +27,13 @@ def test_equal_content_is_stored_once_and_a_shared_fingerprint_is_not_merged(tmp
     base = torch.randn(3 * sample_rows, 64)
     late = base.clone()
     late[-1, -1] += 1  # same length and leading bytes (the fingerprint) as `base`, other content
-    tensors = {"a": base, "tied": base.clone(), "late": late, "ones": torch.ones(sample_rows // 4, 64), "ones2": torch.ones(sample_rows // 4, 64)}
+    tensors = {
+        "a": base,
+        "tied": base.clone(),
+        "late": late,
+        "ones": torch.ones(sample_rows // 4, 64),
+        "ones2": torch.ones(sample_rows // 4, 64),
+    }
     weights = _Tensors(tmp_path / "weights.data", tensors, rows=sample_rows // 2)  # several blocks per tensor
     ranges = {name: weights.add(WeightSpec(name, "float32")) for name in tensors}
     weights.close()

@@ -45,4 +45,3 @@ def backend(request):
         pytest.skip("no CUDA GPU here: the GPU run of the kernels needs one (the CPU emulation ran the same cases)")
     build = request.getfixturevalue("cuda_build")
     return PluginHarness(build.harness, build.library), torch.device("cuda")
-

@@ -37,7 +37,9 @@ def tiny_artifacts(tmp_path_factory):
 
     def get(dtype: str) -> Path:
         if dtype not in cache:
-            cache[dtype] = export_artifact(ckpt, tmp_path_factory.mktemp(f"tiny-{dtype}") / "onnx", target="tensorrt", dtype=dtype, progress=False)
+            cache[dtype] = export_artifact(
+                ckpt, tmp_path_factory.mktemp(f"tiny-{dtype}") / "onnx", target="tensorrt", dtype=dtype, progress=False
+            )
         return cache[dtype]
 
     return get
@@ -48,7 +50,7 @@ def _dim(d, symbols: dict) -> int:
     new_tokens)", as torch's exporter writes them) evaluated at `symbols`."""
     if d.HasField("dim_value"):
         return d.dim_value
-    return int(eval(d.dim_param, {"__builtins__": {}}, dict(symbols, Max=max, Min=min)))  # noqa: S307 (our own graph)
+    return int(eval(d.dim_param, {"__builtins__": {}}, dict(symbols, Max=max, Min=min)))
 
 
 def _tensor_types(model: onnx.ModelProto, symbols: dict) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -139,13 +141,26 @@ def io_table(op: PluginOp) -> str:
     rows = [f"| {i} | {p.name} | {p.dtype} | {p.shape} | {p.meaning} |" for i, p in enumerate(op.inputs)]
     rows += [f"| → {i} | {p.name} | {p.dtype} | {p.shape} | {p.meaning} |" for i, p in enumerate(op.outputs)]
     bound = lambda v, unbounded: unbounded if v is None else f"{v:g}"  # noqa: E731
-    attrs = [f"| {a.name} | {a.kind.upper()} | {bound(a.min, '-inf')} .. {bound(a.max, '+inf')}"
-             f"{f', ≤ {a.at_most}' if a.at_most else ''} | {a.meaning} |" for a in op.attributes]  # fmt: skip
+    attrs = [
+        f"| {a.name} | {a.kind.upper()} | {bound(a.min, '-inf')} .. {bound(a.max, '+inf')}"
+        f"{f', ≤ {a.at_most}' if a.at_most else ''} | {a.meaning} |"
+        for a in op.attributes
+    ]
     limits = [f"Sizes the kernels are written for: {lim.dim} {lim.min}..{lim.max} ({lim.meaning})." for lim in op.dimension_limits]
     return "\n".join(
-        [f"**{op.name}** v{op.version}", "", "| # | port | dtype | shape | meaning |", "|---|---|---|---|---|", *rows, "",
-         "| attribute | kind | range | meaning |", "|---|---|---|---|", *attrs, *([""] + limits if limits else [])]
-    )  # fmt: skip
+        [
+            f"**{op.name}** v{op.version}",
+            "",
+            "| # | port | dtype | shape | meaning |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "| attribute | kind | range | meaning |",
+            "|---|---|---|---|",
+            *attrs,
+            *([""] + limits if limits else []),
+        ]
+    )
 
 
 def legend_table() -> str:

@@ -78,8 +78,8 @@ def test_cli_plugins_build_bad_header_dir_is_one_line(tmp_path):
 def test_manifest_plugin_versions_are_checked_against_the_library(emulated_build, tmp_path):
     """The check `build` and the TensorRT backend run after loading the library, here over the creators the
     library exposes through getCreators (TensorRT's registry is not available on this machine)."""
-    from nemotron_deploy.runtime.artifact.manifest import Manifest, PluginRecord
     from nemotron_deploy.plugins.tensorrt_common import TensorRTError, check_plugin_versions
+    from nemotron_deploy.runtime.artifact.manifest import Manifest, PluginRecord
 
     creators = {(c["name"], c["version"], c["namespace"]) for c in PluginHarness(emulated_build.harness, emulated_build.library).creators()}
     find = lambda name, version, namespace: (name, version, namespace) if (name, version, namespace) in creators else None  # noqa: E731
@@ -100,8 +100,17 @@ def test_cli_plugins_build_bad_architecture_is_one_line(tmp_path):
 
 
 # Each entry point's failure as the harness sees it: createPlugin / build steps / run-time plugin / enqueue
-ENTRY_POINTS = ["createPlugin", "getOutputDataTypes", "getOutputShapes", "supportsFormatCombination", "configurePlugin",
-                "getWorkspaceSize", "getFieldsToSerialize", "clone", "enqueue"]  # fmt: skip
+ENTRY_POINTS = [
+    "createPlugin",
+    "getOutputDataTypes",
+    "getOutputShapes",
+    "supportsFormatCombination",
+    "configurePlugin",
+    "getWorkspaceSize",
+    "getFieldsToSerialize",
+    "clone",
+    "enqueue",
+]
 
 
 @pytest.mark.parametrize("method", ENTRY_POINTS)

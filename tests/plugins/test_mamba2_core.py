@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from reference_check import assert_matches_reference
 
 from nemotron_deploy.exporter.plugin_ops import MAMBA2_CORE
@@ -39,8 +38,14 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def attributes(case: dict) -> dict:
-    return dict(n_groups=case["G"], head_dim=case["P"], state_size=case["S"], chunk_size=case["L"],
-                dt_min=0.001 if case["T"] > 1 else 0.0, dt_max=math.inf)  # fmt: skip
+    return dict(
+        n_groups=case["G"],
+        head_dim=case["P"],
+        state_size=case["S"],
+        chunk_size=case["L"],
+        dt_min=0.001 if case["T"] > 1 else 0.0,
+        dt_max=math.inf,
+    )
 
 
 def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
@@ -53,9 +58,17 @@ def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int 
         mask[row, :pads] = 0
     rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     tensors = [
-        rand(b, t, c), rand(b, t, h), mask, rand(b, c, k - 1), rand(b, h, p, s),
-        rand(c, k) * 0.5, rand(c) * 0.1, rand(h) - 3.0, torch.log(torch.rand(h, generator=g) * 15 + 1), rand(h),
-    ]  # fmt: skip
+        rand(b, t, c),
+        rand(b, t, h),
+        mask,
+        rand(b, c, k - 1),
+        rand(b, h, p, s),
+        rand(c, k) * 0.5,
+        rand(c) * 0.1,
+        rand(h) - 3.0,
+        torch.log(torch.rand(h, generator=g) * 15 + 1),
+        rand(h),
+    ]
     fixed = {2, 4}  # mask and ssm_state are float32 in every engine
     return [x.to(device=device, dtype=torch.float32 if i in fixed else dtype) for i, x in enumerate(tensors)]
 

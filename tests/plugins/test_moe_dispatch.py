@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reference_check import assert_matches_reference
 
 from nemotron_deploy.exporter.plugin_ops import MOE_DISPATCH
@@ -33,8 +32,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
 
 def attributes(case: dict) -> dict:
-    return dict(top_k=case["k"], n_group=case["G"], topk_group=case["TG"], norm_topk_prob=case["norm"],
-                routed_scaling_factor=2.5)  # fmt: skip
+    return dict(top_k=case["k"], n_group=case["G"], topk_group=case["TG"], norm_topk_prob=case["norm"], routed_scaling_factor=2.5)
 
 
 def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
@@ -44,8 +42,13 @@ def make_inputs(case: dict, dtype: torch.dtype, device: torch.device, seed: int 
     if case.get("skew"):
         bias[3] += 5.0
         bias[11] += 5.0
-    tensors = [torch.randn(n, d, generator=g), torch.randn(n, x, generator=g), bias,
-               torch.randn(x, i, d, generator=g) / d**0.5, torch.randn(x, d, i, generator=g) / i**0.5]  # fmt: skip
+    tensors = [
+        torch.randn(n, d, generator=g),
+        torch.randn(n, x, generator=g),
+        bias,
+        torch.randn(x, i, d, generator=g) / d**0.5,
+        torch.randn(x, d, i, generator=g) / i**0.5,
+    ]
     fixed = {1, 2}  # router logits and correction bias are float32
     return [t.to(device=device, dtype=torch.float32 if j in fixed else dtype) for j, t in enumerate(tensors)]
 

@@ -10,10 +10,10 @@ import json
 import shutil
 
 import pytest
+from chat_fixtures import CHAT_TOKENS, NEMOTRON_STYLE, TOOLS_TEMPLATE, export_chat_artifact, write_tokenizer_files
 from click.testing import CliRunner
 from transformers import PreTrainedTokenizerFast
 
-from chat_fixtures import CHAT_TOKENS, NEMOTRON_STYLE, TOOLS_TEMPLATE, export_chat_artifact, write_tokenizer_files
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.chat_template import ChatTemplate, ChatTemplateError
 from nemotron_deploy.runtime.session import Session
@@ -23,9 +23,19 @@ CONVERSATIONS = [
     ([{"role": "system", "content": "You are terse. /no_think"}, {"role": "user", "content": "Hi"}], {}),
     ([{"role": "system", "content": "/think"}, {"role": "user", "content": "Hi"}], {"enable_thinking": False}),
     ([{"role": "user", "content": "Hi"}], {"enable_thinking": False}),
-    ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"},
-      {"role": "assistant", "content": "4", "reasoning_content": "Two and two."}, {"role": "user", "content": "ünïcode ✓ \"quotes\" <b>"}], {}),  # fmt: skip
-    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "reasoning": "greet"}], {"add_generation_prompt": False}),
+    (
+        [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "Two and two."},
+            {"role": "user", "content": 'ünïcode ✓ "quotes" <b>'},
+        ],
+        {},
+    ),
+    (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "reasoning": "greet"}],
+        {"add_generation_prompt": False},
+    ),
 ]
 
 
@@ -60,11 +70,15 @@ def test_named_templates_tools_helpers_and_the_template_file(chat_artifact, tmp_
     named = [{"name": "default", "template": NEMOTRON_STYLE}, {"name": "tool_use", "template": TOOLS_TEMPLATE}]
     write_tokenizer_files(folder, {"chat_template": named})
     messages = [{"role": "user", "content": "weather in Zürich? <now>"}]
-    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    ]
     hf, ours = _hf(folder), ChatTemplate.of(folder)
     for kw in ({}, {"tools": tools}):
         assert ours.render(messages, **kw) == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
-    assert "tools: [\n  {" in ours.render(messages, tools=tools) and "Zürich" in ours.render(messages, tools=tools)  # tojson: indent, no escaping
+    assert "tools: [\n  {" in ours.render(messages, tools=tools) and "Zürich" in ours.render(
+        messages, tools=tools
+    )  # tojson: indent, no escaping
     # chat_template.jinja beside tokenizer_config.json wins, as in transformers
     (folder / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
     assert ChatTemplate.of(folder).render(messages) == _hf(folder).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -75,7 +89,12 @@ def test_a_template_that_raises_and_bad_messages_are_one_line_errors(chat_artifa
     template = ChatTemplate.of(chat_artifact)
     with pytest.raises(ChatTemplateError, match="refused the conversation: Only system, user and assistant roles are supported, got tool"):
         template.render([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}])
-    for messages, field in (([], "messages: empty"), ([{"content": "x"}], r"messages\[0\].role"), (["hello"], r"messages\[0\]: expected an object"), ("hi", "messages: expected a list")):
+    for messages, field in (
+        ([], "messages: empty"),
+        ([{"content": "x"}], r"messages\[0\].role"),
+        (["hello"], r"messages\[0\]: expected an object"),
+        ("hi", "messages: expected a list"),
+    ):
         with pytest.raises(ChatTemplateError, match=field):
             template.render(messages)
 
@@ -91,10 +110,37 @@ def test_chat_generates_from_the_rendered_ids(chat_artifact, tmp_path):
     assert thinking.new_token_ids == got.new_token_ids  # /no_think and enable_thinking=False render the same turn
     from nemotron_deploy.runtime.cli import main
 
-    out = CliRunner().invoke(main, ["generate", str(chat_artifact), "--system", "/no_think", "--chat", "Write a haiku about GPUs", "--max-new-tokens", "8", "--ignore-eos", "--json"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            str(chat_artifact),
+            "--system",
+            "/no_think",
+            "--chat",
+            "Write a haiku about GPUs",
+            "--max-new-tokens",
+            "8",
+            "--ignore-eos",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output.strip().splitlines()[-1])["new_token_ids"] == want.new_token_ids
-    out = CliRunner().invoke(main, ["generate", str(chat_artifact), "--chat", "Hi", "--chat-template-kwargs", '{"enable_thinking": false}', "--max-new-tokens", "3", "--json"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            str(chat_artifact),
+            "--chat",
+            "Hi",
+            "--chat-template-kwargs",
+            '{"enable_thinking": false}',
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     # an artifact without a template refuses chat in one line; completions still work
     plain = tmp_path / "plain"

@@ -4,8 +4,8 @@ import json
 
 import torch
 from click.testing import CliRunner
-
 from hf_oracle import hf_model, save_checkpoint
+
 from nemotron_deploy.runtime.cli import main
 
 

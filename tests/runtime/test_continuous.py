@@ -3,8 +3,8 @@
 
 import numpy as np
 import pytest
-
 from hf_oracle import hf_greedy
+
 from nemotron_deploy.runtime.backends.interface import Backend
 from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
 from nemotron_deploy.runtime.sampling import Sampling

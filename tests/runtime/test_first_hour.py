@@ -41,7 +41,19 @@ def demo_dir(tmp_path_factory):
 # ---------------------------------------------------------------------------------------- 1. extras
 
 # What each install lacks, simulated by a finder that makes those imports fail as a missing package does.
-CORE_ONLY = ["torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "tqdm", "safetensors", "tokenizers", "onnxruntime", "transformers", "tensorrt_rtx"]
+CORE_ONLY = [
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnx_ir",
+    "onnx_graphsurgeon",
+    "tqdm",
+    "safetensors",
+    "tokenizers",
+    "onnxruntime",
+    "transformers",
+    "tensorrt_rtx",
+]
 ONNXRUNTIME_ONLY = ["torch", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "tqdm", "safetensors", "transformers", "tensorrt_rtx"]
 _BLOCKING_CLI = """
 import importlib.abc, sys
@@ -70,12 +82,18 @@ def test_every_command_works_or_names_its_extra(install, demo_dir, tmp_path):
     code, out, err = _cli_without(blocked, "verify", artifact)
     assert code == 0 and out.startswith("ok: "), err
     code, out, err = _cli_without(blocked, "export", checkpoint, "-o", tmp_path / "x")
-    assert (code, err.strip()) == (2, "error: 'nemotron-deploy export' needs the 'export' extra (torch is not installed): pip install 'nemotron-deploy[export]'")
+    assert (code, err.strip()) == (
+        2,
+        "error: 'nemotron-deploy export' needs the 'export' extra (torch is not installed): pip install 'nemotron-deploy[export]'",
+    )
     code, out, err = _cli_without(blocked, "demo", "-o", tmp_path / "d")
     assert code == 2 and err.count("\n") == 1 and "pip install 'nemotron-deploy[export]'" in err
     code, out, err = _cli_without(blocked, "generate", artifact, "--prompt-ids", "5,6", "--max-new-tokens", 2)
     if install == "core":
-        assert (code, err.strip()) == (2, "error: 'nemotron-deploy generate' needs the 'onnxruntime' extra (onnxruntime is not installed): pip install 'nemotron-deploy[onnxruntime]'")
+        assert (code, err.strip()) == (
+            2,
+            "error: 'nemotron-deploy generate' needs the 'onnxruntime' extra (onnxruntime is not installed): pip install 'nemotron-deploy[onnxruntime]'",
+        )
     else:
         assert code == 0 and out.strip(), err
     assert not (tmp_path / "x").exists() and not (tmp_path / "d").exists()
@@ -87,8 +105,11 @@ def test_every_command_works_or_names_its_extra(install, demo_dir, tmp_path):
 def test_output_paths_are_checked_before_any_work(demo_dir, tmp_path):
     checkpoint = demo_dir / "checkpoint"
     (tmp_path / "a_file").write_text("x")
-    for bad, text in (("/proc/x", "/proc/x: cannot create a directory there"), ("/sys/x", "/sys/x: cannot create a directory there"),
-                      (tmp_path / "a_file" / "out", "a_file is a file, not a directory")):  # fmt: skip
+    for bad, text in (
+        ("/proc/x", "/proc/x: cannot create a directory there"),
+        ("/sys/x", "/sys/x: cannot create a directory there"),
+        (tmp_path / "a_file" / "out", "a_file is a file, not a directory"),
+    ):
         _error(_run("export", checkpoint, "-o", bad), text)
     assert (tmp_path / "a_file").read_text() == "x"
 
@@ -121,8 +142,12 @@ def test_building_the_package_prints_no_warnings(tmp_path):
     from pathlib import Path
 
     repo = Path(cli.__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(repo)],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(repo)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
 
@@ -175,7 +200,9 @@ def test_generate_output_forms(demo_dir, tmp_path):
     assert several.exit_code == 0 and len(lines) == 2 and lines[0].startswith('[0] "') and lines[1].startswith('[1] "')
     texts = [json.loads(line.split(" ", 1)[1]) for line in lines]
     _error(_run("generate", artifact, "--prompt", "a", "--prompt", "b", "--stream"), "for several prompts use --stream --json")
-    streamed = _run("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 4, "--ignore-eos", "--stream", "--json")
+    streamed = _run(
+        "generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 4, "--ignore-eos", "--stream", "--json"
+    )
     records = [json.loads(line) for line in streamed.output.splitlines()]
     assert [r["prompt"] for r in records[:-1]] == [0, 1] * 4 and records[-1]["text"] == texts
     _error(_run("generate", artifact, "--prompt-ids", "1,,2"), "--prompt-ids '1,,2': expected comma-separated integers")
@@ -195,7 +222,11 @@ def test_generate_output_forms(demo_dir, tmp_path):
 def test_bench_peak_memory_is_the_models(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
     code = "from nemotron_deploy.runtime.cli import main; main()"
-    done = subprocess.run([sys.executable, "-c", code, "bench", str(artifact), "--prompt-len", "8", "--new-tokens", "2", "--json"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "bench", str(artifact), "--prompt-len", "8", "--new-tokens", "2", "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     # 2 x 512 MiB of bandwidth-test buffers used to be counted in; the model and onnxruntime need ~100 MiB
     assert json.loads(done.stdout)["peak_rss_mb"] < 600

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
 from hf_oracle import hf_greedy
+
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
 from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.session import Session
@@ -24,7 +24,9 @@ def _error(result, text):
 
 def test_generate_json_batch_of_prompt_ids(artifacts):
     ref, _, artifact = artifacts("hybrid_moe_groups")
-    result = _run("generate", artifact, "--prompt-ids", "5,17,3,99,42,8", "--prompt-ids", "7,70", "--max-new-tokens", 12, "--ignore-eos", "--json")
+    result = _run(
+        "generate", artifact, "--prompt-ids", "5,17,3,99,42,8", "--prompt-ids", "7,70", "--max-new-tokens", 12, "--ignore-eos", "--json"
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["new_token_ids"] == [hf_greedy(ref, [5, 17, 3, 99, 42, 8], 12), hf_greedy(ref, [7, 70], 12)]
@@ -42,7 +44,22 @@ def test_generate_threads(artifacts):
 
 def test_sampling_is_seeded(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
-    args = ("generate", artifact, "--prompt-ids", "5,6,7", "--max-new-tokens", 10, "--ignore-eos", "--json", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9")
+    args = (
+        "generate",
+        artifact,
+        "--prompt-ids",
+        "5,6,7",
+        "--max-new-tokens",
+        10,
+        "--ignore-eos",
+        "--json",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+    )
     a, b, c = _run(*args, "--seed", 1), _run(*args, "--seed", 1), _run(*args, "--seed", 2)
     assert a.output == b.output and a.output != c.output
 
@@ -130,7 +147,9 @@ def test_export_cli_errors(hf_checkpoints, tmp_path, dtype):
     _, ckpt = hf_checkpoints("dense_mlp_biases")
     _error(_run("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
     _error(_run("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
-    _error(_run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"), "export --target onnxruntime to quantize")
+    _error(
+        _run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"), "export --target onnxruntime to quantize"
+    )
     _error(_run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int8", "--dtype", "float16"), "use --dtype float32")
     result = _run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4")
     _error(result, "does not divide the input width of layers.0.mixer.in_proj.weight")

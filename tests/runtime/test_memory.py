@@ -34,11 +34,27 @@ MiB = 2**20
 # Dense-heavy on purpose (three wide relu2 MLPs, a 24k vocabulary): 51 M parameters, ~200 MiB of float32
 # weights of which ~150 MiB are MatMul weights that onnxruntime would pack (a copy per session).
 DENSE = dict(
-    TINY_CONFIG, vocab_size=65536, hidden_size=512, hybrid_override_pattern="M-*-E-", intermediate_size=6144,
-    num_attention_heads=8, num_key_value_heads=2, head_dim=64, mamba_num_heads=16, mamba_head_dim=32, n_groups=2,
-    ssm_state_size=32, chunk_size=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=512,
-    moe_shared_expert_intermediate_size=512, n_group=1, topk_group=1, max_position_embeddings=4096,
-)  # fmt: skip
+    TINY_CONFIG,
+    vocab_size=65536,
+    hidden_size=512,
+    hybrid_override_pattern="M-*-E-",
+    intermediate_size=6144,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=64,
+    mamba_num_heads=16,
+    mamba_head_dim=32,
+    n_groups=2,
+    ssm_state_size=32,
+    chunk_size=64,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=512,
+    moe_shared_expert_intermediate_size=512,
+    n_group=1,
+    topk_group=1,
+    max_position_embeddings=4096,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +130,9 @@ def test_the_cache_is_reused_and_rebuilt_when_damaged(int4_artifact, tmp_path):
     assert (entry / onnx_prepacked.MODEL_FILE).stat().st_mtime_ns == built, "a second open rebuilt the cache"
     data = entry / onnx_prepacked.DATA_FILE
     with open(data, "r+b") as f:  # damage a packed weight: onnxruntime refuses it, the entry is rebuilt
-        start, end = max(onnx_prepacked.packed_ranges(onnx_prepacked.load_model(entry / onnx_prepacked.MODEL_FILE)), key=lambda r: r[1] - r[0])
+        start, end = max(
+            onnx_prepacked.packed_ranges(onnx_prepacked.load_model(entry / onnx_prepacked.MODEL_FILE)), key=lambda r: r[1] - r[0]
+        )
         f.seek((start + end) // 2)
         f.write(b"\xa5" * 64)
     with pytest.warns(UserWarning, match="onnxruntime refused the pre-packed weights cache entry.*rebuilding"):
@@ -132,7 +150,9 @@ def test_a_cache_that_cannot_be_used_falls_back_with_one_warning(int4_artifact, 
     want = _tokens(int4_artifact, onnx_prepacked.CachePolicy(enabled=False))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    with pytest.warns(UserWarning, match=r"a-file/cache: cannot write the pre-packed weights cache there.*packing the weights in memory") as caught:
+    with pytest.warns(
+        UserWarning, match=r"a-file/cache: cannot write the pre-packed weights cache there.*packing the weights in memory"
+    ) as caught:
         assert _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=blocker / "cache")) == want
     assert len(caught) == 1
     monkeypatch.setattr(onnx_prepacked, "_free_bytes", lambda path: 3 * 2**30)  # less than 2x weights + the reserve

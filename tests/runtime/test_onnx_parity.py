@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from hf_oracle import hf_greedy, hf_logits, make_checkpoint, random_prompt, relative_error
 
-from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error, make_checkpoint
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.runtime.backends.interface import Backend
 from nemotron_deploy.runtime.decode import left_pad, prefill
 from nemotron_deploy.runtime.session import Session
+
 
 def test_greedy_batch_matches_transformers_generate(artifacts, config_name):
     """A batch of prompts of different lengths, 64 new tokens each, against transformers one by one."""

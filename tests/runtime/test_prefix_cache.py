@@ -6,8 +6,8 @@ the cached positions; a small budget evicts and never returns a wrong state."""
 
 import numpy as np
 import pytest
-
 from hf_oracle import hf_greedy, random_prompt
+
 from nemotron_deploy.runtime import prefix_cache
 from nemotron_deploy.runtime.continuous import ContinuousBatcher, Request
 from nemotron_deploy.runtime.prefix_cache import PrefixCache
@@ -27,8 +27,15 @@ def session(artifacts):
 
 def _batcher(sess, budget_mb=64, chunk=None, max_batch=8):
     cache = PrefixCache(int(budget_mb * (1 << 20))) if budget_mb is not None else None
-    return ContinuousBatcher(sess.backend, sess.manifest.states, max_batch=max_batch, max_length=sess.max_length,
-                             prefill_chunk_size=chunk, prefix_cache=cache, model=sess.model_id)  # fmt: skip
+    return ContinuousBatcher(
+        sess.backend,
+        sess.manifest.states,
+        max_batch=max_batch,
+        max_length=sess.max_length,
+        prefill_chunk_size=chunk,
+        prefix_cache=cache,
+        model=sess.model_id,
+    )
 
 
 def _run(batcher, prompts, n, sampling=Sampling(), check=None):
@@ -79,7 +86,9 @@ def test_none_part_and_all_of_a_prefix_in_one_batch(session, chunk):
     assert batcher.counters.prefix_cache_hits == (2 if chunk is None else 4)
 
     sampling = Sampling(temperature=0.9, top_k=40, seed=7)
-    assert _run(_batcher(sess, chunk=chunk), prompts, 6, sampling) == _run(_batcher(sess, budget_mb=None, chunk=chunk), prompts, 6, sampling)
+    assert _run(_batcher(sess, chunk=chunk), prompts, 6, sampling) == _run(
+        _batcher(sess, budget_mb=None, chunk=chunk), prompts, 6, sampling
+    )
 
 
 def test_a_requested_position_is_snapshotted_and_continued_from(session):

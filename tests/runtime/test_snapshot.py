@@ -4,8 +4,8 @@ or alone; snapshot files round-trip and a damaged or foreign one is one clear er
 
 import numpy as np
 import pytest
-
 from hf_oracle import hf_greedy, random_prompt
+
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.session import Session
 from nemotron_deploy.runtime.snapshot import SnapshotError

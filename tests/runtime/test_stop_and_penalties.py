@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hf_oracle import random_prompt
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from hf_oracle import random_prompt
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
@@ -83,7 +83,16 @@ def hf_pair(artifacts):
 @torch.no_grad()
 def _hf_tokens(model, prompt, n, **kw):
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None, **kw)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        **kw,
+    )
     return out[0, len(prompt) :].tolist()
 
 
@@ -160,11 +169,15 @@ def test_generate_stops_at_a_string_spanning_tokens(text_artifact):
     used = len(got.new_token_ids[0])
     assert got.new_token_ids[0] == tokens[:used] and stop in pieces[used] and stop not in pieces[used - 1]
     assert "".join(streamed) == want_text
-    out = CliRunner().invoke(_cli(), ["generate", str(text_artifact), "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--stop", stop, "--json"])
+    out = CliRunner().invoke(
+        _cli(), ["generate", str(text_artifact), "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--stop", stop, "--json"]
+    )
     assert out.exit_code == 0, out.output
     printed = json.loads(out.output.strip().splitlines()[-1])
     assert printed["text"] == [want_text] and printed["finish_reasons"] == ["stop"]
-    streamed_cli = CliRunner().invoke(_cli(), ["generate", str(text_artifact), "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--stop", stop, "--stream"])
+    streamed_cli = CliRunner().invoke(
+        _cli(), ["generate", str(text_artifact), "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--stop", stop, "--stream"]
+    )
     assert streamed_cli.exit_code == 0 and streamed_cli.output == want_text + "\n"
     # the continuous batcher ends the sequence there too, and reports "stop"
     seen = []

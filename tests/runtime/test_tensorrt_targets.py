@@ -22,6 +22,7 @@ from nemotron_deploy.runtime.artifact.manifest import ArtifactError, EngineRecor
 from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.session import Session
 
+
 def _prompts():
     return [random_prompt(n, seed) for n, seed in ((19, 7), (6, 8), (11, 9))]
 
@@ -79,7 +80,11 @@ def test_plugin_nodes_follow_the_contract(artifacts):
                 assert attrs["chunk_size"] == cfg["chunk_size"] and attrs["head_dim"] == cfg["mamba_head_dim"]
                 assert attrs["dt_min"] == pytest.approx(dt_min) and attrs["dt_max"] == float("inf")
             else:
-                assert (attrs["top_k"], attrs["n_group"], attrs["topk_group"]) == (cfg["num_experts_per_tok"], cfg["n_group"], cfg["topk_group"])
+                assert (attrs["top_k"], attrs["n_group"], attrs["topk_group"]) == (
+                    cfg["num_experts_per_tok"],
+                    cfg["n_group"],
+                    cfg["topk_group"],
+                )
         counts = {p.name: p.nodes for p in manifest.graph(graph).plugins}
         assert counts == {"Mamba2Core": kinds.count("mamba"), "MoeDispatch": kinds.count("moe")}
 
@@ -135,8 +140,23 @@ def test_tensorrt_rtx_builds_plans_without_a_gpu(rtx_built):
 def test_build_cli_tensorrt_rtx_and_its_errors(rtx_built, tmp_path):
     artifact, _, _ = rtx_built
     runner = CliRunner()
-    out = runner.invoke(main, ["build", str(artifact), "--engine", "tensorrt-rtx", "--compute-capability", "89",
-                               "--max-batch", "2", "--max-seq-len", "64", "--max-prefill-tokens", "32"])  # fmt: skip
+    out = runner.invoke(
+        main,
+        [
+            "build",
+            str(artifact),
+            "--engine",
+            "tensorrt-rtx",
+            "--compute-capability",
+            "89",
+            "--max-batch",
+            "2",
+            "--max-seq-len",
+            "64",
+            "--max-prefill-tokens",
+            "32",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert out.output.strip().splitlines()[-1].endswith("decode.tensorrt-rtx.plan")
     assert read_manifest(artifact).engines["tensorrt-rtx"].compute_capability == "89"

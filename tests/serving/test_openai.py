@@ -14,9 +14,9 @@ import urllib.request
 
 import openai
 import pytest
-
 from chat_fixtures import export_chat_artifact
 from http_wait import wait_for_http
+
 from nemotron_deploy.runtime.sampling import Sampling
 from nemotron_deploy.runtime.serving.triton.server import free_port
 from nemotron_deploy.runtime.session import Session
@@ -31,8 +31,18 @@ def served(tmp_path_factory):
     artifact = export_chat_artifact(tmp_path_factory.mktemp("openai"))
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "openai")}
     log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
-    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--served-model-name", MODEL, "--threads", "1",
-           *(x for name, port in ports.items() for x in (f"--{name}-port", str(port)))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nemotron_deploy.runtime.cli",
+        "serve",
+        str(artifact),
+        "--served-model-name",
+        MODEL,
+        "--threads",
+        "1",
+        *(x for name, port in ports.items() for x in (f"--{name}-port", str(port))),
+    ]
     serve = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{ports['openai']}"
     try:
@@ -81,12 +91,15 @@ def test_chat_greedy_equals_the_runtime_streamed_and_not(served):
     assert got.choices[0].message.content == want.text[0] and got.choices[0].finish_reason == _reason(want)
     assert got.usage.prompt_tokens == len(prompt) and got.usage.completion_tokens == len(want.new_token_ids[0])
     assert got.usage.total_tokens == len(prompt) + len(want.new_token_ids[0])
-    stream = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_completion_tokens=12, stream=True,
-                                            stream_options={"include_usage": True})  # fmt: skip
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HELLO, temperature=0, max_completion_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
     text, reason, usage = _stream_text(stream)
     assert (text, reason) == (want.text[0], _reason(want)) and usage == got.usage.model_dump()
     # reasoning off by the template's keyword renders the same turn as /no_think
-    kw = client.chat.completions.create(model=MODEL, messages=HELLO[1:], temperature=0, max_tokens=12, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    kw = client.chat.completions.create(
+        model=MODEL, messages=HELLO[1:], temperature=0, max_tokens=12, extra_body={"chat_template_kwargs": {"enable_thinking": False}}
+    )
     assert kw.choices[0].message.content == want.text[0]
 
 
@@ -124,7 +137,11 @@ def test_conversation_turns_prefill_only_their_new_tokens(served):
         if previous is None:  # a new conversation: all prefilled (waited for, or it lands in the next turn's counts)
             expected = {"prefix_cache_hits_total": 0, "prefix_tokens_reused_total": 0, "prefill_tokens_total": len(prompt)}
         else:
-            expected = {"prefix_cache_hits_total": 1, "prefix_tokens_reused_total": len(previous), "prefill_tokens_total": len(prompt) - len(previous)}
+            expected = {
+                "prefix_cache_hits_total": 1,
+                "prefix_tokens_reused_total": len(previous),
+                "prefill_tokens_total": len(prompt) - len(previous),
+            }
         deadline = time.monotonic() + 5  # the counters reach /metrics when the batcher goes idle
         while (seen := {n: _metric(metrics, n) - before[n] for n in names}) != expected and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -165,7 +182,9 @@ def test_stop_cuts_exactly_where_the_string_starts(served):
     extra = {"ignore_eos": True}
     got = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=24, stop=stop, extra_body=extra)
     assert got.choices[0].message.content == want and got.choices[0].finish_reason == "stop"
-    stream = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=24, stop=["zz-never", stop], stream=True, extra_body=extra)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HELLO, temperature=0, max_tokens=24, stop=["zz-never", stop], stream=True, extra_body=extra
+    )
     assert _stream_text(stream)[:2] == (want, "stop")
 
 
@@ -174,26 +193,40 @@ def test_penalties_and_seeded_sampling_equal_the_runtime(served):
     ids = [11, 12, 13, 14, 15]
     penalties = dict(presence_penalty=1.2, frequency_penalty=0.6, repetition_penalty=1.5)
     want = session.generate([ids], 16, Sampling(**penalties), ignore_eos=True)
-    got = client.completions.create(model=MODEL, prompt=ids, temperature=0, max_tokens=16, presence_penalty=1.2, frequency_penalty=0.6,
-                                    extra_body={"repetition_penalty": 1.5, "ignore_eos": True})  # fmt: skip
+    got = client.completions.create(
+        model=MODEL,
+        prompt=ids,
+        temperature=0,
+        max_tokens=16,
+        presence_penalty=1.2,
+        frequency_penalty=0.6,
+        extra_body={"repetition_penalty": 1.5, "ignore_eos": True},
+    )
     assert got.choices[0].text == want.text[0] != session.generate([ids], 16, ignore_eos=True).text[0]
     sampled = session.generate([ids], 16, Sampling(temperature=0.8, top_p=0.9, seed=5), ignore_eos=True)
-    runs = [client.completions.create(model=MODEL, prompt=ids, temperature=0.8, top_p=0.9, seed=seed, max_tokens=16, extra_body={"ignore_eos": True})
-            for seed in (5, 5, 6)]  # fmt: skip
+    runs = [
+        client.completions.create(
+            model=MODEL, prompt=ids, temperature=0.8, top_p=0.9, seed=seed, max_tokens=16, extra_body={"ignore_eos": True}
+        )
+        for seed in (5, 5, 6)
+    ]
     assert runs[0].choices[0].text == runs[1].choices[0].text == sampled.text[0] != runs[2].choices[0].text
 
 
 def test_concurrent_streams_each_get_their_own_answer(served):
     client, session, _ = served
-    conversations = [[{"role": "user", "content": text}] for text in ("Hi", "The exporter traces the model", "decode one token", "MoE layers")]
+    conversations = [
+        [{"role": "user", "content": text}] for text in ("Hi", "The exporter traces the model", "decode one token", "MoE layers")
+    ]
     want = [session.chat(m, 10 + 3 * i, ignore_eos=True).text[0] for i, m in enumerate(conversations)]
     got = [None] * len(conversations)
     barrier = threading.Barrier(len(conversations))
 
     def run(i):
         barrier.wait()
-        stream = client.chat.completions.create(model=MODEL, messages=conversations[i], temperature=0, max_tokens=10 + 3 * i, stream=True,
-                                                extra_body={"ignore_eos": True})  # fmt: skip
+        stream = client.chat.completions.create(
+            model=MODEL, messages=conversations[i], temperature=0, max_tokens=10 + 3 * i, stream=True, extra_body={"ignore_eos": True}
+        )
         got[i] = _stream_text(stream)[:2]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(conversations))]
@@ -221,7 +254,9 @@ BAD = [
 def test_bad_requests_get_the_apis_errors_while_a_good_stream_completes(served):
     client, session, _ = served
     want = session.chat(HELLO, 40, ignore_eos=True).text[0]
-    good = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=40, stream=True, extra_body={"ignore_eos": True})
+    good = client.chat.completions.create(
+        model=MODEL, messages=HELLO, temperature=0, max_tokens=40, stream=True, extra_body={"ignore_eos": True}
+    )
     first = next(iter(good))
     for change, status, param in BAD:
         request = {"model": MODEL, "messages": HELLO, "max_tokens": 4, **change}

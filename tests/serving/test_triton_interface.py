@@ -22,8 +22,17 @@ def test_defaults_are_greedy_with_the_model_eos():
 
 
 def test_fields_as_tensorrt_llm_clients_send_them():
-    r = _parse(input_ids=[[5, 6, 7, 0, 0]], input_lengths=[[3]], request_output_len=[[8]], runtime_top_k=[[40]], runtime_top_p=[[0.9]],
-               temperature=[[0.7]], random_seed=[[np.uint64(2**63 + 5)]], streaming=[[True]], end_id=[[9]])  # fmt: skip
+    r = _parse(
+        input_ids=[[5, 6, 7, 0, 0]],
+        input_lengths=[[3]],
+        request_output_len=[[8]],
+        runtime_top_k=[[40]],
+        runtime_top_p=[[0.9]],
+        temperature=[[0.7]],
+        random_seed=[[np.uint64(2**63 + 5)]],
+        streaming=[[True]],
+        end_id=[[9]],
+    )
     assert r.prompt == [5, 6, 7] and r.streaming and r.stop_token_ids == {9}
     s = r.sampling
     assert (s.temperature, s.top_k, s.top_p, s.seed) == (pytest.approx(0.7), 40, pytest.approx(0.9), 2**63 + 5) and not s.greedy
@@ -32,22 +41,25 @@ def test_fields_as_tensorrt_llm_clients_send_them():
     assert _parse(input_ids=[[5, 6, 7]], request_output_len=[[1]], snapshot_at=[[2]]).snapshot_at == (2,)
 
 
-@pytest.mark.parametrize("tensors,message", [
-    (dict(request_output_len=[[4]]), "input_ids: missing"),
-    (dict(input_ids=[[5], [6]], request_output_len=[[4]]), "input_ids: a batch of 2 in one request"),
-    (dict(input_ids=[[5, 100]], request_output_len=[[4]]), "input_ids: token id 100 is outside the vocabulary (0..99)"),
-    (dict(input_ids=[[5, -1]], request_output_len=[[4]]), "input_ids: token id -1 is outside"),
-    (dict(input_ids=np.zeros((1, 0), np.int32), request_output_len=[[4]]), "input_ids: empty prompt"),
-    (dict(input_ids=[[5] * 16], request_output_len=[[4]]), "input_ids: 16 tokens leave no room"),
-    (dict(input_ids=[[5]]), "request_output_len: missing"),
-    (dict(input_ids=[[5]], request_output_len=[[0]]), "request_output_len: 0; expected >= 1"),
-    (dict(input_ids=[[5]], request_output_len=[[2, 3]]), "request_output_len: expected one value per request"),
-    (dict(input_ids=[[5]], request_output_len=[[2]], input_lengths=[[2]]), "input_lengths: 2, but input_ids has 1 tokens"),
-    (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_k=[[-1]]), "runtime_top_k: -1"),
-    (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_p=[[0.0]]), "runtime_top_p: 0.0; expected a number in (0, 1]"),
-    (dict(input_ids=[[5]], request_output_len=[[2]], temperature=[[-1.0]]), "temperature: -1.0; expected a number > 0"),
-    (dict(input_ids=[[5, 6]], request_output_len=[[2]], snapshot_at=[[3]]), "snapshot_at: 3 is not a prompt length (1..2)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tensors,message",
+    [
+        (dict(request_output_len=[[4]]), "input_ids: missing"),
+        (dict(input_ids=[[5], [6]], request_output_len=[[4]]), "input_ids: a batch of 2 in one request"),
+        (dict(input_ids=[[5, 100]], request_output_len=[[4]]), "input_ids: token id 100 is outside the vocabulary (0..99)"),
+        (dict(input_ids=[[5, -1]], request_output_len=[[4]]), "input_ids: token id -1 is outside"),
+        (dict(input_ids=np.zeros((1, 0), np.int32), request_output_len=[[4]]), "input_ids: empty prompt"),
+        (dict(input_ids=[[5] * 16], request_output_len=[[4]]), "input_ids: 16 tokens leave no room"),
+        (dict(input_ids=[[5]]), "request_output_len: missing"),
+        (dict(input_ids=[[5]], request_output_len=[[0]]), "request_output_len: 0; expected >= 1"),
+        (dict(input_ids=[[5]], request_output_len=[[2, 3]]), "request_output_len: expected one value per request"),
+        (dict(input_ids=[[5]], request_output_len=[[2]], input_lengths=[[2]]), "input_lengths: 2, but input_ids has 1 tokens"),
+        (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_k=[[-1]]), "runtime_top_k: -1"),
+        (dict(input_ids=[[5]], request_output_len=[[2]], runtime_top_p=[[0.0]]), "runtime_top_p: 0.0; expected a number in (0, 1]"),
+        (dict(input_ids=[[5]], request_output_len=[[2]], temperature=[[-1.0]]), "temperature: -1.0; expected a number > 0"),
+        (dict(input_ids=[[5, 6]], request_output_len=[[2]], snapshot_at=[[3]]), "snapshot_at: 3 is not a prompt length (1..2)"),
+    ],
+)
 def test_bad_requests_name_the_field(tensors, message):
     with pytest.raises(RequestError) as error:
         _parse(**tensors)

@@ -33,7 +33,9 @@ def _graph_io(path):
     return out
 
 
-@pytest.mark.parametrize("name,dtype", [("hybrid_moe_groups", "float32"), ("latent_moe_tied_odd", "float16"), ("dense_mlp_biases", "float32")])
+@pytest.mark.parametrize(
+    "name,dtype", [("hybrid_moe_groups", "float32"), ("latent_moe_tied_odd", "float16"), ("dense_mlp_biases", "float32")]
+)
 def test_step_repository_matches_the_graph(artifacts, tmp_path, name, dtype):
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -134,9 +136,19 @@ def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
     _, _, trt_artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     artifact = shutil.copytree(trt_artifact, tmp_path / "artifact")
     raw = json.loads((artifact / "manifest.json").read_text())
-    raw["engines"] = {"tensorrt": {"version": "10.14.1", "precision": "float32", "compute_capability": "native", "built_on": "90",
-                                   "max_batch": 4, "max_seq_len": 512, "max_new_tokens": 256, "plugins": {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]},
-                                   "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}}}}  # fmt: skip
+    raw["engines"] = {
+        "tensorrt": {
+            "version": "10.14.1",
+            "precision": "float32",
+            "compute_capability": "native",
+            "built_on": "90",
+            "max_batch": 4,
+            "max_seq_len": 512,
+            "max_new_tokens": 256,
+            "plugins": {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]},
+            "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}},
+        }
+    }
     (artifact / "manifest.json").write_text(json.dumps(raw))
     (artifact / "prefill.plan").write_bytes(b"stand-in plan")
     result = _run("triton", artifact, "-o", tmp_path / "repo", "--kind", "step")

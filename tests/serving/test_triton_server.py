@@ -21,8 +21,13 @@ from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.serving.triton.server import SHM_PREFIX, TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DTYPES = {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.bool_): "BOOL",
-          np.dtype(np.object_): "BYTES"}  # fmt: skip
+DTYPES = {
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.object_): "BYTES",
+}
 
 
 def _cli(*args):
@@ -55,10 +60,24 @@ def served(tmp_path_factory):
 
 def _inputs(prompt, max_new_tokens, **extra) -> dict[str, np.ndarray]:
     one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
-    inputs = {"input_ids": np.array([prompt], dtype=np.int32), "request_output_len": one(max_new_tokens, np.int32), "streaming": one(True, np.bool_)}
-    kinds = {"runtime_top_k": np.int32, "runtime_top_p": np.float32, "temperature": np.float32, "random_seed": np.uint64, "end_id": np.int32,
-             "ignore_eos": np.bool_, "streaming": np.bool_, "input_lengths": np.int32, "repetition_penalty": np.float32,
-             "presence_penalty": np.float32, "frequency_penalty": np.float32}  # fmt: skip
+    inputs = {
+        "input_ids": np.array([prompt], dtype=np.int32),
+        "request_output_len": one(max_new_tokens, np.int32),
+        "streaming": one(True, np.bool_),
+    }
+    kinds = {
+        "runtime_top_k": np.int32,
+        "runtime_top_p": np.float32,
+        "temperature": np.float32,
+        "random_seed": np.uint64,
+        "end_id": np.int32,
+        "ignore_eos": np.bool_,
+        "streaming": np.bool_,
+        "input_lengths": np.int32,
+        "repetition_penalty": np.float32,
+        "presence_penalty": np.float32,
+        "frequency_penalty": np.float32,
+    }
     stops = extra.pop("stop_words", None)
     inputs.update({name: one(v, kinds[name]) for name, v in extra.items()})
     if stops is not None:
@@ -165,7 +184,9 @@ def test_concurrent_greedy_streams_equal_generate_in_about_max_steps(served):
     before = _metrics(server)
     # connected first, then the requests sent back to back: under load, connecting in each thread after a
     # barrier staggered their arrival by more than the shorter streams last (38 steps of 44 serial, once)
-    streams = [Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, n, ignore_eos=True), send=False) for p, n in zip(PROMPTS, LENGTHS)]
+    streams = [
+        Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, n, ignore_eos=True), send=False) for p, n in zip(PROMPTS, LENGTHS)
+    ]
     for stream in streams:
         stream.send()
     runs = [stream.collect() for stream in streams]  # each stream's responses queue up meanwhile
@@ -194,7 +215,10 @@ def test_eos_and_non_streaming_response(served):
 def test_seeded_sampling_reproduces(served):
     server, artifact = served
     sampling = dict(temperature=0.8, runtime_top_k=30, runtime_top_p=0.9, random_seed=2024, ignore_eos=True)
-    runs = _in_parallel(lambda p: Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, 12, **sampling)).collect(), [(PROMPTS[2],), (PROMPTS[2],), (PROMPTS[1],)])
+    runs = _in_parallel(
+        lambda p: Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(p, 12, **sampling)).collect(),
+        [(PROMPTS[2],), (PROMPTS[2],), (PROMPTS[1],)],
+    )
     expected = _generate(artifact, PROMPTS[2], 12, "--temperature", 0.8, "--top-k", 30, "--top-p", 0.9, "--seed", 2024, "--ignore-eos")
     assert _tokens(runs[0][0]) == _tokens(runs[1][0]) == expected
     other_seed = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[2], 12, **dict(sampling, random_seed=7))).collect()
@@ -218,7 +242,9 @@ BAD = [
 def test_bad_requests_get_errors_while_a_good_stream_completes(served):
     server, artifact = served
     good = Stream(server.endpoints.grpc_url, "tensorrt_llm", _inputs(PROMPTS[3], 16, ignore_eos=True))
-    errors = _in_parallel(lambda inputs: Stream(server.endpoints.grpc_url, "tensorrt_llm", inputs).collect()[2], [(inputs,) for inputs, _ in BAD])
+    errors = _in_parallel(
+        lambda inputs: Stream(server.endpoints.grpc_url, "tensorrt_llm", inputs).collect()[2], [(inputs,) for inputs, _ in BAD]
+    )
     for error, (_, message) in zip(errors, BAD):
         assert error is not None and message in error, (error, message)
     outputs, reason, error = good.collect()
@@ -242,14 +268,20 @@ def test_text_ensemble_streams_the_text_generate_prints(served):
     server, artifact = served
     expected = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 8, "--ignore-eos", "--json"))["text"][0]
     one = lambda v, dtype: np.array([[v]], dtype=dtype)  # noqa: E731
-    inputs = {"text_input": np.array([[b"The runtime"]], dtype=np.object_), "max_tokens": one(8, np.int32), "stream": one(True, np.bool_),
-              "ignore_eos": one(True, np.bool_)}  # fmt: skip
+    inputs = {
+        "text_input": np.array([[b"The runtime"]], dtype=np.object_),
+        "max_tokens": one(8, np.int32),
+        "stream": one(True, np.bool_),
+        "ignore_eos": one(True, np.bool_),
+    }
     pieces, _, error = Stream(server.endpoints.grpc_url, "ensemble", inputs).collect("text_output")
     assert error is None and len(pieces) == 8
     assert "".join(p.reshape(-1)[0].decode() for p in pieces) == expected
     # TensorRT-LLM's HTTP generate endpoint on the ensemble, not streamed
     body = json.dumps({"text_input": "The runtime", "max_tokens": 8, "ignore_eos": True}).encode()
-    request = urllib.request.Request(f"http://{server.endpoints.http_url}/v2/models/ensemble/generate", body, {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{server.endpoints.http_url}/v2/models/ensemble/generate", body, {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert json.loads(response.read())["text_output"] == expected
 
@@ -262,11 +294,15 @@ def test_penalties_and_stop_strings_equal_generate(served):
     penalties = dict(repetition_penalty=1.6, presence_penalty=0.8, frequency_penalty=0.5)
     outputs, reason, error = Stream(url, "tensorrt_llm", _inputs(PROMPTS[2], 14, ignore_eos=True, **penalties)).collect()
     assert error is None and reason == "length"
-    assert _tokens(outputs) == _generate(artifact, PROMPTS[2], 14, "--ignore-eos", "--repetition-penalty", 1.6, "--presence-penalty", 0.8, "--frequency-penalty", 0.5)
+    assert _tokens(outputs) == _generate(
+        artifact, PROMPTS[2], 14, "--ignore-eos", "--repetition-penalty", 1.6, "--presence-penalty", 0.8, "--frequency-penalty", 0.5
+    )
     assert _tokens(outputs) != _generate(artifact, PROMPTS[2], 14, "--ignore-eos")
     full = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 16, "--ignore-eos", "--json"))["text"][0]
     stop = full[len(full) // 2 : len(full) // 2 + 3]
-    want = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 16, "--ignore-eos", "--stop", stop, "--json"))
+    want = json.loads(
+        _cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 16, "--ignore-eos", "--stop", stop, "--json")
+    )
     assert want["finish_reasons"] == ["stop"]
     prompt = _encode(artifact, "The runtime")
     for streaming in (True, False):
@@ -284,13 +320,42 @@ def test_the_ensemble_takes_what_tritons_openai_frontend_sends(served):
     `generate` with the same options."""
     server, artifact = served
     f32 = lambda v: np.array([[v]], dtype=np.float32)  # noqa: E731
-    inputs = {"text_input": np.array([[b"The runtime"]], dtype=np.object_), "stream": np.array([[True]]), "max_tokens": np.array([[12]], dtype=np.int32),
-              "stop_words": np.array([[b"zz-never"]], dtype=np.object_), "top_p": f32(0.9), "temperature": f32(0.8),
-              "seed": np.array([[11]], dtype=np.uint64), "presence_penalty": f32(0.5), "frequency_penalty": f32(0.3)}  # fmt: skip
+    inputs = {
+        "text_input": np.array([[b"The runtime"]], dtype=np.object_),
+        "stream": np.array([[True]]),
+        "max_tokens": np.array([[12]], dtype=np.int32),
+        "stop_words": np.array([[b"zz-never"]], dtype=np.object_),
+        "top_p": f32(0.9),
+        "temperature": f32(0.8),
+        "seed": np.array([[11]], dtype=np.uint64),
+        "presence_penalty": f32(0.5),
+        "frequency_penalty": f32(0.3),
+    }
     pieces, _, error = Stream(server.endpoints.grpc_url, "ensemble", inputs).collect("text_output")
     assert error is None
-    want = json.loads(_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 12, "--top-p", 0.9, "--temperature", 0.8,
-                           "--seed", 11, "--presence-penalty", 0.5, "--frequency-penalty", 0.3, "--stop", "zz-never", "--json"))["text"][0]  # fmt: skip
+    want = json.loads(
+        _cli(
+            "generate",
+            artifact,
+            "--prompt",
+            "The runtime",
+            "--max-new-tokens",
+            12,
+            "--top-p",
+            0.9,
+            "--temperature",
+            0.8,
+            "--seed",
+            11,
+            "--presence-penalty",
+            0.5,
+            "--frequency-penalty",
+            0.3,
+            "--stop",
+            "zz-never",
+            "--json",
+        )
+    )["text"][0]
     assert "".join(p.reshape(-1)[0].decode() for p in pieces) == want
 
 
@@ -303,8 +368,12 @@ def _encode(artifact, text: str) -> list[int]:
 def test_client_example(served):
     server, artifact = served
     example = REPO_ROOT / "docs" / "examples" / "triton_stream.py"
-    out = subprocess.run([sys.executable, str(example), "--url", server.endpoints.grpc_url, "--prompt-ids", "5,17,42", "--max-new-tokens", "6"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(example), "--url", server.endpoints.grpc_url, "--prompt-ids", "5,17,42", "--max-new-tokens", "6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert [int(t) for t in out.stdout.split()] == _generate(artifact, [5, 17, 42], 6)
 
@@ -332,8 +401,25 @@ def test_serve_command_runs_until_interrupted(tmp_path):
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
     http, grpc, metrics = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http), "--grpc-port", str(grpc),
-               "--metrics-port", str(metrics), "--openai-port", str(free_port()), "--instances", "2", "--threads", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "nemotron_deploy.runtime.cli",
+        "serve",
+        str(artifact),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--openai-port",
+        str(free_port()),
+        "--instances",
+        "2",
+        "--threads",
+        "1",
+    ]
     serve = subprocess.Popen(["bash", "-c", 'trap "" INT; exec "$@"', "serve", *command], stderr=subprocess.PIPE, text=True)
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
@@ -347,7 +433,10 @@ def test_serve_command_runs_until_interrupted(tmp_path):
             time.sleep(0.3)
         assert client.is_model_ready("tensorrt_llm")
         client.close()
-        runs = _in_parallel(lambda p, n: Stream(f"127.0.0.1:{grpc}", "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(), list(zip(PROMPTS[:2], LENGTHS[:2])))
+        runs = _in_parallel(
+            lambda p, n: Stream(f"127.0.0.1:{grpc}", "tensorrt_llm", _inputs(p, n, ignore_eos=True)).collect(),
+            list(zip(PROMPTS[:2], LENGTHS[:2])),
+        )
         for (outputs, _, error), prompt, n in zip(runs, PROMPTS, LENGTHS):  # two instances, each its own batch
             assert error is None and _tokens(outputs) == _generate(artifact, prompt, n, "--ignore-eos")
         serve.send_signal(signal.SIGINT)
@@ -367,19 +456,41 @@ def test_a_killed_serve_leaves_no_server_behind(tmp_path):
     import signal
     import time
 
+    from http_wait import wait_for_http
+
     from nemotron_deploy.exporter.onnx_export import export_artifact
     from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
-    from http_wait import wait_for_http
     from nemotron_deploy.runtime.serving.triton.server import OWNER_FILE, TEMP_PREFIX, free_port, remove_stale_temp_dirs
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt", config=TINY_CONFIG), tmp_path / "art", progress=False)
     http, grpc = free_port(), free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "nemotron_deploy.runtime.cli", "serve", str(artifact), "--http-port", str(http), "--grpc-port", str(grpc),
-                              "--metrics-port", str(free_port()), "--openai-port", str(free_port()), "--threads", "1"],
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nemotron_deploy.runtime.cli",
+            "serve",
+            str(artifact),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(free_port()),
+            "--openai-port",
+            str(free_port()),
+            "--threads",
+            "1",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_http(f"http://127.0.0.1:{http}/v2/health/ready", serve)
-        owned = [d for d in Path(tempfile_dir()).glob(f"{TEMP_PREFIX}*") if (d / OWNER_FILE).is_file() and (d / OWNER_FILE).read_text() == str(serve.pid)]
+        owned = [
+            d
+            for d in Path(tempfile_dir()).glob(f"{TEMP_PREFIX}*")
+            if (d / OWNER_FILE).is_file() and (d / OWNER_FILE).read_text() == str(serve.pid)
+        ]
         assert len(owned) == 2, owned  # serve's repository and the server's backend folder
         repository = next(d for d in owned if (d / "repository").is_dir())
         serve.send_signal(signal.SIGKILL)
@@ -402,4 +513,3 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
-

@@ -49,27 +49,43 @@ int main(int argc, char** argv) {
         if (i + 1 >= argc) throw nd::Error(arg + ": expected a value");
         return argv[++i];
       };
-      if (arg == "--artifact") artifact = value();
-      else if (arg == "--prompt-ids") prompt = value();
-      else if (arg == "--max-new-tokens") max_new_tokens = std::stoll(value());
-      else if (arg == "--temperature") temperature = std::stod(value());
-      else if (arg == "--top-k") top_k = std::stoll(value());
-      else if (arg == "--top-p") top_p = std::stod(value());
-      else if (arg == "--seed") seed = std::stoull(value());
-      else if (arg == "--repetition-penalty") repetition = std::stod(value());
-      else if (arg == "--presence-penalty") presence = std::stod(value());
-      else if (arg == "--frequency-penalty") frequency = std::stod(value());
-      else if (arg == "--prefill-chunk") prefill_chunk = std::stoll(value());
-      else if (arg == "--greedy") greedy = true;
-      else if (arg == "--ignore-eos") ignore_eos = true;
-      else if (arg == "--plugins") engine.plugin_library = value();
-      else if (arg == "--engine") engine.engine_kind = value();
+      if (arg == "--artifact")
+        artifact = value();
+      else if (arg == "--prompt-ids")
+        prompt = value();
+      else if (arg == "--max-new-tokens")
+        max_new_tokens = std::stoll(value());
+      else if (arg == "--temperature")
+        temperature = std::stod(value());
+      else if (arg == "--top-k")
+        top_k = std::stoll(value());
+      else if (arg == "--top-p")
+        top_p = std::stod(value());
+      else if (arg == "--seed")
+        seed = std::stoull(value());
+      else if (arg == "--repetition-penalty")
+        repetition = std::stod(value());
+      else if (arg == "--presence-penalty")
+        presence = std::stod(value());
+      else if (arg == "--frequency-penalty")
+        frequency = std::stod(value());
+      else if (arg == "--prefill-chunk")
+        prefill_chunk = std::stoll(value());
+      else if (arg == "--greedy")
+        greedy = true;
+      else if (arg == "--ignore-eos")
+        ignore_eos = true;
+      else if (arg == "--plugins")
+        engine.plugin_library = value();
+      else if (arg == "--engine")
+        engine.engine_kind = value();
       else if (arg == "-h" || arg == "--help") {
         std::cout << "usage: nemotron-generate --artifact DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | --temperature T "
                      "--top-k K --top-p P --seed S] [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] [--ignore-eos] "
                      "[--prefill-chunk N] [--plugins LIB] [--engine KIND]\n";
         return 0;
-      } else throw nd::Error("unknown option " + arg + " (see --help)");
+      } else
+        throw nd::Error("unknown option " + arg + " (see --help)");
     }
     if (artifact.empty() || prompt.empty()) throw nd::Error("--artifact and --prompt-ids are required (see --help)");
 

@@ -98,11 +98,16 @@ class Checker {
  private:
   static bool matches(const json& v, json::value_t kind) {
     switch (kind) {
-      case json::value_t::number_integer: return v.is_number_integer();  // booleans are not integers in JSON
-      case json::value_t::string: return v.is_string();
-      case json::value_t::array: return v.is_array();
-      case json::value_t::object: return v.is_object();
-      default: return v.type() == kind;
+      case json::value_t::number_integer:
+        return v.is_number_integer();  // booleans are not integers in JSON
+      case json::value_t::string:
+        return v.is_string();
+      case json::value_t::array:
+        return v.is_array();
+      case json::value_t::object:
+        return v.is_object();
+      default:
+        return v.type() == kind;
     }
   }
   std::string file_;
@@ -241,7 +246,8 @@ Manifest read_manifest(const std::string& artifact_dir) {
         m.eos_token_ids.push_back(t.get<int64_t>());
       }
     }
-    if (const json* pad = c.optional(*gen, "pad_token_id", "generation.pad_token_id", json::value_t::number_integer, "a token id or null")) {
+    if (const json* pad =
+            c.optional(*gen, "pad_token_id", "generation.pad_token_id", json::value_t::number_integer, "a token id or null")) {
       if (pad->get<int64_t>() < 0) c.fail("generation.pad_token_id", "a token id (an integer >= 0) or null", pad);
       m.pad_token_id = pad->get<int64_t>();
     }

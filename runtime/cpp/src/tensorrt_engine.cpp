@@ -31,9 +31,11 @@ const EngineRecord& pick_engine(const Manifest& manifest, const std::string& kin
 
 void check_tensorrt_version(const EngineRecord& record, const std::string& loaded_version, const std::string& plan) {
   // the loaded library reports major.minor.patch; a record may add the build number
-  const std::string recorded = record.version.substr(0, record.version.find('.', record.version.find('.', record.version.find('.') + 1) + 1));
+  const std::string recorded =
+      record.version.substr(0, record.version.find('.', record.version.find('.', record.version.find('.') + 1) + 1));
   if (recorded != loaded_version)
-    throw Error(plan + ": built with TensorRT " + record.version + ", this is " + loaded_version + "; rebuild with `nemotron-deploy build`");
+    throw Error(plan + ": built with TensorRT " + record.version + ", this is " + loaded_version +
+                "; rebuild with `nemotron-deploy build`");
 }
 
 void check_gpu(const EngineRecord& record, const std::string& device_capability, const std::string& device_name, const std::string& plan) {
@@ -78,12 +80,18 @@ int64_t volume(const nvinfer1::Dims& d) {
 
 int64_t element_size(nvinfer1::DataType t) {
   switch (t) {
-    case nvinfer1::DataType::kFLOAT: return 4;
-    case nvinfer1::DataType::kHALF: return 2;
-    case nvinfer1::DataType::kBF16: return 2;
-    case nvinfer1::DataType::kINT64: return 8;
-    case nvinfer1::DataType::kINT32: return 4;
-    default: throw Error("an engine tensor of an unexpected data type");
+    case nvinfer1::DataType::kFLOAT:
+      return 4;
+    case nvinfer1::DataType::kHALF:
+      return 2;
+    case nvinfer1::DataType::kBF16:
+      return 2;
+    case nvinfer1::DataType::kINT64:
+      return 8;
+    case nvinfer1::DataType::kINT32:
+      return 4;
+    default:
+      throw Error("an engine tensor of an unexpected data type");
   }
 }
 
@@ -120,7 +128,8 @@ struct TensorRTEngine::Impl {
   void load_tensorrt(const std::string& kind) {
     const char* name = kind == "tensorrt-rtx" ? "libtensorrt_rtx.so.1" : "libnvinfer.so.10";
     library = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
-    if (!library) throw Error(std::string("cannot load TensorRT (") + name + "): " + dlerror() + "; install TensorRT 10 or add it to LD_LIBRARY_PATH");
+    if (!library)
+      throw Error(std::string("cannot load TensorRT (") + name + "): " + dlerror() + "; install TensorRT 10 or add it to LD_LIBRARY_PATH");
     auto create = reinterpret_cast<void* (*)(void*, int32_t)>(dlsym(library, "createInferRuntime_INTERNAL"));
     auto version = reinterpret_cast<int32_t (*)()>(dlsym(library, "getInferLibVersion"));
     if (!create || !version) throw Error(std::string(name) + ": not a TensorRT runtime library (no createInferRuntime_INTERNAL)");
@@ -146,7 +155,8 @@ struct TensorRTEngine::Impl {
     for (const PluginRecord& p : manifest.plugins)
       if (!registry->getCreator(p.name.c_str(), p.version.c_str(), p.name_space.c_str()))
         throw Error("plugin library " + path + ": has no plugin " + p.name + " version " + p.version + " in namespace '" + p.name_space +
-                    "', which " + manifest.file("manifest.json") + " records; build the library from the nemotron-deploy that "
+                    "', which " + manifest.file("manifest.json") +
+                    " records; build the library from the nemotron-deploy that "
                     "exported the artifact (`nemotron-deploy plugins build`), or re-export");
   }
 
@@ -240,7 +250,8 @@ struct TensorRTEngine::Impl {
     if (side < 0) {  // states from the prefill: into buffer 0 once
       for (size_t i = 0; i < manifest.states.size(); ++i) {
         const DeviceBuffer& from = states[manifest.states[i].name];
-        if (from.bytes) cuda_check(cudaMemcpyAsync(c.buffers[0][i].ptr, from.ptr, from.bytes, cudaMemcpyDeviceToDevice, stream), "state copy");
+        if (from.bytes)
+          cuda_check(cudaMemcpyAsync(c.buffers[0][i].ptr, from.ptr, from.bytes, cudaMemcpyDeviceToDevice, stream), "state copy");
       }
       side = 0;
     }

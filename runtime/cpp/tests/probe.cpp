@@ -31,17 +31,30 @@ json manifest(const std::string& dir) {
   const nd::Manifest m = nd::read_manifest(dir);
   json states = json::array();
   for (const auto& s : m.states)
-    states.push_back({{"name", s.name}, {"present", s.present}, {"role", s.role}, {"dtype", s.dtype}, {"shape", dims(s.shape)},
-                      {"initial_shape_batch_2", s.initial_shape(2)}, {"bytes_per_element", nd::dtype_size(s.dtype)}});
+    states.push_back({{"name", s.name},
+                      {"present", s.present},
+                      {"role", s.role},
+                      {"dtype", s.dtype},
+                      {"shape", dims(s.shape)},
+                      {"initial_shape_batch_2", s.initial_shape(2)},
+                      {"bytes_per_element", nd::dtype_size(s.dtype)}});
   json engines = json::object();
   for (const auto& [kind, e] : m.engines)
-    engines[kind] = {{"version", e.version}, {"max_batch", e.max_batch}, {"max_seq_len", e.max_seq_len}, {"prefill", e.prefill_plan},
-                     {"decode", e.decode_plan}, {"plugins", e.plugins}};
+    engines[kind] = {{"version", e.version},      {"max_batch", e.max_batch}, {"max_seq_len", e.max_seq_len},
+                     {"prefill", e.prefill_plan}, {"decode", e.decode_plan},  {"plugins", e.plugins}};
   json plugins = json::array();
   for (const auto& p : m.plugins) plugins.push_back({{"name", p.name}, {"version", p.version}, {"namespace", p.name_space}});
-  return {{"target", m.target}, {"dtype", m.dtype}, {"vocab_size", m.vocab_size}, {"max_length", m.max_length},
-          {"layer_types", m.layer_types}, {"states", states}, {"eos_token_ids", m.eos_token_ids}, {"pad_token_id", m.pad_token_id},
-          {"plugins", plugins}, {"engines", engines}, {"tokenizer", m.tokenizer_file ? json(*m.tokenizer_file) : json()}};
+  return {{"target", m.target},
+          {"dtype", m.dtype},
+          {"vocab_size", m.vocab_size},
+          {"max_length", m.max_length},
+          {"layer_types", m.layer_types},
+          {"states", states},
+          {"eos_token_ids", m.eos_token_ids},
+          {"pad_token_id", m.pad_token_id},
+          {"plugins", plugins},
+          {"engines", engines},
+          {"tokenizer", m.tokenizer_file ? json(*m.tokenizer_file) : json()}};
 }
 
 nd::Sampling sampling(const json& s) {
@@ -94,8 +107,11 @@ class CountingEngine : public nd::StepEngine {
   }
   const float* step(nd::Graph graph, const std::vector<int64_t>& ids, int64_t new_tokens, const std::vector<int64_t>& mask,
                     int64_t total_len) override {
-    trace.push_back({{"call", graph == nd::Graph::Prefill ? "prefill" : "decode"}, {"new_tokens", new_tokens}, {"total_len", total_len},
-                     {"ids", ids}, {"mask", mask}});
+    trace.push_back({{"call", graph == nd::Graph::Prefill ? "prefill" : "decode"},
+                     {"new_tokens", new_tokens},
+                     {"total_len", total_len},
+                     {"ids", ids},
+                     {"mask", mask}});
     logits_.assign(batch_ * vocab_, 0.0f);
     for (int64_t r = 0; r < batch_; ++r) logits_[r * vocab_ + (ids[r * new_tokens + new_tokens - 1] + 1) % vocab_] = 1.0f;
     return logits_.data();
@@ -116,7 +132,8 @@ json decode(const json& in) {
   options.eos_token_ids = o.value("eos_token_ids", std::vector<int64_t>{});
   options.pad_token_id = o.value("pad_token_id", 0);
   options.max_length = o.at("max_length").get<int64_t>();
-  if (o.contains("prefill_chunk_size") && !o["prefill_chunk_size"].is_null()) options.prefill_chunk_size = o["prefill_chunk_size"].get<int64_t>();
+  if (o.contains("prefill_chunk_size") && !o["prefill_chunk_size"].is_null())
+    options.prefill_chunk_size = o["prefill_chunk_size"].get<int64_t>();
   json streamed = json::array();
   options.on_token = [&](int64_t row, int64_t token) { streamed.push_back({row, token}); };
   const nd::Generation g = nd::generate(engine, in.at("prompts").get<std::vector<std::vector<int64_t>>>(), options);
@@ -129,10 +146,14 @@ int main(int argc, char** argv) {
   try {
     const std::string command = argc > 1 ? argv[1] : "";
     json out;
-    if (command == "manifest" && argc == 3) out = manifest(argv[2]);
-    else if (command == "sample") out = sample(json::parse(std::cin));
-    else if (command == "penalize") out = penalize(json::parse(std::cin));
-    else if (command == "decode") out = decode(json::parse(std::cin));
+    if (command == "manifest" && argc == 3)
+      out = manifest(argv[2]);
+    else if (command == "sample")
+      out = sample(json::parse(std::cin));
+    else if (command == "penalize")
+      out = penalize(json::parse(std::cin));
+    else if (command == "decode")
+      out = decode(json::parse(std::cin));
     else if (command == "check-engine" && argc == 7) {
       const nd::Manifest m = nd::read_manifest(argv[2]);
       std::string kind;
@@ -141,8 +162,10 @@ int main(int argc, char** argv) {
       nd::check_tensorrt_version(record, argv[4], plan);
       nd::check_gpu(record, argv[5], argv[6], plan);
       out = {{"kind", kind}, {"prefill", plan}};
-    }
-    else throw nd::Error("usage: probe manifest DIR | probe sample < JSON | probe penalize < JSON | probe decode < JSON | probe check-engine DIR KIND VERSION CC NAME");
+    } else
+      throw nd::Error(
+          "usage: probe manifest DIR | probe sample < JSON | probe penalize < JSON | probe decode < JSON | probe check-engine DIR KIND "
+          "VERSION CC NAME");
     std::cout << out.dump() << "\n";
     return 0;
   } catch (const std::exception& e) {

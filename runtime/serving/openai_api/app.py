@@ -29,19 +29,29 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the gene
 
 def model_info(artifact_dir, name: str) -> ModelInfo:
     """What the endpoints serve of an artifact: its tokenizer, chat template and generation defaults."""
-    from nemotron_deploy.runtime.chat_template import ChatTemplate
     from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
     from nemotron_deploy.runtime.artifact.manifest import read_manifest
+    from nemotron_deploy.runtime.chat_template import ChatTemplate
     from nemotron_deploy.runtime.tokenizer import Tokenizer
 
     manifest = read_manifest(artifact_dir)
     tok = manifest.tokenizer_file
     if tok is None or not tok.is_file():
-        raise NemotronDeployError(f"{manifest.path}: the OpenAI endpoints need the artifact's tokenizer.json (text in, text out), and it has none")
+        raise NemotronDeployError(
+            f"{manifest.path}: the OpenAI endpoints need the artifact's tokenizer.json (text in, text out), and it has none"
+        )
     gen = manifest.generation
-    return ModelInfo(name=name, vocab_size=manifest.model.vocab_size, max_length=manifest.model.max_position_embeddings,
-                     tokenizer=Tokenizer(tok), chat_template=ChatTemplate.of(manifest.path), greedy_default=gen.do_sample is False,
-                     temperature_default=gen.temperature, top_p_default=gen.top_p, top_k_default=gen.top_k)  # fmt: skip
+    return ModelInfo(
+        name=name,
+        vocab_size=manifest.model.vocab_size,
+        max_length=manifest.model.max_position_embeddings,
+        tokenizer=Tokenizer(tok),
+        chat_template=ChatTemplate.of(manifest.path),
+        greedy_default=gen.do_sample is False,
+        temperature_default=gen.temperature,
+        top_p_default=gen.top_p,
+        top_k_default=gen.top_k,
+    )
 
 
 def create_app(model: ModelInfo, grpc_url: str):
@@ -64,13 +74,16 @@ def create_app(model: ModelInfo, grpc_url: str):
     async def health():
         try:
             ready = await client().is_server_ready()
-        except Exception:  # noqa: BLE001  Triton unreachable
+        except Exception:
             ready = False
         return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": int(time.time()), "owned_by": "nemotron-deploy"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model.name, "object": "model", "created": int(time.time()), "owned_by": "nemotron-deploy"}],
+        }
 
     async def body_of(request: Request) -> dict:
         try:
@@ -178,7 +191,11 @@ class _ChatCompletion(_Completion):
 
     def whole(self, text: str, reason: str, usage: dict) -> dict:
         message = {"role": "assistant", "content": text}
-        return {**self._head("chat.completion"), "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}], "usage": usage}
+        return {
+            **self._head("chat.completion"),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+            "usage": usage,
+        }
 
     def opening(self) -> dict:
         return self._chunk({"role": "assistant", "content": ""}, None)

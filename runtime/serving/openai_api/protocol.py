@@ -92,9 +92,11 @@ def chat_plan(body: Mapping, model: ModelInfo) -> Plan:
             raise ApiError(400, f"{name} is not supported", name)
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, Mapping) or fmt.get("type") != "text"):
-        raise ApiError(400, "response_format: only {\"type\": \"text\"} is supported", "response_format")
+        raise ApiError(400, 'response_format: only {"type": "text"} is supported', "response_format")
     if model.chat_template is None:
-        raise ApiError(400, f"model {model.name} has no chat template (chat_template.jinja or tokenizer_config.json); use /v1/completions", "messages")
+        raise ApiError(
+            400, f"model {model.name} has no chat template (chat_template.jinja or tokenizer_config.json); use /v1/completions", "messages"
+        )
     messages = _messages(body.get("messages"))
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, Mapping):
@@ -134,7 +136,9 @@ def _common_checks(body: Mapping, model: ModelInfo) -> None:
     if not isinstance(body, Mapping):
         raise ApiError(400, "the request body must be a JSON object")
     if body.get("model") != model.name:
-        raise ApiError(404, f"The model '{body.get('model')}' does not exist; this server serves '{model.name}'", "model", code="model_not_found")
+        raise ApiError(
+            404, f"The model '{body.get('model')}' does not exist; this server serves '{model.name}'", "model", code="model_not_found"
+        )
     if body.get("n") not in (None, 1):
         raise ApiError(400, "n: only 1 choice per request is supported", "n")
     if body.get("logit_bias"):
@@ -161,7 +165,11 @@ def _plan(body: Mapping, model: ModelInfo, ids: list[int], max_tokens: int) -> P
         seed = _integer(body, "seed", None, None, None)
         if seed is not None:
             inputs["random_seed"] = np.uint64(seed % 2**64)
-    for name, lo, hi, off in (("presence_penalty", -2.0, 2.0, 0.0), ("frequency_penalty", -2.0, 2.0, 0.0), ("repetition_penalty", None, None, 1.0)):
+    for name, lo, hi, off in (
+        ("presence_penalty", -2.0, 2.0, 0.0),
+        ("frequency_penalty", -2.0, 2.0, 0.0),
+        ("repetition_penalty", None, None, 1.0),
+    ):
         value = _number(body, name, lo, hi, off)
         if name == "repetition_penalty" and not value > 0:
             raise ApiError(400, f"repetition_penalty: {value}; expected a number > 0", name)
@@ -205,8 +213,13 @@ def _check_length(ids: list[int], model: ModelInfo, param: str) -> None:
     if not ids:
         raise ApiError(400, f"{param}: no tokens; expected at least one", param)
     if len(ids) >= model.max_length:
-        raise ApiError(400, f"{param}: {len(ids)} tokens; this model's maximum context length is {model.max_length} tokens, "
-                            "which leaves no room to generate", param, code="context_length_exceeded")  # fmt: skip
+        raise ApiError(
+            400,
+            f"{param}: {len(ids)} tokens; this model's maximum context length is {model.max_length} tokens, "
+            "which leaves no room to generate",
+            param,
+            code="context_length_exceeded",
+        )
 
 
 def _messages(messages) -> list[dict]:

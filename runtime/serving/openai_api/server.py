@@ -9,7 +9,6 @@ import threading
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.serving.openai_api.protocol import ModelInfo
 
-
 STOP_GRACE_S = 5
 
 
@@ -32,8 +31,14 @@ class OpenAIServer:
         from nemotron_deploy.runtime.serving.openai_api.app import create_app
 
         # a stop waits this long for answers in flight (then cancels them: their requests are cancelled in Triton)
-        config = uvicorn.Config(create_app(self.model, grpc_url), host=self.host, port=self.port, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=STOP_GRACE_S)  # fmt: skip
+        config = uvicorn.Config(
+            create_app(self.model, grpc_url),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=STOP_GRACE_S,
+        )
         web = uvicorn.Server(config)
         exited: list[int] = []
 

@@ -31,8 +31,11 @@ class Piece:
 def _inputs(plan: Plan) -> list:
     import tritonclient.grpc.aio as grpcclient
 
-    values = {"input_ids": np.array([plan.prompt_ids], dtype=np.int32), "request_output_len": np.array([[plan.max_tokens]], dtype=np.int32),
-              "streaming": np.array([[True]], dtype=np.bool_)}  # fmt: skip
+    values = {
+        "input_ids": np.array([plan.prompt_ids], dtype=np.int32),
+        "request_output_len": np.array([[plan.max_tokens]], dtype=np.int32),
+        "streaming": np.array([[True]], dtype=np.bool_),
+    }
     for name, value in plan.inputs.items():
         values[name] = np.array([[s.encode() for s in value]], dtype=np.object_) if name == "stop_words" else np.array([[value]])
     tensors = []

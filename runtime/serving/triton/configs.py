@@ -14,7 +14,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from nemotron_deploy.runtime.artifact.dtypes import DTYPES
-from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, GENERATE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS, TEXT_TO_GENERATE, Field
+from nemotron_deploy.runtime.serving.triton.interface import (
+    GENERATE_INPUTS,
+    GENERATE_OUTPUTS,
+    TEXT_INPUTS,
+    TEXT_OUTPUTS,
+    TEXT_TO_GENERATE,
+    Field,
+)
 
 GENERATE_MODEL = "tensorrt_llm"
 TEXT_MODELS = ("preprocessing", "ensemble")
@@ -37,15 +44,28 @@ def _data_type(name: str) -> int:
 
 
 def _tensors(fields: tuple[Field, ...], kind):
-    return [kind(name=f.name, data_type=_data_type(f.dtype), dims=list(f.dims), **({"optional": True} if f.optional and kind is pb.ModelInput else {}))
-            for f in fields]  # fmt: skip
+    return [
+        kind(
+            name=f.name,
+            data_type=_data_type(f.dtype),
+            dims=list(f.dims),
+            **({"optional": True} if f.optional and kind is pb.ModelInput else {}),
+        )
+        for f in fields
+    ]
 
 
-def _python_model(name: str, inputs, outputs, *, max_batch: int, instances: int, params: dict[str, str], decoupled: bool = False) -> pb.ModelConfig:
+def _python_model(
+    name: str, inputs, outputs, *, max_batch: int, instances: int, params: dict[str, str], decoupled: bool = False
+) -> pb.ModelConfig:
     config = pb.ModelConfig(
-        name=name, backend="python", max_batch_size=max_batch, input=_tensors(inputs, pb.ModelInput), output=_tensors(outputs, pb.ModelOutput),
+        name=name,
+        backend="python",
+        max_batch_size=max_batch,
+        input=_tensors(inputs, pb.ModelInput),
+        output=_tensors(outputs, pb.ModelOutput),
         instance_group=[pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)],
-    )  # fmt: skip
+    )
     if decoupled:
         config.model_transaction_policy.decoupled = True
     for key, value in params.items():
@@ -62,18 +82,36 @@ def generate_model(params: dict[str, str], *, max_batch: int, instances: int, te
 
 def text_models(artifact_dir: str, *, max_batch: int) -> dict[str, pb.ModelConfig]:
     """`preprocessing` (text to ids) and the `ensemble` that puts it before the generate model."""
-    tokenized = tuple(Field(f.name, f.dtype, f.dims, False) for f in GENERATE_INPUTS if f.name in ("input_ids", "input_lengths", "request_output_len"))
-    preprocessing = _python_model("preprocessing", TEXT_INPUTS[:2], tokenized, max_batch=max_batch, instances=1, params={"artifact_dir": artifact_dir})
-    ensemble = pb.ModelConfig(name="ensemble", platform="ensemble", max_batch_size=max_batch,
-                              input=_tensors(TEXT_INPUTS, pb.ModelInput), output=_tensors(TEXT_OUTPUTS, pb.ModelOutput))  # fmt: skip
+    tokenized = tuple(
+        Field(f.name, f.dtype, f.dims, False) for f in GENERATE_INPUTS if f.name in ("input_ids", "input_lengths", "request_output_len")
+    )
+    preprocessing = _python_model(
+        "preprocessing", TEXT_INPUTS[:2], tokenized, max_batch=max_batch, instances=1, params={"artifact_dir": artifact_dir}
+    )
+    ensemble = pb.ModelConfig(
+        name="ensemble",
+        platform="ensemble",
+        max_batch_size=max_batch,
+        input=_tensors(TEXT_INPUTS, pb.ModelInput),
+        output=_tensors(TEXT_OUTPUTS, pb.ModelOutput),
+    )
     step = pb.ModelEnsembling.Step
-    ensemble.ensemble_scheduling.step.extend([
-        step(model_name="preprocessing", model_version=-1, input_map={"text_input": "text_input", "max_tokens": "max_tokens"},
-             output_map={f.name: f"_{f.name}" for f in tokenized}),
-        step(model_name=GENERATE_MODEL, model_version=-1,
-             input_map={**{f.name: f"_{f.name}" for f in tokenized}, **{ours: theirs for theirs, ours in TEXT_TO_GENERATE.items()}},
-             output_map={"text_output": "text_output"}),
-    ])  # fmt: skip
+    ensemble.ensemble_scheduling.step.extend(
+        [
+            step(
+                model_name="preprocessing",
+                model_version=-1,
+                input_map={"text_input": "text_input", "max_tokens": "max_tokens"},
+                output_map={f.name: f"_{f.name}" for f in tokenized},
+            ),
+            step(
+                model_name=GENERATE_MODEL,
+                model_version=-1,
+                input_map={**{f.name: f"_{f.name}" for f in tokenized}, **{ours: theirs for theirs, ours in TEXT_TO_GENERATE.items()}},
+                output_map={"text_output": "text_output"},
+            ),
+        ]
+    )
     return {"preprocessing": preprocessing, "ensemble": ensemble}
 
 
@@ -88,8 +126,12 @@ def step_model(manifest, *, platform: str, max_batch: int, instances: int, idle_
     """
     graph = manifest.graph("prefill")
     by_role = {t.role: t for t in graph.inputs + graph.outputs if t.layer is None}
-    config = pb.ModelConfig(name=STEP_MODEL, platform=platform, max_batch_size=max_batch,
-                            instance_group=[pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.KIND_AUTO)])  # fmt: skip
+    config = pb.ModelConfig(
+        name=STEP_MODEL,
+        platform=platform,
+        max_batch_size=max_batch,
+        instance_group=[pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.KIND_AUTO)],
+    )
     for role in ("input_ids", "attention_mask"):
         config.input.add(name=by_role[role].name, data_type=_data_type(DTYPES[by_role[role].dtype].triton), dims=[-1])
     logits = by_role["logits"]

@@ -45,8 +45,17 @@ class _Stream:
         self.text = StopText(tokenizer, parsed.stop) if tokenizer is not None and (parsed.streaming or parsed.stop) else None
         self.gone = False
         self._next_poll = 0.0
-        self.request = Request(parsed.prompt, parsed.max_new_tokens, parsed.sampling, parsed.stop_token_ids, text=self.text, snapshot_at=parsed.snapshot_at,
-                               on_token=self.on_token, on_error=self.on_error, cancelled=self.cancelled)  # fmt: skip
+        self.request = Request(
+            parsed.prompt,
+            parsed.max_new_tokens,
+            parsed.sampling,
+            parsed.stop_token_ids,
+            text=self.text,
+            snapshot_at=parsed.snapshot_at,
+            on_token=self.on_token,
+            on_error=self.on_error,
+            cancelled=self.cancelled,
+        )
 
     def cancelled(self) -> bool:
         now = time.monotonic()
@@ -121,7 +130,9 @@ class _Metrics:
         self.gauges = {
             "active": pb_utils.MetricFamily("nemotron_active_sequences", "Sequences in the running batch", gauge),
             "waiting": pb_utils.MetricFamily("nemotron_waiting_sequences", "Sequences queued for a free slot", gauge),
-            "prefix_cache_bytes": pb_utils.MetricFamily("nemotron_prefix_cache_bytes", "Bytes of state snapshots the prefix cache holds", gauge),
+            "prefix_cache_bytes": pb_utils.MetricFamily(
+                "nemotron_prefix_cache_bytes", "Bytes of state snapshots the prefix cache holds", gauge
+            ),
         }
         self.levels = {n: f.Metric(labels=labels) for n, f in self.gauges.items()}
         self.sent = dict.fromkeys(self.NAMES, 0)
@@ -152,9 +163,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.logger = pb_utils.Logger
-        self.session = Session(params["artifact_dir"], backend=params.get("backend", "onnxruntime"),
-                               threads=int(params["threads"]) if params.get("threads") else None,
-                               cache=cache_policy(params.get("prepacked_cache", "")))  # fmt: skip
+        self.session = Session(
+            params["artifact_dir"],
+            backend=params.get("backend", "onnxruntime"),
+            threads=int(params["threads"]) if params.get("threads") else None,
+            cache=cache_policy(params.get("prepacked_cache", "")),
+        )
         model = self.session.manifest.model
         gen = self.session.manifest.generation
         self.limits = dict(vocab_size=model.vocab_size, max_length=self.session.max_length, eos_token_ids=gen.eos_token_ids)
@@ -165,14 +179,23 @@ class TritonPythonModel:
         max_batch = min(int(params.get("max_active_sequences", "8")), backend.max_batch or 1 << 30)
         max_length = min(self.session.max_length, backend.max_seq_len or 1 << 30)
         self.limits["max_length"] = max_length
-        self.batcher = ContinuousBatcher(backend, self.session.manifest.states, max_batch=max_batch, max_length=max_length,
-                                         pad_token_id=gen.pad_token_id or 0, prefill_chunk_size=int(chunk) if chunk else None,
-                                         prefix_cache=_prefix_cache(params.get("prefix_cache_mb", "")), model=self.session.model_id)  # fmt: skip
+        self.batcher = ContinuousBatcher(
+            backend,
+            self.session.manifest.states,
+            max_batch=max_batch,
+            max_length=max_length,
+            pad_token_id=gen.pad_token_id or 0,
+            prefill_chunk_size=int(chunk) if chunk else None,
+            prefix_cache=_prefix_cache(params.get("prefix_cache_mb", "")),
+            model=self.session.model_id,
+        )
         self.metrics = _Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="nemotron-batcher", daemon=True)
         self.thread.start()
-        self.logger.log_info(f"nemotron-deploy: {params['artifact_dir']} on {self.session.backend.name}, up to {self.batcher.max_batch} sequences per step")
+        self.logger.log_info(
+            f"nemotron-deploy: {params['artifact_dir']} on {self.session.backend.name}, up to {self.batcher.max_batch} sequences per step"
+        )
 
     def _serve(self) -> None:
         self.batcher.run(self.stop, after_step=lambda idle: self.metrics.update(self.batcher, force=idle))
@@ -190,7 +213,9 @@ class TritonPythonModel:
         try:
             parsed = parse_generate_request(get, **self.limits)
             if parsed.stop and self.session.tokenizer is None:
-                raise RequestError(f"stop_words: {self.session.manifest.path} has no tokenizer.json, and stop strings are matched on the text")
+                raise RequestError(
+                    f"stop_words: {self.session.manifest.path} has no tokenizer.json, and stop strings are matched on the text"
+                )
         except RequestError as e:
             sender = triton_request.get_response_sender()
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -202,4 +227,6 @@ class TritonPythonModel:
         self.batcher.wake()
         self.thread.join(timeout=10)
         c = self.batcher.counters
-        self.logger.log_info(f"nemotron-deploy: {c.sequences} sequences, {c.tokens} tokens, {c.decode_steps} decode steps, {c.prefill_calls} prefill batches")
+        self.logger.log_info(
+            f"nemotron-deploy: {c.sequences} sequences, {c.tokens} tokens, {c.decode_steps} decode steps, {c.prefill_calls} prefill batches"
+        )

@@ -44,8 +44,13 @@ GENERATE_INPUTS = (
     Field("repetition_penalty", "FP32", (1,), doc="> 0; 1: none (transformers' RepetitionPenaltyLogitsProcessor)"),
     Field("presence_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
     Field("frequency_penalty", "FP32", (1,), doc="in [-2, 2]; 0: none (the OpenAI API's)"),
-    Field("snapshot_at", "INT32", (-1,), doc="prompt lengths at which the prefix cache also keeps a state snapshot, e.g. where a chat's "
-                                             "earlier turns end, so that the next turn starts there (nemotron-deploy's own field)"),
+    Field(
+        "snapshot_at",
+        "INT32",
+        (-1,),
+        doc="prompt lengths at which the prefix cache also keeps a state snapshot, e.g. where a chat's "
+        "earlier turns end, so that the next turn starts there (nemotron-deploy's own field)",
+    ),
 )
 GENERATE_OUTPUTS = (
     Field("output_ids", "INT32", (-1, -1), doc="(beams=1, tokens): the new token(s) of this response"),
@@ -69,10 +74,20 @@ TEXT_INPUTS = (
     Field("presence_penalty", "FP32", (1,)),
     Field("frequency_penalty", "FP32", (1,)),
 )
-TEXT_TO_GENERATE = {"end_id": "end_id", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-                    "random_seed": "random_seed", "seed": "seed", "stream": "streaming", "ignore_eos": "ignore_eos", "stop_words": "stop_words",
-                    "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
-                    "frequency_penalty": "frequency_penalty"}  # fmt: skip
+TEXT_TO_GENERATE = {
+    "end_id": "end_id",
+    "top_k": "runtime_top_k",
+    "top_p": "runtime_top_p",
+    "temperature": "temperature",
+    "random_seed": "random_seed",
+    "seed": "seed",
+    "stream": "streaming",
+    "ignore_eos": "ignore_eos",
+    "stop_words": "stop_words",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
 TEXT_OUTPUTS = (Field("text_output", "BYTES", (-1,), doc="the new text of this response"),)
 
 NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "UINT64": np.uint64, "FP32": np.float32, "BOOL": np.bool_, "BYTES": np.object_}
@@ -103,8 +118,9 @@ def _scalar(get: Callable[[str], np.ndarray | None], name: str, kind: type, defa
     return kind(flat[0])
 
 
-def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_size: int, max_length: int,
-                           eos_token_ids: tuple[int, ...]) -> GenerateRequest:  # fmt: skip
+def parse_generate_request(
+    get: Callable[[str], np.ndarray | None], *, vocab_size: int, max_length: int, eos_token_ids: tuple[int, ...]
+) -> GenerateRequest:
     """A request's tensors (get(name) -> array with the batch dimension, or None when absent) -> what
     to generate. Raises RequestError naming the first bad field."""
     ids = get("input_ids")
@@ -112,7 +128,9 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
         raise RequestError("input_ids: missing")
     ids = np.asarray(ids)
     if ids.ndim == 2 and ids.shape[0] != 1:
-        raise RequestError(f"input_ids: a batch of {ids.shape[0]} in one request; send one sequence per request (they are batched on the server)")
+        raise RequestError(
+            f"input_ids: a batch of {ids.shape[0]} in one request; send one sequence per request (they are batched on the server)"
+        )
     prompt = ids.reshape(-1).tolist()
     length = _scalar(get, "input_lengths", int, len(prompt))
     if not 0 <= length <= len(prompt):
@@ -124,7 +142,9 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
     if bad:
         raise RequestError(f"input_ids: token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
     if len(prompt) >= max_length:
-        raise RequestError(f"input_ids: {len(prompt)} tokens leave no room to generate within the model's maximum of {max_length} (max_position_embeddings)")
+        raise RequestError(
+            f"input_ids: {len(prompt)} tokens leave no room to generate within the model's maximum of {max_length} (max_position_embeddings)"
+        )
     max_new = _scalar(get, "request_output_len", int, None)
     if max_new is None:
         raise RequestError("request_output_len: missing")
@@ -141,7 +161,11 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
         raise RequestError(f"runtime_top_p: {top_p}; expected a number in (0, 1] (1 disables it)")
     seed = _scalar(get, "random_seed", int, _scalar(get, "seed", int, None))
     end_id = _scalar(get, "end_id", int, None)
-    stop = frozenset() if _scalar(get, "ignore_eos", bool, False) else frozenset(eos_token_ids if end_id is None else [end_id] if end_id >= 0 else [])
+    stop = (
+        frozenset()
+        if _scalar(get, "ignore_eos", bool, False)
+        else frozenset(eos_token_ids if end_id is None else [end_id] if end_id >= 0 else [])
+    )
     penalties = {name: _scalar(get, name, float, default) for name, default in PENALTIES.items()}
     if not penalties["repetition_penalty"] > 0:
         raise RequestError(f"repetition_penalty: {penalties['repetition_penalty']}; expected a number > 0 (1 disables it)")
@@ -149,11 +173,14 @@ def parse_generate_request(get: Callable[[str], np.ndarray | None], *, vocab_siz
         if not -2 <= penalties[name] <= 2:
             raise RequestError(f"{name}: {penalties[name]}; expected a number in [-2, 2] (0 disables it)")
     return GenerateRequest(
-        prompt=prompt, max_new_tokens=max_new,
+        prompt=prompt,
+        max_new_tokens=max_new,
         sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **penalties),
-        stop_token_ids=stop, streaming=_scalar(get, "streaming", bool, False), stop=_strings(get, "stop_words"),
+        stop_token_ids=stop,
+        streaming=_scalar(get, "streaming", bool, False),
+        stop=_strings(get, "stop_words"),
         snapshot_at=_positions(get, "snapshot_at", len(prompt)),
-    )  # fmt: skip
+    )
 
 
 def _positions(get: Callable[[str], np.ndarray | None], name: str, prompt_len: int) -> tuple[int, ...]:

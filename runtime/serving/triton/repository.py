@@ -32,9 +32,19 @@ _PYTHON_MODELS = {
 }
 
 
-def write_repository(artifact_dir: str | Path, out: str | Path, *, kind: str = "generate", instances: int = 1, max_batch: int = 8,
-                     backend: str | None = None, threads: int | None = None, prefill_chunk: int | None = 256,
-                     cache: CachePolicy | None = None, prefix_cache_mb: float | None = None) -> Path:  # fmt: skip
+def write_repository(
+    artifact_dir: str | Path,
+    out: str | Path,
+    *,
+    kind: str = "generate",
+    instances: int = 1,
+    max_batch: int = 8,
+    backend: str | None = None,
+    threads: int | None = None,
+    prefill_chunk: int | None = 256,
+    cache: CachePolicy | None = None,
+    prefix_cache_mb: float | None = None,
+) -> Path:
     """Write the repository to `out` (which must not exist); returns its path.
 
     max_batch: sequences decoded together per instance (generate), or requests batched per step
@@ -66,8 +76,10 @@ def _generate_backend(manifest: Manifest, backend: str | None) -> str:
     if backend not in ("onnxruntime", "tensorrt"):
         raise NemotronDeployError(f"--backend {backend!r}: expected onnxruntime or tensorrt")
     if backend == "onnxruntime" and manifest.plugins:
-        raise NemotronDeployError(f"{manifest.path}: a '{manifest.target}' artifact has plugin nodes and needs its TensorRT engines "
-                                  "(nemotron-deploy build, then --backend tensorrt); for onnxruntime export --target onnxruntime")  # fmt: skip
+        raise NemotronDeployError(
+            f"{manifest.path}: a '{manifest.target}' artifact has plugin nodes and needs its TensorRT engines "
+            "(nemotron-deploy build, then --backend tensorrt); for onnxruntime export --target onnxruntime"
+        )
     if backend == "tensorrt" and not engines:
         raise NemotronDeployError(f"{manifest.path}: no TensorRT engines; build them first: nemotron-deploy build {manifest.path}")
     return backend
@@ -96,12 +108,28 @@ def _prepare_cache(manifest: Manifest, cache: CachePolicy | None) -> str:
     return str(root)
 
 
-def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: int, backend: str, threads: int | None,
-                    prefill_chunk: int | None, cache: str, prefix_cache_mb: float | None = None) -> None:  # fmt: skip
+def _write_generate(
+    repo: Path,
+    manifest: Manifest,
+    instances: int,
+    max_batch: int,
+    backend: str,
+    threads: int | None,
+    prefill_chunk: int | None,
+    cache: str,
+    prefix_cache_mb: float | None = None,
+) -> None:
     artifact = str(manifest.path.resolve())
-    params = {"artifact_dir": artifact, "backend": backend, "max_active_sequences": str(max_batch),
-              "exclude_input_in_output": "true", "prefill_chunk_size": str(prefill_chunk or ""), "threads": str(threads or ""),
-              "prepacked_cache": cache, "prefix_cache_mb": "" if prefix_cache_mb is None else f"{prefix_cache_mb:g}"}  # fmt: skip
+    params = {
+        "artifact_dir": artifact,
+        "backend": backend,
+        "max_active_sequences": str(max_batch),
+        "exclude_input_in_output": "true",
+        "prefill_chunk_size": str(prefill_chunk or ""),
+        "threads": str(threads or ""),
+        "prepacked_cache": cache,
+        "prefix_cache_mb": "" if prefix_cache_mb is None else f"{prefix_cache_mb:g}",
+    }
     text = manifest.tokenizer_file is not None and manifest.tokenizer_file.is_file()
     _write_model(repo, configs.generate_model(params, max_batch=max_batch, instances=instances, text=text))
     if text:
@@ -112,8 +140,10 @@ def _write_generate(repo: Path, manifest: Manifest, instances: int, max_batch: i
 def _write_step(repo: Path, manifest: Manifest, instances: int, max_batch: int) -> None:
     engines = manifest.engines
     if manifest.plugins and "tensorrt" not in engines:
-        raise NemotronDeployError(f"{manifest.path}: a step model of a '{manifest.target}' artifact runs its TensorRT engine; "
-                                  f"build it first: nemotron-deploy build {manifest.path} --engine tensorrt")  # fmt: skip
+        raise NemotronDeployError(
+            f"{manifest.path}: a step model of a '{manifest.target}' artifact runs its TensorRT engine; "
+            f"build it first: nemotron-deploy build {manifest.path} --engine tensorrt"
+        )
     if manifest.plugins:
         platform, sources = "tensorrt_plan", {"model.plan": engines["tensorrt"].graphs["prefill"].file}
     else:

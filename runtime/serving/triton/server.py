@@ -37,7 +37,9 @@ def _pytriton_dirs() -> tuple[Path, Path]:
     try:
         import pytriton
     except ImportError:
-        raise NemotronDeployError("serving needs the 'triton' extra (nvidia-pytriton is not installed): pip install 'nemotron-deploy[triton]'") from None
+        raise NemotronDeployError(
+            "serving needs the 'triton' extra (nvidia-pytriton is not installed): pip install 'nemotron-deploy[triton]'"
+        ) from None
     root = Path(pytriton.__file__).parent / "tritonserver"
     libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     if not (root / "bin" / "tritonserver").is_file():
@@ -50,12 +52,16 @@ def check_environment() -> None:
     import numpy
 
     if int(numpy.__version__.split(".")[0]) >= 2:
-        raise NemotronDeployError(f"numpy {numpy.__version__}: the Python backend of nvidia-pytriton's tritonserver needs numpy < 2 "
-                                  "in the serving environment: pip install 'nemotron-deploy[triton]' (it pins numpy<2)")  # fmt: skip
+        raise NemotronDeployError(
+            f"numpy {numpy.__version__}: the Python backend of nvidia-pytriton's tritonserver needs numpy < 2 "
+            "in the serving environment: pip install 'nemotron-deploy[triton]' (it pins numpy<2)"
+        )
     libdir = Path(sysconfig.get_config_var("LIBDIR") or "")
     if not any(libdir.glob(f"libpython{sys.version_info.major}.{sys.version_info.minor}*.so*")):
-        raise NemotronDeployError(f"{sys.executable}: this Python has no shared libpython in {libdir}, which Triton's Python backend loads; "
-                                  "use a Python built with --enable-shared (distribution and pyenv builds with PYTHON_CONFIGURE_OPTS=--enable-shared)")  # fmt: skip
+        raise NemotronDeployError(
+            f"{sys.executable}: this Python has no shared libpython in {libdir}, which Triton's Python backend loads; "
+            "use a Python built with --enable-shared (distribution and pyenv builds with PYTHON_CONFIGURE_OPTS=--enable-shared)"
+        )
 
 
 def owned_temp_dir(kind: str) -> Path:
@@ -135,8 +141,17 @@ class TritonServer:
     server's log goes to `log_file` ("-": this process's stderr; None: a temporary file that
     `log_tail` reads)."""
 
-    def __init__(self, repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
-                 metrics_port: int | None = None, log_file: str | Path | None = None, verbose: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        log_file: str | Path | None = None,
+        verbose: bool = False,
+    ):
         self.repository = Path(repository).resolve()
         self.endpoints = Endpoints(host, http_port or free_port(), grpc_port or free_port(), metrics_port or free_port())
         self.log_file = Path(log_file) if log_file else None
@@ -161,12 +176,23 @@ class TritonServer:
     def command(self, root: Path) -> list[str]:
         e = self.endpoints
         return [
-            str(root / "bin" / "tritonserver"), f"--model-repository={self.repository}", f"--backend-directory={self._backends}",
-            "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
-            f"--http-address={e.host}", f"--http-port={e.http}", f"--grpc-address={e.host}", f"--grpc-port={e.grpc}",
-            "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false", f"--metrics-address={e.host}",
-            f"--metrics-port={e.metrics}", f"--log-verbose={1 if self.verbose else 0}",
-        ]  # fmt: skip
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self._backends}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--http-address={e.host}",
+            f"--http-port={e.http}",
+            f"--grpc-address={e.host}",
+            f"--grpc-port={e.grpc}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=false",
+            f"--metrics-address={e.host}",
+            f"--metrics-port={e.metrics}",
+            f"--log-verbose={1 if self.verbose else 0}",
+        ]
 
     def _env(self, libs: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -185,8 +211,14 @@ class TritonServer:
             self._log = open(self.log_file, "w") if self.log_file else tempfile.TemporaryFile("w+")
         remove_stale_temp_dirs()
         command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.command(root)]
-        self.process = subprocess.Popen(command, env=self._env(libs), stdout=self._log or sys.stderr, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env=self._env(libs),
+            stdout=self._log or sys.stderr,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -199,7 +231,9 @@ class TritonServer:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise NemotronDeployError(f"tritonserver exited with status {self.process.returncode} while loading {self.repository}:\n{self.log_tail()}")
+                raise NemotronDeployError(
+                    f"tritonserver exited with status {self.process.returncode} while loading {self.repository}:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:

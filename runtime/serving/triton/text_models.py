@@ -44,8 +44,10 @@ class Preprocessing:
         ids = self.tokenizer.encode(text)
         if not ids:
             return _error("text_input: empty prompt; expected some text")
-        return pb_utils.InferenceResponse([
-            pb_utils.Tensor("input_ids", np.array([ids], dtype=np.int32)),
-            pb_utils.Tensor("input_lengths", np.array([[len(ids)]], dtype=np.int32)),
-            pb_utils.Tensor("request_output_len", _input(request, "max_tokens").astype(np.int32).reshape(1, 1)),
-        ])  # fmt: skip
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("input_ids", np.array([ids], dtype=np.int32)),
+                pb_utils.Tensor("input_lengths", np.array([[len(ids)]], dtype=np.int32)),
+                pb_utils.Tensor("request_output_len", _input(request, "max_tokens").astype(np.int32).reshape(1, 1)),
+            ]
+        )

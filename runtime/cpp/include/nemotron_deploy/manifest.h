@@ -18,10 +18,10 @@ struct Dim {
 };
 
 struct StateSpec {
-  std::string name;     // past.{layer}.{conv|ssm|key|value}: the input
-  std::string present;  // present.{layer}.*: the output that becomes the next step's input
-  std::string role;     // conv_state | ssm_state | key | value
-  std::string dtype;    // float32 | float16 | bfloat16
+  std::string name;        // past.{layer}.{conv|ssm|key|value}: the input
+  std::string present;     // present.{layer}.*: the output that becomes the next step's input
+  std::string role;        // conv_state | ssm_state | key | value
+  std::string dtype;       // float32 | float16 | bfloat16
   std::vector<Dim> shape;  // shape[0] is "batch"; K/V have "past_len" at index 2
 
   bool grows() const { return role == "key" || role == "value"; }
@@ -39,7 +39,7 @@ struct EngineRecord {
   std::string compute_capability;  // "native" or e.g. "90"
   std::string built_on;            // compute capability of the GPU that built them ("" unknown)
   int64_t max_batch = 0, max_seq_len = 0, max_new_tokens = 0;
-  std::string plugins;             // plugin library used at build time ("" none)
+  std::string plugins;                    // plugin library used at build time ("" none)
   std::string prefill_plan, decode_plan;  // file names in the artifact directory
 };
 
