@@ -165,9 +165,3 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
 def random_prompt(length: int, seed: int, vocab_size: int = 101) -> list[int]:
     """Token ids 3..vocab-1 (no pad/bos/eos), the same for a seed on every machine."""
     return torch.randint(3, vocab_size, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def relative_error(ref, got) -> float:
-    """max |ref - got| / max |ref|, in float64."""
-    ref, got = torch.as_tensor(ref, dtype=torch.float64), torch.as_tensor(got, dtype=torch.float64)
-    return float((ref - got).abs().max() / ref.abs().max())

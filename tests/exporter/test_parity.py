@@ -4,7 +4,8 @@ runtime's one decode loop (`TorchBackend`)."""
 import numpy as np
 import pytest
 import torch
-from hf_oracle import hf_greedy, hf_logits, random_prompt, relative_error
+from helpers import relative_error
+from hf_oracle import hf_greedy, hf_logits, random_prompt
 
 from nemotron_deploy.exporter.checkpoint import load_model
 from nemotron_deploy.exporter.modeling.mamba import ssd_chunked, ssd_recurrent
@@ -19,7 +20,7 @@ def test_full_sequence_logits_match_transformers(hf_checkpoints, config_name):
     ids = torch.tensor([random_prompt(23, 1), random_prompt(23, 2)])
     ref = hf_logits(ref_model, ids)
     got, _ = model.step(ids, torch.ones_like(ids), model.initial_state(2))
-    err = relative_error(ref, got)
+    err = relative_error(got, ref)
     print(f"{config_name}: max |logit error| / max |logit| = {err:.2e}")
     assert got.shape == ref.shape and err <= 1e-4
 
@@ -48,7 +49,7 @@ def test_decode_step_logits_match_transformers(hf_checkpoints):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             ref = ref_model(token, past_key_values=cache, use_cache=True, attention_mask=mask).logits
             got, state = backend.step("decode", token.numpy(), mask.numpy(), state)
-            errs.append(relative_error(ref[:, -1], got))
+            errs.append(relative_error(got, ref[:, -1]))
             token = ref[:, -1:].argmax(-1)
     print(f"max relative decode-step error {max(errs):.2e}")
     assert max(errs) <= 1e-4
@@ -62,7 +63,7 @@ def test_chunked_prefill_equals_one_shot(hf_checkpoints, config_name):
     one_logits, one_state = prefill(backend, ids, mask)
     for chunk in (1, 2, 5, 9, 13, 23):
         logits, state = prefill(backend, ids, mask, chunk)
-        assert relative_error(one_logits, logits) <= 1e-5, chunk
+        assert relative_error(logits, one_logits) <= 1e-5, chunk
         for name, tensor in one_state.items():
             assert torch.allclose(state[name], tensor, rtol=1e-4, atol=1e-5), (chunk, name)
 
@@ -93,7 +94,7 @@ def test_left_padded_batch_equals_each_prompt_alone(hf_checkpoints, config_name)
         assert batch[row] == alone and batch_chunked[row] == alone, row
         single = np.array([prompt])
         logits_1, state_1 = prefill(backend, single, np.ones_like(single))
-        assert relative_error(logits_1[0], logits[row]) <= 1e-5
+        assert relative_error(logits[row], logits_1[0]) <= 1e-5
         for name, tensor in state_1.items():
             got = state[name][row]
             if name.endswith((".key", ".value")):  # the padded positions' K/V are masked, not compared

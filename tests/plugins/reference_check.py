@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hf_oracle import relative_error
+from helpers import relative_error
 
 from nemotron_deploy.exporter.plugin_ops import PluginOp, run_reference
 from nemotron_deploy.plugins.harness import PluginHarness
@@ -16,5 +16,5 @@ def assert_matches_reference(harness: PluginHarness, op: PluginOp, inputs: list[
     expected = run_reference(op, [x.cpu() for x in inputs], attributes)
     for port, got, want in zip(op.outputs, outputs, expected, strict=True):
         assert got.shape == want.shape and got.dtype == want.dtype, f"{op.name}.{port.name}: {got.shape} {got.dtype}"
-        err = relative_error(want, got.cpu())
+        err = relative_error(got.cpu(), want)
         assert err <= tolerance, f"{op.name}.{port.name}: relative error {err:.2e} > {tolerance:.0e}"

@@ -3,19 +3,13 @@
 import json
 
 import torch
-from click.testing import CliRunner
+from helpers import run_cli
 from hf_oracle import hf_model, save_checkpoint
-
-from nemotron_deploy.runtime.cli import main
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_inspect_json_matches_transformers(hf_checkpoints, config_name):
     ref, path = hf_checkpoints(config_name)
-    result = _run("inspect", path, "--json")
+    result = run_cli("inspect", path, "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     hf_types = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
@@ -34,21 +28,21 @@ def test_inspect_json_matches_transformers(hf_checkpoints, config_name):
 
 def test_inspect_human_readable(hf_checkpoints):
     _, path = hf_checkpoints("hybrid_moe_groups")
-    result = _run("inspect", path)
+    result = run_cli("inspect", path)
     assert result.exit_code == 0, result.output
     assert "ME*MEM" in result.output and "6 (3 mamba, 1 attention, 2 moe)" in result.output
 
 
 def test_bad_input_is_one_line(tmp_path):
-    result = _run("inspect", tmp_path / "nope")
+    result = run_cli("inspect", tmp_path / "nope")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a directory" in result.output
-    result = _run("inspect", tmp_path)
+    result = run_cli("inspect", tmp_path)
     assert result.exit_code == 2 and "config.json: no such file" in result.output
     save_checkpoint(hf_model("dense_mlp_biases"), tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["layers_block_type"][1] = "retention"
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
-    result = _run("inspect", tmp_path / "c")
+    result = run_cli("inspect", tmp_path / "c")
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "field 'layers_block_type' has unknown layer kind 'retention' at layer 1" in result.output
 
@@ -61,8 +55,8 @@ def test_demo_checkpoint_is_what_transformers_loads(tmp_path):
 
     out = write_random_checkpoint(tmp_path / "demo")
     ref = NemotronHForCausalLM.from_pretrained(out).eval()
-    info = json.loads(_run("inspect", out, "--json").output)
+    info = json.loads(run_cli("inspect", out, "--json").output)
     assert info["num_parameters"] == sum(p.numel() for p in ref.parameters())
     assert info["layer_types"] == ["mamba", "mlp", "mamba", "moe", "attention", "mamba", "moe"]
-    again = _run("demo", "-o", tmp_path)
+    again = run_cli("demo", "-o", tmp_path)
     assert again.exit_code == 2 and "already exists" in again.output

@@ -8,32 +8,20 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import assert_one_line_error, run_cli
 from manifest_mutations import damaged_copies
 
 from nemotron_deploy.runtime import cli
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.sampling import Sampler, Sampling
 from nemotron_deploy.runtime.session import Session
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error(result, text, code=2):
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert text in result.output, result.output
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     """A demo output (checkpoint + artifact with a tokenizer), made by the CLI once."""
     root = tmp_path_factory.mktemp("first-hour") / "demo"
-    result = _run("demo", "-o", root, "--max-new-tokens", 3)
+    result = run_cli("demo", "-o", root, "--max-new-tokens", 3)
     assert result.exit_code == 0, result.output
     return root
 
@@ -110,7 +98,7 @@ def test_output_paths_are_checked_before_any_work(demo_dir, tmp_path):
         ("/sys/x", "/sys/x: cannot create a directory there"),
         (tmp_path / "a_file" / "out", "a_file is a file, not a directory"),
     ):
-        _error(_run("export", checkpoint, "-o", bad), text)
+        assert_one_line_error(run_cli("export", checkpoint, "-o", bad), text, warnings=True)
     assert (tmp_path / "a_file").read_text() == "x"
 
 
@@ -118,19 +106,19 @@ def test_output_paths_are_checked_before_any_work(demo_dir, tmp_path):
 
 
 def test_demo_reruns_and_is_atomic(demo_dir, tmp_path, monkeypatch):
-    again = _run("demo", "-o", demo_dir, "--max-new-tokens", 3)
+    again = run_cli("demo", "-o", demo_dir, "--max-new-tokens", 3)
     assert again.exit_code == 0 and "reusing" in again.output, again.output
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("user data")
-    _error(_run("demo", "-o", mine), "was not made by 'nemotron-deploy demo'")
+    assert_one_line_error(run_cli("demo", "-o", mine), "was not made by 'nemotron-deploy demo'", warnings=True)
     assert (mine / "notes.txt").read_text() == "user data"
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("nemotron_deploy.exporter.onnx_export.export_artifact", interrupted)
-    result = _run("demo", "-o", tmp_path / "fresh")
+    result = run_cli("demo", "-o", tmp_path / "fresh")
     assert result.exit_code == 130 and "error: interrupted" in result.output
     assert list(tmp_path.iterdir()) == [mine]  # nothing half-made, no private leftovers
 
@@ -157,12 +145,14 @@ def test_building_the_package_prints_no_warnings(tmp_path):
 
 def test_build_defaults_to_the_artifacts_engine_and_needs_a_target_gpu(artifacts):
     _, _, ort_artifact = artifacts("hybrid_moe_groups")
-    _error(_run("build", ort_artifact), "re-export with --target tensorrt (plugins) or --target tensorrt-rtx")
+    assert_one_line_error(
+        run_cli("build", ort_artifact), "re-export with --target tensorrt (plugins) or --target tensorrt-rtx", warnings=True
+    )
     _, _, rtx_artifact = artifacts("hybrid_moe_groups", target="tensorrt-rtx")
     if not cli_gpu():
-        _error(_run("build", rtx_artifact), "no CUDA GPU here: give --compute-capability (e.g. 86)")
-    bad = _run("build", rtx_artifact, "--compute-capability", "95")
-    _error(bad, "--compute-capability 95: tensorrt-rtx")
+        assert_one_line_error(run_cli("build", rtx_artifact), "no CUDA GPU here: give --compute-capability (e.g. 86)", warnings=True)
+    bad = run_cli("build", rtx_artifact, "--compute-capability", "95")
+    assert_one_line_error(bad, "--compute-capability 95: tensorrt-rtx", warnings=True)
     listed = bad.output.split("builds for ")[1].strip().split(", ")
     assert listed == sorted(listed, key=lambda c: int(c[2:])) and "SM86" in listed
     assert "parsing" not in bad.output
@@ -195,25 +185,31 @@ def test_sampling_parameters_imply_sampling_and_generation_has_text(demo_dir):
 
 def test_generate_output_forms(demo_dir, tmp_path):
     artifact = demo_dir / "onnx"
-    several = _run("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 4, "--ignore-eos")
+    several = run_cli("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 4, "--ignore-eos")
     lines = several.output.splitlines()
     assert several.exit_code == 0 and len(lines) == 2 and lines[0].startswith('[0] "') and lines[1].startswith('[1] "')
     texts = [json.loads(line.split(" ", 1)[1]) for line in lines]
-    _error(_run("generate", artifact, "--prompt", "a", "--prompt", "b", "--stream"), "for several prompts use --stream --json")
-    streamed = _run(
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt", "a", "--prompt", "b", "--stream"),
+        "for several prompts use --stream --json",
+        warnings=True,
+    )
+    streamed = run_cli(
         "generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 4, "--ignore-eos", "--stream", "--json"
     )
     records = [json.loads(line) for line in streamed.output.splitlines()]
     assert [r["prompt"] for r in records[:-1]] == [0, 1] * 4 and records[-1]["text"] == texts
-    _error(_run("generate", artifact, "--prompt-ids", "1,,2"), "--prompt-ids '1,,2': expected comma-separated integers")
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt-ids", "1,,2"), "--prompt-ids '1,,2': expected comma-separated integers", warnings=True
+    )
     limit = json.loads((artifact / MANIFEST_FILE).read_text())["model"]["max_position_embeddings"]
-    long = _run("generate", artifact, "--prompt-ids", ",".join(["5"] * (limit - 3)), "--max-new-tokens", 5000, "--ignore-eos")
+    long = run_cli("generate", artifact, "--prompt-ids", ",".join(["5"] * (limit - 3)), "--max-new-tokens", 5000, "--ignore-eos")
     assert long.exit_code == 0 and f"note: prompt 0 stopped after 3 new tokens at the model's maximum of {limit} tokens" in long.output
     copy = shutil.copytree(artifact, tmp_path / "no-tokenizer")
     (copy / "tokenizer.json").unlink()
-    ids = _run("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 3)
+    ids = run_cli("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 3)
     assert ids.exit_code == 0 and "tokenizer.json: missing; token-id prompts work" in ids.output
-    _error(_run("generate", copy, "--prompt", "hello"), "text prompts need a tokenizer")
+    assert_one_line_error(run_cli("generate", copy, "--prompt", "hello"), "text prompts need a tokenizer", warnings=True)
 
 
 # ---------------------------------------------------------------------------------------- 8. bench
@@ -237,16 +233,20 @@ def test_bench_peak_memory_is_the_models(artifacts):
 
 def test_interrupt_usage_errors_and_help(artifacts, monkeypatch):
     _, _, artifact = artifacts("hybrid_moe_groups")
-    _error(_run("generate", artifact, "--prompt-ids", "5", "--max-new-tokens", "many"), "Invalid value for '--max-new-tokens'")
-    _error(_run("export", artifact, "-o", "x", "--target", "openvino"), "Invalid value for '--target'")
-    help_text = " ".join(_run("generate", "--help").output.split())  # click wraps the lines
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt-ids", "5", "--max-new-tokens", "many"),
+        "Invalid value for '--max-new-tokens'",
+        warnings=True,
+    )
+    assert_one_line_error(run_cli("export", artifact, "-o", "x", "--target", "openvino"), "Invalid value for '--target'", warnings=True)
+    help_text = " ".join(run_cli("generate", "--help").output.split())  # click wraps the lines
     assert "Sampling temperature" in help_text and "most likely tokens whose mass reaches p" in help_text
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Session, "generate", interrupted)
-    result = _run("generate", artifact, "--prompt-ids", "5")
+    result = run_cli("generate", artifact, "--prompt-ids", "5")
     assert result.exit_code == 130 and result.output.strip() == "error: interrupted"
 
 
@@ -256,14 +256,14 @@ def test_interrupt_usage_errors_and_help(artifacts, monkeypatch):
 def test_same_size_corruption_is_found_by_verify(artifacts, tmp_path):
     _, _, artifact = artifacts("hybrid_moe_groups")
     copy = shutil.copytree(artifact, tmp_path / "a")
-    ok = _run("verify", copy)
+    ok = run_cli("verify", copy)
     assert ok.exit_code == 0 and ok.output.startswith("ok: ") and "files match" in ok.output
     with open(copy / "weights.data", "r+b") as f:
         f.seek(4096)
         f.write(bytes(100))
-    assert _run("generate", copy, "--prompt-ids", "5,6", "--max-new-tokens", 2).exit_code == 0  # sizes only: fast
-    _error(_run("verify", copy), "weights.data: SHA-256 differs from the one manifest.json records")
-    _error(_run("generate", copy, "--prompt-ids", "5,6", "--verify"), "weights.data: SHA-256 differs")
+    assert run_cli("generate", copy, "--prompt-ids", "5,6", "--max-new-tokens", 2).exit_code == 0  # sizes only: fast
+    assert_one_line_error(run_cli("verify", copy), "weights.data: SHA-256 differs from the one manifest.json records", warnings=True)
+    assert_one_line_error(run_cli("generate", copy, "--prompt-ids", "5,6", "--verify"), "weights.data: SHA-256 differs", warnings=True)
     with pytest.raises(Exception, match="SHA-256 differs"):
         Session(copy, verify=True)
 
@@ -275,14 +275,14 @@ def test_damaged_manifest_fields_are_one_line_errors(artifacts, tmp_path):
     _, _, artifact = artifacts("latent_moe_tied_odd")
     failures = 0
     for what, copy, raw in damaged_copies(artifact, tmp_path, 0, 60):
-        result = _run("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 2)
+        result = run_cli("generate", copy, "--prompt-ids", "5,6,7", "--max-new-tokens", 2)
         assert result.exception is None or isinstance(result.exception, SystemExit), f"{what}: {result.exception!r}"
         assert result.exit_code in (0, 2), f"{what}: {result.output}"
         if result.exit_code == 2:
             failures += 1
-            _error(result, "")
+            assert_one_line_error(result, "", warnings=True)
     assert failures >= 10  # most fields matter; each failure named its field in one line
     shortened = json.loads(json.dumps(raw))
     shortened["states"][1]["shape"] = shortened["states"][1]["shape"][:-1]
     (copy / MANIFEST_FILE).write_text(json.dumps(shortened))
-    _error(_run("generate", copy, "--prompt-ids", "5"), f"state '{raw['states'][1]['name']}' has shape")
+    assert_one_line_error(run_cli("generate", copy, "--prompt-ids", "5"), f"state '{raw['states'][1]['name']}' has shape", warnings=True)

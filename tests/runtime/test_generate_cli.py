@@ -4,27 +4,16 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
+from helpers import assert_one_line_error, run_cli
 from hf_oracle import hf_greedy
 
 from nemotron_deploy.runtime.artifact.manifest import MANIFEST_FILE
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.session import Session
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _error(result, text):
-    assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
-    assert text in result.output, result.output
 
 
 def test_generate_json_batch_of_prompt_ids(artifacts):
     ref, _, artifact = artifacts("hybrid_moe_groups")
-    result = _run(
+    result = run_cli(
         "generate", artifact, "--prompt-ids", "5,17,3,99,42,8", "--prompt-ids", "7,70", "--max-new-tokens", 12, "--ignore-eos", "--json"
     )
     assert result.exit_code == 0, result.output
@@ -35,10 +24,10 @@ def test_generate_json_batch_of_prompt_ids(artifacts):
 
 def test_generate_threads(artifacts):
     ref, _, artifact = artifacts("hybrid_moe_groups")
-    result = _run("generate", artifact, "--prompt-ids", "5,17,3", "--max-new-tokens", 8, "--ignore-eos", "--json", "--threads", 1)
+    result = run_cli("generate", artifact, "--prompt-ids", "5,17,3", "--max-new-tokens", 8, "--ignore-eos", "--json", "--threads", 1)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["new_token_ids"] == [hf_greedy(ref, [5, 17, 3], 8)]
-    refused = _run("generate", artifact, "--prompt-ids", "5", "--threads", 0)
+    refused = run_cli("generate", artifact, "--prompt-ids", "5", "--threads", 0)
     assert refused.exit_code == 2 and "--threads" in refused.output and "x>=1" in refused.output, refused.output
 
 
@@ -60,7 +49,7 @@ def test_sampling_is_seeded(artifacts):
         "--top-p",
         "0.9",
     )
-    a, b, c = _run(*args, "--seed", 1), _run(*args, "--seed", 1), _run(*args, "--seed", 2)
+    a, b, c = run_cli(*args, "--seed", 1), run_cli(*args, "--seed", 1), run_cli(*args, "--seed", 2)
     assert a.output == b.output and a.output != c.output
 
 
@@ -81,20 +70,24 @@ def test_state_out_then_state_in_prefills_only_the_rest(artifacts, tmp_path):
     ref, _, artifact = artifacts("hybrid_moe_groups")
     state = tmp_path / "system.safetensors"
     history, turn = "5,17,3,99,42,8,11", "5,17,3,99,42,8,11,64,30,31"
-    saved = _run("generate", artifact, "--prompt-ids", history, "--max-new-tokens", 3, "--ignore-eos", "--json", "--state-out", state)
+    saved = run_cli("generate", artifact, "--prompt-ids", history, "--max-new-tokens", 3, "--ignore-eos", "--json", "--state-out", state)
     assert saved.exit_code == 0, saved.output
     assert json.loads(saved.output)["new_token_ids"][0] == hf_greedy(ref, [5, 17, 3, 99, 42, 8, 11], 3)
-    resumed = _run("generate", artifact, "--prompt-ids", turn, "--max-new-tokens", 6, "--ignore-eos", "--json", "--state-in", state)
+    resumed = run_cli("generate", artifact, "--prompt-ids", turn, "--max-new-tokens", 6, "--ignore-eos", "--json", "--state-in", state)
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.output)["new_token_ids"][0] == hf_greedy(ref, [5, 17, 3, 99, 42, 8, 11, 64, 30, 31], 6)
-    _error(_run("generate", artifact, "--prompt-ids", "7,70,71", "--state-in", state), "not the first tokens of the prompt")
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt-ids", "7,70,71", "--state-in", state), "not the first tokens of the prompt"
+    )
     state.write_bytes(state.read_bytes()[:100])
-    _error(_run("generate", artifact, "--prompt-ids", turn, "--state-in", state), "system.safetensors: not a readable snapshot file")
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt-ids", turn, "--state-in", state), "system.safetensors: not a readable snapshot file"
+    )
 
 
 def test_bench_json(artifacts):
     _, _, artifact = artifacts("hybrid_moe_groups")
-    result = _run("bench", artifact, "--prompt-len", 16, "--new-tokens", 4, "--batch", 2, "--past", 32, "--json")
+    result = run_cli("bench", artifact, "--prompt-len", 16, "--new-tokens", 4, "--batch", 2, "--past", 32, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["prefill_tokens_per_s"] > 0 and out["decode_tokens_per_s"] > 0 and "32" in out["decode_tokens_per_s_at_past"]
@@ -102,57 +95,60 @@ def test_bench_json(artifacts):
 
 
 def test_demo_text_end_to_end(tmp_path):
-    result = _run("demo", "-o", tmp_path / "demo", "--max-new-tokens", 6)
+    result = run_cli("demo", "-o", tmp_path / "demo", "--max-new-tokens", 6)
     assert result.exit_code == 0, result.output
     artifact = tmp_path / "demo" / "onnx"
-    out = _run("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 5, "--ignore-eos", "--json")
+    out = run_cli("generate", artifact, "--prompt", "The runtime", "--prompt", "Mamba", "--max-new-tokens", 5, "--ignore-eos", "--json")
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert len(data["text"]) == 2 and [len(ids) for ids in data["new_token_ids"]] == [5, 5]
-    streamed = _run("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 5, "--ignore-eos", "--stream")
+    streamed = run_cli("generate", artifact, "--prompt", "The runtime", "--max-new-tokens", 5, "--ignore-eos", "--stream")
     assert streamed.exit_code == 0 and streamed.output.strip() == data["text"][0].strip()
 
 
 def test_bad_inputs(artifacts, tmp_path):
     _, _, artifact = artifacts("hybrid_moe_groups")
-    _error(_run("generate", artifact, "--prompt", "hello"), "has no tokenizer.json")
-    _error(_run("generate", artifact, "--prompt-ids", "5,101,7"), "token id 101 is outside the vocabulary (0..100)")
-    _error(_run("generate", artifact, "--prompt-ids", ",".join(["5"] * 513)), "prompt 0 has 513 tokens, the model's maximum is 512")
-    _error(_run("generate", artifact, "--prompt-ids", "5,x"), "expected comma-separated integers")
-    _error(_run("generate", artifact), "give at least one --prompt")
-    _error(_run("generate", artifact, "--prompt-ids", "5", "--greedy", "--top-k", "3"), "--greedy cannot be combined")
-    _error(_run("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
+    assert_one_line_error(run_cli("generate", artifact, "--prompt", "hello"), "has no tokenizer.json")
+    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5,101,7"), "token id 101 is outside the vocabulary (0..100)")
+    assert_one_line_error(
+        run_cli("generate", artifact, "--prompt-ids", ",".join(["5"] * 513)), "prompt 0 has 513 tokens, the model's maximum is 512"
+    )
+    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5,x"), "expected comma-separated integers")
+    assert_one_line_error(run_cli("generate", artifact), "give at least one --prompt")
+    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5", "--greedy", "--top-k", "3"), "--greedy cannot be combined")
+    assert_one_line_error(run_cli("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
 
     broken = shutil.copytree(artifact, tmp_path / "no-onnx")
     (broken / "step.onnx").unlink()
-    _error(_run("generate", broken, "--prompt-ids", "5"), "step.onnx: missing (listed in manifest.json)")
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "step.onnx: missing (listed in manifest.json)")
     broken = shutil.copytree(artifact, tmp_path / "short-data")
     data = (broken / "weights.data").read_bytes()
     (broken / "weights.data").write_bytes(data[: len(data) // 2])
-    _error(_run("generate", broken, "--prompt-ids", "5"), "weights.data: ")
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "weights.data: ")
     broken = shutil.copytree(artifact, tmp_path / "garbage-onnx")
     size = (broken / "step.onnx").stat().st_size
     (broken / "step.onnx").write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
-    _error(_run("generate", broken, "--prompt-ids", "5"), "step.onnx: not a readable ONNX model")
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "step.onnx: not a readable ONNX model")
     broken = shutil.copytree(artifact, tmp_path / "old-format")
     manifest = json.loads((broken / MANIFEST_FILE).read_text())
     (broken / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=99)))
-    _error(_run("generate", broken, "--prompt-ids", "5"), "format_version 99, this nemotron-deploy reads version 1")
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "format_version 99, this nemotron-deploy reads version 1")
     (broken / MANIFEST_FILE).unlink()
-    _error(_run("generate", broken, "--prompt-ids", "5"), "manifest.json: missing")
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "manifest.json: missing")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_export_cli_errors(hf_checkpoints, tmp_path, dtype):
     _, ckpt = hf_checkpoints("dense_mlp_biases")
-    _error(_run("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
-    _error(_run("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
-    _error(
-        _run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"), "export --target onnxruntime to quantize"
+    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
+    assert_one_line_error(run_cli("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
+    assert_one_line_error(
+        run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"),
+        "export --target onnxruntime to quantize",
     )
-    _error(_run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int8", "--dtype", "float16"), "use --dtype float32")
-    result = _run("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4")
-    _error(result, "does not divide the input width of layers.0.mixer.in_proj.weight")
+    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int8", "--dtype", "float16"), "use --dtype float32")
+    result = run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4")
+    assert_one_line_error(result, "does not divide the input width of layers.0.mixer.in_proj.weight")
     assert ": 40 input features)" in result.output
     assert not (tmp_path / "q").exists()
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from hf_oracle import hf_greedy, hf_logits, make_checkpoint, random_prompt, relative_error
+from helpers import relative_error
+from hf_oracle import hf_greedy, hf_logits, make_checkpoint, random_prompt
 
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.runtime.backends.interface import Backend
@@ -26,7 +27,7 @@ def test_prefill_and_decode_logits_match_transformers(artifacts, config_name):
     backend = Session(artifact).backend
     ids = np.array([random_prompt(23, 4)])
     logits, state = prefill(backend, ids, np.ones_like(ids))
-    errs = [relative_error(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)]
+    errs = [relative_error(logits, hf_logits(ref, torch.from_numpy(ids))[:, -1])]
     with torch.no_grad():
         out = ref(torch.from_numpy(ids), use_cache=True)
         cache, token, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), np.ones_like(ids)
@@ -34,7 +35,7 @@ def test_prefill_and_decode_logits_match_transformers(artifacts, config_name):
             mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
             expected = ref(token, past_key_values=cache, use_cache=True, attention_mask=torch.from_numpy(mask)).logits[:, -1]
             logits, state = backend.step("decode", token.numpy(), mask, state)
-            errs.append(relative_error(expected, logits))
+            errs.append(relative_error(logits, expected))
             token = expected[:, None].argmax(-1)
     print(f"{config_name}: max relative logit error prefill {errs[0]:.1e}, decode {max(errs[1:]):.1e}")
     assert max(errs) <= 1e-4
@@ -54,7 +55,7 @@ def test_chunked_prefill_equals_one_shot(artifacts):
     one_logits, one_state = prefill(backend, ids, mask)
     for chunk in (2, 5, 7, 16):  # 26 = 5 * 5 + 1: no last piece of one token (that is a decode step)
         logits, state = prefill(backend, ids, mask, chunk)
-        assert relative_error(one_logits, logits) <= 1e-5, chunk
+        assert relative_error(logits, one_logits) <= 1e-5, chunk
         for name, value in one_state.items():
             np.testing.assert_allclose(state[name], value, rtol=1e-4, atol=1e-5, err_msg=f"{chunk} {name}")
     session = Session(artifact)
@@ -102,7 +103,7 @@ def test_half_precision_exports(artifacts, dtype):
     assert session.manifest.dtype == dtype
     ids = np.array([random_prompt(21, 8)])
     logits, _ = prefill(session.backend, ids, np.ones_like(ids))
-    err = relative_error(hf_logits(ref, torch.from_numpy(ids))[:, -1], logits)
+    err = relative_error(logits, hf_logits(ref, torch.from_numpy(ids))[:, -1])
     print(f"{dtype}: max relative logit error {err:.1e}")
     assert err <= HALF_TOLERANCE[dtype]
     assert len(session.generate([random_prompt(9, 3)], 8, ignore_eos=True).new_token_ids[0]) == 8

@@ -14,7 +14,8 @@ import shutil
 import onnx
 import pytest
 from click.testing import CliRunner
-from hf_oracle import random_prompt, relative_error
+from helpers import relative_error
+from hf_oracle import random_prompt
 
 from nemotron_deploy.exporter.engine_build import Limits, build_engines
 from nemotron_deploy.exporter.plugin_ops import PLUGIN_OPS
@@ -35,7 +36,7 @@ def test_plugin_graph_reference_execution_equals_onnxruntime_tokens(artifacts, c
     reference = Session(trt_artifact, backend="reference")
     got = reference.generate(prompts, max_new_tokens=24, ignore_eos=True)
     assert got.new_token_ids == want.new_token_ids
-    assert relative_error(want.prefill_logits, got.prefill_logits) < 1e-4
+    assert relative_error(got.prefill_logits, want.prefill_logits) < 1e-4
     # prefill in pieces (the plugin's conv and SSM states carried between calls), then decode
     chunked = reference.generate(prompts, max_new_tokens=8, ignore_eos=True, prefill_chunk_size=5)
     assert chunked.new_token_ids == [ids[:8] for ids in want.new_token_ids]
@@ -107,7 +108,7 @@ def test_tensorrt_rtx_target_runs_on_onnxruntime_with_the_same_tokens(artifacts,
     want = Session(ort_artifact).generate(prompts, max_new_tokens=24, ignore_eos=True)
     got = Session(rtx_artifact).generate(prompts, max_new_tokens=24, ignore_eos=True)
     assert got.new_token_ids == want.new_token_ids
-    assert relative_error(want.prefill_logits, got.prefill_logits) < 1e-4
+    assert relative_error(got.prefill_logits, want.prefill_logits) < 1e-4
 
 
 @pytest.fixture(scope="module")

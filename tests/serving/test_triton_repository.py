@@ -4,17 +4,12 @@ known traps of implicit state. (Triton's onnxruntime / tensorrt backends are not
 the step repository is checked, not served.)"""
 
 import pytest
-from click.testing import CliRunner
+from helpers import run_cli
 
-from nemotron_deploy.runtime.cli import main
 from nemotron_deploy.runtime.serving.triton import configs
 from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, TEXT_INPUTS, TEXT_TO_GENERATE
 
 ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 7: "TYPE_INT64"}
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _parse(model_dir):
@@ -40,7 +35,7 @@ def test_step_repository_matches_the_graph(artifacts, tmp_path, name, dtype):
     from tritonclient.grpc import model_config_pb2 as pb
 
     _, _, artifact = artifacts(name, dtype)
-    result = _run("triton", artifact, "-o", tmp_path / "repo", "--kind", "step", "--max-batch", 4)
+    result = run_cli("triton", artifact, "-o", tmp_path / "repo", "--kind", "step", "--max-batch", 4)
     assert result.exit_code == 0, result.output
     model_dir = tmp_path / "repo" / configs.STEP_MODEL
     config = _parse(model_dir)
@@ -76,7 +71,7 @@ def test_step_repository_matches_the_graph(artifacts, tmp_path, name, dtype):
 
 def test_generate_repository_configs(artifacts, tmp_path):
     _, _, artifact = artifacts("hybrid_moe_groups")  # no tokenizer: ids only
-    result = _run("triton", artifact, "-o", tmp_path / "repo", "--instances", 2, "--max-batch", 3, "--threads", 1)
+    result = run_cli("triton", artifact, "-o", tmp_path / "repo", "--instances", 2, "--max-batch", 3, "--threads", 1)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [configs.GENERATE_MODEL]
     config = _parse(tmp_path / "repo" / configs.GENERATE_MODEL)
@@ -95,7 +90,7 @@ def test_text_ensemble_config(tmp_path):
     from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
 
     artifact = export_artifact(write_random_checkpoint(tmp_path / "ckpt"), tmp_path / "art", progress=False)
-    assert _run("triton", artifact, "-o", tmp_path / "repo").exit_code == 0
+    assert run_cli("triton", artifact, "-o", tmp_path / "repo").exit_code == 0
     models = {p.name: _parse(p) for p in (tmp_path / "repo").iterdir()}
     assert sorted(models) == ["ensemble", "preprocessing", configs.GENERATE_MODEL]
     ensemble = models["ensemble"]
@@ -122,7 +117,7 @@ def test_triton_cli_errors(artifacts, tmp_path):
         (("triton", artifact, "-o", tmp_path / "e", "--max-batch", 0), "--max-batch"),
     ]
     for args, message in cases:
-        result = _run(*args)
+        result = run_cli(*args)
         assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, (args, result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written
 
@@ -151,7 +146,7 @@ def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
     }
     (artifact / "manifest.json").write_text(json.dumps(raw))
     (artifact / "prefill.plan").write_bytes(b"stand-in plan")
-    result = _run("triton", artifact, "-o", tmp_path / "repo", "--kind", "step")
+    result = run_cli("triton", artifact, "-o", tmp_path / "repo", "--kind", "step")
     assert result.exit_code == 0, result.output
     assert "--backend-config=tensorrt,plugins=/opt/lib/libnemotron_deploy_plugins.so" in result.output
     model_dir = tmp_path / "repo" / configs.STEP_MODEL

@@ -1,0 +1,28 @@
+"""What many tests share: the command line run in-process, its one-line errors, and relative error."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner, Result
+
+from nemotron_deploy.runtime.cli import main
+
+
+def run_cli(*args) -> Result:
+    """`nemotron-deploy ARGS...` in this process (arguments converted to strings)."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Result, text: str, code: int = 2, warnings: bool = False) -> None:
+    """The command failed with exit status `code` and said why in one `error: ...` line holding `text`;
+    with `warnings`, `warning: ...` lines may precede it."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if not (warnings and line.startswith("warning: "))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert text in lines[0], result.output
+
+
+def relative_error(got, want) -> float:
+    """max |got - want| / max |want|, in float64 (numpy arrays or torch tensors, on the CPU)."""
+    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
+    return float((got - want).abs().max() / want.abs().max())
