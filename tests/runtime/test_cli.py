@@ -2,8 +2,9 @@
 
 import json
 
+import pytest
 import torch
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 from hf_oracle import hf_model, save_checkpoint
 
 
@@ -33,18 +34,26 @@ def test_inspect_human_readable(hf_checkpoints):
     assert "ME*MEM" in result.output and "6 (3 mamba, 1 attention, 2 moe)" in result.output
 
 
-def test_bad_input_is_one_line(tmp_path):
-    result = run_cli("inspect", tmp_path / "nope")
-    assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a directory" in result.output
-    result = run_cli("inspect", tmp_path)
-    assert result.exit_code == 2 and "config.json: no such file" in result.output
-    save_checkpoint(hf_model("dense_mlp_biases"), tmp_path / "c")
-    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+def _unknown_layer_kind(root):
+    """A transformers checkpoint whose config names a layer kind NemotronH does not have."""
+    save_checkpoint(hf_model("dense_mlp_biases"), root)
+    cfg = json.loads((root / "config.json").read_text())
     cfg["layers_block_type"][1] = "retention"
-    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
-    result = run_cli("inspect", tmp_path / "c")
-    assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "field 'layers_block_type' has unknown layer kind 'retention' at layer 1" in result.output
+    (root / "config.json").write_text(json.dumps(cfg))
+
+
+# (what to put at CHECKPOINT, the message of `inspect CHECKPOINT`'s one-line error)
+BAD_CHECKPOINTS = [
+    (lambda root: None, "not a directory"),
+    (lambda root: root.mkdir(), "config.json: no such file"),
+    (_unknown_layer_kind, "field 'layers_block_type' has unknown layer kind 'retention' at layer 1"),
+]
+
+
+@pytest.mark.parametrize("make,message", BAD_CHECKPOINTS, ids=[message for _, message in BAD_CHECKPOINTS])
+def test_bad_checkpoints_are_one_line_errors(tmp_path, make, message):
+    make(tmp_path / "checkpoint")
+    assert_one_line_error(run_cli("inspect", tmp_path / "checkpoint"), message)
 
 
 def test_demo_checkpoint_is_what_transformers_loads(tmp_path):

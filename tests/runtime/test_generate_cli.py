@@ -106,35 +106,57 @@ def test_demo_text_end_to_end(tmp_path):
     assert streamed.exit_code == 0 and streamed.output.strip() == data["text"][0].strip()
 
 
-def test_bad_inputs(artifacts, tmp_path):
-    _, _, artifact = artifacts("hybrid_moe_groups")
-    assert_one_line_error(run_cli("generate", artifact, "--prompt", "hello"), "has no tokenizer.json")
-    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5,101,7"), "token id 101 is outside the vocabulary (0..100)")
-    assert_one_line_error(
-        run_cli("generate", artifact, "--prompt-ids", ",".join(["5"] * 513)), "prompt 0 has 513 tokens, the model's maximum is 512"
-    )
-    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5,x"), "expected comma-separated integers")
-    assert_one_line_error(run_cli("generate", artifact), "give at least one --prompt")
-    assert_one_line_error(run_cli("generate", artifact, "--prompt-ids", "5", "--greedy", "--top-k", "3"), "--greedy cannot be combined")
-    assert_one_line_error(run_cli("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
+# generate's bad arguments (ARTIFACT prepended), each a one-line error holding its message
+BAD_ARGUMENTS = [
+    (("--prompt", "hello"), "has no tokenizer.json"),
+    (("--prompt-ids", "5,101,7"), "token id 101 is outside the vocabulary (0..100)"),
+    (("--prompt-ids", ",".join(["5"] * 513)), "prompt 0 has 513 tokens, the model's maximum is 512"),
+    (("--prompt-ids", "5,x"), "expected comma-separated integers"),
+    ((), "give at least one --prompt"),
+    (("--prompt-ids", "5", "--greedy", "--top-k", "3"), "--greedy cannot be combined"),
+]
 
-    broken = shutil.copytree(artifact, tmp_path / "no-onnx")
-    (broken / "step.onnx").unlink()
-    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "step.onnx: missing (listed in manifest.json)")
-    broken = shutil.copytree(artifact, tmp_path / "short-data")
-    data = (broken / "weights.data").read_bytes()
-    (broken / "weights.data").write_bytes(data[: len(data) // 2])
-    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "weights.data: ")
-    broken = shutil.copytree(artifact, tmp_path / "garbage-onnx")
-    size = (broken / "step.onnx").stat().st_size
-    (broken / "step.onnx").write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
-    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "step.onnx: not a readable ONNX model")
-    broken = shutil.copytree(artifact, tmp_path / "old-format")
-    manifest = json.loads((broken / MANIFEST_FILE).read_text())
-    (broken / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=99)))
-    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "format_version 99, this nemotron-deploy reads version 1")
-    (broken / MANIFEST_FILE).unlink()
-    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), "manifest.json: missing")
+
+@pytest.mark.parametrize("args,message", BAD_ARGUMENTS, ids=[message for _, message in BAD_ARGUMENTS])
+def test_bad_arguments_are_one_line_errors(artifacts, args, message):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    assert_one_line_error(run_cli("generate", artifact, *args), message)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path):
+    size = path.stat().st_size
+    path.write_bytes(b"\x07garbage" * (size // 8) + b"\x07" * (size % 8))
+
+
+def _format_version_99(path):
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), format_version=99)))
+
+
+# (file of the artifact, damage done to it, message): each a one-line error of generate
+DAMAGED_ARTIFACTS = [
+    ("step.onnx", lambda path: path.unlink(), "step.onnx: missing (listed in manifest.json)"),
+    ("weights.data", _truncate, "weights.data: "),
+    ("step.onnx", _garbage, "step.onnx: not a readable ONNX model"),
+    (MANIFEST_FILE, _format_version_99, "format_version 99, this nemotron-deploy reads version 1"),
+    (MANIFEST_FILE, lambda path: path.unlink(), "manifest.json: missing"),
+]
+
+
+@pytest.mark.parametrize("file,damage,message", DAMAGED_ARTIFACTS, ids=[message for *_, message in DAMAGED_ARTIFACTS])
+def test_damaged_artifacts_are_one_line_errors(artifacts, tmp_path, file, damage, message):
+    _, _, artifact = artifacts("hybrid_moe_groups")
+    broken = shutil.copytree(artifact, tmp_path / "broken")
+    damage(broken / file)
+    assert_one_line_error(run_cli("generate", broken, "--prompt-ids", "5"), message)
+
+
+def test_a_missing_artifact_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_cli("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16"])
