@@ -27,8 +27,8 @@ def mamba2_core_as_the_kernels(*inputs, **attributes):
     return mamba2_core(*inputs, **attributes, recurrent=inputs[0].shape[1] == 1)
 
 
-MAMBA2_CORE = PluginOp(**contract.MAMBA2_CORE.fields(), reference=mamba2_core_as_the_kernels)
-MOE_DISPATCH = PluginOp(**contract.MOE_DISPATCH.fields(), reference=moe_dispatch)
+MAMBA2_CORE = PluginOp(**contract.MAMBA2_CORE.as_fields(), reference=mamba2_core_as_the_kernels)
+MOE_DISPATCH = PluginOp(**contract.MOE_DISPATCH.as_fields(), reference=moe_dispatch)
 PLUGIN_OPS = {op.name: op for op in (MAMBA2_CORE, MOE_DISPATCH)}
 
 

@@ -58,7 +58,7 @@ class PluginContract:
     attributes: tuple[Attribute, ...]
     dimension_limits: tuple[DimensionLimit, ...]  # sizes the kernels are written for
 
-    def fields(self) -> dict:
+    def as_fields(self) -> dict:
         """The contract's fields by name (to build a subclass's instance from it)."""
         return {f.name: getattr(self, f.name) for f in fields(PluginContract)}
 

@@ -7,6 +7,20 @@ from click.testing import CliRunner, Result
 
 from nemotron_deploy.runtime.cli import main
 
+# Widths small enough that a checkpoint's graphs trace in seconds (with TINY_CONFIG's other fields).
+SMALL_WIDTHS = dict(
+    vocab_size=64,
+    hidden_size=32,
+    mamba_num_heads=2,
+    n_groups=1,
+    ssm_state_size=8,
+    chunk_size=8,
+    num_attention_heads=2,
+    head_dim=16,
+    moe_intermediate_size=16,
+    moe_shared_expert_intermediate_size=16,
+)
+
 
 def run_cli(*args) -> Result:
     """`nemotron-deploy ARGS...` in this process (arguments converted to strings)."""

@@ -13,22 +13,10 @@ from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from export_profile import profile_export
+from helpers import SMALL_WIDTHS
 
 # Mamba, MoE and attention layers; small widths so the graphs trace quickly.
-BASE = dict(
-    TINY_CONFIG,
-    hybrid_override_pattern="ME*",
-    vocab_size=64,
-    hidden_size=32,
-    mamba_num_heads=2,
-    n_groups=1,
-    ssm_state_size=8,
-    chunk_size=8,
-    num_attention_heads=2,
-    head_dim=16,
-    moe_intermediate_size=16,
-    moe_shared_expert_intermediate_size=16,
-)
+BASE = dict(TINY_CONFIG, hybrid_override_pattern="ME*", **SMALL_WIDTHS)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ tests' (every export is stitched).
 
 import pytest
 import torch
+from helpers import SMALL_WIDTHS
 
 from nemotron_deploy.exporter import stitch, tracing
 from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
@@ -15,20 +16,7 @@ from nemotron_deploy.exporter.quantize import QuantScheme
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.exporter.tracing import finished_graph
 
-SMALL = dict(
-    TINY_CONFIG,
-    vocab_size=64,
-    hidden_size=32,
-    mamba_num_heads=2,
-    n_groups=1,
-    ssm_state_size=8,
-    chunk_size=8,
-    num_attention_heads=2,
-    head_dim=16,
-    moe_intermediate_size=16,
-    moe_shared_expert_intermediate_size=16,
-    n_routed_experts=4,
-)
+SMALL = dict(TINY_CONFIG, **SMALL_WIDTHS, n_routed_experts=4)
 
 
 def _checkpoint(tmp_path, pattern: str):
