@@ -54,6 +54,17 @@ def _run_child(args: list[str], env: dict | None) -> dict:
 
 # Self-contained on purpose (no import from the rest of the package): the benchmark runs this file
 # against other revisions of nemotron_deploy (a baseline put first on PYTHONPATH).
+def _package_module(now: str, before: str):
+    """nemotron_deploy.<now>, or nemotron_deploy.<before> in a revision from before the layers pass
+    (issue 25 moved the manifest to runtime/artifact/ and the backends to runtime/backends/)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"nemotron_deploy.{now}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"nemotron_deploy.{before}")
+
+
 def _status_kb(fields=("RssAnon", "VmRSS")) -> dict[str, int]:
     values = {}
     with open("/proc/self/status") as f:
@@ -100,7 +111,8 @@ def _export_child(argv: list[str]) -> dict:
     import torch.onnx  # noqa: F401
 
     from nemotron_deploy.exporter.onnx_export import export_artifact
-    from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE
+
+    WEIGHTS_FILE = _package_module("runtime.artifact.manifest", "runtime.manifest").WEIGHTS_FILE
 
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -138,8 +150,8 @@ def _session_child(artifact: str) -> dict:
     handed to onnxruntime over one read-only memory map of weights.data)."""
     import time
 
-    from nemotron_deploy.runtime.artifact.manifest import read_manifest
-    from nemotron_deploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    read_manifest = _package_module("runtime.artifact.manifest", "runtime.manifest").read_manifest
+    OnnxRuntimeBackend = _package_module("runtime.backends.onnxruntime_backend", "runtime.onnx_backend").OnnxRuntimeBackend
 
     manifest = read_manifest(artifact)
     base = _status_kb()
