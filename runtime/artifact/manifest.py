@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nemotron_deploy.runtime.artifact import schema
 from nemotron_deploy.runtime.artifact.dtypes import FLOAT_DTYPES, numpy_dtype
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError, read_json_object
+from nemotron_deploy.runtime.artifact.schema import JSON_TYPES, checked
 
 FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
@@ -31,31 +33,69 @@ class ArtifactError(NemotronDeployError):
 
 
 # ------------------------------------------------------------------------------------------ the schema
-# Field order is the JSON's key order. A field marked OPTIONAL is left out of the JSON when None.
-OPTIONAL = {"optional": True}
+# Each field carries its JSON rule (schema.py): the reader checks a manifest against these rules before
+# anything reads it, so a damaged manifest is one line naming the field, never a KeyError or a numpy
+# error deep inside a backend. Field order is the JSON's key order; a field without a rule is not JSON.
+# `cpp=True`: runtime/cpp/src/manifest.cpp checks it too, with the same message (tested).
+TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
+LAYER_KINDS = ("mamba", "attention", "mlp", "moe")
+STATE_ROLES = ("conv_state", "ssm_state", "key", "value")
+
+
+def _is_dim(d) -> bool:
+    return (JSON_TYPES["integer"](d) and d >= 0) or (isinstance(d, str) and d != "")
+
+
+def _shape(cpp: bool = False, **kw) -> schema.Rule:
+    dim = schema.Rule(None, "an integer >= 0 or a symbol such as 'batch'", test=_is_dim, cpp=cpp)
+    return schema.array("a list of sizes (integers >= 0) and symbols", items=dim, cpp=cpp, **kw)
+
+
+def _positive(**kw) -> schema.Rule:
+    return schema.integer("an integer >= 1", minimum=1, **kw)
+
+
+def _token_id(**kw) -> schema.Rule:
+    return schema.integer("a token id or null", minimum=0, refused="a token id (an integer >= 0) or null", optional=True, **kw)
+
+
+def _file_name(test=None, **kw) -> schema.Rule:
+    return schema.string("a file name", test=test, refused="a file name inside the artifact directory" if test else None, **kw)
+
+
+def _inside_dir(name: str) -> bool:
+    return Path(name).name == name and name not in ("", ".", "..")
+
+
+def _size(**kw) -> schema.Rule:
+    return schema.integer("a size in bytes", minimum=0, refused="a size in bytes (>= 0)", **kw)
+
+
+NAME = schema.string("a tensor name", cpp=True)
+STATE_SHAPE = _shape(test=lambda dims: dims[:1] == ["batch"], refused="'batch'", at="[0]", shown=lambda dims: dims[:1], cpp=True)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output of a step graph (exporter/io_spec.py makes them; dtype "model" until export)."""
 
-    name: str
-    role: str  # input_ids | attention_mask | logits | conv_state | ssm_state | key | value
-    dtype: str
-    shape: tuple[str | int, ...]  # sizes and symbols: batch, new_tokens, past_len, total_len
-    layer: int | None = None
+    name: str = checked(NAME)
+    role: str = checked(schema.string("a role such as 'input_ids'"))  # input_ids | attention_mask | logits | states' roles
+    dtype: str = checked(schema.string("a dtype name"))
+    shape: tuple[str | int, ...] = checked(_shape())  # sizes and symbols: batch, new_tokens, past_len, total_len
+    layer: int | None = checked(schema.integer("a layer index or null", minimum=0, optional=True), default=None)
 
 
 @dataclass(frozen=True)
 class StateRecord:
     """A recurrent state: `name` (past.*) is a graph input, `present` (present.*) the output that replaces it."""
 
-    name: str
-    present: str
-    role: str  # conv_state | ssm_state | key | value
-    layer: int
-    dtype: str
-    shape: tuple[str | int, ...]  # [batch, ...]; K/V: [batch, kv_heads, past_len, head_dim]
+    name: str = checked(NAME)
+    present: str = checked(NAME)
+    role: str = checked(schema.one_of(STATE_ROLES, cpp=True))
+    layer: int = checked(schema.integer("a layer index", minimum=0))
+    dtype: str = checked(schema.one_of(FLOAT_DTYPES, cpp=True))
+    shape: tuple[str | int, ...] = checked(STATE_SHAPE)  # [batch, ...]; K/V: [batch, kv_heads, past_len, head_dim]
 
     @property
     def grows(self) -> bool:
@@ -65,72 +105,107 @@ class StateRecord:
 
 @dataclass(frozen=True)
 class PluginRecord:
-    name: str
-    version: str
-    namespace: str
-    nodes: int | None = field(default=None, metadata=OPTIONAL)  # per graph; None in the artifact's list
+    name: str = checked(schema.string("a string", cpp=True))
+    version: str = checked(schema.string("a string", cpp=True))
+    namespace: str = checked(schema.string("a string", cpp=True))
+    # per graph; None in the artifact's list
+    nodes: int | None = checked(schema.integer("a node count or null", minimum=0, optional=True), omit_none=True, default=None)
+
+
+def _is_new_tokens(value) -> bool:
+    return value == "dynamic" or (JSON_TYPES["integer"](value) and value == 1)
 
 
 @dataclass(frozen=True)
 class GraphRecord:
-    file: str
-    new_tokens: int | str  # 1 (decode) or "dynamic"
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    plugins: tuple[PluginRecord, ...] | None = field(default=None, metadata=OPTIONAL)  # tensorrt target
+    file: str = checked(_file_name())
+    new_tokens: int | str = checked(schema.Rule(None, "1 or 'dynamic'", test=_is_new_tokens))
+    inputs: tuple[TensorSpec, ...] = checked(schema.objects(TensorSpec))
+    outputs: tuple[TensorSpec, ...] = checked(schema.objects(TensorSpec))
+    # tensorrt target
+    plugins: tuple[PluginRecord, ...] | None = checked(schema.objects(PluginRecord, optional=True), omit_none=True, default=None)
 
 
 @dataclass(frozen=True)
 class ModelRecord:
-    layer_types: tuple[str, ...]
-    vocab_size: int
-    hidden_size: int
-    max_position_embeddings: int
-    chunk_size: int | None
-    num_parameters: int
-    decode_weight_bytes: int | None  # weight bytes a decode step reads per sequence (the bandwidth floor)
-    config: dict[str, Any]  # ModelConfig.to_dict()
+    layer_types: tuple[str, ...] = checked(
+        schema.array(
+            "a list of layer kinds",
+            test=lambda kinds: bool(kinds) and all(isinstance(k, str) and k in LAYER_KINDS for k in kinds),
+            refused="a non-empty list of mamba / attention / mlp / moe",
+            cpp=True,
+        )
+    )
+    vocab_size: int = checked(_positive(cpp=True))
+    hidden_size: int = checked(_positive())
+    max_position_embeddings: int = checked(_positive(cpp=True))
+    chunk_size: int | None = checked(schema.integer("an integer >= 1 or null", minimum=1, optional=True))
+    num_parameters: int = checked(_positive())
+    # weight bytes a decode step reads per sequence (the bandwidth floor)
+    decode_weight_bytes: int | None = checked(_positive(optional=True))
+    config: dict[str, Any] = checked(schema.obj("an object"))  # ModelConfig.to_dict()
+
+
+def _optional(rule: schema.Rule) -> Any:
+    """A generation_config.json value: left out of the JSON when the checkpoint has none."""
+    return checked(dataclasses.replace(rule, optional=True), omit_none=True, default=None)
 
 
 @dataclass(frozen=True)
 class GenerationRecord:
-    eos_token_ids: tuple[int, ...] = ()
-    bos_token_id: int | None = None
-    pad_token_id: int | None = None
-    temperature: float | None = field(default=None, metadata=OPTIONAL)  # the checkpoint's generation_config.json
-    top_k: int | None = field(default=None, metadata=OPTIONAL)
-    top_p: float | None = field(default=None, metadata=OPTIONAL)
-    do_sample: bool | None = field(default=None, metadata=OPTIONAL)
-    max_new_tokens: int | None = field(default=None, metadata=OPTIONAL)
+    eos_token_ids: tuple[int, ...] = checked(
+        schema.array(
+            "a list of token ids", items=schema.integer("a token id (an integer >= 0)", minimum=0, cpp=True), optional=True, cpp=True
+        ),
+        default=(),
+    )
+    bos_token_id: int | None = checked(_token_id(), default=None)
+    pad_token_id: int | None = checked(_token_id(cpp=True), default=None)
+    # the checkpoint's generation_config.json
+    temperature: float | None = _optional(schema.Rule("number", "a number >= 0 or null", test=lambda v: v >= 0))
+    top_k: int | None = _optional(schema.integer("an integer >= 0 or null", minimum=0))
+    top_p: float | None = _optional(schema.Rule("number", "a number from 0 to 1 or null", test=lambda v: 0 <= v <= 1))
+    do_sample: bool | None = _optional(schema.Rule("boolean", "true, false or null"))
+    max_new_tokens: int | None = _optional(schema.integer("an integer >= 1 or null", minimum=1))
 
 
 @dataclass(frozen=True)
 class FileRecord:
-    name: str
-    bytes: int
-    sha256: str | None = None
+    name: str = checked(_file_name(test=_inside_dir, cpp=True))
+    bytes: int = checked(_size(cpp=True))
+    sha256: str | None = checked(
+        schema.string("a SHA-256 hex digest", test=lambda d: len(d) == 64, refused="a SHA-256 hex digest (64 characters)", optional=True),
+        default=None,
+    )
 
 
 @dataclass(frozen=True)
 class PlanRecord:
-    file: str
-    bytes: int
-    profile: dict[str, list]  # input name -> [min, opt, max] shapes
+    file: str = checked(_file_name(cpp=True))
+    bytes: int = checked(_size())
+    profile: dict[str, list] = checked(schema.obj("an object of input name -> [min, opt, max] shapes"))  # input name -> shapes
+
+
+ENGINE_PLUGINS = {"library": schema.string("a library path", cpp=True), "plugins": schema.objects(PluginRecord)}
 
 
 @dataclass(frozen=True)
 class EngineRecord:
     """What `nemotron-deploy build` made for one engine kind (tensorrt | tensorrt-rtx)."""
 
-    version: str  # TensorRT's: a plan runs only on the version that built it
-    precision: str
-    compute_capability: str  # "native" or the GPU it was built for ahead of time
-    built_on: str | None  # the building machine's GPU, for native builds
-    max_batch: int
-    max_seq_len: int
-    max_new_tokens: int
-    plugins: dict[str, Any] | None  # {"library": path, "plugins": [...]} for tensorrt-target artifacts
-    graphs: dict[str, PlanRecord]
+    version: str = checked(schema.string("a TensorRT version", cpp=True))  # TensorRT's: a plan runs only on the version that built it
+    precision: str = checked(schema.one_of(FLOAT_DTYPES))
+    # "native" (also when missing) or the GPU it was built for ahead of time
+    compute_capability: str = checked(schema.string("a compute capability", optional=True, cpp=True))
+    built_on: str | None = checked(schema.string("a compute capability or null", optional=True, cpp=True))  # native builds' GPU
+    max_batch: int = checked(_positive(cpp=True))
+    max_seq_len: int = checked(_positive(cpp=True))
+    max_new_tokens: int = checked(_positive(cpp=True))
+    # {"library": path, "plugins": [...]} for tensorrt-target artifacts
+    plugins: dict[str, Any] | None = checked(schema.obj("an object or null", ENGINE_PLUGINS, optional=True, cpp=True))
+    graphs: dict[str, PlanRecord] = checked(
+        schema.Rule("object", "an object with 'prefill' and 'decode'", values=schema.record(PlanRecord, cpp=True), keys=GRAPHS, cpp=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -138,23 +213,48 @@ class Manifest:
     """An artifact directory's manifest.json, typed. `read_manifest` is its one reader, `write_manifest`
     its one writer."""
 
-    path: Path = field(metadata={"json": False})  # the artifact directory
-    target: str = "onnxruntime"
-    dtype: str = "float32"
-    opset: int | None = None
-    model: ModelRecord | None = None
-    quantization: dict[str, Any] | None = None  # QuantScheme.to_json() of `export --quantize`
+    path: Path  # the artifact directory (not in the JSON)
+    target: str = checked(schema.one_of(TARGETS, cpp=True), default="onnxruntime")
+    dtype: str = checked(schema.one_of(FLOAT_DTYPES, cpp=True), default="float32")
+    opset: int | None = checked(schema.integer("an opset number or null", minimum=1, optional=True), default=None)
+    model: ModelRecord | None = checked(schema.record(ModelRecord, cpp=True), default=None)
+    # QuantScheme.to_json() of `export --quantize`
+    quantization: dict[str, Any] | None = checked(
+        schema.obj(
+            "an object or null",
+            {"bits": schema.Rule("integer", "4 or 8", test=lambda bits: bits in (4, 8)), "block_size": _positive()},
+            optional=True,
+        ),
+        default=None,
+    )
     # the oldest runtime that has every op the graphs use
-    requires: dict[str, str] = field(default_factory=dict)
-    graphs: dict[str, GraphRecord] = field(default_factory=dict)
-    plugins: tuple[PluginRecord, ...] = ()  # what an engine of this artifact needs (tensorrt target)
-    states: tuple[StateRecord, ...] = ()
-    generation: GenerationRecord = GenerationRecord()
-    tokenizer: dict[str, str] | None = None  # {"file": "tokenizer.json"}
-    side_files: tuple[FileRecord, ...] = ()  # optional: a runtime works without them (token ids only)
-    files: tuple[FileRecord, ...] = ()  # required, checked by size at load and by SHA-256 with `verify`
-    exporter: dict[str, Any] = field(default_factory=dict)  # versions and source, for people
-    engines: dict[str, EngineRecord] = field(default_factory=dict, metadata=OPTIONAL)
+    requires: dict[str, str] = checked(
+        schema.obj("an object", {"onnxruntime": schema.string("a version such as '1.32'", optional=True)}, optional=True),
+        default_factory=dict,
+    )
+    graphs: dict[str, GraphRecord] = checked(
+        schema.Rule("object", "an object with 'prefill' and 'decode'", values=schema.record(GraphRecord), keys=GRAPHS),
+        default_factory=dict,
+    )
+    # what an engine of this artifact needs (tensorrt target)
+    plugins: tuple[PluginRecord, ...] = checked(schema.objects(PluginRecord, optional=True, cpp=True), default=())
+    states: tuple[StateRecord, ...] = checked(schema.objects(StateRecord, cpp=True), default=())
+    generation: GenerationRecord = checked(schema.record(GenerationRecord, optional=True, cpp=True), default=GenerationRecord())
+    # {"file": "tokenizer.json"}
+    tokenizer: dict[str, str] | None = checked(
+        schema.obj("an object or null", {"file": schema.string("a file name", cpp=True)}, optional=True, cpp=True), default=None
+    )
+    # optional: a runtime works without them (token ids only)
+    side_files: tuple[FileRecord, ...] = checked(schema.objects(FileRecord, optional=True), default=())
+    # required, checked by size at load and by SHA-256 with `verify`
+    files: tuple[FileRecord, ...] = checked(schema.objects(FileRecord, cpp=True), default=())
+    # versions and source, for people
+    exporter: dict[str, Any] = checked(schema.obj("an object", optional=True), default_factory=dict)
+    engines: dict[str, EngineRecord] = checked(
+        schema.Rule("object", "an object", values=schema.record(EngineRecord, cpp=True), optional=True, cpp=True),
+        omit_none=True,
+        default_factory=dict,
+    )
 
     def graph(self, name: str) -> GraphRecord:
         return self.graphs[name]
@@ -166,6 +266,9 @@ class Manifest:
     def tokenizer_file(self) -> Path | None:
         name = (self.tokenizer or {}).get("file")
         return self.path / name if name else None
+
+
+MANIFEST = schema.record(Manifest)  # the whole manifest.json, past its format fields
 
 
 def read_manifest(artifact_dir: str | Path) -> Manifest:
@@ -183,8 +286,8 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
         raise ArtifactError(
             f"{file}: format_version {raw.get('format_version')!r}, this nemotron-deploy reads version {FORMAT_VERSION}; re-export the checkpoint"
         )
-    _validate(raw, file)
-    manifest = from_json(path, raw)
+    _check(raw, file)
+    manifest = schema.load(Manifest, raw, path=path)
     for entry in manifest.files:
         f = path / entry.name
         if not f.is_file():
@@ -195,183 +298,27 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
 
 
 def write_manifest(manifest: Manifest) -> Path:
-    """Write (or replace) `manifest.json` in the artifact directory, atomically."""
+    """Write (or replace) `manifest.json` in the artifact directory, atomically; a manifest the reader
+    would refuse is never written."""
     from nemotron_deploy.runtime.artifact.atomic import write_file
 
-    return write_file(manifest.path / MANIFEST_FILE, json.dumps(to_json(manifest), indent=2).encode())
+    raw = to_json(manifest)
+    _check(raw, manifest.path / MANIFEST_FILE)
+    return write_file(manifest.path / MANIFEST_FILE, json.dumps(raw, indent=2).encode())
+
+
+def _check(raw: dict, file: Path) -> None:
+    try:
+        schema.check(raw, MANIFEST)
+    except schema.SchemaError as e:
+        raise ArtifactError(f"{file}: {e}") from None
 
 
 def to_json(record) -> Any:
-    """A record as JSON values: the format fields first, then the fields in order (OPTIONAL ones only when set)."""
+    """A record as JSON values; a Manifest with its format fields first."""
     if isinstance(record, Manifest):
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **_fields_json(record)}
-    if dataclasses.is_dataclass(record):
-        return _fields_json(record)
-    if isinstance(record, (list, tuple)):
-        return [to_json(item) for item in record]
-    if isinstance(record, dict):
-        return {key: to_json(value) for key, value in record.items()}
-    return record
-
-
-def _fields_json(record) -> dict:
-    out = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if f.metadata.get("json", True) and not (f.metadata.get("optional") and (value is None or value == {})):
-            out[f.name] = to_json(value)
-    return out
-
-
-def from_json(path: Path, raw: dict) -> Manifest:
-    """The records of a manifest that `_validate` accepted."""
-    files = lambda key: tuple(_record(FileRecord, entry) for entry in raw.get(key) or [] if isinstance(entry, dict))  # noqa: E731
-    return Manifest(
-        path=path,
-        target=raw["target"],
-        dtype=raw["dtype"],
-        opset=raw.get("opset"),
-        model=_record(ModelRecord, raw["model"], layer_types=tuple(raw["model"]["layer_types"])),
-        quantization=raw.get("quantization"),
-        requires=raw.get("requires") or {},
-        graphs={name: _graph(graph) for name, graph in raw["graphs"].items()},
-        plugins=tuple(_record(PluginRecord, p) for p in raw.get("plugins") or []),
-        states=tuple(_record(StateRecord, s, shape=tuple(s["shape"])) for s in raw["states"]),
-        generation=_record(
-            GenerationRecord, raw.get("generation") or {}, eos_token_ids=tuple((raw.get("generation") or {}).get("eos_token_ids") or ())
-        ),
-        tokenizer=raw.get("tokenizer"),
-        side_files=files("side_files"),
-        files=files("files"),
-        exporter=raw.get("exporter") or {},
-        engines={kind: _engine(engine) for kind, engine in (raw.get("engines") or {}).items()},
-    )
-
-
-def _record(cls, raw: dict, **converted):
-    """`cls` from the keys of `raw` it has fields for (missing ones take their defaults, or None)."""
-    values = {f.name: raw.get(f.name) for f in dataclasses.fields(cls) if f.name in raw or f.default is dataclasses.MISSING}
-    return cls(**(values | converted))
-
-
-def _graph(raw: dict) -> GraphRecord:
-    specs = lambda key: tuple(_record(TensorSpec, t, shape=tuple(t["shape"])) for t in raw[key])  # noqa: E731
-    plugins = None if raw.get("plugins") is None else tuple(_record(PluginRecord, p) for p in raw["plugins"])
-    return GraphRecord(
-        file=raw["file"], new_tokens=raw.get("new_tokens"), inputs=specs("inputs"), outputs=specs("outputs"), plugins=plugins
-    )
-
-
-def _engine(raw: dict) -> EngineRecord:
-    graphs = {name: _record(PlanRecord, plan) for name, plan in (raw.get("graphs") or {}).items()}
-    return _record(EngineRecord, raw, graphs=graphs)
-
-
-# ------------------------------------------------------------------------------------------ validation
-# Every field a runtime reads, checked when an artifact is opened, so a damaged manifest is one line
-# naming the field, never a KeyError or a numpy error deep inside a backend.
-STATE_ROLES = ("conv_state", "ssm_state", "key", "value")
-
-
-def _validate(raw: dict, file: Path) -> None:
-    def fail(field: str, expected: str, value=...) -> None:
-        got = "missing" if value is ... else json.dumps(value)[:60]
-        raise ArtifactError(f"{file}: field '{field}' is {got}, expected {expected}")
-
-    def get(obj: dict, key: str, field: str, kind, expected: str, optional: bool = False):
-        if key not in obj:
-            if optional:
-                return None
-            fail(field, expected)
-        value = obj[key]
-        if optional and value is None:
-            return None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            fail(field, expected, value)
-        return value
-
-    def positive(obj: dict, key: str, field: str) -> int:
-        value = get(obj, key, field, int, "an integer >= 1")
-        if value < 1:
-            fail(field, "an integer >= 1", value)
-        return value
-
-    def one_of(obj: dict, key: str, field: str, choices) -> str:
-        value = get(obj, key, field, str, f"one of {', '.join(choices)}")
-        if value not in choices:
-            fail(field, f"one of {', '.join(choices)}", value)
-        return value
-
-    def shape(obj: dict, field: str) -> list:
-        dims = get(obj, "shape", f"{field}.shape", list, "a list of sizes (integers >= 0) and symbols")
-        for i, d in enumerate(dims):
-            if not ((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)):
-                fail(f"{field}.shape[{i}]", "an integer >= 0 or a symbol such as 'batch'", d)
-        return dims
-
-    def objects(obj: dict, key: str, field: str, optional: bool = False):
-        for i, item in enumerate(get(obj, key, field, list, "a list", optional) or []):
-            if not isinstance(item, dict):
-                fail(f"{field}[{i}]", "an object", item)
-            yield f"{field}[{i}]", item
-
-    one_of(raw, "target", "target", ("onnxruntime", "tensorrt", "tensorrt-rtx"))
-    one_of(raw, "dtype", "dtype", FLOAT_DTYPES)
-    model = get(raw, "model", "model", dict, "an object")
-    for key in ("vocab_size", "hidden_size", "max_position_embeddings", "num_parameters"):
-        positive(model, key, f"model.{key}")
-    kinds = get(model, "layer_types", "model.layer_types", list, "a list of layer kinds")
-    if not kinds or not all(k in ("mamba", "attention", "mlp", "moe") for k in kinds):
-        fail("model.layer_types", "a non-empty list of mamba / attention / mlp / moe", kinds)
-    get(model, "config", "model.config", dict, "an object")
-    if model.get("decode_weight_bytes") is not None:
-        positive(model, "decode_weight_bytes", "model.decode_weight_bytes")
-    requires = get(raw, "requires", "requires", dict, "an object", optional=True) or {}
-    get(requires, "onnxruntime", "requires.onnxruntime", str, "a version such as '1.32'", optional=True)
-    quant = get(raw, "quantization", "quantization", dict, "an object or null", optional=True)
-    if quant is not None:
-        if get(quant, "bits", "quantization.bits", int, "4 or 8") not in (4, 8):
-            fail("quantization.bits", "4 or 8", quant["bits"])
-        positive(quant, "block_size", "quantization.block_size")
-    graphs = get(raw, "graphs", "graphs", dict, "an object with 'prefill' and 'decode'")
-    for name in GRAPHS:
-        graph = get(graphs, name, f"graphs.{name}", dict, "an object")
-        get(graph, "file", f"graphs.{name}.file", str, "a file name")
-        for io in ("inputs", "outputs"):
-            for where, spec in objects(graph, io, f"graphs.{name}.{io}"):
-                get(spec, "name", f"{where}.name", str, "a tensor name")
-                get(spec, "role", f"{where}.role", str, "a role such as 'input_ids'")  # backends bind by role
-                get(spec, "dtype", f"{where}.dtype", str, "a dtype name")
-                shape(spec, where)
-    for where, state in objects(raw, "states", "states"):
-        for key in ("name", "present"):
-            get(state, key, f"{where}.{key}", str, "a tensor name")
-        one_of(state, "role", f"{where}.role", STATE_ROLES)
-        one_of(state, "dtype", f"{where}.dtype", FLOAT_DTYPES)
-        if shape(state, where)[:1] != ["batch"]:
-            fail(f"{where}.shape[0]", "'batch'", state["shape"][:1])
-    generation = get(raw, "generation", "generation", dict, "an object", optional=True) or {}
-    for i, t in enumerate(get(generation, "eos_token_ids", "generation.eos_token_ids", list, "a list of token ids", optional=True) or []):
-        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            fail(f"generation.eos_token_ids[{i}]", "a token id (an integer >= 0)", t)
-    pad = get(generation, "pad_token_id", "generation.pad_token_id", int, "a token id or null", optional=True)
-    if pad is not None and pad < 0:
-        fail("generation.pad_token_id", "a token id (an integer >= 0) or null", pad)
-    tokenizer = get(raw, "tokenizer", "tokenizer", dict, "an object or null", optional=True)
-    if tokenizer is not None:
-        get(tokenizer, "file", "tokenizer.file", str, "a file name")
-    for where, plugin in objects(raw, "plugins", "plugins", optional=True):
-        for key in ("name", "version", "namespace"):
-            get(plugin, key, f"{where}.{key}", str, "a string")
-    for where, entry in objects(raw, "files", "files"):
-        name = get(entry, "name", f"{where}.name", str, "a file name")
-        if Path(name).name != name or name in ("", ".", ".."):
-            fail(f"{where}.name", "a file name inside the artifact directory", name)
-        if get(entry, "bytes", f"{where}.bytes", int, "a size in bytes") < 0:
-            fail(f"{where}.bytes", "a size in bytes (>= 0)", entry["bytes"])
-        digest = get(entry, "sha256", f"{where}.sha256", str, "a SHA-256 hex digest", optional=True)
-        if digest is not None and len(digest) != 64:
-            fail(f"{where}.sha256", "a SHA-256 hex digest (64 characters)", digest)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **schema.to_json(record)}
+    return schema.to_json(record)
 
 
 def check_graph_inputs(manifest: Manifest, graph: str, inputs: dict[str, tuple[str, list]]) -> None:

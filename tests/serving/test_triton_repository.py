@@ -4,7 +4,7 @@ known traps of implicit state. (Triton's onnxruntime / tensorrt backends are not
 the step repository is checked, not served.)"""
 
 import pytest
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 
 from nemotron_deploy.runtime.serving.triton import configs
 from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, TEXT_INPUTS, TEXT_TO_GENERATE
@@ -104,21 +104,22 @@ def test_text_ensemble_config(tmp_path):
     assert {generate_step.input_map[ours] for ours in TEXT_TO_GENERATE.values()} == set(TEXT_TO_GENERATE)
 
 
-def test_triton_cli_errors(artifacts, tmp_path):
-    _, _, artifact = artifacts("hybrid_moe_groups")
-    _, _, trt_artifact = artifacts("hybrid_moe_groups", target="tensorrt")
+TRITON_CLI_ERRORS = [  # (arguments after the artifact, which artifact, message)
+    (("-o", "taken"), "onnxruntime", "already exists"),
+    (("-o", "out"), "tensorrt", "has plugin nodes and needs its TensorRT engines"),
+    (("-o", "out", "--kind", "step"), "tensorrt", "build it first: nemotron-deploy build"),
+    (("-o", "out", "--backend", "tensorrt"), "onnxruntime", "no TensorRT engines"),
+    (("-o", "out"), None, "nowhere"),
+    (("-o", "out", "--max-batch", 0), "onnxruntime", "--max-batch"),
+]
+
+
+@pytest.mark.parametrize("args,target,message", TRITON_CLI_ERRORS, ids=[message for *_, message in TRITON_CLI_ERRORS])
+def test_triton_cli_errors(artifacts, tmp_path, args, target, message):
+    artifact = tmp_path / "nowhere" if target is None else artifacts("hybrid_moe_groups", target=target)[2]
     (tmp_path / "taken").mkdir()
-    cases = [
-        (("triton", artifact, "-o", tmp_path / "taken"), "already exists"),
-        (("triton", trt_artifact, "-o", tmp_path / "a"), "has plugin nodes and needs its TensorRT engines"),
-        (("triton", trt_artifact, "-o", tmp_path / "b", "--kind", "step"), "build it first: nemotron-deploy build"),
-        (("triton", artifact, "-o", tmp_path / "c", "--backend", "tensorrt"), "no TensorRT engines"),
-        (("triton", tmp_path / "nowhere", "-o", tmp_path / "d"), "nowhere"),
-        (("triton", artifact, "-o", tmp_path / "e", "--max-batch", 0), "--max-batch"),
-    ]
-    for args, message in cases:
-        result = run_cli(*args)
-        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, (args, result.output)
+    args = [tmp_path / a if a in ("taken", "out") else a for a in args]
+    assert_one_line_error(run_cli("triton", artifact, *args), message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written
 
 
@@ -141,7 +142,7 @@ def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
             "max_seq_len": 512,
             "max_new_tokens": 256,
             "plugins": {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]},
-            "graphs": {"prefill": {"file": "prefill.plan"}, "decode": {"file": "decode.plan"}},
+            "graphs": {graph: {"file": f"{graph}.plan", "bytes": 13, "profile": {}} for graph in ("prefill", "decode")},
         }
     }
     (artifact / "manifest.json").write_text(json.dumps(raw))

@@ -28,8 +28,8 @@ int64_t file_size(const std::string& path) {
   return static_cast<int64_t>(st.st_size);
 }
 
-// The checks of runtime/artifact/manifest.py's _validate, for the fields read here: one message style,
-// "FILE: field 'F' is VALUE, expected WHAT".
+// The rules of runtime/artifact/manifest.py's schema (the fields marked cpp=True) for the fields read here, with
+// its messages: "FILE: field 'F' is VALUE, expected WHAT" (tests/cpp_runtime damages each field and compares).
 class Checker {
  public:
   explicit Checker(std::string file) : file_(std::move(file)) {}
@@ -153,8 +153,8 @@ std::map<std::string, EngineRecord> read_engines(const Checker& c, const json& r
     e.max_batch = c.positive(record, "max_batch", where + ".max_batch");
     e.max_seq_len = c.positive(record, "max_seq_len", where + ".max_seq_len");
     e.max_new_tokens = c.positive(record, "max_new_tokens", where + ".max_new_tokens");
-    const json* plugins = c.optional(record, "plugins", where + ".plugins", json::value_t::string, "a library path or null");
-    e.plugins = plugins ? plugins->get<std::string>() : "";
+    if (const json* plugins = c.optional(record, "plugins", where + ".plugins", json::value_t::object, "an object or null"))
+      e.plugins = c.string(*plugins, "library", where + ".plugins.library", "a library path");
     const json& graphs = c.get(record, "graphs", where + ".graphs", json::value_t::object, "an object with 'prefill' and 'decode'");
     for (const char* graph : {"prefill", "decode"}) {
       const std::string g = where + ".graphs." + graph;
