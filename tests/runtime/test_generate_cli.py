@@ -159,20 +159,27 @@ def test_a_missing_artifact_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("generate", tmp_path / "missing", "--prompt-ids", "5"), "not a directory")
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16"])
-def test_export_cli_errors(hf_checkpoints, tmp_path, dtype):
+EXPORT_CLI_ERRORS = [  # (arguments after the checkpoint and -o, message); nothing is written
+    (("--dtype", "bfloat16"), "no bfloat16 kernels"),
+    (("--quantize", "int4", "--target", "tensorrt"), "export --target onnxruntime to quantize"),
+    (("--quantize", "int8", "--dtype", "float16"), "use --dtype float32"),
+    (
+        ("--quantize", "int4"),
+        "--block-size 32 does not divide the input width of layers.0.mixer.in_proj.weight (shape 108x40: 40 input features)",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,message", EXPORT_CLI_ERRORS, ids=[message for _, message in EXPORT_CLI_ERRORS])
+def test_export_cli_errors(hf_checkpoints, tmp_path, args, message):
     _, ckpt = hf_checkpoints("dense_mlp_biases")
-    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "x", "--dtype", dtype), "no bfloat16 kernels")
-    assert_one_line_error(run_cli("export", tmp_path / "nope", "-o", tmp_path / "y"), "not a directory")
-    assert_one_line_error(
-        run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4", "--target", "tensorrt"),
-        "export --target onnxruntime to quantize",
-    )
-    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int8", "--dtype", "float16"), "use --dtype float32")
-    result = run_cli("export", ckpt, "-o", tmp_path / "q", "--quantize", "int4")
-    assert_one_line_error(result, "does not divide the input width of layers.0.mixer.in_proj.weight")
-    assert ": 40 input features)" in result.output
-    assert not (tmp_path / "q").exists()
+    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "out", *args), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_missing_checkpoint_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_cli("export", tmp_path / "nope", "-o", tmp_path / "out"), "not a directory")
+    assert not (tmp_path / "out").exists()
 
 
 def test_runtime_needs_no_torch(artifacts):
