@@ -40,6 +40,8 @@ from bench_vs_transformers import CONFIG as BENCH_537M
 from bench_vs_transformers import cpu_name as _cpu
 from export_profile import ChildFailed, profile_export, profile_session
 
+TRACE_CACHE = False  # --trace-cache: also measure each export of this tree again with the trace cache warm
+
 NANO30B = dict(
     TINY_CONFIG,
     vocab_size=131072,
@@ -96,6 +98,7 @@ def main() -> None:
     ap.add_argument("--render", default=None, help="only write the report from the raw figures of an earlier --json")
     ap.add_argument("--no-open", action="store_true", help="skip opening the artifacts on onnxruntime (export seconds only)")
     ap.add_argument("--no-baseline", action="store_true", help="nano30b-6 and h4b: this tree only (bench-537m always compares)")
+    ap.add_argument("--trace-cache", action="store_true", help="also this tree's re-export with the trace cache warm (a row per export)")
     args = ap.parse_args()
     if args.render:
         return _write_report(json.loads(Path(args.render).read_text()), args)
@@ -118,6 +121,8 @@ def main() -> None:
         )
         NANO30B, H4B, BENCH_537M = dict(NANO30B, **tiny), dict(H4B, **tiny, hybrid_override_pattern="M-*M"), dict(BENCH_537M, **tiny)
     rev = None if args.no_baseline else args.baseline_rev
+    global TRACE_CACHE
+    TRACE_CACHE = args.trace_cache
     runs = {
         "bench-537m": lambda work: bench_537m(work, args.baseline_rev, not args.no_open),
         "nano30b-6": lambda work: run_case(
@@ -162,9 +167,26 @@ def bench_537m(work: Path, rev: str, open_sessions: bool = True) -> dict:
                 measured["session"] = profile_session(artifact, env=env) if quantize is None else {"skipped": "quantized (bench_memory.py)"}
             out["exports"][f"{label} {quantize or 'float32'}"] = measured
             shutil.rmtree(artifact)
+        if TRACE_CACHE:
+            out["exports"][f"this tree {quantize or 'float32'}, trace cache warm"] = _warm_export(ckpt, work, quantize=quantize)
     out["disk"] = disk_bandwidth(ckpt, work, _largest_weights(out["exports"]))
     shutil.rmtree(ckpt)
     return out
+
+
+def _warm_export(ckpt: Path, work: Path, **options) -> dict:
+    """This tree's export of `ckpt` with the trace cache holding its graphs (exporter/trace_cache.py): a
+    first export fills a cache folder of its own, the second is measured; the folder is deleted."""
+    cache, artifact = work / "trace-cache", work / "warm-export"
+    try:
+        profile_export(ckpt, artifact, trace_cache=cache, **options)
+        shutil.rmtree(artifact)
+        measured = profile_export(ckpt, artifact, trace_cache=cache, **options)
+        measured.setdefault("session", {"skipped": "the same artifact as above"})
+        return measured
+    finally:
+        shutil.rmtree(artifact, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _largest_weights(exports: dict) -> int:
@@ -248,6 +270,11 @@ def run_case(
                 )
             result["exports"][f"{target} {dtype}" + ("" if rev is None else f", {label}")] = measured
             shutil.rmtree(artifact)
+        if TRACE_CACHE:
+            warm = _warm_export(ckpt, work, target=target, dtype=dtype)
+            warm["per_layer_kind"] = per_layer_kind(warm["timings"], cfg.layer_types)
+            warm["session"] = {"skipped": "the same artifact as above"}
+            result["exports"][f"{target} {dtype}, this tree, trace cache warm"] = warm
     result["disk"] = disk_bandwidth(ckpt, work, _largest_weights(result["exports"]))
     shutil.rmtree(ckpt)
     return result

@@ -12,6 +12,7 @@ after its imports, so they measure the export, not the interpreter. Linux only.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +29,15 @@ def profile_export(
     dtype: str = "float32",
     env: dict | None = None,
     quantize: str | None = None,
+    trace_cache: str | Path | None = None,
 ) -> dict:
     """Run the export in a child process and return its measurements (see `_export_child`).
     env: the child's environment (e.g. a PYTHONPATH that puts another version of the package first).
-    quantize: "int8" | "int4" (`export --quantize`), or None."""
-    return _run_child(
-        [str(checkpoint), str(out), "--target", target, "--dtype", dtype, *(["--quantize", quantize] if quantize else [])], env
-    )
+    quantize: "int8" | "int4" (`export --quantize`), or None.
+    trace_cache: the trace cache's folder (NEMOTRON_DEPLOY_CACHE), or None: traced afresh, cache off
+    (revisions before the cache always trace)."""
+    args = [str(checkpoint), str(out), "--target", target, "--dtype", dtype, *(["--quantize", quantize] if quantize else [])]
+    return _run_child(args + (["--trace-cache", str(trace_cache)] if trace_cache else []), env)
 
 
 def profile_session(artifact: str | Path, env: dict | None = None) -> dict:
@@ -120,9 +123,15 @@ def _export_child(argv: list[str]) -> dict:
     ap.add_argument("--target", default="onnxruntime")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quantize", default=None)
+    ap.add_argument("--trace-cache", default=None)
     args = ap.parse_args(argv)
     timings: dict = {}
-    extra = {"timings": timings} if "timings" in inspect.signature(export_artifact).parameters else {}  # older exporters
+    parameters = inspect.signature(export_artifact).parameters
+    extra = {"timings": timings} if "timings" in parameters else {}  # older exporters
+    if "trace_cache" in parameters:
+        extra["trace_cache"] = args.trace_cache is not None
+        if args.trace_cache:
+            os.environ["NEMOTRON_DEPLOY_CACHE"] = args.trace_cache
     if args.quantize:
         extra["quantize"] = args.quantize
     base = _status_kb()

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from nemotron_deploy.exporter.checkpoint import compute_dtype, meta_model, open_
 from nemotron_deploy.exporter.export_progress import ExportProgress
 from nemotron_deploy.exporter.modeling.lowering import STEP
 from nemotron_deploy.exporter.read_ahead import ReadAhead
+from nemotron_deploy.exporter.trace_cache import TraceCache, default_root
 from nemotron_deploy.exporter.tracing import BackgroundTrace, finished_graph, opset
 from nemotron_deploy.plugins.contract import CONTRACTS
 from nemotron_deploy.runtime.artifact.atomic import new_directory, staging_dir
@@ -64,6 +66,7 @@ def export_artifact(
     timings: dict | None = None,
     quantize: str | None = None,
     block_size: int | None = None,
+    trace_cache: bool = True,
 ) -> Path:
     """Export `checkpoint_dir` to a new artifact directory `out_dir`; returns its path.
 
@@ -72,6 +75,8 @@ def export_artifact(
     timings: if given, filled with seconds per phase and per layer (see `ExportProgress`).
     quantize: "int8" | "int4" for block-wise integer weights (exporter/quantize.py), block_size its
     block length (default 32); onnxruntime target, float32 only.
+    trace_cache: take a graph traced before for this architecture from the trace cache, and keep each
+    graph traced here in it (exporter/trace_cache.py; off as well when NEMOTRON_DEPLOY_CACHE=none).
     """
     if target not in TARGETS:
         raise NemotronDeployError(f"--target {target!r}: expected one of {TARGETS}")
@@ -94,9 +99,12 @@ def export_artifact(
             ahead = ReadAhead(ckpt, (name for name, _ in model.named_parameters()))  # the disk reads while we trace
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
-            if len(traced) > 1 and _cores() >= 2:  # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
+            if (
+                len(cached.missing) > 1 and _cores() >= 2
+            ):  # decode traces in a second process while this one traces prefill (CPU-bound Python)
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
-            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead)
+            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached)
             bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
             bars.step("checking graphs")
             for graph in traced:
@@ -119,16 +127,41 @@ def export_artifact(
     return out
 
 
-def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead):
-    """Each graph traced (or taken from the second process), its weights streamed into weights.data
-    (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx; returns ({graph kind: record}, the
-    weights file). `ahead` (ReadAhead) stops when the first weight is streamed."""
+class _CachedGraphs:
+    """The finished graphs the trace cache has for this export (exporter/trace_cache.py), and where to
+    keep the others once traced; `missing`: the graphs still to trace."""
+
+    def __init__(self, model, dtype: str, traced: tuple[str, ...], target: str, scheme, enabled: bool):
+        root = default_root() if enabled else None
+        self.cache = None if root is None else TraceCache(root)
+        self.keys = {g: self.cache.key(model, dtype, g, target, scheme) for g in traced} if self.cache else {}
+        self.found, self.seconds = {}, {}
+        for graph, key in self.keys.items():
+            clock = time.perf_counter()
+            hit = self.cache.load(key)
+            if hit is not None:
+                self.found[graph], self.seconds[graph] = hit, time.perf_counter() - clock
+        self.missing = [g for g in traced if g not in self.found]
+
+    def keep(self, graph: str, ir_model, specs: dict) -> None:
+        if self.cache is not None:
+            self.cache.store(self.keys[graph], ir_model, specs)
+
+
+def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead, cached):
+    """Each graph taken from the trace cache, or traced (here, or in the second process) and kept there,
+    its weights streamed into weights.data (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx;
+    returns ({graph kind: record}, the weights file). `ahead` (ReadAhead) stops when the first weight is streamed."""
     from nemotron_deploy.exporter.weight_stream import WeightsFile
 
     weights, graphs = WeightsFile(tmp / WEIGHTS_FILE, ckpt), {}
     try:
         for graph in traced:
-            if background is not None and graph == background.graph:
+            if graph in cached.found:
+                bars.step(f"{graph}: from the trace cache")
+                ir_model, specs = cached.found.pop(graph)
+                bars.timings[f"{graph}.trace"] = cached.seconds[graph]
+            elif background is not None and graph == background.graph:
                 bars.step(f"{graph}: waiting for its trace in a second process")
                 ir_model, specs, seconds = background.result()
                 bars.timings[f"{graph}.trace"] = seconds
@@ -142,6 +175,8 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
                     quantize=scheme,
                     on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}"),
                 )
+            if graph in cached.missing:
+                cached.keep(graph, ir_model, specs)  # before its weights are bound: the entry holds none
             ahead.stop()  # the stream reads from here on, and needs every core
             proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
             _save_onnx(proto, tmp / f"{graph}.onnx")

@@ -174,21 +174,14 @@ class BackgroundTrace:
 
     def result(self):
         """(onnx_ir Model, specs, seconds); raises RuntimeError if the worker failed."""
-        import onnx
-        import onnx_ir as ir
-
-        from nemotron_deploy.exporter.weight_spec import WeightSpec
-
         _, err = self._proc.communicate()
         if self._proc.returncode != 0:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
             raise RuntimeError(f"tracing the {self.graph} graph in a second process failed (exit {self._proc.returncode}): {tail[0]}")
-        proto = onnx.load_model(str(self._out.with_suffix(".onnx")), load_external_data=False)
-        meta = json.loads(self._out.with_suffix(".json").read_text())
-        specs = {name: WeightSpec.from_json(raw) for name, raw in meta["specs"].items()}
+        ir_model, specs, meta = load_finished(self._out)
         for suffix in (".onnx", ".json"):
             self._out.with_suffix(suffix).unlink()
-        return ir.serde.deserialize_model(proto), specs, meta["seconds"]
+        return ir_model, specs, meta["seconds"]
 
     def cancel(self) -> None:
         if self._proc.poll() is None:
@@ -196,11 +189,37 @@ class BackgroundTrace:
             self._proc.wait()
 
 
-def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str, scheme: str) -> None:
-    import time
-
+def save_finished(ir_model, specs: dict, stem: Path, **meta) -> None:
+    """A finished graph as <stem>.onnx, every weight a placeholder without data (`ir_model`'s too: bind
+    its weights after this), and <stem>.json: the weight specs and `meta`."""
     import onnx
     import onnx_ir as ir
+
+    for name in specs:
+        value = ir_model.graph.initializers[name]
+        value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)
+    onnx.save_model(ir.serde.serialize_model(ir_model), str(stem.with_suffix(".onnx")))
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "specs": {name: spec.to_json() for name, spec in specs.items()}}))
+
+
+def load_finished(stem: Path):
+    """(onnx_ir Model, {initializer: WeightSpec}, the rest of <stem>.json) of `save_finished`'s files."""
+    import onnx
+    import onnx_ir as ir
+
+    from nemotron_deploy.exporter.weight_spec import WeightSpec
+
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    specs = {name: WeightSpec.from_json(raw) for name, raw in meta.pop("specs").items()}
+    ir_model = ir.serde.deserialize_model(onnx.load_model(str(stem.with_suffix(".onnx")), load_external_data=False))
+    missing = sorted(set(specs) - set(ir_model.graph.initializers))
+    if missing:
+        raise ValueError(f"weight {missing[0]!r} is not an initializer of the graph")
+    return ir_model, specs, meta
+
+
+def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str, scheme: str) -> None:
+    import time
 
     from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
     from nemotron_deploy.exporter.quantize import QuantScheme
@@ -209,13 +228,7 @@ def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out:
     ckpt = open_checkpoint(checkpoint_dir)
     quantize = None if scheme == "none" else QuantScheme.parse(scheme.split(":")[0], int(scheme.split(":")[1]))
     ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target, quantize=quantize)
-    for name in specs:  # placeholders that serialize without data
-        value = ir_model.graph.initializers[name]
-        value.const_value = ir.ExternalTensor("pending", None, None, value.dtype, shape=value.shape, name=name)
-    out_path = Path(out)
-    onnx.save_model(ir.serde.serialize_model(ir_model), str(out_path.with_suffix(".onnx")))
-    meta = {"seconds": time.perf_counter() - start, "specs": {name: spec.to_json() for name, spec in specs.items()}}
-    out_path.with_suffix(".json").write_text(json.dumps(meta))
+    save_finished(ir_model, specs, Path(out), seconds=time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -51,13 +51,22 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
     default=None,
     help="Weights per quantization scale, a power of two >= 16 that divides every layer width.  [default: 32]",
 )
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Trace every graph afresh, without the trace cache of architectures exported before (docs/export.md).",
+)
 @one_line_errors
-def export(checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize: str | None, block_size: int | None) -> None:
+def export(
+    checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize: str | None, block_size: int | None, no_cache: bool
+) -> None:
     """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
     require("export", "export")
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
-    path = export_artifact(checkpoint_dir, out_dir, target=target, dtype=dtype, quantize=quantize, block_size=block_size)
+    path = export_artifact(
+        checkpoint_dir, out_dir, target=target, dtype=dtype, quantize=quantize, block_size=block_size, trace_cache=not no_cache
+    )
     click.echo(f"wrote {path}", err=True)
 
 
