@@ -8,8 +8,8 @@ for Nemotron-H-4B, whatever the depth; docs/export.md).
 
 Key: the SHA-256 of everything a finished graph depends on: the model's config (`ModelConfig.to_dict()`),
 the compute dtype, the graph kind, the target, the quantization scheme, the versions of Python, torch,
-onnx, onnx_ir and onnxscript, and the contents of the exporter's and the plugins' own source files (any
-change to the code that traces is a new key). An entry `<key>/` holds `graph.onnx` (placeholders
+onnx, onnx_ir, onnxscript and numpy, and the contents of every source file of ours the exporter imports
+(exporter/, plugins/, runtime/artifact/: any change to the code that traces is a new key). An entry `<key>/` holds `graph.onnx` (placeholders
 without data) and `graph.json` (the weight specs and the key); it is written in a temporary folder
 renamed into place, and read only if its `graph.json` names its key. A damaged entry is traced again
 with one warning line and replaced. At most `MAX_ENTRIES` entries: the least recently used go first.
@@ -33,8 +33,9 @@ from pathlib import Path
 CACHE_ENV = "NEMOTRON_DEPLOY_CACHE"  # also the onnxruntime pre-packed weights cache's (runtime/onnx_prepacked.py)
 MAX_ENTRIES = 32
 _GRAPH = "graph"  # graph.onnx + graph.json, as exporter/tracing.py `save_finished` writes them
-_PACKAGES = ("torch", "onnx", "onnx_ir", "onnxscript")
-_SOURCES = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "plugins")  # exporter/, plugins/
+_PACKAGES = ("torch", "onnx", "onnx_ir", "onnxscript", "numpy")
+_ROOT = Path(__file__).resolve().parents[1]
+_SOURCES = (_ROOT / "exporter", _ROOT / "plugins", _ROOT / "runtime" / "artifact")  # what the exporter imports of ours
 
 
 def default_root() -> Path | None:
@@ -122,11 +123,11 @@ _DIGEST: list[str] = []
 
 
 def _code_digest() -> str:
-    """SHA-256 of the exporter's and the plugins' source files (path and bytes), once per process."""
+    """SHA-256 of the source files in `_SOURCES` (path and bytes), once per process."""
     if not _DIGEST:
         digest = hashlib.sha256()
         for folder in _SOURCES:
             for path in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
-                digest.update(str(path.relative_to(folder.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+                digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
         _DIGEST.append(digest.hexdigest())
     return _DIGEST[0]
