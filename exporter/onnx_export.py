@@ -252,7 +252,9 @@ def _bind_weights(ir_model, specs: dict, graph: str, target: str, weights, bars)
         if nbytes <= _INLINE_MAX:
             from torch.onnx._internal.exporter._core import TorchTensor
 
-            value.const_value = TorchTensor(weights.materialize(spec), name=name)
+            # in the initializer's declared shape: a spec's layout can pack the same bytes in more axes
+            # (QMoE's flat rows are MatMulNBits' (blocks, bytes) ones: exporter/quantize.py)
+            value.const_value = TorchTensor(weights.materialize(spec).reshape(tuple(value.shape.numpy())), name=name)
         else:
             offset, length = weights.add(spec)
             value.const_value = ir.ExternalTensor(

@@ -37,6 +37,19 @@ QUANTIZABLE = {
     ),
     "dense_mlp_biases": dict(hidden_size=64, head_dim=16, mamba_head_dim=16, intermediate_size=96),
 }
+# experts so small (4 x 32 x 16 at 4 bits: 1 KiB a matrix) that QMoE's packed down projection stays inside
+# the .onnx, where it must have the shape the graph declares (flat rows, not MatMulNBits' blocks)
+TINY_EXPERTS = dict(
+    QUANTIZABLE["hybrid_moe_groups"],
+    hidden_size=32,
+    moe_intermediate_size=16,
+    moe_shared_expert_intermediate_size=16,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    n_group=2,
+    topk_group=1,
+)
+CHECKPOINTS = {name: (name, widths) for name, widths in QUANTIZABLE.items()} | {"tiny_experts": ("hybrid_moe_groups", TINY_EXPERTS)}
 INIT = dict(initializer_range=0.02)
 BLOCK = 16
 PROMPT = [5, 17, 3, 88, 42, 9, 61, 23]
@@ -145,10 +158,11 @@ def quantized(tmp_path_factory):
     def get(name: str, scheme: str):
         if (name, scheme) not in cache:
             root = tmp_path_factory.mktemp(f"{name}-{scheme}")
-            ckpt = save_checkpoint(hf_model(name, **QUANTIZABLE[name], **INIT), root / "ckpt")
+            config, widths = CHECKPOINTS[name]
+            ckpt = save_checkpoint(hf_model(config, **widths, **INIT), root / "ckpt")
             fp32 = cache.get((name, "float32")) or export_artifact(ckpt, root / "fp32", progress=False)
             cache[name, "float32"] = fp32
-            deq_ckpt = save_checkpoint(_dequantized_copy(hf_model(name, **QUANTIZABLE[name], **INIT), int(scheme[3:])), root / "deq")
+            deq_ckpt = save_checkpoint(_dequantized_copy(hf_model(config, **widths, **INIT), int(scheme[3:])), root / "deq")
             cache[name, scheme] = {
                 "artifact": export_artifact(ckpt, root / scheme, quantize=scheme, block_size=BLOCK, progress=False),
                 "float32": fp32,
@@ -192,6 +206,19 @@ def test_quantized_artifact(quantized, name, scheme):
     assert kernel.relative_error < KERNEL_RELATIVE_ERROR[scheme]
     assert total.relative_error < TOTAL_RELATIVE_ERROR[scheme]
     assert total.top1 >= TOTAL_TOP1[scheme]
+
+
+def test_experts_kept_inside_the_graph_have_its_shape(quantized):
+    """Packed experts small enough to stay inside the .onnx are stored in the shape the graph declares
+    (the export's onnx checker refused them before), and the artifact computes the dequantized weights'
+    logits."""
+    paths = quantized("tiny_experts", "int4")
+    manifest = read_manifest(paths["artifact"])
+    proto = onnx.load(str(manifest.graph_path("decode")), load_external_data=False)
+    inside = [i.name for i in proto.graph.initializer if ".experts_down." in i.name and i.data_location != TensorProto.EXTERNAL]
+    assert len(inside) == 2 * manifest.model.layer_types.count("moe")  # integers and scales of each layer
+    kernel = compare(open_backend(read_manifest(paths["dequantized"])), open_backend(manifest), PROMPT, 16)
+    assert kernel.relative_error < KERNEL_RELATIVE_ERROR["int4"]
 
 
 def test_bad_quantize_requests(artifacts, tmp_path):
