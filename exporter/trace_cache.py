@@ -20,6 +20,7 @@ Where: `$NEMOTRON_DEPLOY_CACHE/traces` if that is set (`none`: off), else
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-CACHE_ENV = "NEMOTRON_DEPLOY_CACHE"  # also the onnxruntime pre-packed weights cache's (runtime/onnx_prepacked.py)
+from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
+
 MAX_ENTRIES = 32
 _GRAPH = "graph"  # graph.onnx + graph.json, as exporter/tracing.py `save_finished` writes them
 _PACKAGES = ("torch", "onnx", "onnx_ir", "onnxscript", "numpy")
@@ -43,8 +45,7 @@ def default_root() -> Path | None:
     env = os.environ.get(CACHE_ENV, "")
     if env.lower() == "none":
         return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nemotron-deploy"
-    return base / "traces"
+    return (Path(env) if env else user_cache_folder()) / "traces"
 
 
 class TraceCache:
@@ -119,15 +120,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-_DIGEST: list[str] = []
-
-
+@functools.cache
 def _code_digest() -> str:
     """SHA-256 of the source files in `_SOURCES` (path and bytes), once per process."""
-    if not _DIGEST:
-        digest = hashlib.sha256()
-        for folder in _SOURCES:
-            for path in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
-                digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-        _DIGEST.append(digest.hexdigest())
-    return _DIGEST[0]
+    digest = hashlib.sha256()
+    for folder in _SOURCES:
+        for path in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

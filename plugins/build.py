@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron_deploy.runtime.artifact.atomic import copy_file, new_directory
+from nemotron_deploy.runtime.artifact.cache_folder import user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -54,8 +55,7 @@ def library_name(emulated: bool) -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "nemotron-deploy"
+    return user_cache_folder()
 
 
 def find_tensorrt_headers(explicit: str | Path | None = None) -> Path:

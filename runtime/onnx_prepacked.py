@@ -48,12 +48,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest
 from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
-CACHE_ENV = "NEMOTRON_DEPLOY_CACHE"
 MODEL_FILE, DATA_FILE, ENTRY_FILE = "model.onnx", "model.data", "entry.json"
 _MIN_EXTERNAL_BYTES = 1024  # initializers smaller than this stay inside model.onnx
 _DISK_RESERVE = 2**30  # never fill the disk: a build leaves at least this much free
@@ -78,7 +78,7 @@ class CachePolicy:
             return Path(env)
         if os.access(artifact, os.W_OK):
             return artifact / ".onnxruntime-cache"
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nemotron-deploy"
+        return user_cache_folder()
 
 
 CACHE_OFF = "off"  # `cache_policy`'s spelling of --no-cache (a Triton model parameter)

@@ -86,16 +86,41 @@ def mutate(raw, path, kind):
 
 def schema_mutations(raw, rule):
     """Every single-value damage of `raw` at a path the schema reaches: (field name, rule, C++ checks it,
-    kind, mutated manifest). Only keys a reader looks up are deleted: list items and a map's optional
-    entries are replaced (a shorter list, or a map without that entry, is valid)."""
+    kind, mutated manifest, the damaged value: None where deleted). Only keys a reader looks up are
+    deleted: list items and a map's optional entries are replaced (a shorter list, or a map without that
+    entry, is valid)."""
     for path, _, sub, cpp, looked_up in schema_paths(raw, rule):
-        value = raw
-        for key in path:
-            value = value[key]
         for kind in ("delete", "null", "type", "unknown", "negative"):
-            if (kind == "delete" and not looked_up) or (kind == "unknown" and not isinstance(value, str)):
+            if (kind == "delete" and not looked_up) or (kind == "unknown" and not isinstance(_at(raw, path), str)):
                 continue
-            yield field_name(path), sub, cpp, kind, mutate(raw, path, kind)
+            mutated = mutate(raw, path, kind)
+            yield field_name(path), sub, cpp, kind, mutated, None if kind == "delete" else _at(mutated, path)
+
+
+def _at(raw, path):
+    for key in path:
+        raw = raw[key]
+    return raw
+
+
+def engine_record(**fields) -> dict:
+    """An engine record as `nemotron-deploy build` writes it into the manifest (exporter/engine_build.py),
+    for artifacts whose engines cannot be built here (no GPU); `fields` replace its values."""
+    graphs = {
+        graph: {"file": f"{graph}.plan", "bytes": 0, "profile": {"input_ids": [[1, 1], [1, 8], [2, 16]]}} for graph in ("prefill", "decode")
+    }
+    record = dict(
+        version="10.14.1",
+        precision="float32",
+        compute_capability="native",
+        built_on="90",
+        max_batch=4,
+        max_seq_len=256,
+        max_new_tokens=128,
+        plugins=None,
+        graphs=graphs,
+    )
+    return record | fields
 
 
 def complete_manifest(raw):
@@ -103,20 +128,7 @@ def complete_manifest(raw):
     checkpoint leaves out: an engine record with its plugin library, a quantization record, a tokenizer and
     the checkpoint's sampling defaults; so that damaging each reachable value covers the whole schema."""
     plugins = [dict(plugin, nodes=plugin.get("nodes") or 1) for plugin in raw.get("plugins") or []]  # a count, as the graphs' lists have
-    graphs = {
-        graph: {"file": f"{graph}.plan", "bytes": 0, "profile": {"input_ids": [[1, 1], [1, 8], [2, 16]]}} for graph in ("prefill", "decode")
-    }
-    engine = {
-        "version": "10.14.1",
-        "precision": "float16",
-        "compute_capability": "native",
-        "built_on": "90",
-        "max_batch": 2,
-        "max_seq_len": 64,
-        "max_new_tokens": 16,
-        "plugins": {"library": "/opt/libnemotron_deploy_plugins.so", "plugins": plugins},
-        "graphs": graphs,
-    }
+    engine = engine_record(precision="float16", plugins={"library": "/opt/libnemotron_deploy_plugins.so", "plugins": plugins})
     generation = dict(temperature=0.6, top_k=20, top_p=0.95, do_sample=True, max_new_tokens=32, bos_token_id=1, pad_token_id=0)
     return dict(
         raw,

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from manifest_mutations import complete_manifest, schema_mutations
+from manifest_mutations import complete_manifest, engine_record, schema_mutations
 
 from nemotron_deploy.runtime import decode
 from nemotron_deploy.runtime.artifact.dtypes import dtype_bytes
@@ -77,7 +77,7 @@ def test_damaged_manifests_name_the_field_python_names(built, artifacts, tmp_pat
     copy = shutil.copytree(artifact, tmp_path / "damaged")
     raw = complete_manifest(json.loads((copy / MANIFEST_FILE).read_text()))
     refused = set()
-    for name, _, cpp_checks, kind, mutated in schema_mutations(raw, MANIFEST):
+    for name, _, cpp_checks, kind, mutated, _ in schema_mutations(raw, MANIFEST):
         (copy / MANIFEST_FILE).write_text(json.dumps(mutated))
         message, failed = _probe(built, "manifest", copy)
         if not cpp_checks:
@@ -278,18 +278,7 @@ def test_example_program_errors_without_a_gpu(built, artifacts, tmp_path):
     # an artifact with a recorded build: the runtime gets as far as the GPU and says what is missing
     copy = shutil.copytree(artifact, tmp_path / "a")
     raw = json.loads((copy / MANIFEST_FILE).read_text())
-    raw["engines"] = {
-        "tensorrt": {
-            "version": "10.14.1.48",
-            "compute_capability": "native",
-            "built_on": "90",
-            "max_batch": 4,
-            "max_seq_len": 256,
-            "max_new_tokens": 128,
-            "plugins": None,
-            "graphs": {"prefill": {"file": "p.plan"}, "decode": {"file": "d.plan"}},
-        }
-    }
+    raw["engines"] = {"tensorrt": engine_record(version="10.14.1.48")}
     (copy / MANIFEST_FILE).write_text(json.dumps(raw))
     code, err = run("--artifact", copy, "--prompt-ids", "1,2")
     assert code == 2 and err.startswith("error: cudaSetDevice(0): ") and "\n" not in err
@@ -302,17 +291,7 @@ def test_engine_checks_before_the_gpu_equal_python(built, artifacts, tmp_path):
     _, _, artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     copy = shutil.copytree(artifact, tmp_path / "a")
     raw = json.loads((copy / MANIFEST_FILE).read_text())
-    record = {
-        "version": "10.14.1",
-        "precision": "float32",
-        "compute_capability": "native",
-        "built_on": "90",
-        "max_batch": 4,
-        "max_seq_len": 256,
-        "max_new_tokens": 128,
-        "plugins": None,
-        "graphs": {graph: {"file": f"{graph}.plan", "bytes": 0, "profile": {}} for graph in ("prefill", "decode")},
-    }
+    record = engine_record()
     m = read_manifest(copy)
     message, failed = _probe(built, "check-engine", copy, "", "10.14.1", "90", "H100")
     with pytest.raises(ArtifactError) as python:

@@ -14,7 +14,7 @@ import pytest
 from nemotron_deploy.exporter import onnx_export
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
-from nemotron_deploy.exporter.trace_cache import CACHE_ENV
+from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV
 
 SMALL = dict(TINY_CONFIG, hybrid_override_pattern="ME*M")  # the demo's widths, which int4 blocks of 32 divide
 

@@ -5,6 +5,7 @@ the step repository is checked, not served.)"""
 
 import pytest
 from helpers import assert_one_line_error, run_cli
+from manifest_mutations import engine_record
 
 from nemotron_deploy.runtime.serving.triton import configs
 from nemotron_deploy.runtime.serving.triton.interface import GENERATE_INPUTS, TEXT_INPUTS, TEXT_TO_GENERATE
@@ -132,19 +133,8 @@ def test_step_repository_of_tensorrt_engines(artifacts, tmp_path):
     _, _, trt_artifact = artifacts("hybrid_moe_groups", target="tensorrt")
     artifact = shutil.copytree(trt_artifact, tmp_path / "artifact")
     raw = json.loads((artifact / "manifest.json").read_text())
-    raw["engines"] = {
-        "tensorrt": {
-            "version": "10.14.1",
-            "precision": "float32",
-            "compute_capability": "native",
-            "built_on": "90",
-            "max_batch": 4,
-            "max_seq_len": 512,
-            "max_new_tokens": 256,
-            "plugins": {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]},
-            "graphs": {graph: {"file": f"{graph}.plan", "bytes": 13, "profile": {}} for graph in ("prefill", "decode")},
-        }
-    }
+    plugins = {"library": "/opt/lib/libnemotron_deploy_plugins.so", "plugins": raw["plugins"]}
+    raw["engines"] = {"tensorrt": engine_record(max_seq_len=512, max_new_tokens=256, plugins=plugins)}
     (artifact / "manifest.json").write_text(json.dumps(raw))
     (artifact / "prefill.plan").write_bytes(b"stand-in plan")
     result = run_cli("triton", artifact, "-o", tmp_path / "repo", "--kind", "step")
