@@ -100,9 +100,8 @@ def export_artifact(
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
             cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
-            if (
-                len(cached.missing) > 1 and _cores() >= 2
-            ):  # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            if len(cached.missing) > 1 and _cores() >= 2:
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
             graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached)
             bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
