@@ -2,12 +2,12 @@
 side by side in one run (each revision exports with its own exporter and runs with its own runtime).
 
     python benchmarks/bench_decode_revisions.py --baseline-rev REV [--precisions int4,int8,float32]
-                                                [--threads 2] [--rounds 3] [--workdir DIR] [--out FILE]
+                                                [--threads 2] [--rounds 3] [--prompt-len 128] [--workdir DIR] [--out FILE]
 
 Per precision: one random checkpoint of the benchmark model (benchmarks/bench_vs_transformers.py's
 CONFIG), exported by both revisions; the same greedy tokens checked; then `nemotron-deploy bench`
-(prompt 128, 64 new tokens) alternated between the two `--rounds` times; the best round of each is
-reported (this machine is shared and noisy) with the ratio.
+(--prompt-len, 64 new tokens) alternated between the two `--rounds` times; the best round of each is
+reported (this machine is shared and noisy) with the ratio, and each revision's peak anonymous memory (the lowest round).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="int4,int8,float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default="benchmarks/results/decode_revisions_cpu.md")
     args = ap.parse_args()
@@ -57,10 +58,23 @@ def main() -> None:
             runs = {label: [] for label in envs}
             for _ in range(args.rounds):
                 for label, env in envs.items():
-                    out = cli("bench", arts[label], "--prompt-len", 128, "--new-tokens", 64, "--threads", args.threads, "--json", env=env)
+                    out = cli(
+                        "bench",
+                        arts[label],
+                        "--prompt-len",
+                        args.prompt_len,
+                        "--new-tokens",
+                        64,
+                        "--threads",
+                        args.threads,
+                        "--json",
+                        env=env,
+                    )
                     runs[label].append(json.loads(out.strip().splitlines()[-1]))
             best = {
-                label: {k: max(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s")} for label, rs in runs.items()
+                label: {k: max(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s")}
+                | {"peak_anon_mb": min(r["peak_anon_mb"] for r in rs)}
+                for label, rs in runs.items()
             }
             rows.append({"precision": precision, "same_tokens": tokens["before"] == tokens["after"], "best": best, "runs": runs})
             print(json.dumps(rows[-1]["best"] | {"precision": precision}), flush=True)
@@ -76,17 +90,17 @@ def render(rows: list[dict], args) -> str:
         "",
         f"Machine: {cpu_name()}, no GPU, {args.threads} threads. `python benchmarks/bench_decode_revisions.py --baseline-rev "
         f"{args.baseline_rev}`: one run; the benchmark model ({CONFIG['hybrid_override_pattern']}, 537 M parameters) exported by each "
-        f"revision; `bench` (prompt 128, 64 new tokens) alternated {args.rounds} times, best round of each.",
+        f"revision; `bench` (prompt {args.prompt_len}, 64 new tokens) alternated {args.rounds} times, best round of each.",
         "",
-        "| precision | same greedy tokens | decode tok/s before | after | ratio | prefill tok/s before | after | ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| precision | same greedy tokens | decode tok/s before | after | ratio | prefill tok/s before | after | ratio | peak anon MiB before | after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         b, a = r["best"]["before"], r["best"]["after"]
         lines.append(
             f"| {r['precision']} | {'yes' if r['same_tokens'] else 'no'} | {b['decode_tokens_per_s']:.1f} | {a['decode_tokens_per_s']:.1f} | "
             f"{a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f} | {b['prefill_tokens_per_s']:.0f} | {a['prefill_tokens_per_s']:.0f} | "
-            f"{a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f} |"
+            f"{a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f} | {b['peak_anon_mb']:.0f} | {a['peak_anon_mb']:.0f} |"
         )
     lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
     return "\n".join(lines)
