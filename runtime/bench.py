@@ -85,9 +85,11 @@ def _decode_rate(backend, prompts: list[list[int]], steps: int, rounds: int = 3)
 
 
 def _memory_pass(backend, prompts: list[list[int]], past_prompts: list[list[list[int]]], steps: int) -> None:
-    """The timed work once, untimed, for the memory sampler: the prompt's and each past length's prefill,
-    each followed by a few decode steps (a decode step's memory does not grow with the steps but by one
-    K/V row each)."""
+    """The timed work once, untimed, for the memory sampler: the prompt's prefill as it is timed, then
+    the prompt's and each past length's generation (their prefill and a few decode steps: a decode
+    step's memory does not grow with the steps but by one K/V row each)."""
+    ids, mask = left_pad(prompts, 0)
+    prefill(backend, ids, mask)
     for batch in (prompts, *past_prompts):
         generate(backend, batch, max_new_tokens=steps, max_length=sys.maxsize)
 
