@@ -48,6 +48,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemotron_deploy.runtime import repeated_rows
 from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest
@@ -228,12 +229,14 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
                 (root / f".{other.parent.name}.lock").unlink(missing_ok=True)
 
 
-def _needed_bytes(manifest: Manifest) -> int:
-    """What a build writes, at most: the graph's initializers (all of weights.data) and a packed copy of
-    each quantized weight (measured: 1.5x its stored bytes, scales and block sums included), plus the
-    graph. The initializers it shares with the artifact are then given back (prepacked_share.py)."""
+def _needed_bytes(manifest: Manifest, graph_file: str) -> int:
+    """What a build writes, at most: the optimized graph's initializers (weights.data's and the experts'
+    repeated rows, `repeated`) with a packed copy of each quantized one (measured: 1.5x its stored bytes,
+    scales and block sums included), the repeated rows written out before (runtime/repeated_rows.py), and
+    the graph. The initializers it shares with the artifact are then given back (prepacked_share.py)."""
     weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
-    return 5 * weights // 2 + 64 * 2**20
+    repeated = repeated_rows.repeated_bytes(manifest.path / graph_file)
+    return 5 * (weights + repeated) // 2 + repeated + 64 * 2**20
 
 
 def _free_bytes(path: Path) -> int:
@@ -244,7 +247,7 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
     """Build `entry` in a child process; atomic: the directory appears whole, with entry.json."""
     from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
-    need, free = _needed_bytes(manifest), _free_bytes(entry.parent)
+    need, free = _needed_bytes(manifest, graph_file), _free_bytes(entry.parent)
     if free < need + _DISK_RESERVE:
         raise CacheUnavailable(
             f"{entry.parent}: the pre-packed weights cache needs about {need / 2**30:.1f} GiB and "
@@ -286,8 +289,10 @@ _BUILD_OPTIONS = {
 }  # with onnxruntime's default graph optimization level (all)
 
 
-def _build_child(graph_path: str, out: str) -> None:
-    """Open `graph_path` once with onnxruntime, saving the optimized model and its packed weights to `out`."""
+def _build_child(graph_path: str, out: str, write_repeats: bool = True) -> None:
+    """Open `graph_path` once with onnxruntime, saving the optimized model and its packed weights to `out`.
+    write_repeats: build from a copy of the graph whose repeated expert rows are written out to a file
+    first (runtime/repeated_rows.py: not held in memory by the build); False builds from the graph as it is."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -295,7 +300,12 @@ def _build_child(graph_path: str, out: str) -> None:
     for key, value in _BUILD_OPTIONS.items():
         options.add_session_config_entry(key, value)
     options.log_severity_level = 3  # not its notice that the saved model is for this machine: the key says so
-    ort.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
+    source = repeated_rows.write_out(Path(graph_path), Path(out)) if write_repeats else None
+    try:
+        ort.InferenceSession(str(source or graph_path), options, providers=["CPUExecutionProvider"])
+    finally:
+        if source is not None:
+            repeated_rows.remove(Path(out))
     share_with_artifact(Path(out), Path(graph_path), Path(graph_path).with_name(WEIGHTS_FILE), MODEL_FILE, DATA_FILE)
 
 

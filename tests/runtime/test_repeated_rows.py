@@ -1,0 +1,124 @@
+"""Building a pre-packed cache entry never holds the experts' repeated rows in memory (issue 31): the
+builder writes them to a file first and onnxruntime maps them (runtime/repeated_rows.py). Checked
+against onnxruntime building from the artifact's graph as it is: the same entry (nodes, every
+initializer's bytes, every packed blob's bytes), and a build peak lower by most of the repeated bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from nemotron_deploy.exporter.onnx_export import export_artifact
+from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+from nemotron_deploy.runtime import onnx_prepacked, repeated_rows
+
+MiB = 2**20
+
+# MoE-heavy on purpose: two MoE layers of 32 experts of width 1024, whose `up` (int4 and scales, 2 x 20
+# MiB once repeated) is most of what a build folds; the rest of the model is small.
+MOE_HEAVY = dict(
+    TINY_CONFIG,
+    vocab_size=256,
+    hidden_size=512,
+    hybrid_override_pattern="MEE",
+    mamba_num_heads=8,
+    mamba_head_dim=32,
+    n_groups=2,
+    ssm_state_size=32,
+    n_routed_experts=32,
+    num_experts_per_tok=4,
+    moe_intermediate_size=1024,
+    moe_shared_expert_intermediate_size=256,
+    n_group=1,
+    topk_group=1,
+)
+
+
+@pytest.fixture(scope="module")
+def moe_int4(tmp_path_factory):
+    root = tmp_path_factory.mktemp("moe-heavy")
+    ckpt = write_random_checkpoint(root / "ckpt", config=MOE_HEAVY, dtype="bfloat16")
+    return export_artifact(ckpt, root / "int4", progress=False, quantize="int4")
+
+
+def _build(graph: Path, out: Path, write_repeats: bool) -> int:
+    """The builder child (`_build_child`) into `out`; returns its peak anonymous memory (MiB, sampled)."""
+    out.mkdir()
+    code = "import sys; from nemotron_deploy.runtime.onnx_prepacked import _build_child; _build_child(sys.argv[1], sys.argv[2], sys.argv[3] == '1')"
+    child = subprocess.Popen([sys.executable, "-c", code, str(graph), str(out), "1" if write_repeats else "0"], stderr=subprocess.PIPE)
+    peak = 0
+    while child.poll() is None:
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            peak = max(peak, int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1]))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.002)
+    assert child.returncode == 0, child.stderr.read().decode()[-2000:]
+    return peak // 1024
+
+
+def _content(entry: Path) -> tuple[list, dict]:
+    """An entry's nodes, and per initializer its shape, type, bytes' digest and packed blobs' digests."""
+    model = onnx.load(str(entry / onnx_prepacked.MODEL_FILE), load_external_data=False)
+    nodes = [(n.op_type, n.domain, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute]) for n in model.graph.node]
+    tensors = {}
+    for tensor in model.graph.initializer:
+        info = {e.key: e.value for e in tensor.external_data}
+        if "length" not in info:
+            tensors[tensor.name] = hashlib.sha256(tensor.SerializeToString()).hexdigest()
+            continue
+        with open(entry / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            digests = [hashlib.sha256(f.read(int(info["length"]))).hexdigest()]
+            for key, value in sorted(info.items()):
+                if key.startswith("prepacked"):
+                    kernel, *blobs = value.split("|")
+                    for blob in blobs:
+                        offset, length = (int(v) for v in blob.split(";")[:2])
+                        f.seek(offset)
+                        digests.append((kernel, hashlib.sha256(f.read(length)).hexdigest()))
+        tensors[tensor.name] = (list(tensor.dims), tensor.data_type, digests)
+    return nodes, tensors
+
+
+def test_the_build_maps_the_repeated_rows_and_saves_the_same_entry(moe_int4, tmp_path):
+    graph = moe_int4 / "step.onnx"
+    chains = repeated_rows.repeat_chains(onnx.load(str(graph), load_external_data=False).graph)
+    assert len(chains) == 4  # per MoE layer: `up`'s integers and its scales
+    repeated = sum(2 * int({e.key: e.value for e in c.stored.external_data}["length"]) for c in chains) / MiB
+    assert repeated >= 40
+
+    as_is = _build(graph, tmp_path / "as-is", write_repeats=False)
+    written = _build(graph, tmp_path / "written", write_repeats=True)
+    print(f"build peak anonymous: {as_is} MiB as is, {written} MiB with {repeated:.0f} MiB of repeated rows written out")
+    assert written <= as_is - 0.7 * repeated, "the build still holds the repeated rows in memory"
+
+    nodes, tensors = _content(tmp_path / "as-is")
+    assert (nodes, tensors) == _content(tmp_path / "written")
+    assert any(len(t[2]) > 1 for t in tensors.values() if isinstance(t, tuple)), "no packed blob compared"
+    leftovers = {repeated_rows.SOURCE_FILE, repeated_rows.REPEATED_FILE} & {p.name for p in (tmp_path / "written").iterdir()}
+    assert not leftovers, f"the build left {leftovers} in the entry"
+
+
+def test_a_graph_without_repeated_rows_is_built_as_it_is(moe_int4, tmp_path):
+    """A graph with no chain (a float artifact's, or one rewritten here without them) gives None: the
+    builder opens the artifact's graph itself."""
+    model = onnx.load(str(moe_int4 / "step.onnx"), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "Concat":
+            node.attribute[0].i = 1  # no longer the repeat-rows form
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "step.onnx").write_bytes(model.SerializeToString())
+    (plain / "weights.data").symlink_to(moe_int4 / "weights.data")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert repeated_rows.write_out(plain / "step.onnx", out) is None
+    assert not list(out.iterdir())
