@@ -170,6 +170,40 @@ def packed_ranges(model) -> list[tuple[int, int]]:
     return ranges
 
 
+def entry_content(entry: Path) -> tuple[list, dict]:
+    """What an entry holds, by content, wherever its bytes sit: its nodes (op, domain, inputs, outputs,
+    attributes; an input that is a constant inside the model by its value, not its name: onnxruntime
+    names a deduplicated constant after whichever copy it met first), and per external initializer its
+    shape, type and the SHA-256 of its bytes and of each packed blob's. Two builds of one graph saved
+    the same entry when these are equal (their files' layouts may differ)."""
+    from onnx import numpy_helper
+
+    model = load_model(entry / MODEL_FILE)
+    constants, tensors = {}, {}
+    for tensor in model.graph.initializer:
+        info = {e.key: e.value for e in tensor.external_data}
+        if "length" not in info:
+            value = numpy_helper.to_array(tensor)
+            constants[tensor.name] = (str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+            continue
+        with open(entry / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            digests = [hashlib.sha256(f.read(int(info["length"]))).hexdigest()]
+            for key, value in sorted(info.items()):
+                if key.startswith("prepacked"):
+                    kernel, *blobs = value.split("|")
+                    for blob in blobs:
+                        offset, length = (int(v) for v in blob.split(";")[:2])
+                        f.seek(offset)
+                        digests.append((kernel, hashlib.sha256(f.read(length)).hexdigest()))
+        tensors[tensor.name] = (list(tensor.dims), tensor.data_type, digests)
+    nodes = [
+        (n.op_type, n.domain, [constants.get(i, i) for i in n.input], list(n.output), [a.SerializeToString() for a in n.attribute])
+        for n in model.graph.node
+    ]
+    return nodes, tensors
+
+
 def stored_bytes(entry: Path) -> int:
     """Bytes an entry adds on disk: its files, less the hard link that shares the artifact's weights.data."""
     total = 0
@@ -243,8 +277,9 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
-    """Build `entry` in a child process; atomic: the directory appears whole, with entry.json."""
+def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_repeats: bool = True) -> None:
+    """Build `entry` in a child process; atomic: the directory appears whole, with entry.json.
+    write_repeats: as `_build_child`'s (False only to measure the build without it: bench_cache_build.py)."""
     from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
     need, free = _needed_bytes(manifest, graph_file), _free_bytes(entry.parent)
@@ -256,6 +291,7 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str) -> None:
     try:
         with new_directory(entry, make_staging(entry)) as staging:
             cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
+            cmd += [] if write_repeats else ["--as-is"]
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if done.returncode != 0:
                 how = "was killed (out of memory?)" if done.returncode < 0 else f"exited with {done.returncode}"
@@ -310,4 +346,4 @@ def _build_child(graph_path: str, out: str, write_repeats: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    _build_child(*sys.argv[1:])
+    _build_child(sys.argv[1], sys.argv[2], write_repeats="--as-is" not in sys.argv[3:])

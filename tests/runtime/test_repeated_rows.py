@@ -5,7 +5,6 @@ initializer's bytes, every packed blob's bytes), and a build peak lower by most 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -50,8 +49,8 @@ def moe_int4(tmp_path_factory):
 def _build(graph: Path, out: Path, write_repeats: bool) -> int:
     """The builder child (`_build_child`) into `out`; returns its peak anonymous memory (MiB, sampled)."""
     out.mkdir()
-    code = "import sys; from nemotron_deploy.runtime.onnx_prepacked import _build_child; _build_child(sys.argv[1], sys.argv[2], sys.argv[3] == '1')"
-    child = subprocess.Popen([sys.executable, "-c", code, str(graph), str(out), "1" if write_repeats else "0"], stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(graph), str(out)] + ([] if write_repeats else ["--as-is"])
+    child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     peak = 0
     while child.poll() is None:
         try:
@@ -62,30 +61,6 @@ def _build(graph: Path, out: Path, write_repeats: bool) -> int:
         time.sleep(0.002)
     assert child.returncode == 0, child.stderr.read().decode()[-2000:]
     return peak // 1024
-
-
-def _content(entry: Path) -> tuple[list, dict]:
-    """An entry's nodes, and per initializer its shape, type, bytes' digest and packed blobs' digests."""
-    model = onnx.load(str(entry / onnx_prepacked.MODEL_FILE), load_external_data=False)
-    nodes = [(n.op_type, n.domain, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute]) for n in model.graph.node]
-    tensors = {}
-    for tensor in model.graph.initializer:
-        info = {e.key: e.value for e in tensor.external_data}
-        if "length" not in info:
-            tensors[tensor.name] = hashlib.sha256(tensor.SerializeToString()).hexdigest()
-            continue
-        with open(entry / info["location"], "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            digests = [hashlib.sha256(f.read(int(info["length"]))).hexdigest()]
-            for key, value in sorted(info.items()):
-                if key.startswith("prepacked"):
-                    kernel, *blobs = value.split("|")
-                    for blob in blobs:
-                        offset, length = (int(v) for v in blob.split(";")[:2])
-                        f.seek(offset)
-                        digests.append((kernel, hashlib.sha256(f.read(length)).hexdigest()))
-        tensors[tensor.name] = (list(tensor.dims), tensor.data_type, digests)
-    return nodes, tensors
 
 
 def test_the_build_maps_the_repeated_rows_and_saves_the_same_entry(moe_int4, tmp_path):
@@ -100,8 +75,8 @@ def test_the_build_maps_the_repeated_rows_and_saves_the_same_entry(moe_int4, tmp
     print(f"build peak anonymous: {as_is} MiB as is, {written} MiB with {repeated:.0f} MiB of repeated rows written out")
     assert written <= as_is - 0.7 * repeated, "the build still holds the repeated rows in memory"
 
-    nodes, tensors = _content(tmp_path / "as-is")
-    assert (nodes, tensors) == _content(tmp_path / "written")
+    nodes, tensors = onnx_prepacked.entry_content(tmp_path / "as-is")
+    assert (nodes, tensors) == onnx_prepacked.entry_content(tmp_path / "written")
     assert any(len(t[2]) > 1 for t in tensors.values() if isinstance(t, tuple)), "no packed blob compared"
     leftovers = {repeated_rows.SOURCE_FILE, repeated_rows.REPEATED_FILE} & {p.name for p in (tmp_path / "written").iterdir()}
     assert not leftovers, f"the build left {leftovers} in the entry"
