@@ -23,6 +23,7 @@ from pathlib import Path
 SOURCE_FILE = "source.onnx"  # the rewritten graph, in the build folder
 REPEATED_FILE = "repeated.data"  # the repeated tensors it reads
 _ALIGN = 4096  # each written tensor starts on a page (onnxruntime maps external data)
+FOLD_LIMIT = 2**30  # onnxruntime (1.32) does not constant-fold an output of more bytes (it warns, and skips)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,13 @@ def remove(folder: Path, locations=None) -> None:
         locations = {_place(t)[0] for t in model.graph.initializer if _place(t)} - {REPEATED_FILE}
     for name in [SOURCE_FILE, REPEATED_FILE, *(locations or ())]:
         (folder / name).unlink(missing_ok=True)
+
+
+def unfoldable(graph) -> list[str]:
+    """The repeated tensors of `graph` (a GraphProto) over FOLD_LIMIT: opened as it is (no cache entry
+    built by `write_out`), onnxruntime leaves each one a Concat computed at every step, whose QMoE reads
+    its experts unpacked (the Nano-30B-widths int8 artifact decoded 8x slower that way)."""
+    return [chain.output for chain in repeat_chains(graph) if _place(chain.stored)[2] * chain.repeats > FOLD_LIMIT]
 
 
 def repeated_bytes(graph: Path) -> int:

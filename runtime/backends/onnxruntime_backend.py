@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nemotron_deploy.runtime import onnx_prepacked, resident
+from nemotron_deploy.runtime import onnx_prepacked, repeated_rows, resident
 from nemotron_deploy.runtime.artifact.dtypes import from_onnx
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.artifact.step_binding import StepBinding
@@ -70,6 +70,18 @@ def _session(ort, path: Path, options, providers: list[str]):
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for a corrupt model
         raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+
+
+def _warn_unfoldable(path: Path, model) -> None:
+    """One warning line where opening without the pre-packed cache leaves experts unpacked at every step."""
+    names = repeated_rows.unfoldable(model.graph)
+    if names:
+        warnings.warn(
+            f"{path}: without the pre-packed weights cache, onnxruntime does not fold {len(names)} of QMoE's repeated expert "
+            f"weights (over its {repeated_rows.FOLD_LIMIT >> 30} GiB folding limit): those layers repeat and read their experts "
+            "unpacked at every step, several times slower (docs/export.md); let the cache be built (--cache-dir)",
+            stacklevel=5,
+        )
 
 
 def _check_version(manifest: Manifest, installed: str) -> None:
@@ -149,8 +161,10 @@ class OnnxRuntimeBackend(Backend):
         check_graph_inputs(self.manifest, graph, graph_inputs(model))
         if onnx_prepacked.packs(self.manifest, providers):
             session = self._open_prepacked(path, ort, providers, threads)
-            # the cache off or unusable (one warning said why): packed in memory, as onnxruntime does by default
-            return session or _session(ort, path, _options(ort, threads), providers)
+            if session is None:  # the cache off or unusable (one warning said why): packed in memory, as onnxruntime does by default
+                _warn_unfoldable(path, model)
+                session = _session(ort, path, _options(ort, threads), providers)
+            return session
         options = _options(ort, threads)
         options.add_session_config_entry("session.disable_prepacking", "1")
         values = self._initializers(model, path, ort)

@@ -97,3 +97,21 @@ def test_a_graph_without_repeated_rows_is_built_as_it_is(moe_int4, tmp_path):
     out.mkdir()
     assert repeated_rows.write_out(plain / "step.onnx", out) is None
     assert not list(out.iterdir())
+
+
+def test_opening_without_the_cache_warns_where_onnxruntime_leaves_experts_unfolded(moe_int4, monkeypatch):
+    """Opened as it is (no cache), onnxruntime does not fold a repeated tensor over its 1 GiB limit and
+    that layer's experts run unpacked: one warning line says so. The limit is lowered here to the test
+    model's 10 MiB tensors; the cache's build, which folds nothing itself, needs no warning."""
+    import warnings
+
+    from nemotron_deploy.runtime.session import Session
+
+    monkeypatch.setattr(repeated_rows, "FOLD_LIMIT", 8 * MiB)
+    with pytest.warns(UserWarning, match=r"does not fold 2 of QMoE's repeated expert weights.*unpacked at every step") as caught:
+        Session(moe_int4, cache=onnx_prepacked.CachePolicy(enabled=False))
+    assert len([w for w in caught if "folding limit" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(repeated_rows, "FOLD_LIMIT", 2**30)
+        Session(moe_int4, cache=onnx_prepacked.CachePolicy(enabled=False))
