@@ -290,6 +290,8 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
         )
     try:
         with new_directory(entry, make_staging(entry)) as staging:
+            if write_repeats:
+                _warn_if_unlinkable(manifest.path / graph_file, staging)
             cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
             cmd += [] if write_repeats else ["--as-is"]
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -308,6 +310,27 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
         raise CacheUnavailable(str(e)) from None
     except OSError as e:
         raise CacheUnavailable(f"{entry}: cannot write the pre-packed weights cache entry ({e.strerror})") from None
+
+
+def _warn_if_unlinkable(graph: Path, staging: Path) -> None:
+    """One warning line where the build cannot write the repeated expert rows out (runtime/repeated_rows.py
+    needs a hard link of the artifact's data in the cache's folder: not across filesystems) and onnxruntime
+    will not fold some of them itself (over its limit): those layers' experts would run unpacked."""
+    names = repeated_rows.unfoldable(load_model(graph).graph)
+    if not names:
+        return
+    probe = staging / ".link-probe"
+    try:
+        os.link(graph.with_name(WEIGHTS_FILE), probe)
+        probe.unlink()
+    except OSError:
+        warnings.warn(
+            f"{staging.parent}: the pre-packed weights cache is on another filesystem than {graph.parent} (no hard link), so its "
+            f"build cannot write out QMoE's repeated expert weights, and onnxruntime does not fold {len(names)} of them (over its "
+            f"{repeated_rows.FOLD_LIMIT >> 30} GiB folding limit): those layers' experts will run unpacked, several times slower; "
+            "keep the cache on the artifact's filesystem (--cache-dir)",
+            stacklevel=6,
+        )
 
 
 def _sync(path: Path) -> None:

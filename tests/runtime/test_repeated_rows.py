@@ -16,6 +16,7 @@ import pytest
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime import onnx_prepacked, repeated_rows
+from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
 MiB = 2**20
 
@@ -115,3 +116,16 @@ def test_opening_without_the_cache_warns_where_onnxruntime_leaves_experts_unfold
         warnings.simplefilter("error")
         monkeypatch.setattr(repeated_rows, "FOLD_LIMIT", 2**30)
         Session(moe_int4, cache=onnx_prepacked.CachePolicy(enabled=False))
+
+
+def test_a_cache_on_another_filesystem_warns_where_its_build_cannot_write_the_rows_out(moe_int4, tmp_path, monkeypatch):
+    """No hard link from the cache's folder to the artifact's data (another filesystem): the build opens the
+    graph as it is, and where onnxruntime will not fold a repeated tensor one warning line says so. The
+    limit is lowered to the test model's tensors; the hard link is made to fail in this process only (the
+    builder, a child process, still links: the entry is built as usual)."""
+    import os
+
+    monkeypatch.setattr(repeated_rows, "FOLD_LIMIT", 8 * MiB)
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    with pytest.warns(UserWarning, match=r"another filesystem.*does not fold 2 of them.*unpacked"):
+        onnx_prepacked.ensure_entry(read_manifest(moe_int4), "step.onnx", onnx_prepacked.CachePolicy(directory=tmp_path / "cache"))
