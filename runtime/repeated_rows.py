@@ -149,7 +149,7 @@ def _write_repeated(out, folder: Path, chain: RepeatChain):
     start = -(-out.tell() // _ALIGN) * _ALIGN
     out.seek(start)
     for expert in stored:
-        out.write(np.repeat(expert, chain.repeats, axis=0).tobytes())
+        out.write(np.repeat(expert, chain.repeats, axis=0))  # a contiguous array: written without a copy
     del stored
     tensor = onnx.TensorProto(name=chain.output, data_type=chain.stored.data_type, dims=(experts, rows * chain.repeats, width))
     tensor.data_location = onnx.TensorProto.EXTERNAL
