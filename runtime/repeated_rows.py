@@ -5,9 +5,12 @@ QMoE (an Unsqueeze, a Concat of copies and a Reshape on the stored integers and 
 `_stored_once` in exporter/quantize.py). Building a cache entry (runtime/onnx_prepacked.py), onnxruntime
 folds each such chain into a new tensor in memory, packs it, and keeps both until it has saved the
 optimized model: the repeated tensors are anonymous memory of the build on top of the packed copies
-(the 537M benchmark model's int4 build: 336 of its 879 MiB peak). Written out here first, expert by
+(the 537M benchmark model's int4 build: 240 MiB of them; its peak fell from 851 to 594 MiB without
+them, benchmarks/results/cache_build_cpu.md). Written out here first, expert by
 expert, into a file beside a copy of the graph, each repeated tensor is an initializer onnxruntime maps
-from that file (file pages, given back under pressure); it packs and saves the same bytes.
+from that file (file pages, given back under pressure); it packs and saves the same bytes. And one
+over onnxruntime's folding limit (FOLD_LIMIT), which onnxruntime itself leaves a Concat computed at
+every step (its QMoE then reads that layer's experts unpacked), is packed like the others.
 
     source = write_out(artifact_graph, folder)   # folder/source.onnx, or None: build from the artifact's
     ... onnxruntime opens `source` and saves the optimized model ...
@@ -58,8 +61,8 @@ def write_out(graph: Path, folder: Path) -> Path | None:
     with open(folder / REPEATED_FILE, "wb") as out:
         for chain in chains:
             model.graph.initializer.append(_write_repeated(out, graph.parent, chain))
-    dropped = {id(n) for chain in chains for n in chain.nodes}
-    kept = [n for n in model.graph.node if id(n) not in dropped]
+    dropped = {n.output[0] for chain in chains for n in chain.nodes}  # a value has one producer
+    kept = [n for n in model.graph.node if not (n.output and n.output[0] in dropped)]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     (folder / SOURCE_FILE).write_bytes(model.SerializeToString())
