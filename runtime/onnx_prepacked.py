@@ -51,7 +51,7 @@ from pathlib import Path
 from nemotron_deploy.runtime import repeated_rows
 from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
-from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, Manifest
+from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, ArtifactError, Manifest
 from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
@@ -263,13 +263,13 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
                 (root / f".{other.parent.name}.lock").unlink(missing_ok=True)
 
 
-def _needed_bytes(manifest: Manifest, graph_file: str) -> int:
+def _needed_bytes(manifest: Manifest, graph) -> int:
     """What a build writes, at most: the optimized graph's initializers (weights.data's and the experts'
     repeated rows, `repeated`) with a packed copy of each quantized one (measured: 1.5x its stored bytes,
     scales and block sums included), the repeated rows written out before (runtime/repeated_rows.py), and
     the graph. The initializers it shares with the artifact are then given back (prepacked_share.py)."""
     weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
-    repeated = repeated_rows.repeated_bytes(manifest.path / graph_file)
+    repeated = repeated_rows.repeated_bytes(graph)
     return 5 * (weights + repeated) // 2 + repeated + 64 * 2**20
 
 
@@ -282,7 +282,8 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
     write_repeats: as `_build_child`'s (False only to measure the build without it: bench_cache_build.py)."""
     from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
-    need, free = _needed_bytes(manifest, graph_file), _free_bytes(entry.parent)
+    graph = _read_graph(manifest.path / graph_file)
+    need, free = _needed_bytes(manifest, graph), _free_bytes(entry.parent)
     if free < need + _DISK_RESERVE:
         raise CacheUnavailable(
             f"{entry.parent}: the pre-packed weights cache needs about {need / 2**30:.1f} GiB and "
@@ -291,7 +292,7 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
     try:
         with new_directory(entry, make_staging(entry)) as staging:
             if write_repeats:
-                _warn_if_unlinkable(manifest.path / graph_file, staging)
+                _warn_if_unlinkable(manifest.path / graph_file, graph, staging)
             cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
             cmd += [] if write_repeats else ["--as-is"]
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -312,20 +313,28 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
         raise CacheUnavailable(f"{entry}: cannot write the pre-packed weights cache entry ({e.strerror})") from None
 
 
-def _warn_if_unlinkable(graph: Path, staging: Path) -> None:
+def _read_graph(path: Path):
+    """The GraphProto of an artifact's graph file (no weights), or ArtifactError naming the file."""
+    try:
+        return load_model(path).graph
+    except Exception as e:  # onnx raises protobuf's DecodeError, among others, for a damaged file
+        raise ArtifactError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
+def _warn_if_unlinkable(path: Path, graph, staging: Path) -> None:
     """One warning line where the build cannot write the repeated expert rows out (runtime/repeated_rows.py
     needs a hard link of the artifact's data in the cache's folder: not across filesystems) and onnxruntime
     will not fold some of them itself (over its limit): those layers' experts would run unpacked."""
-    names = repeated_rows.unfoldable(load_model(graph).graph)
+    names = repeated_rows.unfoldable(graph)
     if not names:
         return
     probe = staging / ".link-probe"
     try:
-        os.link(graph.with_name(WEIGHTS_FILE), probe)
+        os.link(path.with_name(WEIGHTS_FILE), probe)
         probe.unlink()
     except OSError:
         warnings.warn(
-            f"{staging.parent}: the pre-packed weights cache is on another filesystem than {graph.parent} (no hard link), so its "
+            f"{staging.parent}: the pre-packed weights cache is on another filesystem than {path.parent} (no hard link), so its "
             f"build cannot write out QMoE's repeated expert weights, and onnxruntime does not fold {len(names)} of them (over its "
             f"{repeated_rows.FOLD_LIMIT >> 30} GiB folding limit): those layers' experts will run unpacked, several times slower; "
             "keep the cache on the artifact's filesystem (--cache-dir)",

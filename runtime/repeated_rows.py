@@ -88,12 +88,9 @@ def unfoldable(graph) -> list[str]:
     return [chain.output for chain in repeat_chains(graph) if _place(chain.stored)[2] * chain.repeats > FOLD_LIMIT]
 
 
-def repeated_bytes(graph: Path) -> int:
-    """Bytes of every repeated tensor `write_out` would write for `graph` (0 if none)."""
-    import onnx
-
-    chains = repeat_chains(onnx.load(str(graph), load_external_data=False).graph)
-    return sum(_place(chain.stored)[2] * chain.repeats for chain in chains)
+def repeated_bytes(graph) -> int:
+    """Bytes of every repeated tensor `write_out` would write for `graph` (a GraphProto; 0 if none)."""
+    return sum(_place(chain.stored)[2] * chain.repeats for chain in repeat_chains(graph))
 
 
 def repeat_chains(graph) -> list[RepeatChain]:

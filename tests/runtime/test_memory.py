@@ -156,7 +156,7 @@ def test_a_cache_that_cannot_be_used_falls_back_with_one_warning(int4_artifact, 
         assert _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=blocker / "cache")) == want
     assert len(caught) == 1
     monkeypatch.setattr(onnx_prepacked, "_free_bytes", lambda path: 3 * 2**30)  # less than 2x weights + the reserve
-    monkeypatch.setattr(onnx_prepacked, "_needed_bytes", lambda manifest, graph_file: 2.5 * 2**30)
+    monkeypatch.setattr(onnx_prepacked, "_needed_bytes", lambda manifest, graph: 2.5 * 2**30)
     with pytest.warns(UserWarning, match=r"needs about 2.5 GiB and 3.0 GiB are free.*packing the weights in memory"):
         assert _tokens(int4_artifact, onnx_prepacked.CachePolicy(directory=tmp_path / "full")) == want
     assert not [p for p in (tmp_path / "full").iterdir() if not p.name.startswith(".")], "an entry was written without the space for it"

@@ -129,3 +129,20 @@ def test_a_cache_on_another_filesystem_warns_where_its_build_cannot_write_the_ro
     monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
     with pytest.warns(UserWarning, match=r"another filesystem.*does not fold 2 of them.*unpacked"):
         onnx_prepacked.ensure_entry(read_manifest(moe_int4), "step.onnx", onnx_prepacked.CachePolicy(directory=tmp_path / "cache"))
+
+
+def test_a_damaged_graph_of_the_right_size_is_named_before_a_build(moe_int4, tmp_path):
+    """The build reads the graph first (its repeated rows count towards the disk it needs): a graph file
+    of the recorded size and other bytes is one error naming the file, not a protobuf traceback."""
+    import os
+    import shutil
+
+    from nemotron_deploy.runtime.artifact.manifest import ArtifactError
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(moe_int4, copy, copy_function=os.link, ignore=shutil.ignore_patterns(".onnxruntime-cache"))
+    size = (copy / "step.onnx").stat().st_size
+    (copy / "step.onnx").unlink()  # a hard link of the fixture's file: replaced, not written through
+    (copy / "step.onnx").write_bytes(os.urandom(size))
+    with pytest.raises(ArtifactError, match=r"step.onnx: not a readable ONNX model"):
+        onnx_prepacked.ensure_entry(read_manifest(copy), "step.onnx", onnx_prepacked.CachePolicy(directory=tmp_path / "cache"))
