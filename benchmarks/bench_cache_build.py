@@ -1,12 +1,15 @@
-"""The first open of a quantized artifact on a machine: building its pre-packed cache entry, with the
-experts' repeated rows written out to a file first (runtime/repeated_rows.py, this tree) against
-onnxruntime folding them in memory (the build before it: `_build_child(..., write_repeats=False)`
-opens the artifact's graph as it is), side by side in one run on the same artifacts.
+"""The first open of a quantized artifact on a machine: building its pre-packed cache entry, two ways of
+the builder (`python -m nemotron_deploy.runtime.onnx_prepacked`) side by side in one run on the same
+artifacts. `--builds` picks them from BUILDS: `folded` opens the artifact's graph as it is and packs in one
+session (onnxruntime folds the experts' repeated rows in memory: the build before runtime/repeated_rows.py);
+`one-session` writes those rows to a file first and packs in one session (the build before
+runtime/prepack_parts.py); `parts` is this tree's (rows written out, packed part by part).
 
     python benchmarks/bench_cache_build.py [--cases bench-537m,nano30b-6] [--precisions int4,int8]
-                                           [--rounds 3] [--workdir DIR] [--out benchmarks/results/cache_build_cpu.md]
+                                           [--builds one-session,parts] [--rounds 3] [--workdir DIR]
+                                           [--out benchmarks/results/cache_build_cpu.md]
 
-Per case: one random checkpoint, exported per precision by this tree (`nemotron-deploy export`, a child process); then, `--rounds` times, both builds
+Per case: one random checkpoint, exported per precision by this tree (`nemotron-deploy export`, a child process); then, `--rounds` times, the builds
 alternated, each in a fresh process into a folder of its own, with its seconds and its peak anonymous
 memory and RSS (the child's /proc/PID/status, sampled every 2 ms from outside; the lowest round is
 reported); the two entries compared by content (`onnx_prepacked.entry_content`). Each checkpoint and
@@ -54,14 +57,18 @@ SMOKE = dict(
     n_routed_experts=16,
     num_experts_per_tok=2,
 )
-BUILDS = {"before (folded in memory)": False, "this tree (written out)": True}
+BUILDS = {  # name: (the builder's flags, what it is)
+    "folded": (("--as-is", "--one-session"), "repeated rows folded in memory, one session"),
+    "one-session": (("--one-session",), "repeated rows written out, one session"),
+    "parts": ((), "repeated rows written out, packed part by part (this tree)"),
+}
 
 
-def build(graph: Path, out: Path, write_repeats: bool) -> dict:
-    """`_build_child` in a fresh process into `out`: seconds, peak anonymous memory and RSS (MiB)."""
+def build(graph: Path, out: Path, flags: tuple[str, ...]) -> dict:
+    """The builder with `flags` in a fresh process into `out`: seconds, peak anonymous memory and RSS (MiB)."""
     out.mkdir()
     os.sync()  # the writes before it (the export, the previous build) reach the disk first, not during it
-    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(graph), str(out)] + ([] if write_repeats else ["--as-is"])
+    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(graph), str(out), *flags]
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     peak = {"RssAnon": 0, "VmRSS": 0}
@@ -80,17 +87,17 @@ def build(graph: Path, out: Path, write_repeats: bool) -> dict:
     return {"seconds": seconds, "peak_anon_mb": peak["RssAnon"] / 1024, "peak_rss_mb": peak["VmRSS"] / 1024}
 
 
-def serve_from_each_build(artifact: Path, work: Path, rounds: int) -> dict:
+def serve_from_each_build(artifact: Path, work: Path, rounds: int, builds: list[str]) -> dict:
     """`nemotron-deploy bench` (prompt 64, 16 new tokens, 2 threads) of `artifact` opened from a cache entry
     made by each build, alternated `rounds` times: {build: {"decode_tokens_per_s", "prefill_tokens_per_s",
     "peak_pss_mb", "peak_anon_mb"}}, the best round of each speed and the lowest of each peak."""
     manifest = read_manifest(artifact)
     key = onnx_prepacked.cache_key(manifest, "step.onnx")
-    roots = {name: work / f"cache-{i}" for i, name in enumerate(BUILDS)}
-    for name, write_repeats in BUILDS.items():
+    roots = {name: work / f"cache-{name}" for name in builds}
+    for name in builds:
         roots[name].mkdir()
-        onnx_prepacked._build(manifest, "step.onnx", roots[name] / f"step-{key}", key, write_repeats)
-    runs = {name: [] for name in BUILDS}
+        onnx_prepacked._build(manifest, "step.onnx", roots[name] / f"step-{key}", key, BUILDS[name][0])
+    runs = {name: [] for name in builds}
     for _ in range(rounds):
         for name, root in roots.items():
             args = [
@@ -120,7 +127,7 @@ def _packed_count(entry: Path) -> int:
     return sum(any(e.key.startswith("prepacked") for e in t.external_data) for t in model.graph.initializer)
 
 
-def run_case(work: Path, case: str, precisions: list[str], rounds: int, smoke: bool, serve: bool) -> list[dict]:
+def run_case(work: Path, case: str, precisions: list[str], builds: list[str], rounds: int, smoke: bool, serve: bool) -> list[dict]:
     label, config, dtype = CASES[case]
     work.mkdir(parents=True)
     ckpt = write_random_checkpoint(work / "ckpt", config=SMOKE if smoke else config, dtype=dtype)
@@ -134,20 +141,21 @@ def run_case(work: Path, case: str, precisions: list[str], rounds: int, smoke: b
         )
         graph = artifact / "step.onnx"
         weights = (artifact / "weights.data").stat().st_size / MiB
-        runs = {name: [] for name in BUILDS}
+        runs = {name: [] for name in builds}
         same = entry_mb = packed = None
         for r in range(rounds):
             entries = []
-            for name, write_repeats in BUILDS.items():
-                entries.append(work / f"entry-{precision}-{r}-{int(write_repeats)}")
-                runs[name].append(build(graph, entries[-1], write_repeats))
-            if same is None:  # the first round's pair, compared; then every entry goes (tens of GB at scale)
-                same = onnx_prepacked.entry_content(entries[0]) == onnx_prepacked.entry_content(entries[1])
-                entry_mb = onnx_prepacked.stored_bytes(entries[1]) / MiB
-                packed = {name: _packed_count(entry) for name, entry in zip(BUILDS, entries)}
+            for name in builds:
+                entries.append(work / f"entry-{precision}-{r}-{name}")
+                runs[name].append(build(graph, entries[-1], BUILDS[name][0]))
+            if same is None:  # the first round's entries, compared; then every entry goes (tens of GB at scale)
+                first = onnx_prepacked.entry_content(entries[0])
+                same = all(onnx_prepacked.entry_content(entry) == first for entry in entries[1:])
+                entry_mb = {name: onnx_prepacked.stored_bytes(entry) / MiB for name, entry in zip(builds, entries)}
+                packed = {name: _packed_count(entry) for name, entry in zip(builds, entries)}
             for entry in entries:
                 shutil.rmtree(entry)
-        served = serve_from_each_build(artifact, work, min(rounds, 2)) if serve else {}
+        served = serve_from_each_build(artifact, work, min(rounds, 2), builds) if serve else {}
         for name, measured in runs.items():
             rows.append(
                 {
@@ -156,8 +164,8 @@ def run_case(work: Path, case: str, precisions: list[str], rounds: int, smoke: b
                     "precision": precision,
                     "build": name,
                     "weights_mb": weights,
-                    "repeated_mb": repeated_rows.repeated_bytes(graph) / MiB,
-                    "entry_mb": entry_mb,
+                    "repeated_mb": repeated_rows.repeated_bytes(onnx_prepacked.load_model(graph).graph) / MiB,
+                    "entry_mb": entry_mb[name],
                     "seconds": min(m["seconds"] for m in measured),
                     "peak_anon_mb": min(m["peak_anon_mb"] for m in measured),
                     "peak_rss_mb": min(m["peak_rss_mb"] for m in measured),
@@ -177,15 +185,14 @@ def render(rows: list[dict], args) -> str:
     lines = [
         f"# Building the pre-packed cache: the first open of a quantized artifact ({datetime.date.today()})",
         "",
-        f"Machine: {cpu_name()}, no GPU. `python benchmarks/bench_cache_build.py`: one run, {args.rounds} rounds alternating the two "
-        "builds (each a fresh process building into a folder of its own; the lowest round of each figure). "
-        "'before': onnxruntime builds from the artifact's graph as it is, folding the experts' repeated `up` rows "
-        "in memory (`_build_child(..., write_repeats=False)`, what the build did before runtime/repeated_rows.py); "
-        "'this tree': the repeated rows written to a file first and mapped. Peak anonymous memory and RSS of "
+        f"Machine: {cpu_name()}, no GPU. `python benchmarks/bench_cache_build.py --builds {args.builds}`: one run, {args.rounds} rounds "
+        "alternating the builds (each a fresh process building into a folder of its own; the lowest round of each figure). "
+        + " ".join(f"'{name}': {BUILDS[name][1]}." for name in args.builds.split(","))
+        + " Peak anonymous memory and RSS of "
         "the build's process (/proc/PID/status sampled every 2 ms; the disk synced before each build). Bound (issue 31): peak anonymous <= 1.1x "
         "weights.data + 256 MiB. 'packed weights': the initializers onnxruntime packed (a repeated tensor it did not fold "
         "is not one: onnxruntime 1.32 skips folding an output over 1 GiB, and that layer's QMoE then repeats and reads its "
-        "rows unpacked at every step). 'same entry': both builds saved the same nodes, initializer bytes and packed blobs. "
+        "rows unpacked at every step). 'same entry': every build saved the same nodes, initializer bytes and packed blobs. "
         "'served': `nemotron-deploy bench` (prompt 64, 16 new tokens, 2 threads) of the artifact opened from a cache entry "
         "made by that build, alternated twice (best speed, lowest peak).",
         "",
@@ -213,6 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="bench-537m,nano30b-6")
     ap.add_argument("--precisions", default="int4,int8")
+    ap.add_argument("--builds", default="one-session,parts", help=f"which of {','.join(BUILDS)}, in this order each round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where checkpoints and artifacts go (the nano30b-6 case writes ~20 GB)")
     ap.add_argument("--out", default="benchmarks/results/cache_build_cpu.md")
@@ -222,7 +230,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cache-build-", dir=args.workdir) as tmp:
         for case in args.cases.split(","):
-            rows += run_case(Path(tmp) / case, case, args.precisions.split(","), args.rounds, args.smoke, not args.no_serve)
+            rows += run_case(
+                Path(tmp) / case, case, args.precisions.split(","), args.builds.split(","), args.rounds, args.smoke, not args.no_serve
+            )
             Path(args.out).write_text(render(rows, args))  # after each case: a later one may fail
     print(f"wrote {args.out}")
 

@@ -29,12 +29,14 @@ when the artifact directory is writable, else `$XDG_CACHE_HOME/nemotron-deploy` 
 `--no-cache` (or `NEMOTRON_DEPLOY_CACHE=none`) opens as onnxruntime does by default: each session packs
 in memory. So does an open whose cache cannot be written or would not fit on the disk, with one warning
 line. The build runs in a child process, one builder per entry at a time (a lock file): its peak memory
-(onnxruntime packs in memory before writing) is never the serving process's. Float artifacts need no
+(onnxruntime packs in memory before writing) is never the serving process's, and it packs a part of the
+weights at a time (runtime/prepack_parts.py), so that peak is one part's packed copies, not all of them. Float artifacts need no
 cache: their MatMuls run as fast unpacked (docs/export.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -52,6 +54,7 @@ from nemotron_deploy.runtime import repeated_rows
 from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, ArtifactError, Manifest
+from nemotron_deploy.runtime.prepack_parts import PART_BYTES, PartsUnsupported, save_in_parts
 from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
@@ -266,20 +269,22 @@ def _drop_stale(root: Path, manifest: Manifest, graph_file: str, key: str) -> No
 def _needed_bytes(manifest: Manifest, graph) -> int:
     """What a build writes, at most: the optimized graph's initializers (weights.data's and the experts'
     repeated rows, `repeated`) with a packed copy of each quantized one (measured: 1.5x its stored bytes,
-    scales and block sums included), the repeated rows written out before (runtime/repeated_rows.py), and
-    the graph. The initializers it shares with the artifact are then given back (prepacked_share.py)."""
+    scales and block sums included), the repeated rows written out before (runtime/repeated_rows.py), one
+    part's initializers and packed copies while it is packed (runtime/prepack_parts.py), and the graph. The
+    initializers it shares with the artifact are then given back (prepacked_share.py)."""
     weights = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0)
     repeated = repeated_rows.repeated_bytes(graph)
-    return 5 * (weights + repeated) // 2 + repeated + 64 * 2**20
+    part = max(PART_BYTES, repeated_rows.largest_initializer(graph))
+    return 5 * (weights + repeated + part) // 2 + repeated + 64 * 2**20
 
 
 def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_repeats: bool = True) -> None:
+def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, builder_flags: tuple[str, ...] = ()) -> None:
     """Build `entry` in a child process; atomic: the directory appears whole, with entry.json.
-    write_repeats: as `_build_child`'s (False only to measure the build without it: bench_cache_build.py)."""
+    builder_flags: the builder's (`_main`: only to measure the build without one of its steps, bench_cache_build.py)."""
     from nemotron_deploy.runtime.artifact.atomic import make_staging, new_directory
 
     graph = _read_graph(manifest.path / graph_file)
@@ -291,10 +296,16 @@ def _build(manifest: Manifest, graph_file: str, entry: Path, key: str, write_rep
         )
     try:
         with new_directory(entry, make_staging(entry)) as staging:
-            if write_repeats:
+            if "--as-is" not in builder_flags:
                 _warn_if_unlinkable(manifest.path / graph_file, graph, staging)
-            cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(manifest.path / graph_file), str(staging)]
-            cmd += [] if write_repeats else ["--as-is"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "nemotron_deploy.runtime.onnx_prepacked",
+                str(manifest.path / graph_file),
+                str(staging),
+                *builder_flags,
+            ]
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if done.returncode != 0:
                 how = "was killed (out of memory?)" if done.returncode < 0 else f"exited with {done.returncode}"
@@ -357,25 +368,55 @@ _BUILD_OPTIONS = {
 }  # with onnxruntime's default graph optimization level (all)
 
 
-def _build_child(graph_path: str, out: str, write_repeats: bool = True) -> None:
-    """Open `graph_path` once with onnxruntime, saving the optimized model and its packed weights to `out`.
+def _build_child(graph_path: str, out: str, write_repeats: bool = True, in_parts: bool = True, part_bytes: int = PART_BYTES) -> None:
+    """Save the optimized model of `graph_path` and its packed weights to `out`.
     write_repeats: build from a copy of the graph whose repeated expert rows are written out to a file
-    first (runtime/repeated_rows.py: not held in memory by the build); False builds from the graph as it is."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(Path(out) / MODEL_FILE)
-    for key, value in _BUILD_OPTIONS.items():
-        options.add_session_config_entry(key, value)
-    options.log_severity_level = 3  # not its notice that the saved model is for this machine: the key says so
+    first (runtime/repeated_rows.py: not held in memory by the build); False builds from the graph as it is.
+    in_parts: pack `part_bytes` of weights at a time (runtime/prepack_parts.py: the build holds one part's
+    packed copies, not all of them); False, or a graph that cannot be cut, packs all in one session."""
     source = repeated_rows.write_out(Path(graph_path), Path(out)) if write_repeats else None
     try:
-        ort.InferenceSession(str(source or graph_path), options, providers=["CPUExecutionProvider"])
+        if not (in_parts and _built_in_parts(source or Path(graph_path), Path(out), part_bytes)):
+            _build_in_one_session(source or Path(graph_path), Path(out))
     finally:
         if source is not None:
             repeated_rows.remove(Path(out))
     share_with_artifact(Path(out), Path(graph_path), Path(graph_path).with_name(WEIGHTS_FILE), MODEL_FILE, DATA_FILE)
 
 
+def _built_in_parts(source: Path, out: Path, part_bytes: int) -> bool:
+    """runtime/prepack_parts.py's build; False (nothing written) for a graph it cannot cut."""
+    try:
+        save_in_parts(source, out, MODEL_FILE, DATA_FILE, _MIN_EXTERNAL_BYTES, part_bytes)
+        return True
+    except PartsUnsupported:
+        return False
+
+
+def _build_in_one_session(source: Path, out: Path) -> None:
+    """One onnxruntime session of `source` that packs every weight and saves the optimized model with them."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out / MODEL_FILE)
+    for key, value in _BUILD_OPTIONS.items():
+        options.add_session_config_entry(key, value)
+    options.log_severity_level = 3  # not its notice that the saved model is for this machine: the key says so
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+def _main(argv: list[str]) -> None:
+    """The builder's command line: GRAPH OUT [--as-is] [--one-session] [--part-mib N] (the last three to
+    measure the build without each step: bench_cache_build.py, the tests)."""
+    parser = argparse.ArgumentParser(prog="python -m nemotron_deploy.runtime.onnx_prepacked")
+    parser.add_argument("graph")
+    parser.add_argument("out")
+    parser.add_argument("--as-is", action="store_true", help="build from the graph as it is (the repeated rows folded in memory)")
+    parser.add_argument("--one-session", action="store_true", help="pack every weight in one session")
+    parser.add_argument("--part-mib", type=float, default=PART_BYTES / 2**20, help="weights packed per part (MiB)")
+    args = parser.parse_args(argv)
+    _build_child(args.graph, args.out, not args.as_is, not args.one_session, int(args.part_mib * 2**20))
+
+
 if __name__ == "__main__":
-    _build_child(sys.argv[1], sys.argv[2], write_repeats="--as-is" not in sys.argv[3:])
+    _main(sys.argv[1:])

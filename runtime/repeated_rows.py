@@ -93,6 +93,12 @@ def repeated_bytes(graph) -> int:
     return sum(_place(chain.stored)[2] * chain.repeats for chain in repeat_chains(graph))
 
 
+def largest_initializer(graph) -> int:
+    """Bytes of the largest external initializer `graph` (a GraphProto) reads once `write_out` has run."""
+    stored = [place[2] for place in map(_place, graph.initializer) if place]
+    return max(stored + [_place(chain.stored)[2] * chain.repeats for chain in repeat_chains(graph)], default=0)
+
+
 def repeat_chains(graph) -> list[RepeatChain]:
     """Every `RepeatChain` of `graph` (a GraphProto) whose stored tensor is external data."""
     from onnx import numpy_helper

@@ -1,6 +1,12 @@
-"""What many tests share: the command line run in-process, its one-line errors, and relative error."""
+"""What many tests share: the command line run in-process, its one-line errors, relative error, and the
+pre-packed cache's builder run with its peak memory."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 from click.testing import CliRunner, Result
@@ -40,3 +46,21 @@ def relative_error(got, want) -> float:
     """max |got - want| / max |want|, in float64 (numpy arrays or torch tensors, on the CPU)."""
     got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
     return float((got - want).abs().max() / want.abs().max())
+
+
+def build_entry(graph: Path, out: Path, *flags: str) -> int:
+    """The cache entry's builder (`python -m nemotron_deploy.runtime.onnx_prepacked GRAPH OUT FLAGS`) in a
+    child process into `out`; returns its peak anonymous memory (MiB, sampled every 2 ms)."""
+    out.mkdir()
+    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(graph), str(out), *flags]
+    child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    peak = 0
+    while child.poll() is None:
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            peak = max(peak, int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1]))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.002)
+    assert child.returncode == 0, child.stderr.read().decode()[-2000:]
+    return peak // 1024

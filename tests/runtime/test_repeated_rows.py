@@ -5,63 +5,14 @@ initializer's bytes, every packed blob's bytes), and a build peak lower by most 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import onnx
 import pytest
+from helpers import build_entry
 
-from nemotron_deploy.exporter.onnx_export import export_artifact
-from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime import onnx_prepacked, repeated_rows
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
 
 MiB = 2**20
-
-# MoE-heavy on purpose: two MoE layers of 32 experts of width 1024, whose `up` (int4 and scales, 2 x 20
-# MiB once repeated) is most of what a build folds; the rest of the model is small.
-MOE_HEAVY = dict(
-    TINY_CONFIG,
-    vocab_size=256,
-    hidden_size=512,
-    hybrid_override_pattern="MEE",
-    mamba_num_heads=8,
-    mamba_head_dim=32,
-    n_groups=2,
-    ssm_state_size=32,
-    n_routed_experts=32,
-    num_experts_per_tok=4,
-    moe_intermediate_size=1024,
-    moe_shared_expert_intermediate_size=256,
-    n_group=1,
-    topk_group=1,
-)
-
-
-@pytest.fixture(scope="module")
-def moe_int4(tmp_path_factory):
-    root = tmp_path_factory.mktemp("moe-heavy")
-    ckpt = write_random_checkpoint(root / "ckpt", config=MOE_HEAVY, dtype="bfloat16")
-    return export_artifact(ckpt, root / "int4", progress=False, quantize="int4")
-
-
-def _build(graph: Path, out: Path, write_repeats: bool) -> int:
-    """The builder child (`_build_child`) into `out`; returns its peak anonymous memory (MiB, sampled)."""
-    out.mkdir()
-    cmd = [sys.executable, "-m", "nemotron_deploy.runtime.onnx_prepacked", str(graph), str(out)] + ([] if write_repeats else ["--as-is"])
-    child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    peak = 0
-    while child.poll() is None:
-        try:
-            status = Path(f"/proc/{child.pid}/status").read_text()
-            peak = max(peak, int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1]))
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.002)
-    assert child.returncode == 0, child.stderr.read().decode()[-2000:]
-    return peak // 1024
 
 
 def test_the_build_maps_the_repeated_rows_and_saves_the_same_entry(moe_int4, tmp_path):
@@ -71,8 +22,8 @@ def test_the_build_maps_the_repeated_rows_and_saves_the_same_entry(moe_int4, tmp
     repeated = sum(2 * int({e.key: e.value for e in c.stored.external_data}["length"]) for c in chains) / MiB
     assert repeated >= 40
 
-    as_is = _build(graph, tmp_path / "as-is", write_repeats=False)
-    written = _build(graph, tmp_path / "written", write_repeats=True)
+    as_is = build_entry(graph, tmp_path / "as-is", "--as-is", "--one-session")
+    written = build_entry(graph, tmp_path / "written", "--one-session")
     print(f"build peak anonymous: {as_is} MiB as is, {written} MiB with {repeated:.0f} MiB of repeated rows written out")
     assert written <= as_is - 0.7 * repeated, "the build still holds the repeated rows in memory"
 
