@@ -5,7 +5,7 @@ session (onnxruntime folds the experts' repeated rows in memory: the build befor
 `one-session` writes those rows to a file first and packs in one session (the build before
 runtime/prepack_parts.py); `parts` is this tree's (rows written out, packed part by part).
 
-    python benchmarks/bench_cache_build.py [--cases bench-537m,nano30b-6] [--precisions int4,int8]
+    python benchmarks/bench_cache_build.py [--cases bench-537m,nano30b-6 (or h4b)] [--precisions int4,int8]
                                            [--builds one-session,parts] [--rounds 3] [--workdir DIR]
                                            [--out benchmarks/results/cache_build_cpu.md]
 
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_export import NANO30B
+from bench_export import H4B, NANO30B
 from bench_vs_transformers import CONFIG as BENCH_537M
 from bench_vs_transformers import cpu_name
 
@@ -42,6 +42,7 @@ from nemotron_deploy.runtime.artifact.manifest import read_manifest
 MiB = 2**20
 CASES = {
     "bench-537m": ("the 537M benchmark model (MEMEM*EMEMEM*E, 64 experts of width 512)", BENCH_537M, "float32"),
+    "h4b": ("Nemotron-H-4B, full depth and widths (no MoE: no repeated rows)", H4B, "bfloat16"),
     "nano30b-6": (
         "Nemotron-3-Nano-30B-A3B widths, 6 layers (MEM*ME, 128 experts of width 1856)",
         dict(NANO30B, hybrid_override_pattern="MEM*ME"),
@@ -222,7 +223,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="int4,int8")
     ap.add_argument("--builds", default="one-session,parts", help=f"which of {','.join(BUILDS)}, in this order each round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workdir", default=None, help="where checkpoints and artifacts go (the nano30b-6 case writes ~20 GB)")
+    ap.add_argument("--workdir", default=None, help="where checkpoints and artifacts go (nano30b-6 writes ~20 GB, h4b ~35 GB)")
     ap.add_argument("--out", default="benchmarks/results/cache_build_cpu.md")
     ap.add_argument("--no-serve", action="store_true", help="skip `bench` of the artifact opened from each build's entry")
     ap.add_argument("--smoke", action="store_true", help="tiny widths: checks the script, measures nothing of interest")

@@ -26,6 +26,7 @@ cannot be cut: `PartsUnsupported`, and the caller builds in one session.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PART_BYTES = 128 * 2**20  # initializer bytes per part: its packed copies are ~1.5x that (int4, scales and sums)
@@ -58,15 +59,14 @@ def save_in_parts(
         (folder / data_file).unlink(missing_ok=True)
         raise
     tensors = {t.name: t for t in model.graph.initializer}
-    with open(folder / data_file, "ab") as data:
-        for part in parts:
-            (folder / PART_FILE).write_bytes(part.SerializeToString())
-            try:
-                _open_and_save(folder / PART_FILE, folder / PART_SAVED, PART_DATA, min_external_bytes, pack=True)
-                _append_packed(folder, data, tensors)
-            finally:
-                for name in (PART_FILE, PART_SAVED, PART_DATA):
-                    (folder / name).unlink(missing_ok=True)
+    for part in parts:
+        (folder / PART_FILE).write_bytes(part.SerializeToString())
+        try:
+            _open_and_save(folder / PART_FILE, folder / PART_SAVED, PART_DATA, min_external_bytes, pack=True)
+            _append_packed(folder, folder / data_file, tensors)
+        finally:
+            for name in (PART_FILE, PART_SAVED, PART_DATA):
+                (folder / name).unlink(missing_ok=True)
     (folder / model_file).write_bytes(model.SerializeToString())
     return len(parts)
 
@@ -156,13 +156,15 @@ def _part_model(model, nodes: list):
     return helper.make_model(part, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _append_packed(folder: Path, data, tensors: dict) -> None:
+def _append_packed(folder: Path, data: Path, tensors: dict) -> None:
     """Copy every packed weight the part saved (folder/PART_SAVED, its bytes in PART_DATA) to the end of
-    `data` (the entry's data file, open for appending) and name it in its tensor of `tensors`."""
+    `data` (the entry's data file), each at an _ALIGN boundary, and name it in its tensor of `tensors`."""
     import onnx
 
     saved = onnx.load(str(folder / PART_SAVED), load_external_data=False)
-    with open(folder / PART_DATA, "rb") as part_data:
+    src, dst = os.open(folder / PART_DATA, os.O_RDONLY), os.open(data, os.O_WRONLY)
+    try:
+        end = os.fstat(dst).st_size
         for tensor in saved.graph.initializer:
             for entry in tensor.external_data:
                 if not entry.key.startswith("prepacked"):
@@ -171,25 +173,29 @@ def _append_packed(folder: Path, data, tensors: dict) -> None:
                 moved = []
                 for blob in blobs:
                     offset, length, *rest = blob.split(";")
-                    at = _copy(part_data, int(offset), int(length), data)
+                    at = -(-end // _ALIGN) * _ALIGN
+                    _copy(src, int(offset), int(length), dst, at)
                     moved.append(";".join([str(at), length, *rest]))
+                    end = at + int(length)
                 tensors[tensor.name].external_data.add(key=entry.key, value="|".join([kernel, *moved]))
+    finally:
+        os.close(src)
+        os.close(dst)
 
 
-def _copy(src, offset: int, length: int, dst) -> int:
-    """Append bytes [offset, offset + length) of `src` to `dst` at its next _ALIGN boundary; returns where."""
-    dst.flush()
-    at = -(-dst.tell() // _ALIGN) * _ALIGN
-    dst.write(b"\0" * (at - dst.tell()))
+def _copy(src: int, offset: int, length: int, dst: int, at: int) -> None:
+    """Bytes [offset, offset + length) of file descriptor `src` to `dst` at `at`: in the kernel where the
+    filesystem allows it (no pass through this process's memory), else read and written in chunks."""
     done = 0
     while done < length:
-        src.seek(offset + done)
-        chunk = src.read(min(length - done, _COPY_CHUNK))
-        if not chunk:
-            raise OSError(f"{src.name}: ends before byte {offset + length}")
-        dst.write(chunk)
-        done += len(chunk)
-    return at
+        size = min(length - done, _COPY_CHUNK)
+        try:
+            copied = os.copy_file_range(src, dst, size, offset + done, at + done)
+        except OSError:
+            copied = os.pwrite(dst, os.pread(src, size, offset + done), at + done)
+        if copied == 0:
+            raise OSError(f"{PART_DATA}: ends before byte {offset + length}")
+        done += copied
 
 
 def _external_length(tensor) -> int | None:
