@@ -44,8 +44,8 @@ def save_in_parts(
 ) -> int:
     """Save `source` optimized, with its packed weights, as folder/model_file + folder/data_file (as one
     onnxruntime session would with `session.save_external_prepacked_constant_initializers`), packing at
-    most `part_bytes` of initializers at a time. Returns the number of parts. Raises PartsUnsupported
-    before writing anything when the graph cannot be cut."""
+    most `part_bytes` of initializers at a time. Returns the number of parts. Raises PartsUnsupported,
+    leaving nothing in `folder`, when the graph cannot be cut."""
     import onnx
 
     if _has_subgraphs(onnx.load(str(source), load_external_data=False).graph):
