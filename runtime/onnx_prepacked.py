@@ -54,7 +54,7 @@ from nemotron_deploy.runtime import repeated_rows
 from nemotron_deploy.runtime.artifact.cache_folder import CACHE_ENV, user_cache_folder
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import WEIGHTS_FILE, ArtifactError, Manifest
-from nemotron_deploy.runtime.prepack_parts import PART_BYTES, PartsUnsupported, save_in_parts
+from nemotron_deploy.runtime.prepack_parts import PART_BYTES, PartsUnsupported, save_in_parts, save_options
 from nemotron_deploy.runtime.prepacked_share import SHARED_FILE, share_with_artifact
 
 CACHE_FORMAT = 2  # bump when the cache's layout or build options change
@@ -361,11 +361,7 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-_BUILD_OPTIONS = {
-    "session.optimized_model_external_initializers_file_name": DATA_FILE,
-    "session.optimized_model_external_initializers_min_size_in_bytes": str(_MIN_EXTERNAL_BYTES),
-    "session.save_external_prepacked_constant_initializers": "1",
-}  # with onnxruntime's default graph optimization level (all)
+_BUILD_OPTIONS = save_options(DATA_FILE, _MIN_EXTERNAL_BYTES)  # with onnxruntime's default optimization level (all)
 
 
 def _build_child(graph_path: str, out: str, write_repeats: bool = True, in_parts: bool = True, part_bytes: int = PART_BYTES) -> None:

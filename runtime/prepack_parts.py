@@ -71,6 +71,17 @@ def save_in_parts(
     return len(parts)
 
 
+def save_options(data_file: str, min_external_bytes: int) -> dict[str, str]:
+    """onnxruntime's session config entries that save the optimized model with its packed weights: every
+    initializer of at least `min_external_bytes` in `data_file`, each packed copy after its original. The
+    one-session build uses them as they are (and the cache key hashes them: runtime/onnx_prepacked.py)."""
+    return {
+        "session.optimized_model_external_initializers_file_name": data_file,
+        "session.optimized_model_external_initializers_min_size_in_bytes": str(min_external_bytes),
+        "session.save_external_prepacked_constant_initializers": "1",
+    }
+
+
 def _open_and_save(model_path: Path, saved: Path, data_file: str, min_external_bytes: int, pack: bool) -> None:
     """One onnxruntime session of `model_path` that saves its optimized model to `saved` (initializers of
     at least `min_external_bytes` in `data_file` beside it). pack: a part (no optimization, its packed
@@ -79,13 +90,13 @@ def _open_and_save(model_path: Path, saved: Path, data_file: str, min_external_b
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(saved)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file)
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(min_external_bytes))
+    entries = save_options(data_file, min_external_bytes)
     if pack:
-        options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     else:
-        options.add_session_config_entry("session.disable_prepacking", "1")
+        entries = {**entries, "session.save_external_prepacked_constant_initializers": "0", "session.disable_prepacking": "1"}
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
     options.log_severity_level = 3  # not its notice that the saved model is for this machine: the cache key says so
     ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
