@@ -8,7 +8,9 @@ first; the sampler (runtime/memory.py, which imports nothing of ours) is loaded 
 Memory is reported over the process's baseline after its imports: RssAnon growth (anonymous memory)
 and VmRSS (all resident pages, the weights file's included), peaks of the open and of the run; plus
 the process's own peak RSS (VmHWM) and its proportional set size (Pss: shared pages divided among the
-processes that map them). --hold: after the run, print the JSON and wait for a line on stdin (a second
+processes that map them). A first open of a quantized artifact builds the pre-packed cache in a child
+process: its peak anonymous memory is sampled too (builder_peak_anon_mb), and the open's peak of both
+processes together (open_peak_total_anon_mb, over the baseline). --hold: after the run, print the JSON and wait for a line on stdin (a second
 process then opens the same artifact beside this one).
 """
 
@@ -44,7 +46,7 @@ def main() -> None:
 
     base = {**memory.status_kib(), **memory.pss_kib()}
     start = time.perf_counter()
-    with memory.PeakMemory(pss=True) as opening:
+    with memory.PeakMemory(pss=True, children=True) as opening:
         session = Session(args.artifact, threads=args.threads)
     open_s = time.perf_counter() - start
     after_open = memory.status_kib()
@@ -61,6 +63,9 @@ def main() -> None:
         "weights_mb": weights,
         "open_s": open_s,
         "builder_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # a cache build's child, if any
+        "builder_peak_anon_mb": opening.children_anon_mib,  # sampled: 0 where the open built nothing
+        # this process's growth and its children's together, at the open's peak: what a first open takes
+        "open_peak_total_anon_mb": opening.total_anon_mib - mib(base["RssAnon"]),
         "prefill_tokens_per_s": args.prompt_len / (arrivals[0] - start),
         "decode_tokens_per_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else None,
         "base_anon_mb": mib(base["RssAnon"]),

@@ -53,14 +53,17 @@ def _peak_rss_mb() -> float:
 
 def memory_figures(manifest, memory: PeakMemory | None) -> dict:
     """Peak RSS (the process's), peak anonymous memory and peak PSS (sampled from `memory`'s start, which
-    the CLI starts before opening the backend), each also as a ratio to weights.data. PSS counts a page
+    the CLI starts before opening the backend), each also as a ratio to weights.data; where the open
+    built the pre-packed cache (runtime/onnx_prepacked.py, a child process), its builder's peak
+    anonymous memory (peak_cache_build_anon_mb) when `memory` samples children. PSS counts a page
     that two sessions or processes map once (divided among them); RSS once per mapping."""
     weights_mb = next((f.bytes for f in manifest.files if f.name == WEIGHTS_FILE), 0) / 2**20
     rss = _peak_rss_mb()
     figures = {"weights_mb": weights_mb, "peak_rss_mb": rss, "peak_rss_x_weights": rss / weights_mb if weights_mb else None}
     if memory is not None:
         memory.stop()
-        for name, mib in (("anon", memory.anon_mib), ("pss", memory.pss_mib)):
+        builder = memory.children_anon_mib or None  # a first open built the pre-packed cache in a child process
+        for name, mib in (("anon", memory.anon_mib), ("pss", memory.pss_mib), ("cache_build_anon", builder)):
             if mib is not None:
                 figures.update({f"peak_{name}_mb": mib, f"peak_{name}_x_weights": mib / weights_mb if weights_mb else None})
     return figures

@@ -10,6 +10,7 @@ this file by path to measure other revisions of the package with it.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 FIELDS = ("RssAnon", "VmRSS")
 
@@ -28,6 +29,28 @@ def status_kib(fields=FIELDS) -> dict[str, int]:
     return values
 
 
+def children_anon_kib() -> int:
+    """The summed RssAnon (KiB) of this process's direct children, e.g. the pre-packed cache's builder
+    (runtime/onnx_prepacked.py), which a first open runs in a child process; 0 where there is none."""
+    total = 0
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+            except OSError:  # it ended between the two reads
+                pass
+    return total
+
+
 def pss_kib() -> dict[str, int]:
     """{"Pss": proportional set size in KiB} from /proc/self/smaps_rollup: a page this process shares
     with others (a file mapped by two sessions or two processes) counts once, divided among them."""
@@ -40,11 +63,15 @@ def pss_kib() -> dict[str, int]:
 
 class PeakMemory:
     """Peak RssAnon / VmRSS (and with pss=True, Pss) in KiB while the block runs:
-    `with PeakMemory() as peak: ...; peak.anon_mib`. Pss walks every mapping: sampled less often."""
+    `with PeakMemory() as peak: ...; peak.anon_mib`. Pss walks every mapping: sampled less often.
+    children=True also samples the direct children's summed RssAnon (`children_anon_mib`) and the
+    peak of this process's and theirs together (`total_anon_mib`): what a first open that builds the
+    cache in a child process takes from the machine."""
 
-    def __init__(self, interval_s: float = 0.003, pss: bool = False):
+    def __init__(self, interval_s: float = 0.003, pss: bool = False, children: bool = False):
         self.interval = interval_s
         self.pss = pss
+        self.children = children
         self._samples = 0
         self.peak = {**status_kib(), **(pss_kib() if pss else {})}
         self._stop = threading.Event()
@@ -55,6 +82,9 @@ class PeakMemory:
         self._samples += 1
         if self.pss and (final or self._samples % 8 == 0):
             values.update(pss_kib())
+        if self.children:
+            values["ChildrenAnon"] = children_anon_kib()
+            values["TotalAnon"] = values["ChildrenAnon"] + values.get("RssAnon", 0)
         for key, value in values.items():
             self.peak[key] = max(self.peak.get(key, 0), value)
 
@@ -82,6 +112,14 @@ class PeakMemory:
     @property
     def anon_mib(self) -> float:
         return self.peak.get("RssAnon", 0) / 1024
+
+    @property
+    def children_anon_mib(self) -> float:
+        return self.peak.get("ChildrenAnon", 0) / 1024
+
+    @property
+    def total_anon_mib(self) -> float:
+        return self.peak.get("TotalAnon", self.peak.get("RssAnon", 0)) / 1024
 
     @property
     def pss_mib(self) -> float | None:

@@ -289,7 +289,7 @@ def bench(
         raise NemotronDeployError(
             f"--prompt-len + --new-tokens exceeds the model's maximum of {manifest.model.max_position_embeddings} tokens"
         )
-    memory = PeakMemory(pss=True).start()  # from before the open: the sessions' memory is part of the figure
+    memory = PeakMemory(pss=True, children=True).start()  # from before the open: the sessions' memory is part of the figure
     runner = open_backend(manifest, backend, list(providers) or None, threads, engine=engine, plugins=plugins_lib, cache=cache)
     result = run_bench(runner, manifest, prompt_len, new_tokens, batch, past_lengths, memory=memory)
     if as_json:
@@ -312,6 +312,11 @@ def bench(
         f"peak anonymous {result['peak_anon_mb']:.0f} MiB ({result['peak_anon_x_weights']:.2f}x) "
         "(the process, before the bandwidth test)"
     )
+    if "peak_cache_build_anon_mb" in result:
+        click.echo(
+            f"memory   this first open built the pre-packed cache in a child process: its peak anonymous "
+            f"{result['peak_cache_build_anon_mb']:.0f} MiB ({result['peak_cache_build_anon_x_weights']:.2f}x)"
+        )
 
 
 @click.command()
