@@ -358,7 +358,7 @@ def main() -> None:
     if args.render:
         results = json.loads(Path(args.render).read_text())
     else:
-        results = {}
+        results, revision = {}, _this_revision()
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-memory-") as tmp:
             for case in args.cases.split(","):
                 work = Path(tmp) / case
@@ -368,7 +368,7 @@ def main() -> None:
                     "real-scale": lambda: real_scale_case(work),
                     "serve": lambda: serve_case(work),
                 }[case]()
-                results[case]["revision"] = f"revision {_this_revision()}, {datetime.date.today().isoformat()}"
+                results[case]["revision"] = f"revision {revision}, {datetime.date.today().isoformat()}"
                 shutil.rmtree(work)
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
