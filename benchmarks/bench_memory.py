@@ -208,9 +208,10 @@ def render(results: dict, rev: str) -> str:
     lines = [
         f"# Memory of open + prefill + decode, onnxruntime CPU ({date})",
         "",
-        f"Machine: {cpu_name()}, 2 threads, no GPU. `python benchmarks/bench_memory.py`: one run; every configuration in a fresh "
-        f"process (benchmarks/memory_child.py); 'before' is revision {rev}'s export run by its own runtime, 'after' this tree's. "
-        "Memory over the process's baseline after its imports, except peak RSS (the whole process, VmHWM). "
+        f"Machine: {cpu_name()}, 2 threads, no GPU. `python benchmarks/bench_memory.py --cases {','.join(results)}`: one run; every "
+        "configuration in a fresh process (benchmarks/memory_child.py)"
+        + (f"; 'before' is revision {rev}'s export run by its own runtime, 'after' this tree's. " if "bench" in results else ". ")
+        + "Memory over the process's baseline after its imports, except peak RSS (the whole process, VmHWM). "
         "Bounds (issue 31): peak PSS <= 1.15x weights.data + 128 MiB (the whole process, /proc/self/smaps_rollup sampled), "
         "peak anonymous <= 0.1x weights.data + 128 MiB (over the baseline).",
         "",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import mmap
 import os
 import re
@@ -158,7 +157,9 @@ _libc = None
 def _c_library():
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # the symbols already loaded (libc's among them): ctypes.util.find_library would fork `ldconfig -p`
+        # from a process that may map gigabytes of weights (a child of its size in the accounting, and time)
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return _libc
 

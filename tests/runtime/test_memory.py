@@ -106,6 +106,8 @@ def test_quantized_weights_are_mapped_from_the_prepacked_cache(int4_artifact, mo
     assert weights > 64  # the synthetic model is as large as the test asks
     assert mapped["peak_anon_mb"] <= 0.1 * weights + 128 and mapped["peak_pss_mb"] - mapped["base_pss_mb"] <= 1.15 * weights + 128
     assert mapped["open_anon_mb"] <= in_memory["open_anon_mb"] - 0.8 * packed, "the packed weights are still copied into the process"
+    # no child process either (ctypes.util.find_library forked `ldconfig -p` from the mapped process)
+    assert mapped["builder_peak_rss_mb"] == 0, "an open with its cache present started a process"
 
 
 PROMPT = [5, 17, 42, 9, 3, 11]
