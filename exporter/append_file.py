@@ -4,7 +4,9 @@ A buffered write of a weights.data costs a CPU copy into freshly allocated page-
 here (2026-12-07, 2-core VM, ext4) at ~1 GB/s of one core, a third of a Nemotron-H-4B export's CPU
 time, with a machine's worth of dirty pages behind it. With O_DIRECT the disk reads the bytes from our
 own reused buffer (8 GiB: 1.6 GB/s and 0.2 s of CPU, against 1.1 GB/s and 7.6 s buffered), and the
-export leaves the page cache to the programs running beside it. Filesystems without O_DIRECT (tmpfs)
+export leaves the page cache to the programs running beside it. Two buffers: the disk writes one while
+the next chunk is copied into the other (with one, the disk waited for every copy: a Nemotron-H-4B
+export's writes took 16 s where the disk alone takes 12.6). Filesystems without O_DIRECT (tmpfs)
 get plain buffered writes; the file's bytes are the same either way.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,14 @@ class AppendFile:
         if not self.direct:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             return
-        self._buffer = mmap.mmap(-1, _CHUNK)  # anonymous: page-aligned, and reused for every chunk
+        # two anonymous buffers, page-aligned and reused: one fills while the disk writes the other
+        self._buffers = [mmap.mmap(-1, _CHUNK) for _ in range(2)]
+        self._buffer = self._buffers[0]
         self._staged = np.frombuffer(self._buffer, dtype=np.uint8)
         self._filled = 0  # bytes of the buffer holding data
         self._chunk_offset = 0  # the buffer's offset in the file
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="append-disk")
+        self._pending = None  # the other buffer's write, in flight
 
     def write(self, data) -> None:
         """Append `data` (any contiguous buffer)."""
@@ -57,12 +64,23 @@ class AppendFile:
             self._filled += n
             source = source[n:]
             if self._filled == _CHUNK:
-                _pwrite_all(self._fd, self._buffer, self._chunk_offset)
+                self._wait_pending()  # the other buffer is free again
+                self._pending = self._disk.submit(_pwrite_all, self._fd, self._buffer, self._chunk_offset)
                 self._chunk_offset += _CHUNK
                 self._filled = 0
+                self._buffer = self._buffers[1] if self._buffer is self._buffers[0] else self._buffers[0]
+                self._staged = np.frombuffer(self._buffer, dtype=np.uint8)
+
+    def _wait_pending(self) -> None:
+        """Wait for the chunk the disk is writing (a failed write, e.g. disk full, raises here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def make_readable(self) -> None:
         """Everything appended so far readable from `path` (the partial chunk written, padded)."""
+        if self.direct:
+            self._wait_pending()
         if self.direct and self._filled:
             padded = -(-self._filled // _ALIGN) * _ALIGN
             with memoryview(self._buffer) as whole:
@@ -77,11 +95,14 @@ class AppendFile:
             if self.direct:
                 os.ftruncate(self._fd, self.length)
         finally:
+            if self.direct:
+                self._disk.shutdown()  # waits for a write still in flight (after a failure) before the close
             os.close(self._fd)
             self._fd = None
             if self.direct:
                 del self._staged
-                self._buffer.close()
+                for buffer in self._buffers:
+                    buffer.close()
 
 
 def _open_direct(path: Path) -> int | None:
