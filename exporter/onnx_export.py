@@ -18,6 +18,7 @@ like an artifact.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -54,6 +55,7 @@ TARGETS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 # tokenizer / generation files copied from the checkpoint when present
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 ONNXRUNTIME_MIN = "1.32"
+log = logging.getLogger(__name__)
 _INLINE_MAX = 1024  # tensors up to this many bytes stay inside the .onnx
 
 
@@ -100,10 +102,21 @@ def export_artifact(
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
             cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
-            # decode traces in a second process while this one traces prefill (CPU-bound Python)
+            predicted = _predicted(model, traced, target, scheme)
+            # decode traces in a second process while this one traces prefill (CPU-bound Python); a step
+            # graph whose large weights are predicted traces there while this process streams them
             if len(cached.missing) > 1 and _cores() >= 2:
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
-            graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached)
+            elif predicted and cached.missing == [STEP] and _cores() >= 2:
+                background = BackgroundTrace(ckpt.path, model_dtype, STEP, target, workdir=tmp, quantize=scheme)
+            try:
+                graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached, predicted)
+            except _Mispredicted as e:  # never an artifact with bytes nothing reads: everything streamed again
+                log.warning("%s; streaming every weight again after the trace", e)
+                for name in [WEIGHTS_FILE] + [f"{g}.onnx" for g in traced]:
+                    (tmp / name).unlink(missing_ok=True)
+                cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
+                graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, None, ahead, cached, [])
             bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
             bars.step("checking graphs")
             for graph in traced:
@@ -147,14 +160,37 @@ class _CachedGraphs:
             self.cache.store(self.keys[graph], ir_model, specs)
 
 
-def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead, cached):
+class _Mispredicted(RuntimeError):
+    """A weight streamed before the trace (`predicted_specs`) that the traced graph does not read."""
+
+
+def _predicted(model, traced: tuple[str, ...], target: str, scheme) -> list:
+    """The weights streamed before the graph is traced: the onnxruntime float32 step graph's (not
+    quantized) Linear and Embedding weights (`weight_spec.predicted_specs`); none for other exports."""
+    from nemotron_deploy.exporter.weight_spec import predicted_specs
+
+    if traced != (STEP,) or target != "onnxruntime" or scheme is not None:
+        return []
+    return predicted_specs(model, "float32", min_bytes=_INLINE_MAX)
+
+
+def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead, cached, predicted):
     """Each graph taken from the trace cache, or traced (here, or in the second process) and kept there,
     its weights streamed into weights.data (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx;
-    returns ({graph kind: record}, the weights file). `ahead` (ReadAhead) stops when the first weight is streamed."""
+    returns ({graph kind: record}, the weights file). `ahead` (ReadAhead) stops when the first weight is streamed.
+    predicted: specs streamed first, while `background` traces (their order in weights.data is the same
+    whether it does or not); raises _Mispredicted if a graph does not read one of them."""
     from nemotron_deploy.exporter.weight_stream import WeightsFile
 
-    weights, graphs = WeightsFile(tmp / WEIGHTS_FILE, ckpt), {}
+    weights, graphs, read = WeightsFile(tmp / WEIGHTS_FILE, ckpt), {}, set()
     try:
+        if predicted:
+            ahead.stop()  # the stream reads from here on
+            sizes = {spec: model.get_parameter(spec.param).numel() * 4 for spec in predicted}  # float32
+            bars.writing(traced[0], total=sum(sizes.values()))
+            for spec in predicted:
+                weights.add(spec)
+                bars.wrote(spec.param, sizes[spec])
         for graph in traced:
             if graph in cached.found:
                 bars.step(f"{graph}: from the trace cache")
@@ -177,6 +213,7 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
             if graph in cached.missing:
                 cached.keep(graph, ir_model, specs)  # before its weights are bound: the entry holds none
             ahead.stop()  # the stream reads from here on, and needs every core
+            read.update(specs.values())
             proto = _bind_weights(ir_model, specs, graph, target, weights, bars)
             _save_onnx(proto, tmp / f"{graph}.onnx")
             record = _graph_record(model, graph, _plugin_records(proto) if target == "tensorrt" else None, target)
@@ -184,6 +221,9 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
             del proto, ir_model
     finally:
         weights.close()  # also after a failure: no thread left writing into the staging folder
+    unread = [spec.param for spec in predicted if spec not in read]
+    if unread:
+        raise _Mispredicted(f"the traced graph does not read {len(unread)} weight(s) as predicted ({', '.join(unread[:3])})")
     return graphs, weights
 
 

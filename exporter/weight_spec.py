@@ -60,3 +60,27 @@ def placeholder_value(name: str, dtype: ir.DataType, shape: ir.Shape) -> ir.Valu
 
     tensor = ir.LazyTensor(unbound, dtype=dtype, shape=shape, name=name)
     return ir.Value(name=name, shape=shape, type=ir.TensorType(dtype), const_value=tensor)
+
+
+def predicted_specs(model, dtype: str, min_bytes: int = 0) -> list[WeightSpec]:
+    """The specs the onnxruntime float32 step graph gives its largest weights, known before it is
+    traced, so that they can be streamed while it is (exporter/onnx_export.py): every `nn.Linear`
+    weight read as MatMul's (in, out), i.e. transposed, and every `nn.Embedding` as stored. In model
+    parameter order (a tied weight once), those over `min_bytes` (smaller ones stay inside the .onnx).
+    The graph passes (`fold_weight_layouts`) are what decide: an export checks that the graph uses each
+    of these, and streams everything again if it does not."""
+    from torch import nn
+
+    from nemotron_deploy.exporter.modeling.mlp import MoE
+
+    # an MoE's latent projections see the tokens flattened to (N, E): a 2-D Linear, exported as Gemm
+    # reading the weight as stored
+    flat = {f"{name}.{child}" for name, module in model.named_modules() if isinstance(module, MoE) for child, _ in module.named_children()}
+    predicted = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name not in flat:
+            predicted.append(WeightSpec(f"{name}.weight", dtype, (("transpose", (1, 0)),)))
+        elif isinstance(module, nn.Embedding):
+            predicted.append(WeightSpec(f"{name}.weight", dtype))
+    params = dict(model.named_parameters())  # a tied weight has one name
+    return [s for s in predicted if s.param in params and params[s.param].numel() * params[s.param].element_size() > min_bytes]
