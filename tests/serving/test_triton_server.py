@@ -150,6 +150,25 @@ def _in_parallel(fn, args_list):
     return results
 
 
+def test_ready_waits_for_the_grpc_and_metrics_ports(tmp_path):
+    """Ready means every endpoint answers: HTTP's health alone came before the metrics port listened."""
+    import socket
+
+    server = TritonServer(tmp_path)
+    listeners = []
+    try:
+        for port in (server.endpoints.grpc, server.endpoints.metrics):
+            assert not server._other_endpoints_listen()
+            sock = socket.socket()
+            sock.bind((server.endpoints.host, port))
+            sock.listen()
+            listeners.append(sock)
+        assert server._other_endpoints_listen()
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
 def _metrics(server) -> dict[str, float]:
     """Our counters from Triton's /metrics, summed over instances."""
     with urllib.request.urlopen(server.endpoints.metrics_url, timeout=10) as response:

@@ -236,12 +236,23 @@ class TritonServer:
                 )
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
+                    if response.status == 200 and self._other_endpoints_listen():
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
         raise NemotronDeployError(f"tritonserver was not ready after {READY_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def _other_endpoints_listen(self) -> bool:
+        """Whether the gRPC and metrics ports accept connections. Triton opens them one after another
+        once its models are loaded, the metrics port after HTTP's: ready on HTTP alone left a moment in
+        which a client's first /metrics request was refused."""
+        for port in (self.endpoints.grpc, self.endpoints.metrics):
+            try:
+                socket.create_connection((self.endpoints.host, port), timeout=1).close()
+            except OSError:
+                return False
+        return True
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log (empty when it goes to stderr)."""
