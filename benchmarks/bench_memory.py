@@ -1,7 +1,7 @@
 """Memory of open + prefill + decode on onnxruntime's CPU provider, before/after in one run, and at real scale.
 
     python benchmarks/bench_memory.py [--baseline-rev REV] [--cases bench,real-scale,serve] [--workdir DIR]
-        [--out benchmarks/results/memory_cpu.md] [--json FILE]
+        [--real-scale-baseline REV] [--out benchmarks/results/memory_cpu.md] [--json FILE]
 
 bench: the benchmark checkpoint of bench_vs_transformers.py, exported by a baseline revision and by
 this tree at float32, int8 and int4; each artifact opened in a fresh process (benchmarks/memory_child.py,
@@ -10,8 +10,9 @@ then a second process opening the artifact while a first holds it (what `serve -
 Quantized artifacts of this tree build their pre-packed cache on a first open, which is timed apart.
 real-scale: Nemotron-H-4B (full depth and widths) int8 and int4, and the 6-layer case of
 Nemotron-3-Nano-30B-A3B widths int4, random bfloat16 checkpoints, each exported, opened twice (the first
-open builds the cache) and generating (this tree only). One model at a time: each checkpoint and
-artifact is deleted after its row. Needs ~20 GB of disk in --workdir.
+open builds the cache) and opened twice more, generating (this tree; with --real-scale-baseline REV
+that revision too, its later opens alternating with this tree's). One model at a time: each checkpoint
+and artifact is deleted after its rows. Needs ~20 GB of disk in --workdir (~35 GB with a baseline).
 serve: `serve --instances 2`'s repository in a real tritonserver at float32 and int4 (this tree), each
 process's PSS, RSS and anonymous memory after two concurrent streams.
 """
@@ -94,26 +95,51 @@ def bench_case(work: Path, rev: str) -> dict:
     return {"checkpoint": BENCH, "rows": rows, "cache_builds": builds, "second_process": second}
 
 
-def real_scale_case(work: Path) -> dict:
+def real_scale_case(work: Path, baseline_rev: str | None = None, rounds: int = 2) -> dict:
+    """Each model and precision exported, its cache built by a first open, then `rounds` later opens
+    (prompt 128, 16 new tokens). With `baseline_rev`, that revision exports and opens each too (its own
+    runtime), its later opens alternating with this tree's, and each row names its revision."""
     cases = (
         ("Nemotron-H-4B", H4B, ("int8", "int4")),
         ("Nano-30B widths, 6 layers", dict(NANO30B, hybrid_override_pattern="MEM*ME"), ("int4",)),
+    )
+    envs = (
+        {"this tree": None} if baseline_rev is None else {f"before ({baseline_rev})": baseline_env(work, baseline_rev), "this tree": None}
     )
     out = []
     for name, config, precisions in cases:
         ckpt = write_random_checkpoint(work / "ckpt-real", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
         for precision in precisions:
-            artifact = work / "real-artifact"
-            cli("export", ckpt, "-o", artifact, *PRECISIONS[precision])
-            row = {"model": name, "precision": precision, **_sizes(artifact)}
-            if PRECISIONS[precision]:
-                row["cache_build"], _ = child(artifact, 8, 2)
-                row["cache_bytes"] = _cache_bytes(artifact)
-            measured, _ = child(artifact, 128, 16)
-            out.append({**row, **measured})
-            shutil.rmtree(artifact)
+            rows = {}
+            for i, (label, env) in enumerate(envs.items()):
+                artifact = work / f"real-artifact-{i}"
+                cli("export", ckpt, "-o", artifact, *PRECISIONS[precision], env=env)
+                rows[label] = {"model": name, "precision": precision, "revision": label, **_sizes(artifact), "artifact": artifact}
+                if PRECISIONS[precision]:
+                    rows[label]["cache_build"], _ = child(artifact, 8, 2, env=env)
+                    rows[label]["cache_bytes"] = _cache_bytes(artifact)
+            for _ in range(rounds):
+                for label, env in envs.items():
+                    measured, _ = child(rows[label]["artifact"], 128, 16, env=env)
+                    rows[label].setdefault("later_opens", []).append(measured)
+            for row in rows.values():
+                shutil.rmtree(row.pop("artifact"))
+                later = row["later_opens"]
+                failed = [m for m in later if "failed" in m]
+                row.update(failed[0] if failed else _combined(later))
+                out.append(row)
         shutil.rmtree(ckpt)
-    return {"rows": out}
+    return {"rows": out, "rounds": rounds}
+
+
+def _combined(opens: list[dict]) -> dict:
+    """One row of several later opens: the largest of each memory peak and open time, the mean decode."""
+    row = {k: max(m[k] for m in opens) for k in opens[0] if k.endswith("_mb") or k == "open_s"}
+    row["decode_tokens_per_s"] = sum(m["decode_tokens_per_s"] for m in opens) / len(opens)
+    row["decode_rounds"] = [round(m["decode_tokens_per_s"], 2) for m in opens]
+    row["tokens"] = opens[0].get("tokens")
+    row["same_tokens_every_open"] = all(m.get("tokens") == row["tokens"] for m in opens)
+    return row
 
 
 def serve_case(work: Path) -> dict:
@@ -255,26 +281,29 @@ def render(results: dict, rev: str) -> str:
         lines += [
             f"## Real scale ({real.get('revision', 'this tree')}; random bfloat16 checkpoints)",
             "",
-            "| model | precision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | "
-            "first open: builder peak anon MiB | x weights | bound | later open s | decode tok/s | peak PSS GiB | x weights | "
-            "peak RSS GiB | x weights | peak anon MiB | x weights |",
-            "| --- " * 18 + "|",
+            "| model | precision | revision | parameters | weights.data GiB | bytes/param | cache GiB | first open (builds the cache) s | "
+            "first open: builder peak anon MiB | x weights | bound | later open s | decode tok/s (mean; rounds) | peak PSS GiB | x weights | "
+            "bound | peak RSS GiB | x weights | peak anon MiB | x weights | bound | same tokens |",
+            "| --- " * 22 + "|",
         ]
         for r in real["rows"]:
             w = r["weights_bytes"] / 2**20
+            head = f"| {r['model']} | {r['precision']} | {r.get('revision', 'this tree')} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} |"
             if "failed" in r:
-                lines.append(
-                    f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | | | | | | {r['failed']} |"
-                    + " |" * 7
-                )
+                lines.append(head + f" | | | | | | {r['failed']} |" + " |" * 10)
                 continue
             build = r.get("cache_build", {}).get("open_s")
             cache = r.get("cache_bytes")
+            rounds = "; ".join(f"{d:.2f}" for d in r.get("decode_rounds", []))
+            first = next((o for o in real["rows"] if o["model"] == r["model"] and o["precision"] == r["precision"] and "tokens" in o), r)
+            same = "" if first is r else ("yes" if first.get("tokens") == r.get("tokens") else "no")
             lines.append(
-                f"| {r['model']} | {r['precision']} | {r['num_parameters'] / 1e9:.2f} B | {w / 1024:.1f} | {r['bytes_per_parameter']:.2f} | "
-                f"{'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {_builder_anon(r, w)} | {r['open_s']:.1f} | "
-                f"{r['decode_tokens_per_s']:.2f} | {r['peak_pss_mb'] / 1024:.2f} | {r['peak_pss_mb'] / w:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
-                f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} |"
+                head
+                + f" {'' if cache is None else f'{cache / 2**30:.1f}'} | {'' if build is None else f'{build:.0f}'} | {_builder_anon(r, w)} | "
+                f"{r['open_s']:.1f} | {r['decode_tokens_per_s']:.2f}{f' ({rounds})' if rounds else ''} | {r['peak_pss_mb'] / 1024:.2f} | "
+                f"{r['peak_pss_mb'] / w:.2f} | {'ok' if r['peak_pss_mb'] <= 1.15 * w + 128 else 'over'} | {r['peak_rss_mb'] / 1024:.2f} | "
+                f"{r['peak_rss_mb'] / w:.2f} | {r['peak_anon_mb']:.0f} | {r['peak_anon_mb'] / w:.3f} | "
+                f"{'ok' if r['peak_anon_mb'] <= 0.1 * w + 128 else 'over'} | {same} |"
             )
         done = [r for r in real["rows"] if "failed" not in r]
         lines += [
@@ -282,7 +311,7 @@ def render(results: dict, rev: str) -> str:
             "Where the anonymous peak is: during the open (onnxruntime packs each weight again to check it against the "
             "cache's blob, then frees it): "
             + ", ".join(
-                f"{r['model']} {r['precision']} {r['open_peak_anon_mb']:.0f} MiB during the open, {r['open_anon_mb']:.0f} MiB after it"
+                f"{r['model']} {r['precision']} ({r.get('revision', 'this tree')}) {r['open_peak_anon_mb']:.0f} MiB during the open, {r['open_anon_mb']:.0f} MiB after it"
                 for r in done
             )
             + ". First open (builds the cache in a child process): builder peak RSS "
@@ -351,6 +380,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline-rev", default="5d83f1e")
     ap.add_argument("--cases", default="bench,real-scale")
+    ap.add_argument("--real-scale-baseline", default=None, help="real-scale: also export and open each case with this revision")
     ap.add_argument("--workdir", default=None, help="where checkpoints and artifacts go (default: a temporary directory)")
     ap.add_argument("--out", default="benchmarks/results/memory_cpu.md")
     ap.add_argument("--json", default=None, help="also write the raw figures here (after each case)")
@@ -366,7 +396,7 @@ def main() -> None:
                 work.mkdir()
                 results[case] = {
                     "bench": lambda: bench_case(work, args.baseline_rev),
-                    "real-scale": lambda: real_scale_case(work),
+                    "real-scale": lambda: real_scale_case(work, args.real_scale_baseline),
                     "serve": lambda: serve_case(work),
                 }[case]()
                 results[case]["revision"] = f"revision {revision}, {datetime.date.today().isoformat()}"

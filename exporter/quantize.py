@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 BITS = {"int8": 8, "int4": 4}
 ACCURACY_LEVEL = 4  # int8 activations inside the kernel; level 0 (exact) is far slower on CPUs
+MiB = 2**20
+# onnxruntime's packed copy of one weight over its stored bytes, on the high side (measured at real
+# scale: Nemotron-H-4B's int8 lm_head 1.41x; an int4 QMoE fc1 1.17x)
+PACKED_OVER_STORED = 1.5
 
 
 @dataclass(frozen=True)
@@ -141,12 +145,42 @@ def decode_weight_bytes(model, scheme: QuantScheme | None) -> int:
     return int(total)
 
 
-def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str]) -> None:
+def stored_bytes(model, scheme: QuantScheme) -> int:
+    """weights.data's size, near enough: every parameter of `model` (the meta step model) once, at
+    `scheme` where `--quantize` stores it as integers (the embedding at `embedding_scheme`), else float32."""
+    quantized = quantized_parameters(model)
+    total = 0.0
+    for name, param in model.named_parameters():
+        if name not in quantized:
+            total += param.numel() * 4
+        else:
+            total += param.numel() * (embedding_scheme(scheme) if name == "embeddings.weight" else scheme).bytes_per_weight()
+    return int(total)
+
+
+def part_limit(weights_bytes: int) -> int:
+    """The most stored bytes one packed weight tensor may hold, for an artifact of `weights_bytes`.
+
+    An open that maps the pre-packed cache still packs each weight once more, to check it against the
+    cache's blob, and frees that copy before the next (runtime/onnx_prepacked.py): the largest packed
+    tensor is the open's peak of anonymous memory, whose bound is 0.1x weights.data + 128 MiB. With 64
+    MiB of that left to the process, a larger weight is split (`quantize_graph`) into parts whose packed
+    copies fit the rest: Nemotron-H-4B's lm_head in two (int8 and int4), each MoE layer's experts of the
+    Nemotron-3-Nano-30B-A3B widths' 6-layer case in four (int4); of the full Nemotron-3-Nano-30B-A3B
+    (18.6 GiB of int4) nothing."""
+    return int((0.1 * weights_bytes + 64 * MiB) / PACKED_OVER_STORED)
+
+
+def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str], max_part_bytes: int | None = None) -> None:
     """Rewrite an onnx_ir graph (after `fold_weight_layouts`): each MatMul / Gemm whose weight is a Linear
     weight in `quantizable` becomes MatMulNBits, each com.microsoft.MoE node a QMoE, the embedding's Gather a
     GatherBlockQuantized; `specs` updated in
     place (the float weights they replace are dropped when nothing else uses them). Raises RuntimeError
-    if a weight in `quantizable` is left in float (a traced form this pass does not know)."""
+    if a weight in `quantizable` is left in float (a traced form this pass does not know).
+
+    max_part_bytes: a product whose quantized weight would be larger becomes several, each on a part of
+    the output rows (MatMulNBits: their outputs concatenated) or of the experts' hidden units (QMoE:
+    their outputs added), none larger (`part_limit`); None: no split."""
     graph = model.graph
     for node in list(graph):
         if node.domain != "" and node.op_type != "MoE":
@@ -155,28 +189,59 @@ def quantize_graph(model, specs: dict, scheme: QuantScheme, quantizable: set[str
             table, rows = node.inputs[0], embedding_scheme(scheme)
             q, s = _quantized_inputs(graph, specs, specs[table.name], tuple(table.shape.numpy()), rows, flat=True)
             attrs = dict(gather_axis=0, quantize_axis=1, block_size=rows.block_size, bits=rows.bits)
-            _replace(graph, node, "GatherBlockQuantized", [q, node.inputs[1], s], attrs, specs)
+            _replace(graph, node, [("GatherBlockQuantized", [q, node.inputs[1], s], attrs)], "", specs)
         elif node.op_type in ("MatMul", "Gemm"):
             weight, bias = _linear_weight(node, specs, quantizable)
             if weight is None:
                 continue
             n, k = _logical_shape(node, weight)
-            q, s = _quantized_inputs(graph, specs, specs[weight.name], (n, k), scheme, flat=False)
-            attrs = dict(K=k, N=n, bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
-            inputs = [node.inputs[0], q, s] + ([None, None, bias] if bias is not None else [])
-            _replace(graph, node, "MatMulNBits", inputs, attrs, specs)
+            # a Gemm's bias (an MoE's small latent projections) is never split
+            limit = max_part_bytes if bias is None else None
+            spec, parts = specs[weight.name], _parts(n, n * k * scheme.bytes_per_weight(), 1, limit)
+            products = []
+            for start, stop in parts:
+                part = spec if len(parts) == 1 else _base(spec).with_layout("slice", (0, start, stop))
+                q, s = _quantized_inputs(graph, specs, part, (stop - start, k), scheme, flat=False)
+                attrs = dict(K=k, N=stop - start, bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
+                products.append(("MatMulNBits", [node.inputs[0], q, s] + ([None, None, bias] if bias is not None else []), attrs))
+            _replace(graph, node, products, "Concat", specs)
         elif node.op_type == "MoE" and node.domain == "com.microsoft":
             hidden, probs, fc1, _, fc2 = node.inputs
-            q1, s1 = _stored_once(graph, node, specs, specs[fc1.name], tuple(fc1.shape.numpy()), scheme)
-            q2, s2 = _quantized_inputs(graph, specs, specs[fc2.name], tuple(fc2.shape.numpy()), scheme, flat=True)
+            experts, hidden_size, units = tuple(fc2.shape.numpy())
+            fc1_spec, fc2_spec = specs[fc1.name], specs[fc2.name]
+            # the largest tensor is fc1 as the kernel reads it: `up` with every row repeated
+            largest = experts * tuple(fc1.shape.numpy())[1] * hidden_size * scheme.bytes_per_weight()
+            parts = _parts(units, largest, scheme.block_size, max_part_bytes)
             attrs = {name: attr.value for name, attr in node.attributes.items()}
             attrs.update(expert_weight_bits=scheme.bits, block_size=scheme.block_size, accuracy_level=ACCURACY_LEVEL)
-            _replace(graph, node, "QMoE", [hidden, probs, q1, s1, None, q2, s2], attrs, specs)
+            products = []
+            for start, stop in parts:
+                one = len(parts) == 1
+                q1, s1 = _stored_once(graph, node, specs, fc1_spec, tuple(fc1.shape.numpy()), scheme, None if one else (start, stop))
+                part2 = fc2_spec if one else fc2_spec.with_layout("slice", (2, start, stop))
+                q2, s2 = _quantized_inputs(graph, specs, part2, (experts, hidden_size, stop - start), scheme, flat=True)
+                products.append(("QMoE", [hidden, probs, q1, s1, None, q2, s2], attrs))
+            _replace(graph, node, products, "Sum", specs)
     left = sorted(
         {spec.param for spec in specs.values() if spec.param in quantizable and not any(layout[0] == "quantize" for layout in spec.layouts)}
     )
     if left:
         raise RuntimeError(f"--quantize: {', '.join(left)} stayed in float (traced in a form the quantization pass does not rewrite)")
+
+
+def _parts(length: int, nbytes: float, align: int, max_part_bytes: int | None) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `length` rows (units), each a multiple of `align` but the last, in as few
+    near-equal parts as keep each part's share of `nbytes` within `max_part_bytes`."""
+    count = 1 if max_part_bytes is None else -(-int(nbytes) // max_part_bytes)
+    count = max(1, min(count, length // align))
+    blocks = length // align
+    bounds = [align * (blocks * i // count) for i in range(count)] + [length]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _base(spec):
+    """`spec` without its transposes: rows in the checkpoint's (out, in) layout, as quantized."""
+    return type(spec)(spec.param, spec.dtype, tuple(layout for layout in spec.layouts if layout[0] != "transpose"))
 
 
 def embedding_scheme(scheme: QuantScheme) -> QuantScheme:
@@ -243,7 +308,7 @@ def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: 
         qspec = WeightSpec(
             spec.param, "uint8" if part == "weights" else "float32", (*base, ("quantize", (scheme.bits, scheme.block_size, part)))
         )
-        name = f"{spec.param}.{scheme.name}_{part}" + ("" if not base else "." + "_".join(layout[0] for layout in base))
+        name = f"{spec.param}.{scheme.name}_{part}" + ("" if not base else "." + "_".join(map(_layout_name, base)))
         if name not in graph.initializers:
             graph.register_initializer(placeholder_value(name, dtype, ir.Shape(dims)))
             specs[name] = qspec
@@ -251,8 +316,14 @@ def _quantized_inputs(graph, specs: dict, spec, shape: tuple[int, ...], scheme: 
     return values
 
 
-def _stored_once(graph, node, specs: dict, spec, shape: tuple[int, ...], scheme: QuantScheme):
-    """QMoE's fc1 inputs (packed integers, scales) with each stored row once.
+def _layout_name(layout) -> str:
+    kind, arg = layout
+    return f"slice{arg[0]}_{arg[1]}_{arg[2]}" if kind == "slice" else kind
+
+
+def _stored_once(graph, node, specs: dict, spec, shape: tuple[int, ...], scheme: QuantScheme, units: tuple[int, int] | None = None):
+    """QMoE's fc1 inputs (packed integers, scales) with each stored row once; `units`: only the rows of
+    hidden units start..stop-1 (a part of a split QMoE).
 
     The onnxruntime target's fc1 is `up` with every row repeated (the interleaved-SwiGLU form of relu2
     that onnxruntime's CPU MoE kernels run: exporter/plugin_nodes.py), which the float graph stores that
@@ -263,10 +334,14 @@ def _stored_once(graph, node, specs: dict, spec, shape: tuple[int, ...], scheme:
 
     repeats = [arg for kind, arg in spec.layouts if kind == "repeat_rows"]
     if not repeats or spec.layouts[-1][0] != "repeat_rows":
+        if units is not None:
+            raise RuntimeError(f"--quantize: {spec.param} is not `up` with repeated rows; its QMoE cannot be split")
         return _quantized_inputs(graph, specs, spec, shape, scheme, flat=True)
     r = repeats[-1]
     experts, rows, k = shape
     once = type(spec)(spec.param, spec.dtype, spec.layouts[:-1])
+    if units is not None:
+        once, rows = once.with_layout("slice", (1, *units)), (units[1] - units[0]) * r
     values = []
     for value in _quantized_inputs(graph, specs, once, (experts, rows // r, k), scheme, flat=True):
         width = value.shape.numpy()[-1]
@@ -291,19 +366,30 @@ def _constant(graph, tensor):
     return value
 
 
-def _replace(graph, node, op_type: str, inputs: list, attrs: dict, specs: dict) -> None:
-    """`node` -> a com.microsoft `op_type` node with the same name and output (name, shape, type)."""
+def _replace(graph, node, products, join: str, specs: dict) -> None:
+    """`node` -> com.microsoft nodes `products` [(op_type, inputs, attrs)], with the same output (name,
+    shape, type): one node's, else `join` of theirs ("Concat" on the last axis, or "Sum")."""
     import onnx_ir as ir
 
     old_inputs = [v for v in node.inputs if v is not None]
     old, name = node.outputs[0], node.outputs[0].name
-    new = ir.node(op_type, inputs, attributes=attrs, domain="com.microsoft", name=node.name, num_outputs=1)
-    new.metadata_props.update(node.metadata_props)  # the module scope, for name_by_module
-    out = new.outputs[0]
+    made = []
+    for i, (op_type, inputs, attrs) in enumerate(products):
+        part = ir.node(
+            op_type, inputs, attributes=attrs, domain="com.microsoft", name=node.name + (f"/part{i}" if len(products) > 1 else "")
+        )
+        part.outputs[0].type = old.type
+        made.append(part)
+    if len(made) > 1:
+        attrs = {"axis": -1} if join == "Concat" else {}
+        made.append(ir.node(join, [m.outputs[0] for m in made], attributes=attrs, name=f"{node.name}/{join.lower()}"))
+    for m in made:
+        m.metadata_props.update(node.metadata_props)  # the module scope, for name_by_module
+    out = made[-1].outputs[0]
     out.shape, out.type = old.shape, old.type
     # replace_graph_outputs: the lm_head product is `logits` itself in a float32 graph
     ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
-    graph.insert_after(node, new)
+    graph.insert_after(node, made)
     graph.remove(node, safe=True)
     old.name, out.name = None, name
     _drop_unused_weights(graph, specs, old_inputs)

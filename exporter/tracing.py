@@ -146,7 +146,8 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize
     specs = graph_passes.weight_specs(ir_model, params)
     graph_passes.fold_weight_layouts(ir_model, specs)
     if quantize is not None:
-        quantization.quantize_graph(ir_model, specs, quantize, set(quantization.quantized_parameters(model)))
+        limit = quantization.part_limit(quantization.stored_bytes(model, quantize))
+        quantization.quantize_graph(ir_model, specs, quantize, set(quantization.quantized_parameters(model)), limit)
     graph_passes.fold_small_constants(ir_model, set(specs))
     graph_passes.name_by_module(ir_model)
     kernel_layout = io_spec.ssm_kernel_layout(target, graph)

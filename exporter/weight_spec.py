@@ -4,6 +4,9 @@ parameter, which dtype, which layout changes) and a placeholder initializer boun
 Layouts (applied in order, each on a block of rows by exporter/weight_stream.py):
     ("transpose", perm)   a permutation of the axes (torch.permute semantics)
     ("repeat_rows", r)    every row of axis 1 repeated r times, interleaved (torch.repeat_interleave)
+    ("slice", (axis, start, stop))
+                          indices start..stop-1 of `axis` (one part of a weight split across nodes:
+                          exporter/quantize.py); on axis 0 only as the first layout of an unstacked weight
     ("quantize", (bits, block, part))
                           block-wise integers along the last axis (exporter/quantize.py); `part` is
                           "weights" (packed uint8) or "scales" (float32): one stored tensor each
@@ -44,6 +47,9 @@ def layout_shape(shape: tuple[int, ...], layouts: tuple[tuple, ...]) -> tuple[in
             shape = tuple(shape[i] for i in arg)
         elif kind == "repeat_rows":
             shape = (shape[0], shape[1] * arg, *shape[2:])
+        elif kind == "slice":
+            axis, start, stop = arg
+            shape = (*shape[:axis], stop - start, *shape[axis + 1 :])
         elif kind == "quantize":
             bits, block, part = arg
             shape = (*shape[:-1], shape[-1] // block, *((block * bits // 8,) if part == "weights" else ()))

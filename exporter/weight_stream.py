@@ -51,6 +51,9 @@ class WeightSource:
                 yield _converted(_apply(self.files.tensor(info)[None], layouts), dtype)
             return
         full = self.files.tensor(self.infos[0])
+        if layouts and layouts[0][0] == "slice" and layouts[0][1][0] == 0:
+            _, start, stop = layouts[0][1]  # a block of rows: only those are read
+            full, layouts = full[start:stop], layouts[1:]
         if not layouts and full.dim() == 0:
             yield full.to(dtype)
             return
@@ -88,6 +91,11 @@ def _apply(block, layouts: tuple[tuple, ...]):
             block = block.permute(arg)
         elif kind == "repeat_rows":
             block = block.repeat_interleave(arg, dim=1)
+        elif kind == "slice":
+            axis, start, stop = arg
+            if axis == 0:
+                raise ValueError(f"layout slice{arg} cuts the axis the blocks are made along")
+            block = block.narrow(axis, start, stop - start)
         elif kind == "quantize":
             from nemotron_deploy.exporter.quantize import quantize_rows
 

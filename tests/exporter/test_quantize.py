@@ -21,6 +21,7 @@ import torch
 from hf_oracle import hf_model, save_checkpoint
 from onnx import TensorProto, helper, numpy_helper
 
+from nemotron_deploy.exporter import quantize
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.quantize import QuantScheme, dequantize_rows, embedding_scheme, quantize_rows
 from nemotron_deploy.runtime.accuracy import compare
@@ -240,3 +241,24 @@ def test_bad_quantize_requests(artifacts, tmp_path):
         assert not (tmp_path / f"out{i}").exists()
     with pytest.raises(NemotronDeployError, match=r"layers\.0\.mixer\.in_proj\.weight .*48 input features"):
         export_artifact(ckpt, tmp_path / "named", quantize="int4", block_size=32, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZABLE))
+def test_a_weight_split_into_parts_computes_the_same(quantized, name, tmp_path, monkeypatch):
+    """A product whose packed weight would be over `part_limit` runs as several nodes on parts of it
+    (MatMulNBits: output rows, concatenated; QMoE: the experts' hidden
+    units, added), so that opening holds one part's packed copy at a time (tests/runtime/test_memory.py).
+    Forced here: the same greedy tokens as the whole weights, logits equal up to the order of a sum."""
+    whole = quantized(name, "int4")["artifact"]
+    monkeypatch.setattr(quantize, "part_limit", lambda weights_bytes: 1024)
+    split = export_artifact(whole.parent / "ckpt", tmp_path / "split", quantize="int4", block_size=BLOCK, progress=False, trace_cache=False)
+    ops = {}
+    for artifact in (whole, split):
+        proto = onnx.load(str(read_manifest(artifact).graph_path("decode")), load_external_data=False)
+        ops[artifact] = collections.Counter(n.op_type for n in proto.graph.node)
+    moe_layers = read_manifest(split).model.layer_types.count("moe")
+    assert ops[split]["QMoE"] == 2 * ops[whole]["QMoE"] == 2 * moe_layers  # 32 hidden units: two blocks of 16
+    assert ops[split]["Sum"] == ops[whole]["Sum"] + moe_layers
+    assert ops[split]["MatMulNBits"] > 3 * ops[whole]["MatMulNBits"]
+    agreement = compare(open_backend(read_manifest(whole)), open_backend(read_manifest(split)), PROMPT, 32)
+    assert agreement.top1 == 1.0 and agreement.relative_error < 1e-5, agreement

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import relative_error
 
+from nemotron_deploy.exporter import quantize
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 from nemotron_deploy.runtime import onnx_prepacked
@@ -108,6 +109,44 @@ def test_quantized_weights_are_mapped_from_the_prepacked_cache(int4_artifact, mo
     assert mapped["open_anon_mb"] <= in_memory["open_anon_mb"] - 0.8 * packed, "the packed weights are still copied into the process"
     # no child process either (ctypes.util.find_library forked `ldconfig -p` from the mapped process)
     assert mapped["builder_peak_rss_mb"] == 0, "an open with its cache present started a process"
+
+
+# One weight over an open's anonymous bound: a 131072 x 1024 lm_head, 144 MiB of a 299 MiB int8 artifact
+LARGE_HEAD = dict(
+    TINY_CONFIG,
+    vocab_size=131072,
+    hidden_size=1024,
+    hybrid_override_pattern="M-*-",
+    intermediate_size=1024,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=128,
+    mamba_num_heads=16,
+    mamba_head_dim=64,
+    ssm_state_size=32,
+    chunk_size=64,
+)
+
+
+def test_a_weight_over_the_bound_is_packed_a_part_at_a_time(tmp_path, monkeypatch):
+    """An open that maps the cache still packs each weight once more to check it against the cache's
+    blob, one weight at a time: the largest packed weight is its anonymous peak. An lm_head whose
+    packed copy alone is over 0.1x weights.data + 128 MiB is exported in parts (exporter/quantize.py,
+    `part_limit`) and the open stays within the bound; the same lm_head whole does not."""
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", config=LARGE_HEAD, dtype="bfloat16")
+    split = export_artifact(ckpt, tmp_path / "split", quantize="int8", progress=False, trace_cache=False)
+    monkeypatch.setattr(quantize, "part_limit", lambda weights_bytes: 2**40)
+    whole = export_artifact(ckpt, tmp_path / "whole", quantize="int8", progress=False, trace_cache=False)
+    got = {}
+    for artifact in (split, whole):
+        cache = {onnx_prepacked.CACHE_ENV: str(tmp_path / f"cache-{artifact.name}")}
+        measure(artifact, **cache)  # builds the cache
+        got[artifact.name] = measure(artifact, **cache)
+    weights = (split / "weights.data").stat().st_size / MiB
+    assert weights == pytest.approx((whole / "weights.data").stat().st_size / MiB, rel=1e-3)
+    assert got["whole"]["peak_anon_mb"] > 0.1 * weights + 128, "the test's lm_head no longer breaks the bound whole"
+    assert got["split"]["peak_anon_mb"] <= 0.1 * weights + 128
+    assert got["split"]["tokens"] == got["whole"]["tokens"]
 
 
 PROMPT = [5, 17, 42, 9, 3, 11]
