@@ -113,18 +113,7 @@ def test_quantized_weights_are_mapped_from_the_prepacked_cache(int4_artifact, mo
 
 # One weight over an open's anonymous bound: a 131072 x 1024 lm_head, 144 MiB of a 299 MiB int8 artifact
 LARGE_HEAD = dict(
-    TINY_CONFIG,
-    vocab_size=131072,
-    hidden_size=1024,
-    hybrid_override_pattern="M-*-",
-    intermediate_size=1024,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=128,
-    mamba_num_heads=16,
-    mamba_head_dim=64,
-    ssm_state_size=32,
-    chunk_size=64,
+    DENSE, vocab_size=131072, hidden_size=1024, hybrid_override_pattern="M-*-", intermediate_size=1024, head_dim=128, mamba_head_dim=64
 )
 
 
