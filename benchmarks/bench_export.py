@@ -17,7 +17,9 @@ session creation in a fresh child process that samples its own memory, `export_p
 nano30b-6, h4b and demo export with --baseline-rev too, alternated (not with --no-baseline).
 
 Usage: python benchmarks/bench_export.py [--cases bench-537m,nano30b-6,h4b] [--baseline-rev REV]
-       [--workdir DIR] [--out benchmarks/results/export.md]
+       [--workdir DIR] [--out benchmarks/results/export.md] [--quantize int8|int4]
+
+--quantize: nano30b-6, h4b and demo export only onnxruntime at that precision (not opened here).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ def main() -> None:
     ap.add_argument("--no-open", action="store_true", help="skip opening the artifacts on onnxruntime (export seconds only)")
     ap.add_argument("--no-baseline", action="store_true", help="nano30b-6 and h4b: this tree only (bench-537m always compares)")
     ap.add_argument("--trace-cache", action="store_true", help="also this tree's re-export with the trace cache warm (a row per export)")
+    ap.add_argument(
+        "--quantize", choices=("int8", "int4"), default=None, help="nano30b-6, h4b, demo: only the onnxruntime export at this precision"
+    )
     args = ap.parse_args()
     if args.render:
         return _write_report(json.loads(Path(args.render).read_text()), args)
@@ -123,18 +128,19 @@ def main() -> None:
     rev = None if args.no_baseline else args.baseline_rev
     global TRACE_CACHE
     TRACE_CACHE = args.trace_cache
+    quantized = [("onnxruntime", "float32", args.quantize)] if args.quantize else None
     runs = {
         "bench-537m": lambda work: bench_537m(work, args.baseline_rev, not args.no_open),
         "nano30b-6": lambda work: run_case(
             work,
             "nano30b-6",
             dict(NANO30B, hybrid_override_pattern="MEM*ME"),
-            [("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")],
+            quantized or [("onnxruntime", "float32"), ("onnxruntime", "float16"), ("tensorrt", "float32"), ("tensorrt", "float16")],
             rev,
             not args.no_open,
         ),
-        "h4b": lambda work: run_case(work, "h4b", H4B, [("onnxruntime", "float32")], rev, not args.no_open),
-        "demo": lambda work: run_case(work, "demo", TINY_CONFIG, [("onnxruntime", "float32")], rev, not args.no_open),
+        "h4b": lambda work: run_case(work, "h4b", H4B, quantized or [("onnxruntime", "float32")], rev, not args.no_open),
+        "demo": lambda work: run_case(work, "demo", TINY_CONFIG, quantized or [("onnxruntime", "float32")], rev, not args.no_open),
     }
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-export-") as tmp:
         for case in cases:
@@ -243,11 +249,10 @@ def disk_bandwidth(ckpt: Path, work: Path, write_bytes: int = 2 * GiB, block: in
     }
 
 
-def run_case(
-    work: Path, name: str, config: dict, exports: list[tuple[str, str]], rev: str | None = None, open_sessions: bool = True
-) -> dict:
-    """Each export by `rev` (when given: the baseline, before this tree's, alternated) and by this tree;
-    the disk's bandwidth measured after them."""
+def run_case(work: Path, name: str, config: dict, exports: list[tuple], rev: str | None = None, open_sessions: bool = True) -> dict:
+    """Each export (target, dtype[, quantize]) by `rev` (when given: the baseline, before this tree's,
+    alternated) and by this tree; the disk's bandwidth measured after them. A quantized artifact is not
+    opened here (its first open builds the pre-packed cache: benchmarks/bench_memory.py measures opens)."""
     ckpt = write_random_checkpoint(work / f"ckpt-{name}", config=config, dtype="bfloat16", shard_bytes=4 * GiB)
     cfg = ModelConfig.from_hf(config)
     result = {
@@ -257,18 +262,19 @@ def run_case(
         "exports": {},
     }
     envs = {"this tree": None} if rev is None else {f"baseline {rev}": baseline_env(work, rev), "this tree": None}
-    for target, dtype in exports:
+    for target, dtype, *quantize in exports:
+        quantize = quantize[0] if quantize else None
         for label, env in envs.items():
             artifact = work / f"{name}-{target}-{dtype}"
-            measured = profile_export(ckpt, artifact, target=target, dtype=dtype, env=env)
+            measured = profile_export(ckpt, artifact, target=target, dtype=dtype, env=env, quantize=quantize)
             measured["per_layer_kind"] = per_layer_kind(measured["timings"], cfg.layer_types)
             if target == "onnxruntime":
                 measured["session"] = (
                     _open_on_onnxruntime(artifact, dtype, measured["weights_mb"] * 2**20)
-                    if open_sessions and env is None
-                    else {"skipped": "--no-open" if not open_sessions else "baseline"}
+                    if open_sessions and env is None and quantize is None
+                    else {"skipped": "--no-open" if not open_sessions else "baseline" if env is not None else "quantized (bench_memory.py)"}
                 )
-            result["exports"][f"{target} {dtype}" + ("" if rev is None else f", {label}")] = measured
+            result["exports"][f"{target} {quantize or dtype}" + ("" if rev is None else f", {label}")] = measured
             shutil.rmtree(artifact)
         if TRACE_CACHE:
             warm = _warm_export(ckpt, work, target=target, dtype=dtype)
