@@ -36,7 +36,7 @@ def causal_conv_step(
     bias = None if bias is None else bias.float()
     if fused:
         out, new_state = plugin_nodes.onnxruntime_causal_conv(xbc.transpose(1, 2).float(), weight.float(), bias, conv_state.float())
-        return out.transpose(1, 2).to(xbc.dtype), new_state.to(conv_state.dtype)
+        return F.silu(out.transpose(1, 2)).to(xbc.dtype), new_state.to(conv_state.dtype)
     window = torch.cat([conv_state, xbc.transpose(1, 2).to(conv_state.dtype)], dim=-1)  # (B, C, K-1+T)
     new_state = window[:, :, xbc.shape[1] :]
     out = F.conv1d(window.float(), weight.float().unsqueeze(1), bias, groups=weight.shape[0])

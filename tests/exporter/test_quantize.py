@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from nemotron_deploy.exporter import quantize
 from nemotron_deploy.exporter.onnx_export import export_artifact
 from nemotron_deploy.exporter.quantize import QuantScheme, dequantize_rows, embedding_scheme, quantize_rows
-from nemotron_deploy.runtime.accuracy import compare
+from nemotron_deploy.runtime.accuracy import compare, run
 from nemotron_deploy.runtime.artifact.errors import NemotronDeployError
 from nemotron_deploy.runtime.artifact.manifest import read_manifest
 from nemotron_deploy.runtime.backends import open_backend
@@ -248,7 +248,13 @@ def test_a_weight_split_into_parts_computes_the_same(quantized, name, tmp_path, 
     """A product whose packed weight would be over `part_limit` runs as several nodes on parts of it
     (MatMulNBits: output rows, concatenated; QMoE: the experts' hidden
     units, added), so that opening holds one part's packed copy at a time (tests/runtime/test_memory.py).
-    Forced here: the same greedy tokens as the whole weights, logits equal up to the order of a sum."""
+    Forced here: the same greedy tokens as the whole weights, logits equal up to the order of a sum.
+
+    Up to: the kernels round their activations to int8 per block (accuracy_level 4), so a last-bit
+    difference now and then crosses a rounding step or a near-tied top-k choice; that position's
+    logits then differ by ~1e-2 relative, fading over the next steps as the Mamba states forget it
+    (seen once: 3 of 32 positions, at most 8.8e-3). A wrong part (a shifted slice, a missing one)
+    differs at every position."""
     whole = quantized(name, "int4")["artifact"]
     monkeypatch.setattr(quantize, "part_limit", lambda weights_bytes: 1024)
     split = export_artifact(whole.parent / "ckpt", tmp_path / "split", quantize="int4", block_size=BLOCK, progress=False, trace_cache=False)
@@ -260,5 +266,9 @@ def test_a_weight_split_into_parts_computes_the_same(quantized, name, tmp_path, 
     assert ops[split]["QMoE"] == 2 * ops[whole]["QMoE"] == 2 * moe_layers  # 32 hidden units: two blocks of 16
     assert ops[split]["Sum"] == ops[whole]["Sum"] + moe_layers
     assert ops[split]["MatMulNBits"] > 3 * ops[whole]["MatMulNBits"]
-    agreement = compare(open_backend(read_manifest(whole)), open_backend(read_manifest(split)), PROMPT, 32)
-    assert agreement.top1 == 1.0 and agreement.relative_error < 1e-5, agreement
+    reference, candidate = open_backend(read_manifest(whole)), open_backend(read_manifest(split))
+    tokens, expected = run(reference, PROMPT, 32)
+    _, got = run(candidate, PROMPT, 32, forced=tokens)
+    per_position = np.sqrt(((got - expected) ** 2).mean(-1) / (expected**2).mean(-1))
+    assert (got.argmax(-1) == expected.argmax(-1)).all(), per_position
+    assert np.median(per_position) < 1e-5 and per_position.max() < 3e-2, per_position

@@ -1,0 +1,222 @@
+"""What onnxruntime's CPU kernels cost, op by op, on the shapes our step graphs give them: the probes
+behind the formulations the exporter picks and behind what it cannot pick (issues 21 and 31).
+
+Each probe builds small ONNX graphs with random weights, times them side by side in this process
+(the best of 3 rounds of many runs, after a warm-up) and checks that the formulations compared
+compute the same thing.
+
+- `conv`: the Mamba conv (4096 channels, kernel 4) at 1 and 512 new tokens: CausalConvWithState with
+  its own SiLU, without (SiLU as Sigmoid * Mul, which onnxruntime fuses into one QuickGelu), and as a
+  Concat + grouped Conv + SiLU + Slice.
+- `experts`: the routed experts at one token (6 of X experts), int4 block 32: the QMoE node (relu2 as
+  interleaved SwiGLU, `up` stored twice), one MatMulNBits over the 6 experts' `up` rows with constant
+  weights (what a kernel reading `up` once would read for fc1), and the same MatMulNBits with the
+  rows gathered at run time (a dynamic B: the only way to pick experts' rows with stock ops).
+- `nodes`: the cost of a node itself: 400 small elementwise / Reshape nodes on (1, 1024).
+
+Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,nodes] [--threads 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_vs_transformers import cpu_name
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, initializers) -> bytes:
+    graph = helper.make_graph(nodes, "probe", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def _io(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _time(model: bytes, feeds: dict, threads: int, runs: int) -> tuple[float, list]:
+    """Best mean milliseconds per run over 3 rounds of `runs`, and the outputs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, options)
+    for _ in range(max(3, runs // 10)):
+        session.run(None, feeds)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feeds)
+        best = min(best, (time.perf_counter() - start) / runs)
+    return best * 1e3, session.run(None, feeds)
+
+
+def probe_conv(threads: int, channels: int = 4096, kernel: int = 4) -> list[tuple]:
+    weight = RNG.standard_normal((channels, 1, kernel), dtype=np.float32)
+    inits = {"w": weight, "b": RNG.standard_normal(channels, dtype=np.float32)}
+    inputs = [_io("x", TensorProto.FLOAT, [1, channels, "T"]), _io("state", TensorProto.FLOAT, [1, channels, kernel - 1])]
+    outputs = [_io("y", TensorProto.FLOAT, None), _io("new_state", TensorProto.FLOAT, None)]
+    fused = lambda activation, out: helper.make_node(  # noqa: E731
+        "CausalConvWithState", ["x", "w", "b", "state"], [out, "new_state"], domain="com.microsoft", activation=activation
+    )
+    silu = [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    forms = {
+        "CausalConvWithState, activation silu": _model([fused("silu", "y")], inputs, outputs, inits),
+        "CausalConvWithState, activation none; SiLU as ops": _model([fused("none", "c"), *silu], inputs, outputs, inits),
+        "Concat + Conv (group = channels) + SiLU + Slice": _model(
+            [
+                helper.make_node("Concat", ["state", "x"], ["window"], axis=2),
+                helper.make_node("Conv", ["window", "w", "b"], ["c"], group=channels, kernel_shape=[kernel]),
+                *silu,
+                helper.make_node("Slice", ["window", "first", "end", "axis"], ["new_state"]),
+            ],
+            inputs,
+            outputs,
+            inits | {"first": np.array([1 - kernel]), "end": np.array([2**62]), "axis": np.array([2])},
+        ),
+    }
+    rows = []
+    for tokens in (1, 512):
+        feeds = {
+            "x": RNG.standard_normal((1, channels, tokens), dtype=np.float32),
+            "state": RNG.standard_normal((1, channels, kernel - 1), dtype=np.float32),
+        }
+        reference = None
+        for name, model in forms.items():
+            ms, out = _time(model, feeds, threads, 300 if tokens == 1 else 20)
+            reference = out if reference is None else reference
+            error = max(float(np.abs(a - b).max()) for a, b in zip(out, reference))
+            rows.append(("conv", f"{channels} channels, T={tokens}", name, ms, error))
+    return rows
+
+
+def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: int = 6, block: int = 32) -> list[tuple]:
+    rows = []
+    for experts, width, hidden in shapes:
+        up = RNG.integers(0, 256, (experts, width, hidden // block, block // 2), dtype=np.uint8)
+        up_scales = (RNG.random((experts, width, hidden // block), dtype=np.float32) * 0.01).astype(np.float32)
+        down = RNG.integers(0, 256, (experts, hidden, width // 2), dtype=np.uint8)
+        down_scales = (RNG.random((experts, hidden, width // block), dtype=np.float32) * 0.01).astype(np.float32)
+        chosen = RNG.choice(experts, k, replace=False).astype(np.int64)
+        x = RNG.standard_normal((1, hidden), dtype=np.float32)
+        probs = np.full((1, experts), -np.inf, np.float32)
+        probs[0, chosen] = 0.0
+        x_in, y_out = _io("x", TensorProto.FLOAT, [1, hidden]), _io("y", TensorProto.FLOAT, None)
+        matmul = dict(K=hidden, N=k * width, bits=4, block_size=block, accuracy_level=4)
+        qmoe = _model(
+            [
+                helper.make_node(
+                    "QMoE",
+                    ["x", "probs", "fc1", "fc1_scales", "", "fc2", "fc2_scales"],
+                    ["y"],
+                    domain="com.microsoft",
+                    k=k,
+                    activation_type="swiglu",
+                    swiglu_fusion=1,
+                    activation_alpha=1e4,
+                    activation_beta=0.0,
+                    normalize_routing_weights=0,
+                    expert_weight_bits=4,
+                    block_size=block,
+                    accuracy_level=4,
+                )
+            ],
+            [x_in, _io("probs", TensorProto.FLOAT, [1, experts])],
+            [y_out],
+            {
+                "fc1": np.repeat(up.reshape(experts, width, hidden // 2), 2, axis=1),
+                "fc1_scales": np.repeat(up_scales, 2, axis=1),
+                "fc2": down,
+                "fc2_scales": down_scales,
+            },
+        )
+        constant = _model(
+            [helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", **matmul)],
+            [x_in],
+            [y_out],
+            {"w": up[chosen].reshape(k * width, hidden // block, block // 2), "s": up_scales[chosen].reshape(-1)},
+        )
+        gathered = _model(
+            [
+                helper.make_node("Gather", ["up", "chosen"], ["w3"], axis=0),
+                helper.make_node("Reshape", ["w3", "w_shape"], ["w"]),
+                helper.make_node("Gather", ["up_scales", "chosen"], ["s3"], axis=0),
+                helper.make_node("Reshape", ["s3", "s_shape"], ["s"]),
+                helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", **matmul),
+            ],
+            [x_in, _io("chosen", TensorProto.INT64, [k])],
+            [y_out],
+            {"up": up, "up_scales": up_scales, "w_shape": np.array([k * width, hidden // block, block // 2]), "s_shape": np.array([-1])},
+        )
+        label = f"X={experts}, {k} chosen, width {width}, hidden {hidden}, int4"
+        ms, _ = _time(qmoe, {"x": x, "probs": probs}, threads, 200)
+        rows.append(("experts", label, "QMoE node: up (twice) and down", ms, None))
+        ms_constant, out_constant = _time(constant, {"x": x}, threads, 200)
+        rows.append(("experts", label, "MatMulNBits, the 6 experts' up once, constant", ms_constant, None))
+        ms, out = _time(gathered, {"x": x, "chosen": chosen}, threads, 5)
+        rows.append(
+            ("experts", label, "MatMulNBits, the same rows gathered at run time", ms, float(np.abs(out[0] - out_constant[0]).max()))
+        )
+    return rows
+
+
+def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
+    nodes, previous = [], "x"
+    for i in range(count):
+        op = ("Mul", "Add", "Reshape")[i % 3]
+        nodes.append(helper.make_node(op, [previous, "shape" if op == "Reshape" else "c"], [f"t{i}"]))
+        previous = f"t{i}"
+    model = _model(
+        nodes,
+        [_io("x", TensorProto.FLOAT, [1, 1024])],
+        [_io(previous, TensorProto.FLOAT, [1, 1024])],
+        {"shape": np.array([1, 1024]), "c": np.ones(1024, np.float32)},
+    )
+    ms, _ = _time(model, {"x": np.ones((1, 1024), np.float32)}, threads, 300)
+    return [("nodes", f"{count} nodes on (1, 1024)", "per node", ms * 1e3 / count, None)]
+
+
+PROBES = {"conv": probe_conv, "experts": probe_experts, "nodes": probe_nodes}
+
+
+def report(rows: list[tuple], threads: int) -> str:
+    lines = [
+        f"# onnxruntime CPU kernels on our shapes ({datetime.date.today()})",
+        "",
+        f"`python benchmarks/probe_onnxruntime_cpu.py --threads {threads}`: {cpu_name()}, {threads} threads, onnxruntime "
+        f"{ort.__version__}; one run, best of 3 rounds. Times in ms (the `nodes` row: microseconds per node); "
+        "max |diff|: against the first formulation of the same shape.",
+        "",
+        "| probe | shape | formulation | time | max abs diff |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for probe, shape, name, ms, error in rows:
+        lines.append(f"| {probe} | {shape} | {name} | {ms:.4g} | {'' if error is None else f'{error:.2g}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probes", default=",".join(PROBES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = [row for name in args.probes.split(",") for row in PROBES[name](args.threads)]
+    text = report(rows, args.threads)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
