@@ -8,10 +8,12 @@ compute the same thing.
 - `conv`: the Mamba conv (4096 channels, kernel 4) at 1 and 512 new tokens: CausalConvWithState with
   its own SiLU, without (SiLU as Sigmoid * Mul, which onnxruntime fuses into one QuickGelu), and as a
   Concat + grouped Conv + SiLU + Slice.
-- `experts`: the routed experts at one token (6 of X experts), int4 block 32: the QMoE node (relu2 as
-  interleaved SwiGLU, `up` stored twice), one MatMulNBits over the 6 experts' `up` rows with constant
-  weights (what a kernel reading `up` once would read for fc1), and the same MatMulNBits with the
-  rows gathered at run time (a dynamic B: the only way to pick experts' rows with stock ops).
+- `experts`: the routed experts at one token (6 of X experts), int4 block 32, weights read from memory
+  (each timed graph makes 8 calls on other experts): the QMoE node (relu2 as interleaved SwiGLU, `up`
+  stored twice), one MatMulNBits over the 6 experts' `up` rows with constant weights (what a kernel
+  reading `up` once would read for fc1), and the same MatMulNBits with the rows gathered at run time
+  (a dynamic B: the only way to pick experts' rows with stock ops). Bytes read and the rate show
+  whether a formulation is slow per byte or reads more bytes.
 - `nodes`: the cost of a node itself: 400 small elementwise / Reshape nodes on (1, 1024).
 
 Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,nodes] [--threads 2] [--out FILE]
@@ -100,51 +102,51 @@ def probe_conv(threads: int, channels: int = 4096, kernel: int = 4) -> list[tupl
     return rows
 
 
-def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: int = 6, block: int = 32) -> list[tuple]:
+def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: int = 6, block: int = 32, calls: int = 8) -> list[tuple]:
+    """Each graph makes `calls` independent calls on other experts' weights (other routings, other
+    matrices), so that the weights come from memory as in a decode step, not from the cache; times are
+    per call, with the bytes one call reads and the rate."""
     rows = []
     for experts, width, hidden in shapes:
         up = RNG.integers(0, 256, (experts, width, hidden // block, block // 2), dtype=np.uint8)
         up_scales = (RNG.random((experts, width, hidden // block), dtype=np.float32) * 0.01).astype(np.float32)
         down = RNG.integers(0, 256, (experts, hidden, width // 2), dtype=np.uint8)
         down_scales = (RNG.random((experts, hidden, width // block), dtype=np.float32) * 0.01).astype(np.float32)
-        chosen = RNG.choice(experts, k, replace=False).astype(np.int64)
+        chosen = [RNG.choice(experts, k, replace=False).astype(np.int64) for _ in range(calls)]
         x = RNG.standard_normal((1, hidden), dtype=np.float32)
-        probs = np.full((1, experts), -np.inf, np.float32)
-        probs[0, chosen] = 0.0
-        x_in, y_out = _io("x", TensorProto.FLOAT, [1, hidden]), _io("y", TensorProto.FLOAT, None)
+        x_in = _io("x", TensorProto.FLOAT, [1, hidden])
+        outs = [_io(f"y{i}", TensorProto.FLOAT, None) for i in range(calls)]
         matmul = dict(K=hidden, N=k * width, bits=4, block_size=block, accuracy_level=4)
+        qmoe_attrs = dict(
+            k=k, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1e4, activation_beta=0.0,
+            normalize_routing_weights=0, expert_weight_bits=4, block_size=block, accuracy_level=4,
+        )  # fmt: skip
+        probs = {}
+        for i, c in enumerate(chosen):
+            probs[f"p{i}"] = np.full((1, experts), -np.inf, np.float32)
+            probs[f"p{i}"][0, c] = 0.0
         qmoe = _model(
             [
                 helper.make_node(
-                    "QMoE",
-                    ["x", "probs", "fc1", "fc1_scales", "", "fc2", "fc2_scales"],
-                    ["y"],
-                    domain="com.microsoft",
-                    k=k,
-                    activation_type="swiglu",
-                    swiglu_fusion=1,
-                    activation_alpha=1e4,
-                    activation_beta=0.0,
-                    normalize_routing_weights=0,
-                    expert_weight_bits=4,
-                    block_size=block,
-                    accuracy_level=4,
+                    "QMoE", ["x", f"p{i}", "fc1", "fc1_s", "", "fc2", "fc2_s"], [f"y{i}"], domain="com.microsoft", **qmoe_attrs
                 )
+                for i in range(calls)
             ],
-            [x_in, _io("probs", TensorProto.FLOAT, [1, experts])],
-            [y_out],
+            [x_in, *(_io(f"p{i}", TensorProto.FLOAT, [1, experts]) for i in range(calls))],
+            outs,
             {
                 "fc1": np.repeat(up.reshape(experts, width, hidden // 2), 2, axis=1),
-                "fc1_scales": np.repeat(up_scales, 2, axis=1),
+                "fc1_s": np.repeat(up_scales, 2, axis=1),
                 "fc2": down,
-                "fc2_scales": down_scales,
+                "fc2_s": down_scales,
             },
         )
         constant = _model(
-            [helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", **matmul)],
+            [helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft", **matmul) for i in range(calls)],
             [x_in],
-            [y_out],
-            {"w": up[chosen].reshape(k * width, hidden // block, block // 2), "s": up_scales[chosen].reshape(-1)},
+            outs,
+            {f"w{i}": up[c].reshape(k * width, hidden // block, block // 2) for i, c in enumerate(chosen)}
+            | {f"s{i}": up_scales[c].reshape(-1) for i, c in enumerate(chosen)},
         )
         gathered = _model(
             [
@@ -152,21 +154,26 @@ def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: 
                 helper.make_node("Reshape", ["w3", "w_shape"], ["w"]),
                 helper.make_node("Gather", ["up_scales", "chosen"], ["s3"], axis=0),
                 helper.make_node("Reshape", ["s3", "s_shape"], ["s"]),
-                helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", **matmul),
+                helper.make_node("MatMulNBits", ["x", "w", "s"], ["y0"], domain="com.microsoft", **matmul),
             ],
             [x_in, _io("chosen", TensorProto.INT64, [k])],
-            [y_out],
+            outs[:1],
             {"up": up, "up_scales": up_scales, "w_shape": np.array([k * width, hidden // block, block // 2]), "s_shape": np.array([-1])},
         )
         label = f"X={experts}, {k} chosen, width {width}, hidden {hidden}, int4"
-        ms, _ = _time(qmoe, {"x": x, "probs": probs}, threads, 200)
-        rows.append(("experts", label, "QMoE node: up (twice) and down", ms, None))
-        ms_constant, out_constant = _time(constant, {"x": x}, threads, 200)
-        rows.append(("experts", label, "MatMulNBits, the 6 experts' up once, constant", ms_constant, None))
-        ms, out = _time(gathered, {"x": x, "chosen": chosen}, threads, 5)
-        rows.append(
-            ("experts", label, "MatMulNBits, the same rows gathered at run time", ms, float(np.abs(out[0] - out_constant[0]).max()))
-        )
+        matrix = width * hidden // 2 + width * (hidden // block) * 4  # one expert matrix: int4 data and float32 scales
+
+        def row(name, model, feeds, per_run, read, reference=None):
+            ms, out = _time(model, feeds, threads, 100 if per_run > 1 else 5)
+            ms /= per_run
+            error = None if reference is None else float(np.abs(out[0] - reference[0]).max())
+            rows.append(("experts", label, f"{name}: {read / 2**20:.1f} MiB read, {read / ms / 1e6:.1f} GB/s", ms, error))
+            return out
+
+        row("QMoE node: up (stored twice) and down", qmoe, {"x": x} | probs, calls, 3 * k * matrix)
+        once = row("MatMulNBits on the chosen experts' up rows, once (constant)", constant, {"x": x}, calls, k * matrix)
+        # the diff: float32 dequantization of the gathered rows against the constant rows' int8 activations
+        row("the same MatMulNBits with the rows gathered at run time", gathered, {"x": x, "chosen": chosen[0]}, 1, k * matrix, once)
     return rows
 
 
