@@ -14,9 +14,11 @@ compute the same thing.
   reading `up` once would read for fc1), and the same MatMulNBits with the rows gathered at run time
   (a dynamic B: the only way to pick experts' rows with stock ops). Bytes read and the rate show
   whether a formulation is slow per byte or reads more bytes.
+- `scan`: the Mamba-2 one-token update (LinearAttention, gated) at 1 and 2 threads: whether it uses
+  the second thread.
 - `nodes`: the cost of a node itself: 400 small elementwise / Reshape nodes on (1, 1024).
 
-Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,nodes] [--threads 2] [--out FILE]
+Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,scan,nodes] [--threads 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -177,6 +179,28 @@ def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: 
     return rows
 
 
+def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 64, state: int = 128, layers: int = 24) -> list[tuple]:
+    """The Mamba-2 update at one token as LinearAttention (gated), the benchmark model's head shapes, at 1
+    and `threads` threads: `layers` nodes on their own states (24 MiB in all: from memory, as in a step)."""
+    inputs, outputs, nodes, feeds = [], [], [], {}
+    for i in range(layers):
+        names = [f"{n}{i}" for n in ("q", "k", "v", "state", "decay")]
+        inputs += [_io(n, TensorProto.FLOAT, None) for n in names]
+        outputs += [_io(f"y{i}", TensorProto.FLOAT, None), _io(f"new_state{i}", TensorProto.FLOAT, None)]
+        attrs = dict(update_rule="gated", q_num_heads=groups, kv_num_heads=heads, scale=1.0)
+        nodes.append(helper.make_node("LinearAttention", names, [f"y{i}", f"new_state{i}"], domain="com.microsoft", **attrs))
+        shapes = [(1, 1, groups * state), (1, 1, groups * state), (1, 1, heads * head_dim), (1, heads, state, head_dim)]
+        feeds |= {name: RNG.standard_normal(shape, dtype=np.float32) for name, shape in zip(names, shapes)}
+        feeds[names[4]] = -RNG.random((1, 1, heads), dtype=np.float32)
+    model = _model(nodes, inputs, outputs, {})
+    label = f"{heads} heads x ({state}, {head_dim}) state, T=1"
+    rows = []
+    for n in sorted({1, threads}):
+        ms, _ = _time(model, feeds, n, 30)
+        rows.append(("scan", label, f"LinearAttention, {n} thread{'s' * (n > 1)}, per layer", ms / layers, None))
+    return rows
+
+
 def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
     nodes, previous = [], "x"
     for i in range(count):
@@ -193,7 +217,7 @@ def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
     return [("nodes", f"{count} nodes on (1, 1024)", "per node", ms * 1e3 / count, None)]
 
 
-PROBES = {"conv": probe_conv, "experts": probe_experts, "nodes": probe_nodes}
+PROBES = {"conv": probe_conv, "experts": probe_experts, "scan": probe_scan, "nodes": probe_nodes}
 
 
 def report(rows: list[tuple], threads: int) -> str:

@@ -111,7 +111,7 @@ def onnxruntime_causal_conv(
 
     Why not the node's own `activation="silu"`: onnxruntime 1.32 computes it element by element, on one
     thread; as separate ops it fuses to one vectorized QuickGelu. At 4096 channels and 2 threads that made
-    the node 2.2x faster at 512 tokens (8.0 -> 3.6 ms) and no slower at one token (0.062 -> 0.055 ms)
+    the node 2.4x faster at 512 tokens (6.0 -> 2.5 ms) and no slower at one token (0.043 -> 0.040 ms)
     (benchmarks/probe_onnxruntime_cpu.py).
     """
     if bias is None:
