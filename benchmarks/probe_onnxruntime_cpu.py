@@ -179,9 +179,9 @@ def probe_experts(threads: int, shapes=((64, 512, 1024), (128, 1856, 2688)), k: 
     return rows
 
 
-def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 64, state: int = 128, layers: int = 24) -> list[tuple]:
-    """The Mamba-2 update at one token as LinearAttention (gated), the benchmark model's head shapes, at 1
-    and `threads` threads: `layers` nodes on their own states (24 MiB in all: from memory, as in a step)."""
+def scan_graph(heads: int = 32, groups: int = 8, head_dim: int = 64, state: int = 128, layers: int = 24) -> tuple[bytes, dict]:
+    """`layers` LinearAttention (gated) nodes at one token, each on its own state (24 MiB in all: from
+    memory, as in a step), the benchmark model's head shapes: the model and its feeds."""
     inputs, outputs, nodes, feeds = [], [], [], {}
     for i in range(layers):
         names = [f"{n}{i}" for n in ("q", "k", "v", "state", "decay")]
@@ -192,7 +192,34 @@ def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 6
         shapes = [(1, 1, groups * state), (1, 1, groups * state), (1, 1, heads * head_dim), (1, heads, state, head_dim)]
         feeds |= {name: RNG.standard_normal(shape, dtype=np.float32) for name, shape in zip(names, shapes)}
         feeds[names[4]] = -RNG.random((1, 1, heads), dtype=np.float32)
-    model = _model(nodes, inputs, outputs, {})
+    return _model(nodes, inputs, outputs, {}), feeds
+
+
+def weights_graph(bits: int | None, hidden: int = 1024, width: int = 6144, block: int = 32, total_mib: int = 96) -> tuple[bytes, dict]:
+    """One-token products of x (1, hidden) by weights (width, hidden) of their own, as a step's projections
+    are: MatMulNBits (int `bits`, block-wise, accuracy level 4, as the exporter writes them) or float32
+    MatMul (`bits` None); as many as make `total_mib` of weights (more than the caches: from memory).
+    The model and its feeds."""
+    matrix_bytes = width * hidden * (bits or 32) // 8
+    calls = max(1, total_mib * 2**20 // matrix_bytes)
+    nodes, outputs, weights = [], [], {}
+    for i in range(calls):
+        outputs.append(_io(f"y{i}", TensorProto.FLOAT, None))
+        if bits is None:
+            weights[f"w{i}"] = RNG.standard_normal((hidden, width), dtype=np.float32)
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]))
+            continue
+        weights[f"w{i}"] = RNG.integers(0, 256, (width, hidden // block, block * bits // 8), dtype=np.uint8)
+        weights[f"s{i}"] = (RNG.random(width * hidden // block, dtype=np.float32) * 0.01).astype(np.float32)
+        attrs = dict(K=hidden, N=width, bits=bits, block_size=block, accuracy_level=4)
+        nodes.append(helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft", **attrs))
+    model = _model(nodes, [_io("x", TensorProto.FLOAT, [1, hidden])], outputs, weights)
+    return model, {"x": RNG.standard_normal((1, hidden), dtype=np.float32)}
+
+
+def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 64, state: int = 128, layers: int = 24) -> list[tuple]:
+    """The Mamba-2 update at one token as LinearAttention (gated) at 1 and `threads` threads (`scan_graph`)."""
+    model, feeds = scan_graph(heads, groups, head_dim, state, layers)
     label = f"{heads} heads x ({state}, {head_dim}) state, T=1"
     rows = []
     for n in sorted({1, threads}):
@@ -201,7 +228,8 @@ def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 6
     return rows
 
 
-def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
+def nodes_graph(count: int = 400) -> tuple[bytes, dict]:
+    """A chain of `count` small elementwise / Reshape nodes on (1, 1024): the model and its feeds."""
     nodes, previous = [], "x"
     for i in range(count):
         op = ("Mul", "Add", "Reshape")[i % 3]
@@ -213,7 +241,12 @@ def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
         [_io(previous, TensorProto.FLOAT, [1, 1024])],
         {"shape": np.array([1, 1024]), "c": np.ones(1024, np.float32)},
     )
-    ms, _ = _time(model, {"x": np.ones((1, 1024), np.float32)}, threads, 300)
+    return model, {"x": np.ones((1, 1024), np.float32)}
+
+
+def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
+    model, feeds = nodes_graph(count)
+    ms, _ = _time(model, feeds, threads, 300)
     return [("nodes", f"{count} nodes on (1, 1024)", "per node", ms * 1e3 / count, None)]
 
 
