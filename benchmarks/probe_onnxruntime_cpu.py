@@ -195,8 +195,10 @@ def scan_graph(heads: int = 32, groups: int = 8, head_dim: int = 64, state: int 
     return _model(nodes, inputs, outputs, {}), feeds
 
 
-def weights_graph(bits: int | None, hidden: int = 1024, width: int = 6144, block: int = 32, total_mib: int = 96) -> tuple[bytes, dict]:
-    """One-token products of x (1, hidden) by weights (width, hidden) of their own, as a step's projections
+def weights_graph(
+    bits: int | None, tokens: int = 1, hidden: int = 1024, width: int = 6144, block: int = 32, total_mib: int = 96
+) -> tuple[bytes, dict]:
+    """Products of x (tokens, hidden) by weights (width, hidden) of their own, as a step's projections
     are: MatMulNBits (int `bits`, block-wise, accuracy level 4, as the exporter writes them) or float32
     MatMul (`bits` None); as many as make `total_mib` of weights (more than the caches: from memory).
     The model and its feeds."""
@@ -213,8 +215,8 @@ def weights_graph(bits: int | None, hidden: int = 1024, width: int = 6144, block
         weights[f"s{i}"] = (RNG.random(width * hidden // block, dtype=np.float32) * 0.01).astype(np.float32)
         attrs = dict(K=hidden, N=width, bits=bits, block_size=block, accuracy_level=4)
         nodes.append(helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft", **attrs))
-    model = _model(nodes, [_io("x", TensorProto.FLOAT, [1, hidden])], outputs, weights)
-    return model, {"x": RNG.standard_normal((1, hidden), dtype=np.float32)}
+    model = _model(nodes, [_io("x", TensorProto.FLOAT, [tokens, hidden])], outputs, weights)
+    return model, {"x": RNG.standard_normal((tokens, hidden), dtype=np.float32)}
 
 
 def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 64, state: int = 128, layers: int = 24) -> list[tuple]:

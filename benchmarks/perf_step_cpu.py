@@ -1,5 +1,5 @@
-"""Where a decode step's CPU time goes, thread by thread: Linux `perf` samples onnxruntime's decode loop
-on an artifact, and each sample is put in a class by the code it hit.
+"""Where a step's CPU time goes, thread by thread: Linux `perf` samples onnxruntime's decode loop and its
+prefill of an artifact, and each sample is put in a class by the code it hit.
 
 onnxruntime's library has no symbols, so the classes come from reference runs sampled the same way
 (benchmarks/probe_onnxruntime_cpu.py's graphs): the code pages where a 2-thread session's worker waits
@@ -9,7 +9,7 @@ LinearAttention alone spends in copies (`scan_graph`). Per thread, each class is
 time sampled (samples / (frequency x seconds)): a thread asleep is not sampled, so a row need not add up
 to 100 %.
 
-Usage: python benchmarks/perf_decode_cpu.py ARTIFACT_DIR [ARTIFACT_DIR ...] [--threads 2] [--seconds 5]
+Usage: python benchmarks/perf_step_cpu.py ARTIFACT_DIR [ARTIFACT_DIR ...] [--threads 2] [--seconds 5]
        [--out FILE]
 Needs `perf` (linux-perf) and permission to sample this user's processes (root, or
 kernel.perf_event_paranoid <= 2).
@@ -34,14 +34,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_vs_transformers import cpu_name
 
 FREQUENCY = 999  # samples per second and thread
-CLASSES = ("weight kernels", "waiting for work", "copies (memcpy)", "other onnxruntime", "python", "rest")
+CLASSES = ("weight kernels", "waiting for work", "copies (memcpy)", "libm (exp)", "other onnxruntime", "python", "rest")
+PROMPT = 128  # decode steps follow a prompt of this many tokens
+PREFILL = 512  # tokens of one sampled prefill call
 _SAMPLE = re.compile(r"^\s*(\d+)/(\d+)\s+([0-9a-f]+)\s+(.+?)\s+\((.+)\)\s*$")  # pid/tid ip symbol (dso)
 _MMAP = re.compile(r"PERF_RECORD_MMAP2 (\d+)/\d+: \[0x([0-9a-f]+)\(0x[0-9a-f]+\) @ 0x([0-9a-f]+) .*\]: r-xp (\S+)")
 
 
 def _child(mode: str, target: str, threads: int, seconds: float, control: Path) -> None:
     """The sampled work, with sampling on only around its loop (perf's control fifo)."""
-    run, read = _reference(mode, target, threads) if mode != "decode" else (_decode_loop(target, threads), 0)
+    run, read = (_step_loop(mode, target, threads), 0) if mode in ("decode", "prefill") else _reference(mode, target, threads)
     ctl, ack = open(control / "ctl", "w"), open(control / "ack")
 
     def command(word: str) -> None:
@@ -73,6 +75,7 @@ def _reference(mode: str, bits: str, threads: int):
     model, feeds = {
         "idle": lambda: probes.nodes_graph(),
         "weights": lambda: probes.weights_graph(None if bits == "float32" else int(bits.removeprefix("int"))),
+        "weights-prefill": lambda: probes.weights_graph(None if bits == "float32" else int(bits.removeprefix("int")), tokens=PREFILL),
         "scan": lambda: probes.scan_graph(),
     }[mode]()
     options = ort.SessionOptions()
@@ -84,8 +87,9 @@ def _reference(mode: str, bits: str, threads: int):
     return (lambda: session.run(None, feeds)), read
 
 
-def _decode_loop(artifact: str, threads: int):
-    """One decode step (greedy, B=1) after a 128-token prompt, the states carried from step to step."""
+def _step_loop(kind: str, artifact: str, threads: int):
+    """One call of `kind`, batch 1: a decode step (greedy) after a `PROMPT`-token prompt, the states carried
+    from step to step, or a `PREFILL`-token prefill from the initial state."""
     import numpy as np
 
     from nemotron_deploy.runtime.artifact.manifest import read_manifest
@@ -93,9 +97,11 @@ def _decode_loop(artifact: str, threads: int):
 
     manifest = read_manifest(artifact)
     backend = OnnxRuntimeBackend(manifest, threads=threads)
-    ids = np.random.default_rng(0).integers(3, manifest.model.vocab_size, (1, 128))
-    logits, state = backend.step("prefill", ids, np.ones((1, 128), np.int64), backend.initial_state(1))
-    carried = {"token": logits.argmax(-1)[:, None], "state": state, "past": 128}
+    ids = np.random.default_rng(0).integers(3, manifest.model.vocab_size, (1, PREFILL))
+    if kind == "prefill":
+        return lambda: backend.step("prefill", ids, np.ones((1, PREFILL), np.int64), backend.initial_state(1))
+    logits, state = backend.step("prefill", ids[:, :PROMPT], np.ones((1, PROMPT), np.int64), backend.initial_state(1))
+    carried = {"token": logits.argmax(-1)[:, None], "state": state, "past": PROMPT}
 
     def step() -> None:
         mask = np.ones((1, carried["past"] + 1), np.int64)
@@ -154,6 +160,8 @@ def _classify(where: tuple, waiting: set, weights: set) -> str:
         return "waiting for work" if where in waiting else "weight kernels" if where in weights else "other onnxruntime"
     if "memcpy" in what or "memmove" in what:
         return "copies (memcpy)"
+    if library.startswith("libm."):
+        return "libm (exp)"
     return "python" if library.startswith("libpython") else "rest"
 
 
@@ -181,37 +189,41 @@ def measure(artifacts: list[Path], threads: int, seconds: float) -> dict:
     for artifact in artifacts:
         precision = precisions[artifact]
         weights_figures, weights_samples = _sample("weights", precision, threads, seconds)
-        weights = _hot(weights_samples, 0.002) - waiting
-        figures, samples = _sample("decode", str(artifact), threads, seconds)
-        results[precision if artifact.name == precision else f"{artifact.name} ({precision})"] = {
-            "ms_per_step": figures["ms_per_call"],
-            "steps": figures["calls"],
-            "threads": _shares(samples, figures["seconds"], waiting, weights),
-            "weights_reference_ms": weights_figures["ms_per_call"],
-            "weights_reference_gb_per_s": weights_figures["gb_per_s"],
-        }
+        prefill_weights = _sample("weights-prefill", precision, threads, seconds)[1]
+        weights = (_hot(weights_samples, 0.002) | _hot(prefill_weights, 0.002)) - waiting
+        name = precision if artifact.name == precision else f"{artifact.name} ({precision})"
+        results[name] = {"weights_reference_ms": weights_figures["ms_per_call"], "weights_reference_gb_per_s": weights_figures["gb_per_s"]}
+        for kind in ("decode", "prefill"):
+            figures, samples = _sample(kind, str(artifact), threads, seconds)
+            results[name][kind] = {
+                "ms_per_call": figures["ms_per_call"],
+                "calls": figures["calls"],
+                "threads": _shares(samples, figures["seconds"], waiting, weights),
+            }
     return results
 
 
 def report(results: dict, threads: int, seconds: float) -> str:
     lines = [
-        f"# Where a decode step's CPU time goes ({datetime.date.today()})",
+        f"# Where a step's CPU time goes ({datetime.date.today()})",
         "",
-        f"`python benchmarks/perf_decode_cpu.py ... --threads {threads} --seconds {seconds:g}`: {cpu_name()}, {threads} "
+        f"`python benchmarks/perf_step_cpu.py ... --threads {threads} --seconds {seconds:g}`: {cpu_name()}, {threads} "
         f"onnxruntime threads, Linux perf at {FREQUENCY} Hz; one run. Each figure is a share of the wall time of "
-        "the sampled decode loop (batch 1, after a 128-token prompt), per thread; a thread asleep is not sampled.",
+        f"the sampled loop, per thread (a thread asleep is not sampled): decode steps (batch 1, after a {PROMPT}-token "
+        f"prompt) and prefills of {PREFILL} tokens.",
         "",
-        "| artifact | ms per step | thread | " + " | ".join(CLASSES) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in CLASSES) + " |",
+        "| artifact | step | ms per call | thread | " + " | ".join(CLASSES) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in CLASSES) + " |",
     ]
     for name, result in results.items():
-        if "threads" not in result:
-            continue
-        for thread, shares in result["threads"].items():
-            cells = " | ".join(f"{100 * shares[c]:.0f} %" for c in CLASSES)
-            lines.append(f"| {name} | {result['ms_per_step']:.2f} | {thread} | {cells} |")
+        for kind in ("decode", "prefill"):
+            if kind not in result:
+                continue
+            for thread, shares in result[kind]["threads"].items():
+                cells = " | ".join(f"{100 * shares[c]:.0f} %" for c in CLASSES)
+                lines.append(f"| {name} | {kind} | {result[kind]['ms_per_call']:.2f} | {thread} | {cells} |")
     alone = results["LinearAttention alone"]
-    rates = ", ".join(f"{name} {r['weights_reference_gb_per_s']:.1f} GB/s" for name, r in results.items() if "threads" in r)
+    rates = ", ".join(f"{name} {r['weights_reference_gb_per_s']:.1f} GB/s" for name, r in results.items() if "decode" in r)
     lines += [
         "",
         f"The weight kernels alone (`weights_graph`: one-token products on ~100 MiB of weights of their own, from memory, "
@@ -244,7 +256,7 @@ def main() -> None:
     if not args.artifacts:
         parser.error("give at least one artifact directory (nemotron-deploy export ...)")
     if shutil.which("perf") is None:
-        sys.exit("perf_decode_cpu.py needs Linux perf (apt-get install linux-perf)")
+        sys.exit("perf_step_cpu.py needs Linux perf (apt-get install linux-perf)")
     text = report(measure(args.artifacts, args.threads, args.seconds), args.threads, args.seconds)
     print(text)
     if args.out:
