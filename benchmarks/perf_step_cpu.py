@@ -257,7 +257,13 @@ def main() -> None:
         parser.error("give at least one artifact directory (nemotron-deploy export ...)")
     if shutil.which("perf") is None:
         sys.exit("perf_step_cpu.py needs Linux perf (apt-get install linux-perf)")
-    text = report(measure(args.artifacts, args.threads, args.seconds), args.threads, args.seconds)
+    from nemotron_deploy.runtime.artifact.manifest import ArtifactError
+
+    try:
+        results = measure(args.artifacts, args.threads, args.seconds)
+    except (ArtifactError, RuntimeError) as e:  # an artifact that is not one; perf refused or failed
+        sys.exit(f"perf_step_cpu.py: {e}")
+    text = report(results, args.threads, args.seconds)
     print(text)
     if args.out:
         args.out.write_text(text)
