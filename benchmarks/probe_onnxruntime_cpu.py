@@ -17,8 +17,11 @@ compute the same thing.
 - `scan`: the Mamba-2 one-token update (LinearAttention, gated) at 1 and 2 threads: whether it uses
   the second thread.
 - `nodes`: the cost of a node itself: 400 small elementwise / Reshape nodes on (1, 1024).
+- `kv`: an attention layer's decode step at 4k-32k tokens of past (Nemotron-H-4B's attention widths): as
+  exported (Concat of the past and new K/V into a new present) against GroupQueryAttention writing the new
+  K/V into one buffer that is both past and present (IO binding): what an in-place K/V contract would give.
 
-Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,scan,nodes] [--threads 2] [--out FILE]
+Usage: python benchmarks/probe_onnxruntime_cpu.py [--probes conv,experts,scan,nodes,kv] [--threads 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -230,6 +233,110 @@ def probe_scan(threads: int, heads: int = 32, groups: int = 8, head_dim: int = 6
     return rows
 
 
+def probe_kv(
+    threads: int, heads: int = 32, kv_heads: int = 8, head_dim: int = 128, pasts=(4096, 16384, 32768), layers: int = 2
+) -> list[tuple]:
+    """One attention layer's decode step at a long past (Nemotron-H-4B's attention widths), `layers` layers
+    on their own K/V (from memory): as the exporter writes it (Concat of the past and the new K/V into a
+    new present, then the products) against GroupQueryAttention writing the new K/V into a preallocated
+    buffer that is past and present at once (IO binding: what an in-place K/V state contract would run)."""
+    rows, groups = [], heads // kv_heads
+    for past in pasts:
+        keys = [RNG.standard_normal((1, kv_heads, past, head_dim), dtype=np.float32) for _ in range(2 * layers)]
+        q = RNG.standard_normal((1, 1, heads * head_dim), dtype=np.float32)
+        k, v = (RNG.standard_normal((1, 1, kv_heads * head_dim), dtype=np.float32) for _ in range(2))
+        concat_ms, reference = _time(*_concat_attention(keys, q, k, v, kv_heads, groups, head_dim, layers), threads, 10)
+        gqa_ms, out = _time_in_place(keys, q, k, v, heads, kv_heads, head_dim, layers, threads)
+        label = f"{heads} heads, {kv_heads} K/V heads x {head_dim}, past {past}"
+        rows.append(("kv", label, "Concat + MatMul + Softmax + MatMul (as exported), per layer", concat_ms / layers, None))
+        error = float(np.abs(out - reference[0].reshape(out.shape)).max())
+        rows.append(("kv", label, "GroupQueryAttention, K/V buffer shared by past and present, per layer", gqa_ms / layers, error))
+    return rows
+
+
+def _concat_attention(keys, q, k, v, kv_heads, groups, head_dim, layers):
+    """The exporter's attention step (exporter/modeling/attention.py) on `layers` layers' past K/V."""
+    nodes, inputs, feeds, outputs = [], [_io(n, TensorProto.FLOAT, None) for n in ("q", "k", "v")], {"q": q, "k": k, "v": v}, []
+    nodes += [
+        helper.make_node("Reshape", ["q", "q_shape"], ["q5"]),
+        helper.make_node("Reshape", ["k", "kv_shape"], ["k4"]),
+        helper.make_node("Reshape", ["v", "kv_shape"], ["v4"]),
+    ]
+    for i in range(layers):
+        past_k, past_v = f"past_k{i}", f"past_v{i}"
+        inputs += [_io(past_k, TensorProto.FLOAT, None), _io(past_v, TensorProto.FLOAT, None)]
+        feeds |= {past_k: keys[2 * i], past_v: keys[2 * i + 1]}
+        outputs += [
+            _io(f"out{i}", TensorProto.FLOAT, None),
+            _io(f"key{i}", TensorProto.FLOAT, None),
+            _io(f"value{i}", TensorProto.FLOAT, None),
+        ]
+        nodes += [
+            helper.make_node("Concat", [past_k, "k4"], [f"key{i}"], axis=2),
+            helper.make_node("Concat", [past_v, "v4"], [f"value{i}"], axis=2),
+            helper.make_node("Unsqueeze", [f"key{i}", "two"], [f"key5_{i}"]),
+            helper.make_node("Unsqueeze", [f"value{i}", "two"], [f"value5_{i}"]),
+            helper.make_node("Transpose", [f"key5_{i}"], [f"keyT{i}"], perm=[0, 1, 2, 4, 3]),
+            helper.make_node("MatMul", ["q5", f"keyT{i}"], [f"scores{i}"]),
+            helper.make_node("Mul", [f"scores{i}", "scale"], [f"scaled{i}"]),
+            helper.make_node("Softmax", [f"scaled{i}"], [f"probs{i}"], axis=-1),
+            helper.make_node("MatMul", [f"probs{i}", f"value5_{i}"], [f"out{i}"]),
+        ]
+    constants = {
+        "q_shape": np.array([1, kv_heads, groups, 1, head_dim]),
+        "kv_shape": np.array([1, kv_heads, 1, head_dim]),
+        "two": np.array([2]),
+        "scale": np.array(head_dim**-0.5, np.float32),
+    }
+    return _model(nodes, inputs, outputs, constants), feeds
+
+
+def _time_in_place(keys, q, k, v, heads, kv_heads, head_dim, layers, threads):
+    """GroupQueryAttention on `layers` layers, each past K/V copied once into a buffer one row longer that
+    IO binding gives as both the past input and the present output; the best mean of 3 rounds (ms) and
+    the first layer's output."""
+    past = keys[0].shape[2]
+    nodes, inputs, outputs = [], [_io(n, TensorProto.FLOAT, None) for n in ("q", "k", "v")], []
+    inputs += [_io("seqlens_k", TensorProto.INT32, [1]), _io("total_len", TensorProto.INT32, [])]
+    for i in range(layers):
+        inputs += [_io(f"past_k{i}", TensorProto.FLOAT, None), _io(f"past_v{i}", TensorProto.FLOAT, None)]
+        outputs += [
+            _io(f"out{i}", TensorProto.FLOAT, None),
+            _io(f"present_k{i}", TensorProto.FLOAT, None),
+            _io(f"present_v{i}", TensorProto.FLOAT, None),
+        ]
+        attrs = dict(num_heads=heads, kv_num_heads=kv_heads, scale=head_dim**-0.5)
+        ins = ["q", "k", "v", f"past_k{i}", f"past_v{i}", "seqlens_k", "total_len"]
+        nodes.append(
+            helper.make_node("GroupQueryAttention", ins, [f"out{i}", f"present_k{i}", f"present_v{i}"], domain="com.microsoft", **attrs)
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(_model(nodes, inputs, outputs, {}), options)
+    binding = session.io_binding()
+    for name, value in {"q": q, "k": k, "v": v, "seqlens_k": np.array([past], np.int32), "total_len": np.array(past + 1, np.int32)}.items():
+        binding.bind_cpu_input(name, value)
+    buffers = []
+    for i in range(layers):
+        binding.bind_output(f"out{i}", "cpu")  # first bound: copy_outputs_to_cpu()[0] is layer 0's output
+        for j, kind in enumerate(("k", "v")):
+            buffer = np.zeros((1, kv_heads, past + 1, head_dim), np.float32)
+            buffer[:, :, :past] = keys[2 * i + j]
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)
+            buffers.append((buffer, value))
+            binding.bind_ortvalue_input(f"past_{kind}{i}", value)
+            binding.bind_ortvalue_output(f"present_{kind}{i}", value)
+    for _ in range(3):
+        session.run_with_iobinding(binding)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(10):
+            session.run_with_iobinding(binding)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return best * 1e3, binding.copy_outputs_to_cpu()[0]
+
+
 def nodes_graph(count: int = 400) -> tuple[bytes, dict]:
     """A chain of `count` small elementwise / Reshape nodes on (1, 1024): the model and its feeds."""
     nodes, previous = [], "x"
@@ -252,7 +359,7 @@ def probe_nodes(threads: int, count: int = 400) -> list[tuple]:
     return [("nodes", f"{count} nodes on (1, 1024)", "per node", ms * 1e3 / count, None)]
 
 
-PROBES = {"conv": probe_conv, "experts": probe_experts, "scan": probe_scan, "nodes": probe_nodes}
+PROBES = {"conv": probe_conv, "experts": probe_experts, "scan": probe_scan, "nodes": probe_nodes, "kv": probe_kv}
 
 
 def report(rows: list[tuple], threads: int) -> str:
