@@ -184,7 +184,7 @@ def measure(artifacts: list[Path], threads: int, seconds: float) -> dict:
     idle = _sample("idle", "", threads, seconds)[1]
     waiting = _hot(idle, 0.01, main=False)
     scan_figures, scan = _sample("scan", "", threads, seconds)
-    copies = sum(1 for _, (library, what) in scan if library != "onnxruntime" and ("memcpy" in what or "memmove" in what))
+    copies = sum(1 for _, where in scan if _classify(where, set(), set()) == "copies (memcpy)")
     results["LinearAttention alone"] = {"ms_per_layer": scan_figures["ms_per_call"] / 24, "copies_share_of_samples": copies / len(scan)}
     for artifact in artifacts:
         precision = precisions[artifact]
