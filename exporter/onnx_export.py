@@ -69,6 +69,7 @@ def export_artifact(
     quantize: str | None = None,
     block_size: int | None = None,
     trace_cache: bool = True,
+    kv_in_place: bool = False,
 ) -> Path:
     """Export `checkpoint_dir` to a new artifact directory `out_dir`; returns its path.
 
@@ -79,6 +80,8 @@ def export_artifact(
     block length (default 32); onnxruntime target, float32 only.
     trace_cache: take a graph traced before for this architecture from the trace cache, and keep each
     graph traced here in it (exporter/trace_cache.py; off as well when NEMOTRON_DEPLOY_CACHE=none).
+    kv_in_place: attention as onnxruntime's GroupQueryAttention, whose K/V cache the onnxruntime runtime
+    appends to in place (onnxruntime target, float32 or quantized: its one step graph).
     """
     if target not in TARGETS:
         raise NemotronDeployError(f"--target {target!r}: expected one of {TARGETS}")
@@ -91,6 +94,7 @@ def export_artifact(
     out = Path(out_dir)
     ckpt = open_checkpoint(checkpoint_dir)  # config + headers only: cheap, and bad input fails first
     model_dtype = compute_dtype(ckpt, dtype)
+    _check_kv_in_place(kv_in_place, target, dtype, ckpt.config)
     if scheme is not None:
         _check_quantizable(ckpt, model_dtype, scheme)
     staging = staging_dir(out)  # refuses an existing or uncreatable output before any heavy work
@@ -101,22 +105,24 @@ def export_artifact(
             ahead = ReadAhead(ckpt, (name for name, _ in model.named_parameters()))  # the disk reads while we trace
             bars = ExportProgress(model, enabled=progress)
             traced = traced_graphs(target, model_dtype)
-            cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
+            cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache, kv_in_place)
             predicted = _predicted(model, traced, target, scheme)
             # decode traces in a second process while this one traces prefill (CPU-bound Python); a step
             # graph whose large weights are predicted traces there while this process streams them
             if len(cached.missing) > 1 and _cores() >= 2:
                 background = BackgroundTrace(ckpt.path, model_dtype, "decode", target, workdir=tmp, quantize=scheme)
             elif predicted and cached.missing == [STEP] and _cores() >= 2:
-                background = BackgroundTrace(ckpt.path, model_dtype, STEP, target, workdir=tmp, quantize=scheme)
+                background = BackgroundTrace(ckpt.path, model_dtype, STEP, target, workdir=tmp, quantize=scheme, kv_in_place=kv_in_place)
             try:
-                graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached, predicted)
+                graphs, weights = _graphs_with_weights(
+                    ckpt, model, traced, target, scheme, tmp, bars, background, ahead, cached, predicted, kv_in_place
+                )
             except _Mispredicted as e:  # never an artifact with bytes nothing reads: everything streamed again
                 log.warning("%s; streaming every weight again after the trace", e)
                 for name in [WEIGHTS_FILE] + [f"{g}.onnx" for g in traced]:
                     (tmp / name).unlink(missing_ok=True)
-                cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache)
-                graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, None, ahead, cached, [])
+                cached = _CachedGraphs(model, model_dtype, traced, target, scheme, trace_cache, kv_in_place)
+                graphs, weights = _graphs_with_weights(ckpt, model, traced, target, scheme, tmp, bars, None, ahead, cached, [], kv_in_place)
             bars.timings.update({f"weights.{part}": seconds for part, seconds in weights.seconds.items()})
             bars.step("checking graphs")
             for graph in traced:
@@ -126,7 +132,8 @@ def export_artifact(
             known = {WEIGHTS_FILE: weights.sha256}  # hashed as it was written
             on_bytes = bars.bytes_bar("sha256", sum((tmp / f).stat().st_size for f in required + side if f not in known))
             files = {"files": file_records(tmp, required, on_bytes, known), "side_files": file_records(tmp, side, on_bytes)}
-            write_manifest(_manifest(tmp, ckpt, model, dtype, target, graphs, files, scheme))
+            manifest = _manifest(tmp, ckpt, model, dtype, target, graphs, files, scheme)
+            write_manifest(dataclasses.replace(manifest, kv_cache="in_place" if kv_in_place else "concat"))
     finally:
         if background is not None:
             background.cancel()
@@ -143,10 +150,10 @@ class _CachedGraphs:
     """The finished graphs the trace cache has for this export (exporter/trace_cache.py), and where to
     keep the others once traced; `missing`: the graphs still to trace."""
 
-    def __init__(self, model, dtype: str, traced: tuple[str, ...], target: str, scheme, enabled: bool):
+    def __init__(self, model, dtype: str, traced: tuple[str, ...], target: str, scheme, enabled: bool, kv_in_place: bool = False):
         root = default_root() if enabled else None
         self.cache = None if root is None else TraceCache(root)
-        self.keys = {g: self.cache.key(model, dtype, g, target, scheme) for g in traced} if self.cache else {}
+        self.keys = {g: self.cache.key(model, dtype, g, target, scheme, kv_in_place) for g in traced} if self.cache else {}
         self.found, self.seconds = {}, {}
         for graph, key in self.keys.items():
             clock = time.perf_counter()
@@ -174,7 +181,9 @@ def _predicted(model, traced: tuple[str, ...], target: str, scheme) -> list:
     return predicted_specs(model, "float32", min_bytes=_INLINE_MAX)
 
 
-def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead, cached, predicted):
+def _graphs_with_weights(
+    ckpt, model, traced: tuple[str, ...], target: str, scheme, tmp: Path, bars, background, ahead, cached, predicted, kv_in_place=False
+):
     """Each graph taken from the trace cache, or traced (here, or in the second process) and kept there,
     its weights streamed into weights.data (`WeightsFile`, closed: its SHA-256 known), saved as <graph>.onnx;
     returns ({graph kind: record}, the weights file). `ahead` (ReadAhead) stops when the first weight is streamed.
@@ -209,6 +218,7 @@ def _graphs_with_weights(ckpt, model, traced: tuple[str, ...], target: str, sche
                     on_layer=bars.tracing(graph),
                     quantize=scheme,
                     on_phase=lambda phase, graph=graph: bars.step(f"{graph}: {phase}"),
+                    kv_in_place=kv_in_place,
                 )
             if graph in cached.missing:
                 cached.keep(graph, ir_model, specs)  # before its weights are bound: the entry holds none
@@ -233,6 +243,23 @@ def traced_graphs(target: str, model_dtype: str) -> tuple[str, ...]:
     prefill and decode: TensorRT builds an engine per graph (an optimization profile each), and onnxruntime's
     float16 decode gathers its experts (its float16 MoE node is ~10x slower at one token)."""
     return (STEP,) if target == "onnxruntime" and model_dtype == "float32" else GRAPHS
+
+
+def _check_kv_in_place(kv_in_place: bool, target: str, dtype: str, cfg) -> None:
+    """`--kv-in-place` only where the export is one onnxruntime step graph (`traced_graphs`) and the
+    attention is one onnxruntime's GroupQueryAttention computes (its CPU kernel: head_dim a multiple of 8)."""
+    if not kv_in_place:
+        return
+    if target != "onnxruntime" or dtype != "float32":
+        raise NemotronDeployError(
+            f"--kv-in-place with --target {target} --dtype {dtype}: K/V appended in place is onnxruntime's "
+            "GroupQueryAttention in the float32 (or quantized) step graph; export --target onnxruntime --dtype float32"
+        )
+    if cfg.layers_of("attention") and cfg.head_dim % 8:
+        raise NemotronDeployError(
+            f"--kv-in-place: config.json's head_dim is {cfg.head_dim}; onnxruntime's GroupQueryAttention takes a head_dim "
+            "that is a multiple of 8 (every released NemotronH has 128); export without --kv-in-place"
+        )
 
 
 def _quant_scheme(quantize: str | None, block_size: int | None, target: str, dtype: str):

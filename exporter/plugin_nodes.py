@@ -157,3 +157,45 @@ def onnxruntime_linear_attention(
         version=1,
     )
     return y.to(x.device).unflatten(-1, (h, p)), new_state.to(x.device).transpose(-1, -2)
+
+
+def onnxruntime_group_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    bias: torch.Tensor,
+    seqlens: torch.Tensor,
+    total: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """onnxruntime's `com.microsoft.GroupQueryAttention` without rotary: `Attention.forward`'s grouped,
+    causal attention in one node that appends the new keys and values to the K/V cache.
+
+    q: (B, T, Hq*D); k, v: (B, T, Hkv*D); past_key, past_value: (B, Hkv, P, D), the K/V cache, whose first
+    S - T positions are the past (P = S - T, or a longer buffer); bias: (B, 1, T, S), `attention_bias`
+    without its R axis; seqlens: (B,) int32, S - 1 for every row; total: () int32, S. All float32 but
+    the counts. Returns the output (B, T, Hq*D) and the present K/V (B, Hkv, max(S, P), D): the past
+    with the new keys at positions S - T .. S - 1. Where the caller binds one buffer as both past and
+    present (IO binding), the node writes the new keys into it in place: no copy of the cache per step
+    (docs/export.md). The row of every sequence shares the positions of the batch's mask (left padding
+    is masked by `bias`), so seqlens is the same S - 1 for all rows.
+
+    onnxruntime 1.32 refuses several new tokens per sequence after a past when the batch is larger than
+    one; the runtime runs such a step one sequence at a time (runtime/backends/onnxruntime_backend.py).
+    """
+    b, t, _ = q.shape
+    d = past_key.shape[-1]
+    present = [b, kv_heads, past_key.shape[2] + t, d]  # the step contract's total_len (a buffer's present is P long)
+    inputs = [q, k, v, past_key, past_value, seqlens, total, None, None, None, bias]
+    out, key, value = torch.onnx.ops.symbolic_multi_out(
+        "com.microsoft::GroupQueryAttention",
+        inputs,
+        dict(num_heads=heads, kv_num_heads=kv_heads),
+        dtypes=[q.dtype, past_key.dtype, past_value.dtype],
+        shapes=[[b, t, heads * d], present, present],
+        version=1,
+    )
+    return out.to(q.device), key.to(q.device), value.to(q.device)  # see _on_device

@@ -54,7 +54,7 @@ class TraceCache:
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def key(self, model, dtype: str, graph: str, target: str, quantize) -> str:
+    def key(self, model, dtype: str, graph: str, target: str, quantize, kv_in_place: bool = False) -> str:
         """The entry's name for `model`'s (a meta NemotronHStepModel) `graph` graph."""
         described = {
             "config": model.cfg.to_dict(),
@@ -62,6 +62,7 @@ class TraceCache:
             "graph": graph,
             "target": target,
             "quantize": None if quantize is None else quantize.to_json(),
+            "kv_in_place": kv_in_place,
             "python": sys.version,
             "packages": {name: _version(name) for name in _PACKAGES},
             "code": _code_digest(),

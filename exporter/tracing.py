@@ -67,12 +67,13 @@ def dynamic_shapes(cfg, graph: str, layers=None):
     return (ids_dims, {0: dyn, 1: dyn}, states) if states else (ids_dims, {0: dyn, 1: dyn})
 
 
-def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, layers=None):
+def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, layers=None, kv_in_place: bool = False):
     """torch.onnx (dynamo) export of one step graph (`StepGraph(model, graph, target, layers)`) -> onnx_ir
     Model whose initializers are the model's parameters by name (meta tensors when the model is on `meta`).
 
     on_layer(i): called as the tracer enters layer i (progress).
     layers: trace only these layers (exporter/stitch.py), their states only; default every layer.
+    kv_in_place: attention as onnxruntime's GroupQueryAttention (`Lowering.kv_in_place`).
     """
     import torch
 
@@ -89,7 +90,7 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, l
         warnings.simplefilter("ignore")  # deprecation chatter from torch's own pytree / exporter internals
         try:
             program = torch.onnx.export(
-                StepGraph(model, graph, target, layers),
+                StepGraph(model, graph, target, layers, kv_in_place),
                 example_inputs(model, graph, layers),
                 dynamo=True,
                 opset_version=opset(target),
@@ -105,13 +106,13 @@ def trace_graph(model, graph: str, target: str = "onnxruntime", on_layer=None, l
     return program.model
 
 
-def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None) -> ir.Model:
+def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None, kv_in_place: bool = False) -> ir.Model:
     """The step graph `trace_graph` would trace, from one trace of `representatives` only.
     on_layer(i): as the tracer enters layer i; on_stitch(): as stitching begins."""
     from nemotron_deploy.exporter import stitch
 
     reps = stitch.representatives(model.cfg.layer_types)
-    traced = trace_graph(model, graph, target, on_layer=on_layer, layers=reps)
+    traced = trace_graph(model, graph, target, on_layer=on_layer, layers=reps, kv_in_place=kv_in_place)
     if on_stitch is not None:
         on_stitch()
     if len(reps) == len(model.cfg.layer_types):
@@ -120,10 +121,12 @@ def trace_stitched(model, graph: str, target: str, on_layer=None, on_stitch=None
         return stitch.stitch(traced, model, reps)
     except stitch.CannotStitch as e:  # never a wrong graph: the slow, whole-model trace instead
         log.warning("%s; tracing every layer of the %s graph instead", e, graph)
-        return trace_graph(model, graph, target, on_layer=on_layer)
+        return trace_graph(model, graph, target, on_layer=on_layer, kv_in_place=kv_in_place)
 
 
-def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize=None, stitched: bool = True, on_phase=None):
+def finished_graph(
+    ckpt, model, graph: str, target: str, on_layer=None, quantize=None, stitched: bool = True, on_phase=None, kv_in_place: bool = False
+):
     """Trace one graph and run the graph passes: (onnx_ir Model, {initializer: WeightSpec}).
 
     The weights are not bound yet (see onnx_export); every weight initializer holds a placeholder.
@@ -131,15 +134,16 @@ def finished_graph(ckpt, model, graph: str, target: str, on_layer=None, quantize
     stitched: trace one layer of each kind and copy it for the others (exporter/stitch.py); False
     traces every layer (the reference the stitched graph is tested against).
     on_phase(name): called as "stitch" and then "passes" begin (the export's time split).
+    kv_in_place: attention as onnxruntime's GroupQueryAttention (`Lowering.kv_in_place`).
     """
     from nemotron_deploy.exporter import graph_passes, stitch
     from nemotron_deploy.exporter import quantize as quantization
 
     on_phase = on_phase or (lambda name: None)
     if stitched:
-        ir_model = trace_stitched(model, graph, target, on_layer=on_layer, on_stitch=lambda: on_phase("stitch"))
+        ir_model = trace_stitched(model, graph, target, on_layer=on_layer, on_stitch=lambda: on_phase("stitch"), kv_in_place=kv_in_place)
     else:
-        ir_model = trace_graph(model, graph, target, on_layer=on_layer)
+        ir_model = trace_graph(model, graph, target, on_layer=on_layer, kv_in_place=kv_in_place)
     on_phase("passes")
     stitch.eliminate_common_subexpressions(ir_model)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
@@ -163,7 +167,7 @@ class BackgroundTrace:
     or more cores. The worker writes the ModelProto (weights as external-data placeholders) and the
     weight specs (JSON) to `workdir`, which the caller owns and deletes."""
 
-    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str, workdir: Path, quantize=None):
+    def __init__(self, checkpoint_dir, dtype: str, graph: str, target: str, workdir: Path, quantize=None, kv_in_place: bool = False):
         import subprocess
         import sys
 
@@ -171,6 +175,7 @@ class BackgroundTrace:
         self._out = Path(workdir) / f".{graph}.trace"
         scheme = "none" if quantize is None else f"{quantize.name}:{quantize.block_size}"
         cmd = [sys.executable, "-m", "nemotron_deploy.exporter.tracing", str(checkpoint_dir), dtype, graph, target, str(self._out), scheme]
+        cmd.append("kv-in-place" if kv_in_place else "kv-concat")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def result(self):
@@ -219,7 +224,7 @@ def load_finished(stem: Path):
     return ir_model, specs, meta
 
 
-def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str, scheme: str) -> None:
+def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out: str, scheme: str, kv: str) -> None:
     import time
 
     from nemotron_deploy.exporter.checkpoint import meta_model, open_checkpoint
@@ -228,7 +233,7 @@ def _trace_worker(checkpoint_dir: str, dtype: str, graph: str, target: str, out:
     start = time.perf_counter()
     ckpt = open_checkpoint(checkpoint_dir)
     quantize = None if scheme == "none" else QuantScheme.parse(scheme.split(":")[0], int(scheme.split(":")[1]))
-    ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target, quantize=quantize)
+    ir_model, specs = finished_graph(ckpt, meta_model(ckpt, dtype), graph, target, quantize=quantize, kv_in_place=kv == "kv-in-place")
     save_finished(ir_model, specs, Path(out), seconds=time.perf_counter() - start)
 
 

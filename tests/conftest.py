@@ -28,16 +28,19 @@ def config_name(request):
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, hf_checkpoints):
-    """(name, dtype, target) -> (transformers model, checkpoint dir, exported artifact dir), each exported once."""
+    """(name, dtype, target, kv_in_place) -> (transformers model, checkpoint dir, exported artifact dir), each
+    exported once."""
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
     cache = {}
 
-    def get(name: str, dtype: str = "float32", target: str = "onnxruntime"):
-        if (name, dtype, target) not in cache:
+    def get(name: str, dtype: str = "float32", target: str = "onnxruntime", kv_in_place: bool = False):
+        key = (name, dtype, target, kv_in_place)
+        if key not in cache:
             ref, ckpt = hf_checkpoints(name)
-            out = tmp_path_factory.mktemp(f"{name}-{dtype}-{target}-artifact") / "onnx"
-            cache[name, dtype, target] = (ref, ckpt, export_artifact(ckpt, out, target=target, dtype=dtype, progress=False))
-        return cache[name, dtype, target]
+            kind = "-kv-in-place" if kv_in_place else ""
+            out = tmp_path_factory.mktemp(f"{name}-{dtype}-{target}{kind}-artifact") / "onnx"
+            cache[key] = (ref, ckpt, export_artifact(ckpt, out, target=target, dtype=dtype, progress=False, kv_in_place=kv_in_place))
+        return cache[key]
 
     return get

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nemotron_deploy.exporter import plugin_nodes
 from nemotron_deploy.exporter.config import ModelConfig
 
 
@@ -26,6 +27,14 @@ def attention_bias(attention_mask: torch.Tensor, new_tokens: int, dtype: torch.d
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None, None]
 
 
+def kv_positions(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupQueryAttention's counts from the mask's shape (B, S): seqlens (B,) int32, every row S - 1, and
+    S () int32. Computed from the shape as tensors, so an exported graph reads them per call."""
+    total = torch.ones_like(attention_mask[0]).sum()  # S
+    seqlens = torch.ones_like(attention_mask[:, 0]) * (total - 1)
+    return seqlens.to(torch.int32), total.to(torch.int32)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -36,13 +45,26 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
 
     def forward(
-        self, hidden: torch.Tensor, bias: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        bias: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        in_place: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden: (B, T, E); bias: (B, 1, 1, T, S) from `attention_bias`; past K/V: (B, Hkv, S-T, D).
+        in_place: `kv_positions` of the step's mask, for a graph whose attention is onnxruntime's
+        GroupQueryAttention node (`Lowering.kv_in_place`: past K/V may then be a longer buffer).
 
         Returns (B, T, E) and the present K/V (B, Hkv, S, D).
         """
         b, t, _ = hidden.shape
+        if in_place is not None:
+            q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+            out, key, value = plugin_nodes.onnxruntime_group_query_attention(
+                q, k, v, past_key, past_value, bias[:, :, 0], *in_place, heads=self.heads, kv_heads=self.kv_heads
+            )
+            return self.o_proj(out), key, value
         q = self.q_proj(hidden).view(b, t, self.kv_heads, -1, self.head_dim).permute(0, 2, 3, 1, 4)  # (B, Hkv, R, T, D)
         k = self.k_proj(hidden).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(hidden).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)

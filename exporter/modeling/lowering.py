@@ -28,14 +28,21 @@ class Lowering:
     (`dt_clamp_decode`), the MoE gathering each token's k experts. step: any T; one new token after a
     past is a decode step (recurrent update, decode clamp), any other step a prefill step
     (`mamba2_core_step`); the MoE's experts as for prefill.
+
+    kv_in_place: attention as onnxruntime's GroupQueryAttention node, whose K/V cache a runtime can bind
+    as one buffer that each step appends to in place (`export --kv-in-place`; the onnxruntime target's
+    `step` graph only).
     """
 
     kind: str
     target: str | None = None
+    kv_in_place: bool = False
 
     def __post_init__(self):
         if self.kind not in (*GRAPHS, STEP):
             raise ValueError(f"graph {self.kind!r}: expected one of {(*GRAPHS, STEP)}")
+        if self.kv_in_place and (self.target != "onnxruntime" or self.kind != STEP):
+            raise ValueError(f"K/V in place: the onnxruntime target's {STEP} graph only, not {self.target}'s {self.kind}")
 
     def check(self, new_tokens: int) -> None:
         """Refuse a step this graph does not compute: several tokens per sequence in a decode step (static
@@ -44,7 +51,7 @@ class Lowering:
 
         if self.decode and new_tokens != 1:
             raise ValueError(f"a decode step takes one token per sequence, not {new_tokens}")
-        if (self.plugin_nodes or self.fused_ops) and not torch.onnx.is_in_onnx_export():
+        if (self.plugin_nodes or self.fused_ops or self.kv_in_place) and not torch.onnx.is_in_onnx_export():
             raise RuntimeError(
                 f"the {self.target} graph holds custom nodes that only an ONNX export writes; run it eagerly without a target"
             )

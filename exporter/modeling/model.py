@@ -15,7 +15,7 @@ from torch import nn
 
 from nemotron_deploy.exporter import io_spec
 from nemotron_deploy.exporter.config import ModelConfig
-from nemotron_deploy.exporter.modeling.attention import Attention, attention_bias
+from nemotron_deploy.exporter.modeling.attention import Attention, attention_bias, kv_positions
 from nemotron_deploy.exporter.modeling.lowering import Lowering
 from nemotron_deploy.exporter.modeling.mamba import Mamba2Mixer
 from nemotron_deploy.exporter.modeling.mlp import MLP, MoE
@@ -99,12 +99,19 @@ class StepGraph(nn.Module):
     eager step of that kind computes. It holds the model's modules, not the model, so parameter names
     and the traced graph's node names are the model's own (`layers.0.mixer.in_proj.weight`)."""
 
-    def __init__(self, model: NemotronHStepModel, kind: str, target: str | None = None, layers: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        model: NemotronHStepModel,
+        kind: str,
+        target: str | None = None,
+        layers: tuple[int, ...] | None = None,
+        kv_in_place: bool = False,
+    ):
         """layers: the model's layers this graph runs, in order (default all). A subset is what
         exporter/stitch.py traces: one layer of each kind, copied into the whole graph afterwards; its
-        states are those layers' only."""
+        states are those layers' only. kv_in_place: see `Lowering`."""
         super().__init__()
-        self.cfg, self.all_logits, self.lowering = model.cfg, model.all_logits, Lowering(kind, target)
+        self.cfg, self.all_logits, self.lowering = model.cfg, model.all_logits, Lowering(kind, target, kv_in_place)
         self.embeddings, self.layers, self.norm_f, self.lm_head = model.embeddings, model.layers, model.norm_f, model.lm_head
         self.layer_ids = tuple(range(len(model.layers))) if layers is None else tuple(layers)
 
@@ -119,6 +126,7 @@ class StepGraph(nn.Module):
         decode_step = _one_token_after_past(input_ids, attention_mask) if lowering.both_kinds else None
         kinds = {self.layers[i].kind for i in self.layer_ids}
         bias = attention_bias(attention_mask, t, hidden.dtype) if "attention" in kinds else None
+        in_place = kv_positions(attention_mask) if lowering.kv_in_place and "attention" in kinds else None
         presents: list[torch.Tensor] = []
         it = iter(states)
         for block in (self.layers[i] for i in self.layer_ids):
@@ -127,7 +135,7 @@ class StepGraph(nn.Module):
                 x, conv, ssm = block.mixer(x, new_mask, next(it), next(it), lowering, decode_step)
                 presents += [conv, ssm]
             elif block.kind == "attention":
-                x, key, value = block.mixer(x, bias, next(it), next(it))
+                x, key, value = block.mixer(x, bias, next(it), next(it), in_place)
                 presents += [key, value]
             elif block.kind == "moe":
                 x = block.mixer(x, lowering)

@@ -22,6 +22,7 @@ from nemotron_deploy.runtime.artifact.schema import JSON_TYPES, checked
 
 FORMAT = "nemotron-deploy-artifact"
 FORMAT_VERSION = 1
+KV_CACHE_FORMS = ("concat", "in_place")  # Manifest.kv_cache
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("prefill", "decode")  # the step graphs of every artifact
 KV_ROLES = ("key", "value")  # the states that grow by one position per token
@@ -227,6 +228,10 @@ class Manifest:
         ),
         default=None,
     )
+    # how the graphs keep the attention K/V cache: "concat", a new present per step (past + new keys);
+    # "in_place", onnxruntime's GroupQueryAttention, whose past K/V may be a longer buffer that the step
+    # appends to (`export --kv-in-place`; docs/step-contract.md)
+    kv_cache: str = checked(schema.one_of(KV_CACHE_FORMS, optional=True), default="concat")
     # the oldest runtime that has every op the graphs use
     requires: dict[str, str] = checked(
         schema.obj("an object", {"onnxruntime": schema.string("a version such as '1.32'", optional=True)}, optional=True),

@@ -14,6 +14,7 @@ from nemotron_deploy.runtime.artifact.dtypes import from_onnx
 from nemotron_deploy.runtime.artifact.manifest import GRAPHS, WEIGHTS_FILE, ArtifactError, Manifest, check_graph_inputs, zero_state
 from nemotron_deploy.runtime.artifact.step_binding import StepBinding
 from nemotron_deploy.runtime.backends.interface import Backend
+from nemotron_deploy.runtime.kv_buffers import KVBuffers
 from nemotron_deploy.runtime.prefill_budget import PrefillBudget
 
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64"}
@@ -153,6 +154,9 @@ class OnnxRuntimeBackend(Backend):
         self.one_token_is_decode = len(by_file) == 1
         self.binding = StepBinding.of(manifest)
         self._prefill_budget = PrefillBudget.of(manifest)
+        # K/V appended in place (export --kv-in-place): runtime/kv_buffers.py
+        self._kv = KVBuffers() if manifest.kv_cache == "in_place" else None
+        self._ort = ort
 
     def _open(self, graph: str, ort, providers: list[str], threads: int | None):
         """One session of `graph`'s file, its weights as the class docstring says."""
@@ -242,4 +246,50 @@ class OnnxRuntimeBackend(Backend):
 
     def step(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """input_ids (B, T) int64, attention_mask (B, past+T) int64 -> logits (B, V) fp32 and the next state."""
+        if self._kv is None:
+            return self._run(graph, input_ids, attention_mask, state)
+        batch, new = input_ids.shape
+        if batch > 1 and new > 1 and attention_mask.shape[1] > new:
+            return self._rows_one_at_a_time(graph, input_ids, attention_mask, state)
+        return self._step_in_place(graph, input_ids, attention_mask, state)
+
+    def _run(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         return self.binding.unpack(self.sessions[graph].run(self.binding.outputs, self.binding.feeds(input_ids, attention_mask, state)))
+
+    def _rows_one_at_a_time(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
+        """A step of several new tokens after a past for several sequences, a sequence per call:
+        GroupQueryAttention (onnxruntime 1.32) refuses it for a batch. Each row's K/V as the step
+        contract's (its past positions, contiguous), so the node returns a present of past + new."""
+        rows = [
+            self._run(
+                graph, input_ids[r : r + 1], attention_mask[r : r + 1], {n: np.ascontiguousarray(x[r : r + 1]) for n, x in state.items()}
+            )
+            for r in range(input_ids.shape[0])
+        ]
+        logits = np.concatenate([row[0] for row in rows], axis=0)
+        return logits, {name: np.concatenate([row[1][name] for row in rows], axis=0) for name in rows[0][1]}
+
+    def _step_in_place(self, graph: str, input_ids: np.ndarray, attention_mask: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
+        """One step whose K/V buffers are bound as both past and present: the step appends to them."""
+        total = attention_mask.shape[1]
+        binding, io = self.binding, self.sessions[graph].io_binding()
+        io.bind_cpu_input(binding.input_ids, np.ascontiguousarray(input_ids))
+        io.bind_cpu_input(binding.attention_mask, np.ascontiguousarray(attention_mask))
+        io.bind_output(binding.logits)
+        buffers = {}
+        for s in binding.states:
+            if s.grows:
+                buffers[s.name] = buf = self._kv.buffer(s.name, state[s.name], total)
+                value = self._ort.OrtValue.ortvalue_from_numpy(buf)
+                io.bind_ortvalue_input(s.name, value)
+                io.bind_ortvalue_output(s.present, value)
+            else:
+                io.bind_cpu_input(s.name, np.ascontiguousarray(state[s.name]))
+                io.bind_output(s.present)
+        self.sessions[graph].run_with_iobinding(io)
+        logits, *presents = io.get_outputs()
+        next_state = {
+            s.name: self._kv.view(s.name, buffers[s.name], total) if s.grows else present.numpy()
+            for s, present in zip(binding.states, presents)
+        }
+        return logits.numpy()[:, -1], next_state

@@ -52,20 +52,39 @@ def inspect(checkpoint_dir: str, as_json: bool) -> None:
     help="Weights per quantization scale, a power of two >= 16 that divides every layer width.  [default: 32]",
 )
 @click.option(
+    "--kv-in-place",
+    is_flag=True,
+    help="Attention as onnxruntime's GroupQueryAttention: the CPU runtime appends each step's keys to one K/V buffer instead of copying the cache (faster decode at long context; onnxruntime target, float32 or quantized; docs/export.md).",
+)
+@click.option(
     "--no-cache",
     is_flag=True,
     help="Trace every graph afresh, without the trace cache of architectures exported before (docs/export.md).",
 )
 @one_line_errors
 def export(
-    checkpoint_dir: str, out_dir: str, target: str, dtype: str, quantize: str | None, block_size: int | None, no_cache: bool
+    checkpoint_dir: str,
+    out_dir: str,
+    target: str,
+    dtype: str,
+    quantize: str | None,
+    block_size: int | None,
+    kv_in_place: bool,
+    no_cache: bool,
 ) -> None:
     """Export a checkpoint to ONNX step graphs (prefill + decode), shared weights and a manifest."""
     require("export", "export")
     from nemotron_deploy.exporter.onnx_export import export_artifact
 
     path = export_artifact(
-        checkpoint_dir, out_dir, target=target, dtype=dtype, quantize=quantize, block_size=block_size, trace_cache=not no_cache
+        checkpoint_dir,
+        out_dir,
+        target=target,
+        dtype=dtype,
+        quantize=quantize,
+        block_size=block_size,
+        trace_cache=not no_cache,
+        kv_in_place=kv_in_place,
     )
     click.echo(f"wrote {path}", err=True)
 

@@ -81,6 +81,17 @@ def test_the_stitched_graph_equals_a_whole_model_trace(hybrid, graph, target, dt
     assert len(list(stitched.graph)) == len(list(whole.graph))
 
 
+def test_the_stitched_kv_in_place_graph_equals_a_whole_model_trace(tmp_path):
+    """Two attention layers as GroupQueryAttention nodes (export --kv-in-place): the second a copy."""
+    model = _model(_checkpoint(tmp_path, "M*E*M"))
+    whole, whole_specs = finished_graph(None, model, "step", "onnxruntime", stitched=False, kv_in_place=True)
+    stitched, stitched_specs = finished_graph(None, model, "step", "onnxruntime", stitched=True, kv_in_place=True)
+    assert sum(n.op_type == "GroupQueryAttention" for n in stitched.graph) == 2
+    assert stitched_specs == whole_specs
+    assert signature(stitched).differences(signature(whole)) == []
+    assert len(list(stitched.graph)) == len(list(whole.graph))
+
+
 def test_the_equivalence_sees_a_layer_reading_another_layers_weight(hybrid):
     """The comparison can fail: layer 3 reading layer 0's input projection is a different graph."""
     model = _model(hybrid)
@@ -113,9 +124,9 @@ def test_a_graph_that_cannot_be_stitched_is_traced_whole(tmp_path, monkeypatch):
     traced_layers = []
     trace_graph = tracing.trace_graph
 
-    def counted(model, graph, target, on_layer=None, layers=None):
+    def counted(model, graph, target, on_layer=None, layers=None, kv_in_place=False):
         traced_layers.append(layers)
-        return trace_graph(model, graph, target, on_layer=on_layer, layers=layers)
+        return trace_graph(model, graph, target, on_layer=on_layer, layers=layers, kv_in_place=kv_in_place)
 
     def refuse(*args):
         raise stitch.CannotStitch("stitching: refused for the test")

@@ -47,9 +47,16 @@ def _batcher(session, max_batch=8):
     return ContinuousBatcher(session.backend, session.manifest.states, max_batch=max_batch, max_length=session.max_length)
 
 
-@pytest.mark.parametrize("max_batch", [2, 8])
-def test_staggered_joins_equal_transformers_greedy(session, max_batch):
-    ref, sess = session
+@pytest.fixture(scope="module")
+def in_place_session(artifacts):
+    """The same checkpoint exported with --kv-in-place: rows joining and leaving copy the K/V buffers."""
+    ref, _, artifact = artifacts("hybrid_moe_groups", kv_in_place=True)
+    return ref, Session(artifact)
+
+
+@pytest.mark.parametrize("max_batch,kv", [(2, "concat"), (8, "concat"), (2, "in_place")])
+def test_staggered_joins_equal_transformers_greedy(session, in_place_session, max_batch, kv):
+    ref, sess = session if kv == "concat" else in_place_session
     batcher = _batcher(sess, max_batch)
     runs = [Collect() for _ in PROMPTS]
     for i, (prompt, n) in enumerate(zip(PROMPTS, LENGTHS)):

@@ -112,12 +112,18 @@ TRITON_CLI_ERRORS = [  # (arguments after the artifact, which artifact, message)
     (("-o", "out", "--backend", "tensorrt"), "onnxruntime", "no TensorRT engines"),
     (("-o", "out"), None, "nowhere"),
     (("-o", "out", "--max-batch", 0), "onnxruntime", "--max-batch"),
+    (("-o", "out", "--kind", "step"), "kv_in_place", "which onnxruntime's GroupQueryAttention refuses; use --max-batch 1"),
 ]
 
 
 @pytest.mark.parametrize("args,target,message", TRITON_CLI_ERRORS, ids=[message for *_, message in TRITON_CLI_ERRORS])
 def test_triton_cli_errors(artifacts, tmp_path, args, target, message):
-    artifact = tmp_path / "nowhere" if target is None else artifacts("hybrid_moe_groups", target=target)[2]
+    if target is None:
+        artifact = tmp_path / "nowhere"
+    elif target == "kv_in_place":
+        artifact = artifacts("hybrid_moe_groups", kv_in_place=True)[2]
+    else:
+        artifact = artifacts("hybrid_moe_groups", target=target)[2]
     (tmp_path / "taken").mkdir()
     args = [tmp_path / a if a in ("taken", "out") else a for a in args]
     assert_one_line_error(run_cli("triton", artifact, *args), message)

@@ -60,6 +60,12 @@ def write_repository(
     if instances < 1 or max_batch < 1:
         raise NemotronDeployError(f"--instances {instances} / --max-batch {max_batch}: expected >= 1")
     manifest = read_manifest(artifact_dir)
+    if kind == "step" and manifest.kv_cache == "in_place" and max_batch > 1:
+        raise NemotronDeployError(
+            f"{manifest.path}: --kind step --max-batch {max_batch} with a --kv-in-place artifact: Triton's onnxruntime backend "
+            "would batch several sequences' multi-token steps, which onnxruntime's GroupQueryAttention refuses; use --max-batch 1, "
+            "--kind generate (which batches them), or an export without --kv-in-place"
+        )
     with new_directory(out) as staging:
         if kind == "generate":
             backend = _generate_backend(manifest, backend)
