@@ -12,7 +12,9 @@ Models, each the benchmark model (bench_vs_transformers.py's CONFIG) but for its
 - `h4b_attention`: Nemotron-H-4B's attention widths and share, 32 query heads over 8 K/V heads x 128,
   4 of 14 layers (32 KiB of K/V per token, as Nemotron-H-4B's 4 layers hold; 4 query heads per K/V head);
 - `nano30b_attention`: Nemotron-3-Nano-30B-A3B's attention widths, 32 query heads over 2 K/V heads x 128,
-  2 of 14 layers (16 query heads per K/V head).
+  2 of 14 layers (16 query heads per K/V head);
+- `h4b`: Nemotron-H-4B itself (bench_export.py's H4B, random weights: a 17 GB checkpoint; not in the
+  default list).
 onnxruntime's GroupQueryAttention CPU kernel computes each query head alone, reading its K/V head once
 per query head; the Concat graph reads each K/V head once per step but copies it: which wins depends on
 the query heads per K/V head and the past.
@@ -38,6 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_export import H4B
 from bench_vs_transformers import CONFIG, cli, cpu_name
 
 from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
@@ -54,6 +57,7 @@ MODELS = {
         max_position_embeddings=65536,
     ),
     "nano30b_attention": dict(CONFIG, num_attention_heads=32, num_key_value_heads=2, head_dim=128, max_position_embeddings=65536),
+    "h4b": dict(H4B, max_position_embeddings=65536),  # the real model's shape, random weights (17 GB of float32)
 }
 PRECISIONS = {"float32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
 
@@ -99,7 +103,7 @@ def main() -> None:
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-kv-in-place-", dir=args.workdir) as tmp:
             work = Path(tmp)
-            ckpt = write_random_checkpoint(work / "ckpt", config=MODELS[model])
+            ckpt = write_random_checkpoint(work / "ckpt", config=MODELS[model], shard_bytes=2 << 30)
             for precision in args.precisions.split(","):
                 backends = {}
                 for form, flag in (("concat", []), ("in_place", ["--kv-in-place"])):

@@ -32,22 +32,23 @@ def capacity(total: int, past: int) -> int:
 
 
 class KVBuffers:
-    """The newest buffer of each K/V state name, and how many positions of it are written.
+    """The buffers this runtime appended to, each with how many of its positions its newest view covers.
 
-    Buffers are held weakly: one lives as long as a view of it (a state the caller holds) does."""
+    Held weakly: a buffer lives as long as a view of it (a state someone holds) does. Any number of
+    sequences' states can be stepped in turn (concurrent generations on one backend): each has its own
+    buffers."""
 
     def __init__(self):
-        self._newest: dict[str, tuple[weakref.ref, int]] = {}
+        self._filled: dict[int, tuple[weakref.ref, int]] = {}  # id(buffer) -> (buffer, filled positions)
 
-    def buffer(self, name: str, past: np.ndarray, total: int) -> np.ndarray:
+    def buffer(self, past: np.ndarray, total: int) -> np.ndarray:
         """The buffer (B, Hkv, capacity >= total, D) a step to `total` positions appends to: `past`'s own
         where `past` is the newest view of it and there is room, else a new one holding `past`'s positions."""
-        ref, filled = self._newest.get(name, (None, -1))
-        buf = ref() if ref is not None else None
-        n = past.shape[KV_PAST_AXIS]
+        buf, n = past.base, past.shape[KV_PAST_AXIS]
+        ref, filled = self._filled.get(id(buf), (None, -1))
         if (
-            buf is not None
-            and past.base is buf
+            ref is not None
+            and ref() is buf
             and n == filled
             and past.shape == buf.shape[:KV_PAST_AXIS] + (n,) + buf.shape[KV_PAST_AXIS + 1 :]
             and past.ctypes.data == buf.ctypes.data
@@ -60,8 +61,10 @@ class KVBuffers:
         fresh[:, :, :n] = past
         return fresh
 
-    def view(self, name: str, buf: np.ndarray, total: int) -> np.ndarray:
+    def view(self, buf: np.ndarray, total: int) -> np.ndarray:
         """The state (B, Hkv, total, D) after a step appended to `buf`: its first `total` positions, from
         now on the newest view of it."""
-        self._newest[name] = (weakref.ref(buf), total)
+        key = id(buf)
+        ref = self._filled[key][0] if key in self._filled else weakref.ref(buf, lambda _, key=key: self._filled.pop(key, None))
+        self._filled[key] = (ref, total)
         return buf[:, :, :total]

@@ -279,7 +279,7 @@ class OnnxRuntimeBackend(Backend):
         buffers = {}
         for s in binding.states:
             if s.grows:
-                buffers[s.name] = buf = self._kv.buffer(s.name, state[s.name], total)
+                buffers[s.name] = buf = self._kv.buffer(state[s.name], total)
                 value = self._ort.OrtValue.ortvalue_from_numpy(buf)
                 io.bind_ortvalue_input(s.name, value)
                 io.bind_ortvalue_output(s.present, value)
@@ -289,7 +289,6 @@ class OnnxRuntimeBackend(Backend):
         self.sessions[graph].run_with_iobinding(io)
         logits, *presents = io.get_outputs()
         next_state = {
-            s.name: self._kv.view(s.name, buffers[s.name], total) if s.grows else present.numpy()
-            for s, present in zip(binding.states, presents)
+            s.name: self._kv.view(buffers[s.name], total) if s.grows else present.numpy() for s, present in zip(binding.states, presents)
         }
         return logits.numpy()[:, -1], next_state

@@ -76,6 +76,29 @@ def test_a_state_stepped_again_leaves_the_newer_one_intact(artifacts):
         np.testing.assert_array_equal(newer[name], x, err_msg=name)
 
 
+def test_sequences_stepped_in_turn_each_append_to_their_own_buffer(artifacts):
+    """Two generations on one backend, a step each in turn (two requests served by one process)."""
+    _, _, concat = artifacts("hybrid_moe_groups")
+    _, _, in_place = artifacts("hybrid_moe_groups", kv_in_place=True)
+    a, b = Session(concat).backend, Session(in_place).backend
+    runs = []
+    for seed in (7, 8):
+        ids = np.array([random_prompt(6, seed)])
+        mask = np.ones_like(ids)
+        runs.append([mask, *prefill(a, ids, mask), *prefill(b, ids, mask)])
+    for _ in range(5):
+        for run in runs:
+            mask, la, sa, lb, sb = run
+            token = la.argmax(-1)[:, None]
+            mask = np.concatenate([mask, np.ones_like(token)], axis=1)
+            la, sa = a.step("decode", token, mask, sa)
+            bases = {name: sb[name].base for name in _kv(sb)}
+            lb, sb = b.step("decode", token, mask, sb)
+            assert all(sb[name].base is base for name, base in bases.items())
+            np.testing.assert_allclose(lb, la, rtol=1e-4, atol=1e-5)
+            run[:] = [mask, la, sa, lb, sb]
+
+
 def test_chunked_batch_prefill_equals_one_shot(artifacts):
     """Several new tokens after a past for a batch (which onnxruntime's node refuses in one call) run a
     sequence at a time and equal one-shot prefill, and generation with pieces equals it without."""
@@ -93,19 +116,24 @@ def test_chunked_batch_prefill_equals_one_shot(artifacts):
     assert session.generate(prompts, 16, prefill_chunk_size=4).new_token_ids == session.generate(prompts, 16).new_token_ids
 
 
-def test_a_buffer_grows_by_copying_its_positions():
+def test_a_buffer_is_appended_to_only_through_its_newest_view():
     kv = KVBuffers()
     past = np.arange(2 * 3 * 5 * 4, dtype=np.float32).reshape(2, 3, 5, 4)
-    buf = kv.buffer("past.1.key", past, 6)
+    buf = kv.buffer(past, 6)
     assert buf.shape[2] >= 6 + 256 and buf.shape[2] % 256 == 0
     np.testing.assert_array_equal(buf[:, :, :5], past)
-    view = kv.view("past.1.key", buf, 6)
-    assert kv.buffer("past.1.key", view, 7) is buf  # the newest view, room left: appended in place
-    assert kv.buffer("past.1.key", view[:, :, :5], 7) is not buf  # an older one: copied
-    assert kv.buffer("past.1.key", view[1:], 7) is not buf  # a row of it: copied
-    bigger = kv.buffer("past.1.key", view, buf.shape[2] + 1)  # no room: a longer copy
+    view = kv.view(buf, 6)
+    other = kv.view(kv.buffer(past[:1], 6), 6)  # another sequence's buffer, stepped in between
+    assert kv.buffer(view, 7) is buf  # the newest view, room left: appended in place
+    assert kv.buffer(other, 7) is other.base
+    assert kv.buffer(view[:, :, :5], 7) is not buf  # an older one: copied
+    assert kv.buffer(view[1:], 7) is not buf  # a row of it: copied
+    assert kv.buffer(view.copy(), 7) is not buf  # not a view of it
+    bigger = kv.buffer(view, buf.shape[2] + 1)  # no room: a longer copy
     assert bigger.shape[2] > buf.shape[2]
     np.testing.assert_array_equal(bigger[:, :, :6], view)
+    del view, buf, other
+    assert not kv._filled  # a buffer nobody views is forgotten
 
 
 def test_export_refuses_kv_in_place_where_the_node_cannot_run(tmp_path, hf_checkpoints):
