@@ -4,6 +4,7 @@ pasts of several lengths, side by side in one run.
 
     python benchmarks/bench_kv_in_place.py [--pasts 128,4096,16384,32768] [--precisions int4,float32]
                                            [--models bench,h4b_attention,nano30b_attention] [--threads 2] [--rounds 3] [--steps 16]
+                                           [--prefill 4096,16384]
                                            [--workdir DIR] [--out benchmarks/results/kv_in_place_cpu.md]
 
 Models, each the benchmark model (bench_vs_transformers.py's CONFIG) but for its attention:
@@ -23,7 +24,8 @@ A step's time does not depend on the K/V values, so each past is a random K/V of
 1, zero Mamba states), not a prefill: what a decode step costs at that past, without a 32k-token
 prefill per point. Per past, `--rounds` rounds alternate the artifacts; a round times `--steps` decode
 steps after one untimed step (which makes the in-place artifact's buffer). Reported: the best round's
-median step (this machine is shared and noisy), and in-place / concat speed.
+median step (this machine is shared and noisy), and in-place / concat speed. `--prefill`: also the time
+to prefill one prompt of each length from empty (the runtime's pieces: time to first token).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from bench_export import H4B
 from bench_vs_transformers import CONFIG, cli, cpu_name
 
 from nemotron_deploy.exporter.random_checkpoint import write_random_checkpoint
+from nemotron_deploy.runtime.decode import prefill
 from nemotron_deploy.runtime.session import Session
 
 MODELS = {
@@ -86,6 +89,14 @@ def round_ms(backend, past: int, steps: int, rng) -> float:
     return 1e3 * statistics.median(times[1:])
 
 
+def prefill_s(backend, tokens: int, rng) -> float:
+    """Seconds to prefill one `tokens`-token prompt from empty, in the runtime's own pieces."""
+    ids = rng.integers(3, 1000, size=(1, tokens))
+    start = time.perf_counter()
+    prefill(backend, ids, np.ones_like(ids))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pasts", default="128,4096,16384,32768")
@@ -94,12 +105,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--prefill", default="", help="also prefill prompts of these lengths from empty (e.g. 4096,16384)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default="benchmarks/results/kv_in_place_cpu.md")
     args = ap.parse_args()
-    pasts = [int(p) for p in args.pasts.split(",")]
+    pasts = [int(p) for p in args.pasts.split(",") if p]
+    prompts = [int(p) for p in args.prefill.split(",") if p]
     rng = np.random.default_rng(0)
-    rows = []
+    rows, prefill_rows = [], []
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-kv-in-place-", dir=args.workdir) as tmp:
             work = Path(tmp)
@@ -119,23 +132,47 @@ def main() -> None:
                     print(
                         f"{model} {precision} past {past}: concat {best['concat']:.2f} ms, in place {best['in_place']:.2f} ms", flush=True
                     )
+                for tokens in prompts:
+                    best = dict.fromkeys(backends, float("inf"))
+                    for _ in range(args.rounds):
+                        for form, backend in backends.items():
+                            best[form] = min(best[form], prefill_s(backend, tokens, rng))
+                    prefill_rows.append((model, precision, tokens, best["concat"], best["in_place"]))
+                    print(
+                        f"{model} {precision} prefill {tokens}: concat {best['concat']:.2f} s, in place {best['in_place']:.2f} s",
+                        flush=True,
+                    )
                 del backends
-    write(args, rows)
+    write(args, rows, prefill_rows)
 
 
-def write(args, rows) -> None:
+def write(args, rows, prefill_rows) -> None:
+    unset = "''"
     lines = [
-        f"# K/V appended in place against Concat: decode step after a past ({datetime.date.today()})",
+        f"# K/V appended in place against Concat ({datetime.date.today()})",
         "",
         f"Machine: {cpu_name()}, {args.threads} onnxruntime threads. `python benchmarks/bench_kv_in_place.py "
-        f"--pasts {args.pasts} --precisions {args.precisions} --models {args.models} --rounds {args.rounds} --steps {args.steps}`.",
-        "Batch 1; best of the alternated rounds' median step. Models: see the script's docstring.",
-        "",
-        "| model | precision | past | concat ms/step | in place ms/step | in place speed |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"--pasts {args.pasts or unset} --prefill {args.prefill or unset} --precisions {args.precisions} --models {args.models} "
+        f"--rounds {args.rounds} --steps {args.steps}`. Batch 1; models: see the script's docstring.",
     ]
-    for model, precision, past, concat, in_place in rows:
-        lines.append(f"| {model} | {precision} | {past} | {concat:.2f} | {in_place:.2f} | {concat / in_place:.2f}x |")
+    if rows:
+        lines += [
+            "",
+            "Decode step after a past: best of the alternated rounds' median step.",
+            "",
+            "| model | precision | past | concat ms/step | in place ms/step | in place speed |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {m} | {p} | {past} | {c:.2f} | {i:.2f} | {c / i:.2f}x |" for m, p, past, c, i in rows]
+    if prefill_rows:
+        lines += [
+            "",
+            "Prefill of one prompt from empty, in the runtime's own pieces: best of the alternated rounds.",
+            "",
+            "| model | precision | prompt tokens | concat s | in place s | in place speed |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {m} | {p} | {n} | {c:.2f} | {i:.2f} | {c / i:.2f}x |" for m, p, n, c, i in prefill_rows]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
